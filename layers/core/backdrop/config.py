@@ -1,0 +1,170 @@
+"""Configuration of the Backdrop functions, read from the environment.
+
+Read lazily (first use, not import) and validated once per execution environment, so a bad
+deployment fails on its first invocation with a message naming the variable, and tests can set
+the environment before anything reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from backdrop.colours import Colour, parse_colour
+
+
+class ConfigError(ValueError):
+    """A required setting is missing or malformed."""
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str
+    jobs_table: str
+    idempotency_table: str
+    uploads_bucket: str
+    upload_prefix: str
+    results_bucket: str
+    results_prefix: str
+    runflow_base_url: str
+    runflow_api_key_secret: str
+    callback_secret_name: str
+    callback_url: str
+    default_colour: Colour
+    presign_expiry_seconds: int
+    max_input_bytes: int
+    max_output_bytes: int
+    allowed_output_hosts: tuple[str, ...]
+    # Exactly one origin (scheme://host:port) that may be plain http or loopback. Empty in
+    # production; the local stack sets it to its Runflow's origin.
+    insecure_output_origin: str
+    retention_days: int
+    copy_deadline_seconds: float
+    runflow_timeout_seconds: float
+    submit_retry_budget_seconds: float
+    run_deadline_minutes: int
+    reconcile_batch_size: int
+    reconcile_min_age_seconds: int
+    secrets_max_age_seconds: int
+
+    @property
+    def runflow_origin(self) -> str:
+        return _origin(self.runflow_base_url)
+
+
+def _require(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is required")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, default).strip().lstrip("/")
+    if raw and not raw.endswith("/"):
+        raw += "/"
+    return raw
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    raw = env.get(name, "").strip() or (default or "")
+    if not raw:
+        raise ConfigError(f"environment variable {name} is required")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an absolute http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build and validate settings from a mapping (the process environment in production)."""
+    try:
+        default_colour = parse_colour(env.get("BACKDROP_DEFAULT_COLOR", "255,255,255"))
+    except ValueError as exc:
+        raise ConfigError(f"BACKDROP_DEFAULT_COLOR: {exc}") from exc
+    hosts = tuple(
+        h.strip().lower() for h in env.get("BACKDROP_ALLOWED_OUTPUT_HOSTS", "").split(",") if h.strip()
+    )
+    insecure = env.get("BACKDROP_INSECURE_OUTPUT_ORIGIN", "").strip()
+    if insecure:
+        parts = urlsplit(insecure)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}"
+            )
+        insecure = _origin(insecure)
+    settings = Settings(
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        jobs_table=_require(env, "BACKDROP_JOBS_TABLE"),
+        idempotency_table=_require(env, "BACKDROP_IDEMPOTENCY_TABLE"),
+        uploads_bucket=_require(env, "BACKDROP_UPLOADS_BUCKET"),
+        upload_prefix=_prefix(env, "BACKDROP_UPLOAD_PREFIX", "uploads/"),
+        results_bucket=_require(env, "BACKDROP_RESULTS_BUCKET"),
+        results_prefix=_prefix(env, "BACKDROP_RESULTS_PREFIX", "results/"),
+        runflow_base_url=_url(env, "BACKDROP_RUNFLOW_BASE_URL", "https://api.runflow.io"),
+        runflow_api_key_secret=_require(env, "BACKDROP_RUNFLOW_API_KEY_SECRET"),
+        callback_secret_name=_require(env, "BACKDROP_CALLBACK_SECRET"),
+        callback_url=_url(env, "BACKDROP_CALLBACK_URL"),
+        default_colour=default_colour,
+        presign_expiry_seconds=_int(env, "BACKDROP_PRESIGN_EXPIRY_SECONDS", 3600, minimum=60),
+        max_input_bytes=_int(env, "BACKDROP_MAX_INPUT_BYTES", 50 * 1024 * 1024, minimum=1),
+        max_output_bytes=_int(env, "BACKDROP_MAX_OUTPUT_BYTES", 256 * 1024 * 1024, minimum=1),
+        allowed_output_hosts=hosts,
+        insecure_output_origin=insecure,
+        retention_days=_int(env, "BACKDROP_RETENTION_DAYS", 90, minimum=1),
+        copy_deadline_seconds=_float(env, "BACKDROP_COPY_DEADLINE_SECONDS", 8.0, minimum=0.5),
+        runflow_timeout_seconds=_float(env, "BACKDROP_RUNFLOW_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+        submit_retry_budget_seconds=_float(env, "BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", 20.0, minimum=0.0),
+        run_deadline_minutes=_int(env, "BACKDROP_RUN_DEADLINE_MINUTES", 60, minimum=1),
+        reconcile_batch_size=_int(env, "BACKDROP_RECONCILE_BATCH_SIZE", 100, minimum=1),
+        reconcile_min_age_seconds=_int(env, "BACKDROP_RECONCILE_MIN_AGE_SECONDS", 120, minimum=0),
+        secrets_max_age_seconds=_int(env, "BACKDROP_SECRETS_MAX_AGE_SECONDS", 300, minimum=0),
+    )
+    if not settings.allowed_output_hosts and not settings.insecure_output_origin:
+        raise ConfigError("BACKDROP_ALLOWED_OUTPUT_HOSTS must name at least one host")
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Settings of this execution environment: read on first use, then reused."""
+    return load_settings(os.environ)
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
