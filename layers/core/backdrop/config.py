@@ -123,9 +123,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if insecure:
         parts = urlsplit(insecure)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ConfigError(
-                f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}"
-            )
+            raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}")
         insecure = _origin(insecure)
     settings = Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",

@@ -1,0 +1,1 @@
+"""Backdrop core: plain Python that knows nothing of Lambda event shapes."""

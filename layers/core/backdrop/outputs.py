@@ -1,0 +1,283 @@
+"""Run outputs: deciding whether a URL named in a callback may be fetched, and streaming it into S3.
+
+A valid signature makes a URL authentic, not safe. Before anything is fetched: https only, the host
+must be on the allow-list, and every address it resolves to must be public (no loopback, private,
+link-local, CGNAT or reserved ranges). The connection is pinned to the checked address so DNS
+cannot change between check and fetch; redirects are followed by hand and every hop is checked
+again. The body is streamed into S3 in parts with one part in memory at a time, under a byte cap
+and a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart minimum is 5 MiB; one part is the memory bound.
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class OutputRefused(Exception):
+    """The output must not be fetched or stored: a permanent failure of the job."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class OutputCopyFailed(Exception):
+    """The copy failed for a reason that may pass (timeout, expired URL, S3 error): retry later."""
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    allowed_hosts: tuple[str, ...]
+    max_bytes: int
+    # One exact origin (scheme://host:port) exempt from the https and address rules; local stack only.
+    insecure_origin: str = ""
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    host: str
+    address: str | None  # the checked address to connect to; None when not pinned (insecure origin)
+
+
+@dataclass(frozen=True)
+class CopiedObject:
+    key: str
+    size: int
+    content_type: str
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OutputCopyFailed(f"cannot resolve {host}: {exc}") from exc
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    host = host.lower().rstrip(".")
+    for pattern in allowed:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def address_is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(ip.is_global) and not ip.is_multicast
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def check_url(url: str, policy: OutputPolicy, resolve: Resolver = system_resolver) -> Target:
+    """Decide whether ``url`` may be fetched; raise OutputRefused with the reason if not."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise OutputRefused("OUTPUT_URL_INVALID", f"output URL is malformed: {exc}") from exc
+    host = (parts.hostname or "").lower()
+    if not host or parts.scheme not in ("http", "https"):
+        raise OutputRefused("OUTPUT_URL_INVALID", f"output URL {url[:200]!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise OutputRefused("OUTPUT_URL_INVALID", "output URL carries credentials")
+    if policy.insecure_origin and _origin(url) == _origin(policy.insecure_origin):
+        return Target(url=url, host=host, address=None)
+    if parts.scheme != "https":
+        raise OutputRefused("OUTPUT_URL_INSECURE", f"output URL must use https, got {parts.scheme}://{host}")
+    if not host_allowed(host, policy.allowed_hosts):
+        raise OutputRefused("OUTPUT_HOST_NOT_ALLOWED", f"output host {host} is not on the allow-list")
+    addresses = resolve(host, port or 443)
+    if not addresses:
+        raise OutputCopyFailed(f"{host} resolved to no address")
+    for address in addresses:
+        if not address_is_public(address):
+            raise OutputRefused(
+                "OUTPUT_ADDRESS_FORBIDDEN", f"output host {host} resolves to non-public address {address}"
+            )
+    return Target(url=url, host=host, address=addresses[0])
+
+
+class _BodyReader:
+    """Reads an httpx byte stream in fixed-size parts, enforcing the byte cap and the deadline."""
+
+    def __init__(self, chunks: Iterator[bytes], max_bytes: int, deadline: float) -> None:
+        self._chunks = chunks
+        self._max = max_bytes
+        self._deadline = deadline
+        self._buffer = bytearray()
+        self.total = 0
+        self._done = False
+
+    def read_part(self, size: int) -> bytes:
+        while len(self._buffer) < size and not self._done:
+            if time.monotonic() > self._deadline:
+                raise OutputCopyFailed("copy deadline passed while downloading the output")
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._done = True
+                break
+            self.total += len(chunk)
+            if self.total > self._max:
+                raise OutputRefused("OUTPUT_TOO_LARGE", f"output exceeds the {self._max}-byte limit")
+            self._buffer += chunk
+        part = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return part
+
+
+def _open(http: httpx.Client, target: Target, timeout: httpx.Timeout) -> httpx.Response:
+    headers = {"Accept": "image/*"}
+    extensions: dict[str, Any] = {}
+    url = httpx.URL(target.url)
+    if target.address is not None:
+        # Connect to the address we checked; TLS still verifies the certificate for the real host.
+        headers["Host"] = url.netloc.decode("ascii")
+        extensions["sni_hostname"] = target.host
+        url = url.copy_with(host=target.address)
+    request = http.build_request("GET", url, headers=headers, extensions=extensions, timeout=timeout)
+    return http.send(request, stream=True, follow_redirects=False)
+
+
+def copy_output(
+    url: str,
+    *,
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    metadata: Mapping[str, str],
+    policy: OutputPolicy,
+    http: httpx.Client,
+    deadline: float,
+    resolve: Resolver = system_resolver,
+) -> CopiedObject:
+    """Stream one output into ``s3://bucket/key``; raises OutputRefused or OutputCopyFailed."""
+    current = url
+    for _hop in range(policy.max_redirects + 1):
+        target = check_url(current, policy, resolve)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OutputCopyFailed("copy deadline passed before the download started")
+        timeout = httpx.Timeout(min(10.0, remaining), connect=min(3.0, remaining))
+        try:
+            response = _open(http, target, timeout)
+        except httpx.HTTPError as exc:
+            raise OutputCopyFailed(f"fetching the output failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.is_redirect:
+                location = response.headers.get("Location")
+                if not location:
+                    raise OutputRefused("OUTPUT_URL_INVALID", "redirect without a Location header")
+                current = urljoin(current, location)
+                continue
+            return _store(
+                response, s3=s3, bucket=bucket, key=key, metadata=metadata, policy=policy, deadline=deadline
+            )
+        except httpx.HTTPError as exc:
+            raise OutputCopyFailed(f"reading the output failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.close()
+    raise OutputRefused("OUTPUT_TOO_MANY_REDIRECTS", f"more than {policy.max_redirects} redirects")
+
+
+def _store(
+    response: httpx.Response,
+    *,
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    metadata: Mapping[str, str],
+    policy: OutputPolicy,
+    deadline: float,
+) -> CopiedObject:
+    if response.status_code >= 400:
+        # Expired (403) or missing output URLs come back fresh from GET /v1/runs/{id}: retryable.
+        raise OutputCopyFailed(f"output URL answered HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise OutputRefused("OUTPUT_BAD_RESPONSE", f"output URL answered HTTP {response.status_code}")
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not content_type.startswith("image/"):
+        raise OutputRefused(
+            "OUTPUT_NOT_IMAGE", f"output content type {content_type or 'missing'!r} is not image/*"
+        )
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+        raise OutputRefused("OUTPUT_TOO_LARGE", f"output declares {declared} bytes, over {policy.max_bytes}")
+    reader = _BodyReader(response.iter_bytes(), policy.max_bytes, deadline)
+    _upload(reader, s3=s3, bucket=bucket, key=key, content_type=content_type, metadata=metadata)
+    if reader.total == 0:
+        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
+    return CopiedObject(key=key, size=reader.total, content_type=content_type)
+
+
+def _upload(
+    reader: _BodyReader,
+    *,
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    content_type: str,
+    metadata: Mapping[str, str],
+) -> None:
+    first = reader.read_part(PART_SIZE)
+    extra = {"ContentType": content_type, "Metadata": dict(metadata)}
+    try:
+        if len(first) < PART_SIZE:
+            s3.put_object(Bucket=bucket, Key=key, Body=first, **extra)  # type: ignore[arg-type]
+            return
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]  # type: ignore[arg-type]
+    except Exception as exc:
+        raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
+    parts: list[dict[str, Any]] = []
+    try:
+        part = first
+        number = 1
+        while part:
+            etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part)[
+                "ETag"
+            ]
+            parts.append({"ETag": etag, "PartNumber": number})
+            number += 1
+            part = reader.read_part(PART_SIZE)
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+        )
+    except BaseException as exc:
+        # Leave no invisible parts behind (the lifecycle rule is only the backstop).
+        with contextlib.suppress(Exception):  # the original failure is what matters
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        if isinstance(exc, OutputRefused | OutputCopyFailed) or not isinstance(exc, Exception):
+            raise
+        raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
