@@ -136,7 +136,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         runflow_base_url=_url(env, "BACKDROP_RUNFLOW_BASE_URL", "https://api.runflow.io"),
         runflow_api_key_secret=_require(env, "BACKDROP_RUNFLOW_API_KEY_SECRET"),
         callback_secret_name=_require(env, "BACKDROP_CALLBACK_SECRET"),
-        callback_url=_url(env, "BACKDROP_CALLBACK_URL"),
+        # Only the functions that create runs need it (the callback function cannot know its own
+        # URL without a template cycle), so it is checked where it is used.
+        callback_url=_url(env, "BACKDROP_CALLBACK_URL")
+        if env.get("BACKDROP_CALLBACK_URL", "").strip()
+        else "",
         default_colour=default_colour,
         presign_expiry_seconds=_int(env, "BACKDROP_PRESIGN_EXPIRY_SECONDS", 3600, minimum=60),
         max_input_bytes=_int(env, "BACKDROP_MAX_INPUT_BYTES", 50 * 1024 * 1024, minimum=1),

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from botocore.exceptions import ClientError
 
 from backdrop.colours import Colour, parse_colour
-from backdrop.config import get_settings
+from backdrop.config import ConfigError, get_settings
 from backdrop.jobs import Job, Status, now_iso
 from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
@@ -208,6 +208,8 @@ def resubmit(services: Services, job: Job, upload: UploadRef, colour: Colour) ->
 
 def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour) -> SubmitResult:
     settings = services.settings
+    if not settings.callback_url:
+        raise ConfigError("BACKDROP_CALLBACK_URL is required to create runs")
     request = RunRequest(
         image_url=presign(services, upload),
         red=colour.red,
