@@ -1,0 +1,64 @@
+# Backdrop developer commands. Everything a fresh machine needs is installed by these targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Lambda runs python3.12; so do the virtual environment and `sam build` (which needs python3.12 on PATH).
+PY312 ?= $(firstword $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12))
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM := $(VENV)/bin/sam
+export SAM_CLI_TELEMETRY := 0
+export PYTHONPATH := $(CURDIR)/local:$(CURDIR)/layers/core
+N ?= 2000
+
+.PHONY: help venv build lint test test-fast demo local chaos bench clean
+
+help:
+	@echo "make demo        set everything up and run the end-to-end demo (results in demo-output/)"
+	@echo "make test        every test: lint, types, unit, integration, e2e, fault injection"
+	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
+	@echo "make chaos N=2000  the fault-injection suite at a larger size"
+	@echo "make bench       benchmarks (output copy memory and throughput)"
+	@echo "make build       sam build"
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PY312)" || { echo "python3.12 is required (Lambda's runtime); install it or set PY312=/path/to/python3.12"; exit 1; }
+	$(PY312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet --group dev
+	@touch $@
+
+venv: $(VENV)/.installed
+
+BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '*/__pycache__/*' 2>/dev/null)
+.aws-sam/build/template.yaml: $(VENV)/.installed $(BUILD_INPUTS)
+	PATH="$(dir $(PY312)):$$PATH" $(SAM) build --parallel
+	@touch $@
+
+build: .aws-sam/build/template.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks
+
+test: venv build lint
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest tests/unit
+
+demo: venv build
+	$(PY) -m backdrop_local.demo
+
+local: venv build
+	$(PY) -m backdrop_local
+
+chaos: venv build
+	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider
+
+bench: venv
+	$(PY) benchmarks/copy_memory.py
+
+clean:
+	rm -rf .aws-sam .backdrop demo-output .pytest_cache .mypy_cache .ruff_cache

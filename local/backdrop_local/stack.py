@@ -1,0 +1,241 @@
+"""The whole of Backdrop on one machine, on free loopback ports.
+
+moto (S3, DynamoDB, SQS, Secrets Manager) provisioned from template.yaml; the local Runflow; the
+deployed functions as ``sam build`` built them, each in its own worker processes; S3 → SQS → submit
+delivery as the template wires it; a local HTTP API for the callback route; and the reconciler on
+a schedule. ``.backdrop/local-stack.json`` tells other tools where everything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backdrop_local.apigateway import LocalHttpApi
+from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
+from backdrop_local.eventsources import Schedule, SqsEventSource
+from backdrop_local.lambdas import LocalFunction, runtime_dir
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+from backdrop_local.template import Template
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+STACK_NAME = "backdrop-local"
+RUNFLOW_API_KEY = "rf_live_backdrop_local"
+CALLBACK_PATH = "/runflow/callback"
+
+
+@dataclass
+class StackOptions:
+    root: Path = ROOT
+    state_dir: Path | None = None
+    # "build": functions from .aws-sam/build (what gets deployed); "source": from the source tree.
+    code: str = "build"
+    reconcile_every_seconds: float = 300.0
+    reconcile_min_age_seconds: int = 120
+    run_deadline_minutes: int | None = None
+    visibility_timeout_seconds: int = 30
+    submit_concurrency: int | None = None
+    callback_concurrency: int = 4
+    runflow_workers: int = 2
+    runflow_faults: FaultSettings = field(default_factory=FaultSettings)
+    runflow_seed: int | None = None
+    runflow_callback_delays: tuple[float, ...] = (1.0, 2.0)
+    output_ttl_seconds: float = 3600.0
+    crash_mid_copy_rate: float = 0.0
+    fault_seed: int = 0
+    max_output_bytes: int | None = None
+    max_input_bytes: int | None = None
+    log_level: str = "INFO"
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.state_dir = self.options.state_dir or self.options.root / ".backdrop"
+        self.moto = MotoServer()
+        self.runflow: LocalRunflow | None = None
+        self.api: LocalHttpApi | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self.sqs_source: SqsEventSource | None = None
+        self.schedule: Schedule | None = None
+        self.resources: Resources | None = None
+        self.callback_secret = ""
+        self.info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> dict[str, Any]:
+        opts = self.options
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        endpoint = self.moto.start()
+        self.runflow = LocalRunflow(
+            host="127.0.0.1",
+            port=0,
+            api_keys=frozenset({RUNFLOW_API_KEY}),
+            allow_http_origins=(endpoint,),
+            output_ttl_seconds=opts.output_ttl_seconds,
+            workers=opts.runflow_workers,
+            faults=opts.runflow_faults,
+            seed=opts.runflow_seed,
+            callback_retry_delays=opts.runflow_callback_delays,
+        )
+        self.runflow.start()
+        self.callback_secret = self.runflow.create_callback_secret(label="backdrop-local")
+
+        template = Template(opts.root / "template.yaml", stack_name=STACK_NAME, region=REGION)
+        self.resources = provision(
+            template,
+            endpoint,
+            api_key=RUNFLOW_API_KEY,
+            callback_secret=self.callback_secret,
+            visibility_timeout=opts.visibility_timeout_seconds,
+        )
+        routes: dict[tuple[str, str], Any] = {}
+        self.api = LocalHttpApi(routes, api_id=template.physical_id("CallbackApi"))
+        self.api.start()
+        callback_url = self.api.url + CALLBACK_PATH
+
+        overrides = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "BACKDROP_RUNFLOW_BASE_URL": self.runflow.url,
+            # Exactly the local Runflow's origin may be plain http on loopback; nothing else.
+            "BACKDROP_INSECURE_OUTPUT_ORIGIN": self.runflow.url,
+            "BACKDROP_RECONCILE_MIN_AGE_SECONDS": str(opts.reconcile_min_age_seconds),
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": opts.log_level,
+        }
+        if opts.run_deadline_minutes is not None:
+            overrides["BACKDROP_RUN_DEADLINE_MINUTES"] = str(opts.run_deadline_minutes)
+        if opts.max_output_bytes is not None:
+            overrides["BACKDROP_MAX_OUTPUT_BYTES"] = str(opts.max_output_bytes)
+        if opts.max_input_bytes is not None:
+            overrides["BACKDROP_MAX_INPUT_BYTES"] = str(opts.max_input_bytes)
+
+        runtime = runtime_dir(self.state_dir / "lambda-runtime")
+        for logical in template.functions():
+            spec = template.function(logical)
+            env = {**spec.environment, **overrides}
+            if spec.environment.get("BACKDROP_CALLBACK_URL", "x"):
+                env["BACKDROP_CALLBACK_URL"] = callback_url
+            if logical == "CallbackFunction" and opts.crash_mid_copy_rate > 0:
+                env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
+                env["BACKDROP_LOCAL_FAULT_SEED"] = str(opts.fault_seed)
+            self.functions[logical] = LocalFunction(
+                logical,
+                handler=spec.handler,
+                paths=self._code_paths(logical, spec.code_uri, runtime),
+                env=env,
+                timeout=spec.timeout,
+                max_concurrency=self._concurrency(logical, spec),
+                log_path=self.state_dir / "logs" / f"{logical}.log",
+            )
+            for event in spec.events.values():
+                if event["Type"] == "HttpApi":
+                    props = event["Properties"]
+                    routes[(props["Method"].upper(), props["Path"])] = self.functions[logical].invoke
+
+        submit = template.function("SubmitFunction")
+        sqs_props = next(e["Properties"] for e in submit.events.values() if e["Type"] == "SQS")
+        self.sqs_source = SqsEventSource(
+            client("sqs", endpoint, REGION),
+            queue_url=self.resources.queue_url,
+            queue_arn=self.resources.queue_arn,
+            region=REGION,
+            invoke=self.functions["SubmitFunction"].invoke,
+            batch_size=int(sqs_props.get("BatchSize", 10)),
+            max_concurrency=self._concurrency("SubmitFunction", submit),
+        )
+        self.sqs_source.start()
+        self.schedule = Schedule(
+            self.functions["ReconcileFunction"].invoke,
+            every_seconds=opts.reconcile_every_seconds,
+            region=REGION,
+            rule_name=f"{STACK_NAME}-reconcile",
+        )
+        self.schedule.start()
+
+        self.info = {
+            "region": REGION,
+            "aws_endpoint_url": endpoint,
+            "aws_access_key_id": ACCESS_KEY_ID,
+            "aws_secret_access_key": SECRET_ACCESS_KEY,
+            "uploads_bucket": self.resources.uploads_bucket,
+            "upload_prefix": self.resources.upload_prefix,
+            "results_bucket": self.resources.results_bucket,
+            "results_prefix": self.resources.results_prefix,
+            "jobs_table": self.resources.jobs_table,
+            "callback_url": callback_url,
+            "runflow_url": self.runflow.url,
+            "runflow_api_key": RUNFLOW_API_KEY,
+            "callback_secret": self.callback_secret,
+            "queue_url": self.resources.queue_url,
+            "dead_letter_queue_url": self.resources.dlq_url,
+            "logs_dir": str(self.state_dir / "logs"),
+            "pid": os.getpid(),
+        }
+        path = self.state_dir / "local-stack.json"
+        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        path.chmod(0o600)
+        return self.info
+
+    def stop(self) -> None:
+        if self.schedule:
+            self.schedule.stop()
+        if self.sqs_source:
+            self.sqs_source.stop()
+        if self.api:
+            self.api.stop()
+        for function in self.functions.values():
+            function.close()
+        if self.runflow:
+            self.runflow.stop()
+        self.moto.stop()
+        (self.state_dir / "local-stack.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ helpers
+    def _code_paths(self, logical: str, code_uri: str, runtime: Path) -> list[Path]:
+        root = self.options.root
+        if self.options.code == "source":
+            return [root / code_uri, root / "layers" / "core", *map(Path, site.getsitepackages()), runtime]
+        build = root / ".aws-sam" / "build"
+        function_dir = build / logical
+        layer_dir = build / "CoreLayer" / "python"
+        if not function_dir.is_dir() or not layer_dir.is_dir():
+            raise RuntimeError(f"{function_dir} or {layer_dir} is missing: run `make build` first")
+        return [function_dir, layer_dir, runtime]
+
+    def _concurrency(self, logical: str, spec: Any) -> int:
+        opts = self.options
+        if logical == "SubmitFunction":
+            return opts.submit_concurrency or 2
+        if logical == "CallbackFunction":
+            return opts.callback_concurrency
+        return 1
+
+    def s3(self) -> Any:
+        return client("s3", self.moto.endpoint_url, REGION)
+
+    def dynamodb(self) -> Any:
+        return client("dynamodb", self.moto.endpoint_url, REGION)
+
+    def sqs(self) -> Any:
+        return client("sqs", self.moto.endpoint_url, REGION)
+
+    def reconcile_now(self) -> Any:
+        assert self.schedule is not None
+        return self.schedule.fire()

@@ -1,0 +1,160 @@
+"""Reads ``template.yaml`` so the local stack uses the same names and settings as a deployment.
+
+Evaluates the small subset of CloudFormation the template uses (Ref, Sub, GetAtt, If, Equals,
+Not) against parameter values and a local "physical id" for every resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import cfn_yaml
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    logical_id: str
+    code_uri: str
+    handler: str
+    timeout: int
+    environment: dict[str, str]
+    events: dict[str, dict[str, Any]]
+    reserved_concurrency: int | None
+
+
+class Template:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stack_name: str,
+        region: str,
+        parameters: Mapping[str, str] | None = None,
+        physical_ids: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = cfn_yaml.load(str(path))
+        self.stack_name = stack_name
+        self.region = region
+        self.parameters = {
+            name: str(spec.get("Default", "")) for name, spec in self.doc.get("Parameters", {}).items()
+        }
+        self.parameters.update(parameters or {})
+        self._physical = dict(physical_ids or {})
+
+    # ------------------------------------------------------------------ evaluation
+    def pseudo(self, name: str) -> str:
+        return {
+            "AWS::StackName": self.stack_name,
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+        }[name]
+
+    def physical_id(self, logical_id: str) -> str:
+        if logical_id in self._physical:
+            return self._physical[logical_id]
+        props = self.resource(logical_id).get("Properties", {})
+        for key in ("BucketName", "QueueName", "TableName", "Name"):
+            if key in props:
+                return str(self.evaluate(props[key]))
+        return f"{self.stack_name}-{logical_id}"
+
+    def ref(self, name: str) -> str:
+        if name.startswith("AWS::"):
+            return self.pseudo(name)
+        if name in self.parameters:
+            return self.parameters[name]
+        return self.physical_id(name)
+
+    def condition(self, name: str) -> bool:
+        return bool(self.evaluate(self.doc["Conditions"][name]))
+
+    def evaluate(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.evaluate(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            ((key, value),) = node.items()
+            if key == "Ref":
+                return self.ref(value)
+            if key == "Fn::Sub":
+                return self._sub(value)
+            if key == "Fn::GetAtt":
+                logical, attr = value if isinstance(value, list) else value.split(".", 1)
+                return self._get_att(logical, attr)
+            if key == "Fn::If":
+                cond, yes, no = value
+                return self.evaluate(yes if self.condition(cond) else no)
+            if key == "Fn::Equals":
+                a, b = (self.evaluate(v) for v in value)
+                return str(a) == str(b)
+            if key == "Fn::Not":
+                return not self.evaluate(value[0])
+            if key == "Condition":
+                return self.condition(value)
+        return {k: self.evaluate(v) for k, v in node.items()}
+
+    def _sub(self, value: Any) -> str:
+        text, variables = (value, {}) if isinstance(value, str) else (value[0], value[1])
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(self.evaluate(variables[name]))
+            if "." in name:
+                logical, attr = name.split(".", 1)
+                return str(self._get_att(logical, attr))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+    def _get_att(self, logical: str, attr: str) -> str:
+        name = self.physical_id(logical)
+        kind = self.resource(logical)["Type"]
+        if attr == "Arn":
+            if kind == "AWS::SQS::Queue":
+                return f"arn:aws:sqs:{self.region}:{ACCOUNT_ID}:{name}"
+            if kind == "AWS::DynamoDB::Table":
+                return f"arn:aws:dynamodb:{self.region}:{ACCOUNT_ID}:table/{name}"
+            if kind == "AWS::S3::Bucket":
+                return f"arn:aws:s3:::{name}"
+        if attr == "QueueName":
+            return name
+        return f"{name}.{attr}"
+
+    # ------------------------------------------------------------------ lookups
+    def resource(self, logical_id: str) -> dict[str, Any]:
+        resource: dict[str, Any] = self.doc["Resources"][logical_id]
+        return resource
+
+    def properties(self, logical_id: str) -> dict[str, Any]:
+        props: dict[str, Any] = self.evaluate(self.resource(logical_id).get("Properties", {}))
+        return props
+
+    def function(self, logical_id: str) -> FunctionDef:
+        globals_ = self.doc.get("Globals", {}).get("Function", {})
+        props = self.resource(logical_id)["Properties"]
+        env = dict(self.evaluate(globals_.get("Environment", {}).get("Variables", {})))
+        env.update(self.evaluate(props.get("Environment", {}).get("Variables", {})))
+        reserved = props.get("ReservedConcurrentExecutions")
+        return FunctionDef(
+            logical_id=logical_id,
+            code_uri=str(props["CodeUri"]),
+            handler=str(props.get("Handler", globals_.get("Handler"))),
+            timeout=int(self.evaluate(props.get("Timeout", globals_.get("Timeout", 3)))),
+            environment={k: str(v) for k, v in env.items()},
+            events={name: self.evaluate(ev) for name, ev in props.get("Events", {}).items()},
+            reserved_concurrency=int(self.evaluate(reserved)) if reserved is not None else None,
+        )
+
+    def functions(self) -> list[str]:
+        return [k for k, v in self.doc["Resources"].items() if v["Type"] == "AWS::Serverless::Function"]
