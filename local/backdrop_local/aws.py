@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 from backdrop_local.template import Template
 
 ACCESS_KEY_ID = "backdrop-local"
-SECRET_ACCESS_KEY = "backdrop-local-secret"
+SECRET_ACCESS_KEY = "backdrop-local-secret"  # noqa: S105 - moto accepts any credentials
 
 
 class MotoServer:
