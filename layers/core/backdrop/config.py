@@ -122,6 +122,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     insecure = env.get("BACKDROP_INSECURE_OUTPUT_ORIGIN", "").strip()
     if insecure:
         parts = urlsplit(insecure)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
+        except ValueError as exc:
+            raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN has a bad port: {insecure!r}") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}")
         insecure = _origin(insecure)

@@ -249,6 +249,8 @@ def _upload(
     metadata: Mapping[str, str],
 ) -> None:
     first = reader.read_part(PART_SIZE)
+    if not first:  # refuse before writing: an empty object must not appear in the results bucket
+        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
     extra = {"ContentType": content_type, "Metadata": dict(metadata)}
     try:
         if len(first) < PART_SIZE:

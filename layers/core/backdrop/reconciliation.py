@@ -20,7 +20,7 @@ from backdrop.completion import Completion, complete_job
 from backdrop.jobs import Job, Status, parse_iso
 from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
-from backdrop.runs import RunflowError
+from backdrop.runs import RunflowError, RunflowRejected
 from backdrop.services import Services
 from backdrop.submission import SubmitRetryable, resubmit
 from backdrop.uploads import UploadRef
@@ -80,17 +80,33 @@ def _reconcile_one(
         try:
             colour = parse_colour(job.color)
         except ValueError as exc:
-            services.jobs.transition(
-                job.job_id,
-                Status.REJECTED,
-                changes={"error_code": "INVALID_COLOR", "error_message": str(exc)},
-            )
+            try:
+                services.jobs.transition(
+                    job.job_id,
+                    Status.REJECTED,
+                    changes={"error_code": "INVALID_COLOR", "error_message": str(exc)},
+                )
+            except TransitionRefused:  # moved on since the (eventually consistent) index read
+                return "already_done"
             return "rejected"
         submitted = resubmit(services, job, upload_of(job), colour)
         count("JobsRecovered")
         return f"resubmitted_{submitted.outcome.value}"
 
-    run = services.runflow().get_run(job.run_id)
+    try:
+        run = services.runflow().get_run(job.run_id)
+    except RunflowRejected as exc:
+        if exc.http_status != 404:
+            raise
+        # Runflow does not know the run: it can never call back or finish.
+        try:
+            services.jobs.transition(
+                job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
+            )
+        except TransitionRefused:
+            return "already_done"
+        count("JobsFailed")
+        return "failed_run_not_found"
     if not run.is_terminal:
         if overdue:
             return _time_out(services, job, f"run {job.run_id} still {run.status} after the run deadline")

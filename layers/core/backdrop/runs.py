@@ -123,9 +123,12 @@ def run_result_from_callback(envelope: Mapping[str, Any]) -> RunResult:
     status = envelope.get("status")
     if not status:
         event = str(envelope.get("event", ""))
-        status = {"run.completed": "succeeded", "run.failed": "failed", "run.cancelled": "canceled"}.get(
-            event, ""
-        )
+        status = {
+            "run.completed": "succeeded",
+            "run.partial_succeeded": "partial_succeeded",
+            "run.failed": "failed",
+            "run.cancelled": "canceled",
+        }.get(event, "")
     metadata = envelope.get("metadata")
     return RunResult(
         run_id=str(envelope.get("run_id") or ""),

@@ -53,7 +53,9 @@ def parse_api_key(raw: Any) -> str:
             value = json.loads(text).get("api_key", "")
         except (ValueError, AttributeError) as exc:
             raise SecretError("Runflow API key secret is JSON without an 'api_key' string") from exc
-        text = str(value).strip()
+        if not isinstance(value, str):
+            raise SecretError("Runflow API key secret is JSON without an 'api_key' string")
+        text = value.strip()
     if not text:
         raise SecretError("Runflow API key secret is empty")
     return text
