@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from backdrop.callbacks import handle_callback
 from backdrop.observability import logger, metrics, tracer
 from backdrop.services import get_services

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from backdrop.observability import logger, metrics, tracer
 from backdrop.reconciliation import reconcile
 from backdrop.services import get_services

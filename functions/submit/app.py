@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from backdrop.observability import logger, metrics, tracer
 from backdrop.submission import register_lambda_context, submit_once
 from backdrop.uploads import UploadRef, decode_event_key
