@@ -1,0 +1,128 @@
+"""Benchmark: streaming a large Runflow output into the results bucket with bounded memory.
+
+Serves a generated output of ``--mb`` megabytes (default 200) from a separate process, copies it
+with ``backdrop.outputs.copy_output`` into moto's S3 (also a separate process, so its copy of the
+object does not count), and prints throughput and this process's peak memory.
+
+    make bench            # or: .venv/bin/python benchmarks/copy_memory.py --mb 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import boto3
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "layers" / "core")]
+
+from backdrop.outputs import OutputPolicy, copy_output  # noqa: E402
+
+SOURCE = textwrap.dedent(
+    """
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    SIZE = int(sys.argv[2])
+    CHUNK = bytes(range(256)) * 4096
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(SIZE))
+            self.end_headers()
+            left = SIZE
+            while left:
+                piece = CHUNK[: min(left, len(CHUNK))]
+                self.wfile.write(piece)
+                left -= len(piece)
+        def log_message(self, *a):
+            pass
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str) -> None:
+    for _ in range(100):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=200)
+    args = parser.parse_args()
+    size = args.mb * 1024 * 1024
+    moto_port, source_port = free_port(), free_port()
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-p", str(moto_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    source = subprocess.Popen([sys.executable, "-c", SOURCE, str(source_port), str(size)])
+    try:
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        origin = f"http://127.0.0.1:{source_port}"
+        wait_for(endpoint)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        s3.create_bucket(Bucket="results")
+        policy = OutputPolicy(allowed_hosts=(), max_bytes=size + 1, insecure_origin=origin)
+        baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tracemalloc.start()
+        started = time.perf_counter()
+        with httpx.Client() as http:
+            copied = copy_output(
+                f"{origin}/out.png",
+                s3=s3,
+                bucket="results",
+                key="results/big.png",
+                metadata={"job-id": "bench"},
+                policy=policy,
+                http=http,
+                deadline=time.monotonic() + 600,
+            )
+        elapsed = time.perf_counter() - started
+        _, peak_traced = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        stored = s3.head_object(Bucket="results", Key="results/big.png")["ContentLength"]
+        assert stored == size == copied.size, (stored, size, copied.size)
+        print(
+            f"copy_output: {args.mb} MB in {elapsed:.2f} s ({args.mb / elapsed:.1f} MB/s); "
+            f"peak Python allocations {peak_traced / 2**20:.1f} MiB; "
+            f"process peak RSS {peak_rss:.0f} MiB (before the copy {baseline_rss:.0f} MiB); "
+            f"stored {stored} bytes"
+        )
+    finally:
+        for proc in (moto, source):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
