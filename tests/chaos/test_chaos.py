@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -176,9 +177,10 @@ def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str
     return answers
 
 
-def test_nothing_lost_nothing_billed_twice() -> None:
+def test_nothing_lost_nothing_billed_twice(tmp_path: Path) -> None:
     rng = random.Random(20261124)
     options = StackOptions(
+        state_dir=tmp_path / "state",
         reconcile_every_seconds=3.0,
         reconcile_min_age_seconds=8,
         visibility_timeout_seconds=6,
@@ -279,6 +281,9 @@ def test_nothing_lost_nothing_billed_twice() -> None:
             f"statuses={dict(statuses)} hostile_answers={dict(hostile)} "
             f"callbacks_sent={stats.get('callbacks_sent')} max_time_to_converge_s={max_converge:.1f}"
         )
+        # Secrets never reach the logs, whatever happened.
+        logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("*.log"))
+        assert stack.callback_secret not in logs and RUNFLOW_API_KEY not in logs
         assert lost == 0
         assert duplicate_runs == 0 and runs_per_upload == 1.0
         assert hostile and set(hostile) == {401}, f"hostile callbacks answered {dict(hostile)}"
