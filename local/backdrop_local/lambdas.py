@@ -115,6 +115,9 @@ class LocalFunction:
             "TZ": "UTC",
             **env,
         }
+        # Lambda sets both; some SDK paths read only the older name.
+        self._env.setdefault("AWS_DEFAULT_REGION", self._env.get("AWS_REGION", "us-east-1"))
+        self._env.setdefault("AWS_REGION", self._env["AWS_DEFAULT_REGION"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the function
         self._idle: list[_Worker] = []
