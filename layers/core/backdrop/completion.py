@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
@@ -51,6 +51,8 @@ def complete_job(job: Job, run: RunResult, services: Services, *, deadline: floa
                 services, job, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output", run
             )
         return _copy(services, job, run, deadline)
+    if run.failure_code is None and run.status in ("failed", "canceled"):
+        run = _with_failure_details(run, services)
     if run.status == "canceled":
         return _finish(
             services,
@@ -162,3 +164,16 @@ def _copy(services: Services, job: Job, run: RunResult, deadline: float) -> Comp
 
 def deadline_in(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+def _with_failure_details(run: RunResult, services: Services) -> RunResult:
+    """Callbacks may carry ``output: null`` for a failed run (Runflow's docs disagree); the run
+    object always has ``failure_code``/``failure_message``, so read it for the record."""
+    try:
+        fetched = services.runflow().get_run(run.run_id)
+    except Exception as exc:  # best effort: the generic reason is still recorded
+        logger.warning("Could not read the failed run's details", extra={"reason": str(exc)})
+        return run
+    if fetched.run_id != run.run_id or fetched.failure_code is None:
+        return run
+    return replace(run, failure_code=fetched.failure_code, failure_message=fetched.failure_message)

@@ -280,6 +280,8 @@ def _upload(
         # Leave no invisible parts behind (the lifecycle rule is only the backstop).
         with contextlib.suppress(Exception):  # the original failure is what matters
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        if isinstance(exc, OutputRefused | OutputCopyFailed) or not isinstance(exc, Exception):
+        # A broken download is reported as such by copy_output, not as an S3 write failure.
+        passthrough = OutputRefused | OutputCopyFailed | httpx.HTTPError
+        if isinstance(exc, passthrough) or not isinstance(exc, Exception):
             raise
         raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc

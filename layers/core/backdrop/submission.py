@@ -160,6 +160,10 @@ def _head(upload: UploadRef, services: Services) -> _SourceObject | None:
 
 def _validate(upload: UploadRef, source: _SourceObject, services: Services) -> tuple[str, str] | None:
     limit = services.settings.max_input_bytes
+    if any(part in (".", "..") for part in upload.key.split("/")):
+        # HTTP clients resolve dot segments in a URL path, so the presigned URL would fetch a
+        # different key (or none): such an object cannot be handed to Runflow by URL.
+        return "UNSUPPORTED_KEY", f"the key {upload.key!r} has '.' or '..' path segments, which URLs rewrite"
     if source.size == 0:
         return "EMPTY_OBJECT", "the uploaded object is empty (0 bytes)"
     if source.size > limit:
