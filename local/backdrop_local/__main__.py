@@ -1,0 +1,88 @@
+"""``make local``: the local stack in the foreground until Ctrl-C or SIGTERM.
+
+Writes ``.backdrop/local-stack.json`` (see the README for its keys) and removes it on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from backdrop_local.runflow import FaultSettings
+from backdrop_local.stack import LocalStack, StackOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backdrop_local", description=__doc__)
+    parser.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="reconciler schedule (AWS default is 5 minutes; 60 s locally)",
+    )
+    parser.add_argument(
+        "--reconcile-min-age",
+        type=int,
+        default=120,
+        metavar="SECONDS",
+        help="open jobs younger than this are left to their callbacks",
+    )
+    parser.add_argument(
+        "--code",
+        choices=["build", "source"],
+        default="build",
+        help="run the functions as `sam build` built them (default) or from the source tree",
+    )
+    for name in FaultSettings().to_dict():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=0.0,
+            dest=name,
+            help=f"local Runflow fault: {name}",
+        )
+    parser.add_argument("--state-dir", type=Path, default=None, help="where local-stack.json and logs go")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the local Runflow's fault dice")
+    args = parser.parse_args(argv)
+    faults = FaultSettings(**{name: getattr(args, name) for name in FaultSettings().to_dict()})
+    stack = LocalStack(
+        StackOptions(
+            code=args.code,
+            state_dir=args.state_dir,
+            reconcile_every_seconds=args.reconcile_every,
+            reconcile_min_age_seconds=args.reconcile_min_age,
+            runflow_faults=faults,
+            runflow_seed=args.seed,
+        )
+    )
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    info = stack.start()
+    try:
+        print(json.dumps(info, indent=2))
+        print(
+            f"Backdrop local stack is up; see {stack.state_dir / 'local-stack.json'}. Ctrl-C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        print("Stopping the local stack...", file=sys.stderr, flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

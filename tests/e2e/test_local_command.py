@@ -1,0 +1,80 @@
+"""`make local` as a stranger uses it: start, read local-stack.json, upload with any S3 client,
+watch the result appear, stop with SIGTERM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = {
+    "region",
+    "aws_endpoint_url",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "uploads_bucket",
+    "upload_prefix",
+    "results_bucket",
+    "results_prefix",
+    "jobs_table",
+    "callback_url",
+    "runflow_url",
+    "runflow_api_key",
+    "callback_secret",
+}
+
+
+def test_local_stack_command(built: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'local'}:{ROOT / 'layers' / 'core'}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backdrop_local", "--state-dir", str(state), "--reconcile-every", "5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info_path = state / "local-stack.json"
+        deadline = time.monotonic() + 60
+        while not info_path.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "local-stack.json never appeared"
+            time.sleep(0.2)
+        info = json.loads(info_path.read_text())
+        assert set(info) >= KEYS
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=info["aws_endpoint_url"],
+            region_name=info["region"],
+            aws_access_key_id=info["aws_access_key_id"],
+            aws_secret_access_key=info["aws_secret_access_key"],
+        )
+        buffer = io.BytesIO()
+        Image.new("RGB", (80, 60), (240, 240, 240)).save(buffer, format="JPEG")
+        s3.put_object(
+            Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}hello.jpg", Body=buffer.getvalue()
+        )
+        result_key = f"{info['results_prefix']}hello.png"
+        deadline = time.monotonic() + 60
+        while True:
+            listed = s3.list_objects_v2(Bucket=info["results_bucket"]).get("Contents", [])
+            if any(o["Key"] == result_key for o in listed):
+                break
+            assert time.monotonic() < deadline, "no result appeared"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0
+    assert not (state / "local-stack.json").exists()
