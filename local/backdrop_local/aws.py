@@ -35,7 +35,7 @@ class MotoServer:
 
 
 def client(service: str, endpoint_url: str, region: str) -> Any:
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=endpoint_url,
         region_name=region,

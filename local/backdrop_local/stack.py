@@ -9,6 +9,7 @@ a schedule. ``.backdrop/local-stack.json`` tells other tools where everything is
 from __future__ import annotations
 
 import json
+import logging
 import os
 import site
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class LocalStack:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> dict[str, Any]:
         opts = self.options
+        # moto's and the HTTP API's per-request access lines drown the functions' own logs.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         endpoint = self.moto.start()
         self.runflow = LocalRunflow(

@@ -54,7 +54,7 @@ def _install_crash_fault(rate: float, seed: int) -> None:
             os._exit(137)
         return original(*args, **kwargs)
 
-    completion.copy_output = crashing_copy_output
+    completion.copy_output = crashing_copy_output  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from backdrop.jobs import Job
 from backdrop.observability import count, logger
 from backdrop.runs import run_result_from_callback
 from backdrop.services import Services
-from backdrop.signatures import verify
+from backdrop.signatures import is_well_formed, verify
 
 MAX_BODY_BYTES = 256 * 1024  # a callback envelope is a few KB; anything near this is not Runflow
 
@@ -40,8 +40,8 @@ def authenticate(body: bytes, signature: str | None, services: Services) -> bool
     """Check against the cached secrets, then once more with freshly read ones (a rotation)."""
     if verify(body, signature, services.secrets.signing_secrets().all()):
         return True
-    if signature is None:
-        return False
+    if not is_well_formed(signature):
+        return False  # never costs a secret read
     return verify(body, signature, services.secrets.signing_secrets(refresh=True).all())
 
 

@@ -170,7 +170,8 @@ def _with_failure_details(run: RunResult, services: Services) -> RunResult:
     """Callbacks may carry ``output: null`` for a failed run (Runflow's docs disagree); the run
     object always has ``failure_code``/``failure_message``, so read it for the record."""
     try:
-        fetched = services.runflow().get_run(run.run_id)
+        # Short budget: the callback must still answer within a few seconds.
+        fetched = services.runflow().get_run(run.run_id, budget_seconds=2.0)
     except Exception as exc:  # best effort: the generic reason is still recorded
         logger.warning("Could not read the failed run's details", extra={"reason": str(exc)})
         return run

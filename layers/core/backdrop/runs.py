@@ -205,11 +205,11 @@ class RunflowClient:
             raise RunflowUnavailable("Runflow accepted the run but its answer carries no id")
         return result
 
-    def get_run(self, run_id: str) -> RunResult:
-        return run_result_from_run(self._send("GET", f"{self._base}/v1/runs/{run_id}"))
+    def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
+        return run_result_from_run(self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds))
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + self._retry.budget_seconds
+    def _send(self, method: str, url: str, *, budget: float | None = None, **kwargs: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + (self._retry.budget_seconds if budget is None else budget)
         headers = {**self._headers, **kwargs.pop("headers", {})}
         last_problem = "no attempt made"
         for attempt in range(1, self._retry.max_attempts + 1):

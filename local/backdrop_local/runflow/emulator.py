@@ -1,0 +1,186 @@
+"""``LocalRunflow``: the local stand-in for Runflow's API for ``runflow/background-color``.
+
+It wires the HTTP server, the run workers and the callback sender to one in-memory store, and
+offers the controls tests and the local stack need (faults, stats, ``wait_idle``, restarting the
+callback sender). It binds only to loopback and only ever contacts loopback hosts or the origins
+it is told to allow.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from backdrop_local.runflow.callbacks import CallbackSender, DueQueue
+from backdrop_local.runflow.faults import FaultInjector, FaultSettings
+from backdrop_local.runflow.ids import utc_now
+from backdrop_local.runflow.netpolicy import NetPolicy, is_loopback_host
+from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
+from backdrop_local.runflow.server import QuietRequestHandler, RunflowApp
+from backdrop_local.runflow.service import RunflowService
+from backdrop_local.runflow.store import Delivery, Store
+from backdrop_local.runflow.workers import RunExecutor
+
+DEFAULT_RETRY_DELAYS = (1.0, 2.0)
+
+
+class LocalRunflow:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_keys: frozenset[str] = frozenset({"rf_live_local"}),
+        allow_http_origins: tuple[str, ...] = (),
+        output_ttl_seconds: float = 3600.0,
+        workers: int = 2,
+        faults: FaultSettings | None = None,
+        seed: int | None = None,
+        callback_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+        *,
+        callback_threads: int = 4,
+        callback_timeout_seconds: float = 10.0,
+        output_dir: Path | None = None,
+    ) -> None:
+        if not is_loopback_host(host):
+            raise ValueError(f"the local Runflow only binds to loopback addresses, not {host!r}")
+        if any(delay < 0 for delay in callback_retry_delays):
+            raise ValueError("callback retry delays must not be negative")
+        self._host = host
+        self._port = port
+        self._url: str | None = None
+        self._policy = NetPolicy.from_origins(allow_http_origins)
+        self._retry_delays = tuple(float(d) for d in callback_retry_delays)
+        self._callback_threads = callback_threads
+        self._callback_timeout = callback_timeout_seconds
+        self.store = Store()
+        self._faults = FaultInjector(faults or FaultSettings(), seed)
+        self._outputs = OutputDirectory(output_dir)
+        self._signer = OutputSigner(lambda: self.url, output_ttl_seconds)
+        self._service = RunflowService(
+            self.store,
+            self._faults,
+            self._policy,
+            self._signer,
+            self._outputs,
+            lambda: self.url,
+            self._retry_delays,
+        )
+        self._due = DueQueue()
+        self._sender = self._new_sender()
+        self._executor = RunExecutor(
+            self.store,
+            self._faults,
+            self._policy,
+            self._outputs,
+            self._service.plan_deliveries,
+            self._schedule,
+            workers=workers,
+        )
+        self._service.submit_run = self._executor.submit
+        self._service.schedule = self._schedule
+        self._app = RunflowApp(self._service, api_keys)
+        self._server: BaseWSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._sender_lock = threading.Lock()
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("LocalRunflow is not started")
+        return self._url
+
+    def start(self) -> LocalRunflow:
+        if self._server is not None:
+            raise RuntimeError("LocalRunflow is already started")
+        if self._stopped:
+            raise RuntimeError("a stopped LocalRunflow cannot be started again")
+        server = make_server(
+            self._host, self._port, self._app, threaded=True, request_handler=QuietRequestHandler
+        )
+        shown = f"[{self._host}]" if ":" in self._host else self._host
+        self._url = f"http://{shown}:{server.server_port}"
+        self._server = server
+        self._executor.start()
+        self._sender.start()
+        # A short poll interval makes stop() quick; the idle cost is negligible.
+        self._server_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="runflow-http", daemon=True
+        )
+        self._server_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, let runs and callback attempts in progress finish, delete the outputs."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._server_thread is not None:
+            self._server_thread.join(5.0)
+        self._executor.stop()
+        with self._sender_lock:
+            self._sender.stop()
+        self._outputs.close()
+
+    def __enter__(self) -> LocalRunflow:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ controls
+    def create_callback_secret(self, label: str = "local") -> str:
+        """A new signing secret, made current; returns its plain ``whsec_...`` string."""
+        return self.store.create_secret(label, make_current=True).plain_secret
+
+    def set_faults(self, faults: FaultSettings, seed: int | None = None, *, reseed: bool = False) -> None:
+        self._faults.configure(faults, seed, reseed=reseed)
+
+    @property
+    def faults(self) -> FaultSettings:
+        return self._faults.settings
+
+    def stats(self) -> dict[str, Any]:
+        return self._service.stats()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once no run is queued or running and no callback delivery is pending."""
+        return self.store.wait_idle(timeout)
+
+    def restart_callback_sender(self) -> None:
+        """Stop the sender threads and start fresh ones; pending deliveries are kept.
+
+        The store, not the queue, is the record of what is pending: after the old threads have
+        finished their attempts in flight, the queue is rebuilt from the store's pending deliveries
+        at their recorded next-attempt times.
+        """
+        with self._sender_lock:
+            self._sender.stop()
+            self._due.clear()
+            self._sender = self._new_sender()
+            self._sender.start()
+            self._schedule(self.store.pending_deliveries())
+
+    # ------------------------------------------------------------------ wiring
+    def _new_sender(self) -> CallbackSender:
+        return CallbackSender(
+            self.store,
+            self._due,
+            self._policy,
+            self._retry_delays,
+            threads=self._callback_threads,
+            timeout_s=self._callback_timeout,
+        )
+
+    def _schedule(self, deliveries: list[Delivery]) -> None:
+        now = utc_now()
+        for delivery in deliveries:
+            due = delivery.next_attempt_at or now
+            self._due.push(delivery.id, (due - now).total_seconds())

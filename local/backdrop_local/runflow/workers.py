@@ -1,0 +1,126 @@
+"""Worker threads that take queued runs through running to succeeded or failed.
+
+Each worker handles one run at a time (so one image in memory per worker). Whatever goes wrong
+inside a run (bad input, a model error, a bug) ends that run as failed with a code and message;
+it never takes the worker or the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from backdrop_local.runflow.faults import FaultInjector
+from backdrop_local.runflow.netpolicy import NetPolicy, http_client
+from backdrop_local.runflow.outputs import OutputDirectory
+from backdrop_local.runflow.processing import Colour, ProcessingFailed, fetch_image, render
+from backdrop_local.runflow.store import FAILED, SUCCEEDED, Delivery, OutputFile, Run, Store
+
+log = logging.getLogger(__name__)
+
+DeliveryPlanner = Callable[[Run], list[Delivery]]
+DeliveryScheduler = Callable[[list[Delivery]], None]
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        store: Store,
+        faults: FaultInjector,
+        policy: NetPolicy,
+        outputs: OutputDirectory,
+        plan_deliveries: DeliveryPlanner,
+        schedule_deliveries: DeliveryScheduler,
+        *,
+        workers: int,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("at least one worker is needed")
+        self._store = store
+        self._faults = faults
+        self._policy = policy
+        self._outputs = outputs
+        self._plan = plan_deliveries
+        self._schedule = schedule_deliveries
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"runflow-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        self._http = http_client()
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, run_id: str) -> None:
+        self._queue.put(run_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the runs in progress; runs still queued stay queued."""
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._http.close()
+
+    def _loop(self) -> None:
+        while True:
+            run_id = self._queue.get()
+            if run_id is None or self._stopping.is_set():
+                return
+            try:
+                self._execute(run_id)
+            except Exception:  # the run is already failed below; this guards the thread itself
+                log.exception("worker crashed on run %s", run_id)
+
+    def _execute(self, run_id: str) -> None:
+        run = self._store.start_run(run_id)
+        if run is None:
+            return
+        started = time.perf_counter()
+        try:
+            if self._faults.roll("processing_failure"):
+                raise ProcessingFailed(
+                    "PROCESSING_FAILED", "the model failed to process the image", "processing"
+                )
+            fetched = time.perf_counter()
+            data = fetch_image(self._http, str(run.input["image_url"]), self._policy)
+            fetch_ms = round((time.perf_counter() - fetched) * 1000)
+            colour = Colour(
+                int(run.input["color_red"]), int(run.input["color_green"]), int(run.input["color_blue"])
+            )
+            png, timing = render(data, colour)
+            del data
+            self._outputs.write(run_id, 0, png)
+        except ProcessingFailed as failure:
+            self._fail(run_id, failure.code, failure.message, failure.stage)
+            return
+        except Exception as exc:
+            log.exception("run %s failed unexpectedly", run_id)
+            self._fail(run_id, "PROCESSING_FAILED", f"internal error: {type(exc).__name__}", "processing")
+            return
+        timing = {"fetch_ms": fetch_ms, **timing, "total_ms": round((time.perf_counter() - started) * 1000)}
+        output = OutputFile(index=0, content_type="image/png", size=len(png))
+
+        def settle(target: Run) -> None:
+            target.status_code = SUCCEEDED
+            target.outputs = [output]
+            target.timing = timing
+
+        self._schedule(self._store.finish_run(run_id, settle, self._plan))
+
+    def _fail(self, run_id: str, code: str, message: str, stage: str) -> None:
+        def settle(target: Run) -> None:
+            target.status_code = FAILED
+            target.failure_code = code
+            target.failure_message = message
+            target.failure_stage_code = stage
+
+        self._schedule(self._store.finish_run(run_id, settle, self._plan))

@@ -1,0 +1,180 @@
+"""Helpers for the local Runflow's integration tests: a loopback "upstream" and test images.
+
+The upstream plays both other parties a Runflow client deals with: the store that serves input
+images (as an S3 presigned GET would) and the receiver of callbacks, whose answers a test can
+script (e.g. 500, 500, 200).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image, ImageDraw
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from backdrop_local.runflow import LocalRunflow
+
+API_KEY = "rf_live_local"
+MODEL_RUNS = "/v1/models/runflow/background-color/runs"
+DISC_COLOUR = (150, 20, 30)
+TERMINAL = ("succeeded", "failed")
+
+
+def photo(width: int = 400, height: int = 300, fmt: str = "JPEG") -> bytes:
+    """A dark red disc on a light grey background with a gentle gradient (a product-shot stand-in)."""
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[np.newaxis, :, np.newaxis]
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, np.newaxis, np.newaxis]
+    background = np.broadcast_to(205 + 20 * x - 10 * y, (height, width, 3))
+    image = Image.fromarray(np.rint(background).astype(np.uint8), mode="RGB")
+    radius = min(width, height) * 0.27
+    cx, cy = width / 2, height / 2
+    ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=DISC_COLOUR)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() on arrival
+    wall: float  # time.time() on arrival, to compare with timestamps in run objects
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class Upstream:
+    """Serves ``GET /files/...`` and records ``POST /callbacks/<name>`` on a free loopback port."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[bytes, str, float]] = {}
+        self._scripts: dict[str, list[int]] = {}
+        self._received: list[Received] = []
+        self._cond = threading.Condition()
+        self._server: BaseWSGIServer | None = None
+
+    def start(self) -> Upstream:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet)
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def origin(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def add_file(self, name: str, data: bytes, content_type: str = "image/jpeg", delay_s: float = 0.0) -> str:
+        self._files[name] = (data, content_type, delay_s)
+        return f"{self.origin}/files/{name}"
+
+    def missing_file_url(self) -> str:
+        return f"{self.origin}/files/does-not-exist.jpg"
+
+    def callback_url(self, name: str = "hook", *, answers: list[int] | None = None) -> str:
+        """URL of a receiver answering ``answers`` in turn, then 200 for ever."""
+        self._scripts[name] = list(answers or [])
+        return f"{self.origin}/callbacks/{name}"
+
+    def received(self, name: str = "hook") -> list[Received]:
+        with self._cond:
+            return [r for r in self._received if r.path == f"/callbacks/{name}"]
+
+    def wait_for(self, count: int, name: str = "hook", timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len([r for r in self._received if r.path == f"/callbacks/{name}"]) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        got = self.received(name)
+        assert len(got) >= count, f"expected {count} callbacks on {name}, got {len(got)}"
+        return got
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self._respond(Request(environ))(environ, start_response)
+
+    def _respond(self, request: Request) -> Response:
+        if request.method == "GET" and request.path.startswith("/files/"):
+            entry = self._files.get(request.path.removeprefix("/files/"))
+            if entry is None:
+                return Response("not found", status=404)
+            data, content_type, delay_s = entry
+            if delay_s:
+                time.sleep(delay_s)
+            return Response(data, content_type=content_type)
+        if request.method == "POST" and request.path.startswith("/callbacks/"):
+            name = request.path.removeprefix("/callbacks/")
+            with self._cond:
+                self._received.append(
+                    Received(
+                        request.path, dict(request.headers), request.get_data(), time.monotonic(), time.time()
+                    )
+                )
+                script = self._scripts.setdefault(name, [])
+                status = script.pop(0) if script else 200
+                self._cond.notify_all()
+            return Response(f"answer {status}", status=status)
+        return Response("no such route", status=404)
+
+
+@contextmanager
+def running(**options: Any) -> Iterator[LocalRunflow]:
+    runflow = LocalRunflow(**options)
+    runflow.start()
+    try:
+        yield runflow
+    finally:
+        runflow.stop()
+
+
+def api(runflow: LocalRunflow, key: str = API_KEY) -> httpx.Client:
+    return httpx.Client(
+        base_url=runflow.url, headers={"Authorization": f"Bearer {key}"}, timeout=10.0, trust_env=False
+    )
+
+
+def run_body(image_url: str, colour: tuple[int, int, int] = (30, 120, 220), **extra: Any) -> dict[str, Any]:
+    red, green, blue = colour
+    return {
+        "input": {"image_url": image_url, "color_red": red, "color_green": green, "color_blue": blue},
+        **extra,
+    }
+
+
+def create(client: httpx.Client, body: dict[str, Any]) -> str:
+    """POST a run; asserts the 201 and returns the run id."""
+    response = client.post(MODEL_RUNS, json=body)
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+def wait_terminal(client: httpx.Client, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run: dict[str, Any] = client.get(f"/v1/runs/{run_id}").json()
+        if run["status_code"] in TERMINAL or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)

@@ -1,0 +1,105 @@
+"""``python -m backdrop_local.runflow``: prints its JSON line when ready, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from backdrop_local.runflow.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _env() -> dict[str, str]:
+    paths = [str(ROOT / "local"), str(ROOT / "layers" / "core")]
+    existing = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, *([existing] if existing else [])])}
+
+
+def _first_line(stream: IO[str], timeout: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    return lines.get(timeout=timeout)
+
+
+def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "backdrop_local.runflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-key",
+        "rf_live_cli",
+        "--allow-http-origin",
+        "http://127.0.0.1:5555",
+        "--output-ttl",
+        "60",
+        "--workers",
+        "1",
+        "--seed",
+        "7",
+        "--create-callback-secret",
+        "--create-429",
+        "1.0",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(_first_line(process.stdout, timeout=15))
+        assert ready["url"].startswith("http://127.0.0.1:")
+        assert ready["callback_secret"].startswith("whsec_")
+        assert httpx.get(f"{ready['url']}/v1/health", trust_env=False).json() == {"ok": True}
+        headers = {"Authorization": "Bearer rf_live_cli"}
+        assert httpx.get(f"{ready['url']}/v1/runs", headers=headers, trust_env=False).status_code == 200
+        faults = httpx.get(f"{ready['url']}/_emulator/faults", trust_env=False).json()
+        assert faults["create_429"] == 1.0 and faults["seed"] == 7
+        secrets = httpx.get(f"{ready['url']}/v1/callback-secrets", headers=headers, trust_env=False).json()
+        assert [s["is_current"] for s in secrets["items"]] == [True]
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def test_cli_refuses_to_bind_beyond_loopback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "backdrop_local.runflow", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=15,
+    )
+    assert result.returncode == 2, result
+    assert result.stdout == "" and "loopback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--host", "192.168.1.10"], ["--processing-failure", "1.5"], ["--callback-retry-delays", "1,-2"]],
+)
+def test_cli_refuses_bad_settings_before_starting(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", "0", *arguments])
+    assert exited.value.code == 2
+    assert capsys.readouterr().out == ""

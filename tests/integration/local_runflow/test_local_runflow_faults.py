@@ -1,0 +1,142 @@
+"""Fault injection through ``/_emulator/faults``: each fault does what it says, and seeds repeat."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from local_runflow_support import MODEL_RUNS, Upstream, api, create, photo, run_body, running, wait_terminal
+
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+
+
+def _set_faults(runflow: LocalRunflow, **settings: Any) -> dict[str, Any]:
+    response = httpx.post(f"{runflow.url}/_emulator/faults", json=settings, trust_env=False)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_create_429_and_5xx_answer_before_anything_is_created(
+    runflow: LocalRunflow, client: httpx.Client, junk_url: str
+) -> None:
+    shown = _set_faults(runflow, create_429=1.0)
+    assert shown["create_429"] == 1.0 and shown["processing_failure"] == 0.0
+    assert httpx.get(f"{runflow.url}/_emulator/faults", trust_env=False).json() == shown
+    limited = client.post(MODEL_RUNS, json=run_body(junk_url), headers={"Idempotency-Key": "k1"})
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "RATE_LIMITED" and set(limited.json()) == {"code", "message", "errors"}
+
+    _set_faults(runflow, create_5xx=1.0)
+    unavailable = client.post(MODEL_RUNS, json=run_body(junk_url), headers={"Idempotency-Key": "k1"})
+    assert unavailable.status_code >= 500 and unavailable.json()["code"] == "MODEL_UNAVAILABLE"
+
+    stats = runflow.stats()
+    assert stats["runs_created"] == 0 and client.get("/v1/runs").json()["items"] == []
+    assert stats["faults_fired"]["create_429"] == 1 and stats["faults_fired"]["create_5xx"] == 1
+
+    _set_faults(runflow)  # an empty body clears every fault
+    retried = client.post(MODEL_RUNS, json=run_body(junk_url), headers={"Idempotency-Key": "k1"})
+    assert retried.status_code == 201  # the key was not burnt by the refused attempts
+    assert runflow.wait_idle(10)
+
+
+def test_processing_failure_fails_the_run(
+    runflow: LocalRunflow, client: httpx.Client, photo_url: str
+) -> None:
+    _set_faults(runflow, processing_failure=1.0)
+    run = wait_terminal(client, create(client, run_body(photo_url)))
+    assert run["status_code"] == "failed" and run["failure_code"] == "PROCESSING_FAILED"
+    assert run["error"]["code"] == "PROCESSING_FAILED" and run["failure_stage_code"] == "processing"
+
+
+def test_callback_drop_sends_nothing(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    _set_faults(runflow, callback_drop=1.0)
+    run_id = create(client, run_body(junk_url, callback_url=upstream.callback_url()))
+    assert wait_terminal(client, run_id)["status_code"] == "failed"
+    assert runflow.wait_idle(10)
+    time.sleep(0.4)
+    assert upstream.received() == []
+    assert client.get(f"/v1/runs/{run_id}/callback").json() == []
+    assert runflow.stats()["callbacks_dropped"] == 1
+
+
+def test_callback_duplicate_delivers_the_same_callback_twice(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    runflow.create_callback_secret()
+    _set_faults(runflow, callback_duplicate=1.0)
+    run_id = create(client, run_body(junk_url, callback_url=upstream.callback_url()))
+    first, second = upstream.wait_for(2)
+    assert first.body == second.body
+    assert first.headers["Runflow-Signature"] == second.headers["Runflow-Signature"]
+    assert json.loads(first.body)["run_id"] == run_id
+    assert runflow.wait_idle(10)
+    time.sleep(0.3)
+    assert len(upstream.received()) == 2
+    records = client.get(f"/v1/runs/{run_id}/callback").json()
+    assert len(records) == 2 and all(r["status_code"] == "succeeded" for r in records)
+
+
+def test_callback_delay_holds_the_first_attempt(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    _set_faults(runflow, callback_delay_s=1.0)
+    run_id = create(client, run_body(junk_url, callback_url=upstream.callback_url()))
+    run = wait_terminal(client, run_id)
+    assert run["status_code"] == "failed" and upstream.received() == []
+    [callback] = upstream.wait_for(1)
+    assert callback.wall - datetime.fromisoformat(run["completed_at"]).timestamp() >= 0.9
+
+
+def test_output_fetch_error_answers_500(upstream: Upstream) -> None:
+    url = upstream.add_file("small.jpg", photo(100, 80))
+    with running(allow_http_origins=(upstream.origin,)) as runflow, api(runflow) as client:
+        run = wait_terminal(client, create(client, run_body(url)))
+        assert run["status_code"] == "succeeded"
+        output_url = run["output"]["outputs"][0]["url"]
+        runflow.set_faults(FaultSettings(output_fetch_error=1.0))
+        assert httpx.get(output_url, trust_env=False).status_code == 500
+        runflow.set_faults(FaultSettings())
+        assert httpx.get(output_url, trust_env=False).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"create_429": 1.5},
+        {"callback_drop": -0.1},
+        {"processing_failure": "often"},
+        {"output_fetch_error": True},
+        {"callback_delay_s": -1},
+        {"no_such_fault": 0.5},
+        {"seed": "seven"},
+    ],
+)
+def test_invalid_fault_settings_are_422(runflow: LocalRunflow, settings: dict[str, Any]) -> None:
+    response = httpx.post(f"{runflow.url}/_emulator/faults", json=settings, trust_env=False)
+    assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR"
+    assert runflow.faults == FaultSettings()
+
+
+def test_a_seed_makes_faults_repeat(upstream: Upstream, junk_url: str) -> None:
+    def pattern(runflow: LocalRunflow) -> list[int]:
+        _set_faults(runflow, create_429=0.5, seed=7)
+        with api(runflow) as client:
+            codes = [client.post(MODEL_RUNS, json=run_body(junk_url)).status_code for _ in range(16)]
+        assert runflow.wait_idle(10)
+        return codes
+
+    with running(allow_http_origins=(upstream.origin,)) as first:
+        one = pattern(first)
+        again = pattern(first)  # posting the seed again restarts the sequence
+    with running(allow_http_origins=(upstream.origin,)) as second:
+        two = pattern(second)
+    assert one == again == two
+    assert set(one) == {201, 429}

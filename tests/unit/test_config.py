@@ -1,0 +1,195 @@
+"""Settings from the environment: a bad deployment fails with a message naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from unit_fakes import BASE_ENV
+
+from backdrop.colours import Colour
+from backdrop.config import ConfigError, get_settings, load_settings, reset_settings
+
+REQUIRED = [
+    "BACKDROP_JOBS_TABLE",
+    "BACKDROP_IDEMPOTENCY_TABLE",
+    "BACKDROP_UPLOADS_BUCKET",
+    "BACKDROP_RESULTS_BUCKET",
+    "BACKDROP_RUNFLOW_API_KEY_SECRET",
+    "BACKDROP_CALLBACK_SECRET",
+]
+
+
+def env(**changes: str | None) -> dict[str, str]:
+    result = dict(BASE_ENV)
+    for name, value in changes.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = value
+    return result
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_required_variable_missing(name: str, value: str | None) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env(**{name: value}))
+
+
+def test_defaults() -> None:
+    minimal = {name: BASE_ENV[name] for name in REQUIRED} | {
+        "BACKDROP_ALLOWED_OUTPUT_HOSTS": "cdn.runflow.io"
+    }
+    s = load_settings(minimal)
+    assert s.region == "us-east-1"
+    assert s.upload_prefix == "uploads/"
+    assert s.results_prefix == "results/"
+    assert s.runflow_base_url == "https://api.runflow.io"
+    assert s.runflow_origin == "https://api.runflow.io"
+    assert s.callback_url == ""
+    assert s.default_colour == Colour(255, 255, 255)
+    assert s.presign_expiry_seconds == 3600
+    assert s.max_input_bytes == 50 * 1024 * 1024
+    assert s.max_output_bytes == 256 * 1024 * 1024
+    assert s.allowed_output_hosts == ("cdn.runflow.io",)
+    assert s.insecure_output_origin == ""
+    assert s.retention_days == 90
+    assert s.copy_deadline_seconds == 8.0
+    assert s.run_deadline_minutes == 60
+    assert s.reconcile_batch_size == 100
+    assert s.reconcile_min_age_seconds == 120
+    assert s.secrets_max_age_seconds == 300
+
+
+def test_region_from_either_variable() -> None:
+    assert load_settings(env(AWS_REGION=None, AWS_DEFAULT_REGION="ap-south-1")).region == "ap-south-1"
+    assert load_settings(env(AWS_REGION="eu-west-1", AWS_DEFAULT_REGION="ap-south-1")).region == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "prefix"),
+    [
+        ("incoming", "incoming/"),
+        ("incoming/", "incoming/"),
+        ("/incoming", "incoming/"),
+        ("a/b", "a/b/"),
+        ("", ""),
+    ],
+)
+def test_prefixes_normalised(raw: str, prefix: str) -> None:
+    s = load_settings(env(BACKDROP_UPLOAD_PREFIX=raw, BACKDROP_RESULTS_PREFIX=raw))
+    assert s.upload_prefix == prefix
+    assert s.results_prefix == prefix
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BACKDROP_PRESIGN_EXPIRY_SECONDS", "an hour"),
+        ("BACKDROP_MAX_OUTPUT_BYTES", "1.5"),
+        ("BACKDROP_RETENTION_DAYS", "0"),
+        ("BACKDROP_PRESIGN_EXPIRY_SECONDS", "30"),  # below the 60 s minimum
+        ("BACKDROP_RECONCILE_BATCH_SIZE", "-1"),
+        ("BACKDROP_COPY_DEADLINE_SECONDS", "soon"),
+        ("BACKDROP_COPY_DEADLINE_SECONDS", "0.1"),
+    ],
+)
+def test_bad_numbers_name_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name) as info:
+        load_settings(env(**{name: raw}))
+    assert raw in str(info.value)
+
+
+def test_numbers_read() -> None:
+    s = load_settings(env(BACKDROP_MAX_OUTPUT_BYTES=" 1024 ", BACKDROP_COPY_DEADLINE_SECONDS="2.5"))
+    assert s.max_output_bytes == 1024
+    assert s.copy_deadline_seconds == 2.5
+
+
+def test_bad_default_colour() -> None:
+    with pytest.raises(ConfigError, match="BACKDROP_DEFAULT_COLOR") as info:
+        load_settings(env(BACKDROP_DEFAULT_COLOR="blue"))
+    assert "'blue'" in str(info.value)
+    assert load_settings(env(BACKDROP_DEFAULT_COLOR="#000000")).default_colour == Colour(0, 0, 0)
+
+
+def test_allowed_hosts_parsed_and_required() -> None:
+    s = load_settings(env(BACKDROP_ALLOWED_OUTPUT_HOSTS=" *.Runflow.io, cdn.example.com ,,"))
+    assert s.allowed_output_hosts == ("*.runflow.io", "cdn.example.com")
+    with pytest.raises(ConfigError, match="BACKDROP_ALLOWED_OUTPUT_HOSTS"):
+        load_settings(env(BACKDROP_ALLOWED_OUTPUT_HOSTS=" , "))
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BACKDROP_RUNFLOW_BASE_URL", "api.runflow.io"),
+        ("BACKDROP_RUNFLOW_BASE_URL", "ftp://api.runflow.io"),
+        ("BACKDROP_CALLBACK_URL", "/callback"),
+    ],
+)
+def test_urls_must_be_absolute_http(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env(**{name: raw}))
+
+
+def test_urls_lose_trailing_slash() -> None:
+    s = load_settings(
+        env(BACKDROP_RUNFLOW_BASE_URL="http://localhost:9000/", BACKDROP_CALLBACK_URL="https://h/cb/")
+    )
+    assert s.runflow_base_url == "http://localhost:9000"
+    assert s.callback_url == "https://h/cb"
+
+
+@pytest.mark.parametrize(
+    ("raw", "origin"),
+    [
+        ("http://localhost:9000", "http://localhost:9000"),
+        ("http://LocalHost:9000/", "http://localhost:9000"),
+        ("https://runflow.local:8443", "https://runflow.local:8443"),
+    ],
+)
+def test_insecure_origin_accepted(raw: str, origin: str) -> None:
+    s = load_settings(env(BACKDROP_INSECURE_OUTPUT_ORIGIN=raw))
+    assert s.insecure_output_origin == origin
+
+
+def test_insecure_origin_alone_is_enough() -> None:
+    s = load_settings(
+        env(BACKDROP_ALLOWED_OUTPUT_HOSTS="", BACKDROP_INSECURE_OUTPUT_ORIGIN="http://localhost:9000")
+    )
+    assert s.allowed_output_hosts == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "localhost:9000",  # no scheme
+        "ftp://localhost:9000",
+        "http://localhost:9000/outputs",  # a path is not an origin
+        "http://:9000",
+        "http://localhost:99999",  # port out of range
+        "http://localhost:port",
+    ],
+)
+def test_insecure_origin_must_be_an_origin(raw: str) -> None:
+    with pytest.raises(ConfigError, match="BACKDROP_INSECURE_OUTPUT_ORIGIN"):
+        load_settings(env(BACKDROP_INSECURE_OUTPUT_ORIGIN=raw))
+
+
+def test_get_settings_caches_until_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in BASE_ENV.items():
+        monkeypatch.setenv(name, value)
+    first = get_settings()
+    assert first.jobs_table == "backdrop-jobs"
+    monkeypatch.setenv("BACKDROP_JOBS_TABLE", "other-table")
+    assert get_settings() is first
+    reset_settings()
+    assert get_settings().jobs_table == "other-table"
+
+
+def test_get_settings_fails_on_first_use_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in BASE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("BACKDROP_RESULTS_BUCKET")
+    with pytest.raises(ConfigError, match="BACKDROP_RESULTS_BUCKET"):
+        get_settings()

@@ -1,0 +1,548 @@
+"""Which output URLs may be fetched, and streaming them into the results bucket."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from unit_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
+
+import backdrop.outputs as outputs
+from backdrop.outputs import (
+    CopiedObject,
+    OutputCopyFailed,
+    OutputPolicy,
+    OutputRefused,
+    check_url,
+    copy_output,
+    system_resolver,
+)
+
+POLICY = OutputPolicy(allowed_hosts=("*.runflow.io", "cdn.example.com"), max_bytes=1000)
+PUBLIC = fake_resolver()
+META = {"job-id": "job-1", "run-id": "run-1"}
+
+
+def refused(url: str, policy: OutputPolicy = POLICY, resolve=PUBLIC) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(OutputRefused) as info:
+        check_url(url, policy, resolve)
+    return info.value.code
+
+
+# --- check_url ------------------------------------------------------------------------------
+
+
+def test_https_on_allowed_host_with_public_address() -> None:
+    target = check_url("https://a.runflow.io/out/result.png?X-Amz-Signature=1", POLICY, PUBLIC)
+    assert target.host == "a.runflow.io"
+    assert target.address == PUBLIC_ADDRESS
+    assert target.url == "https://a.runflow.io/out/result.png?X-Amz-Signature=1"
+
+
+def test_exact_host_on_the_list() -> None:
+    assert check_url("https://cdn.example.com/x.png", POLICY, PUBLIC).address == PUBLIC_ADDRESS
+    assert refused("https://img.cdn.example.com/x.png") == "OUTPUT_HOST_NOT_ALLOWED"
+
+
+def test_host_match_ignores_case_and_trailing_dot() -> None:
+    assert check_url("https://A.RunFlow.IO./x.png", POLICY, PUBLIC).host == "a.runflow.io."
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://a.runflow.io/x", "https://deep.sub.runflow.io/x"],
+)
+def test_wildcard_matches_subdomains(url: str) -> None:
+    check_url(url, POLICY, PUBLIC)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://runflow.io.evil.com/x",
+        "https://evilrunflow.io/x",
+        "https://runflow.io/x",  # the wildcard is for subdomains only
+        "https://.runflow.io/x",  # an empty label is not a subdomain
+        "https://a.runflow.io.evil.com/x",
+        "https://example.org/x",
+    ],
+)
+def test_hosts_not_on_the_list(url: str) -> None:
+    assert refused(url) == "OUTPUT_HOST_NOT_ALLOWED"
+
+
+def test_http_refused() -> None:
+    assert refused("http://a.runflow.io/x.png") == "OUTPUT_URL_INSECURE"
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://a.runflow.io/x", "file:///etc/passwd", "/relative/x.png", "https:///x"]
+)
+def test_not_http_urls(url: str) -> None:
+    assert refused(url) == "OUTPUT_URL_INVALID"
+
+
+@pytest.mark.parametrize("url", ["https://user:pw@a.runflow.io/x", "https://user@a.runflow.io/x"])
+def test_credentials_in_url_refused(url: str) -> None:
+    assert refused(url) == "OUTPUT_URL_INVALID"
+
+
+def test_malformed_port_refused() -> None:
+    assert refused("https://a.runflow.io:99999/x") == "OUTPUT_URL_INVALID"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "169.254.169.254",
+        "10.0.0.5",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.10",
+        "100.64.0.1",
+        "100.127.255.254",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "fd00::1",
+        "fe80::1%eth0",
+        "224.0.0.1",
+    ],
+)
+def test_non_public_addresses_refused(address: str) -> None:
+    resolve = fake_resolver({"a.runflow.io": [address]})
+    assert refused("https://a.runflow.io/x.png", resolve=resolve) == "OUTPUT_ADDRESS_FORBIDDEN"
+
+
+def test_any_non_public_address_refuses_the_host() -> None:
+    resolve = fake_resolver({"a.runflow.io": ["8.8.8.8", "10.0.0.1"]})
+    assert refused("https://a.runflow.io/x.png", resolve=resolve) == "OUTPUT_ADDRESS_FORBIDDEN"
+
+
+@pytest.mark.parametrize(
+    "address", ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"]
+)
+def test_public_addresses_pass(address: str) -> None:
+    resolve = fake_resolver({"a.runflow.io": [address]})
+    assert check_url("https://a.runflow.io/x.png", POLICY, resolve).address == address
+
+
+def test_resolver_gets_host_and_port() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        seen.append((host, port))
+        return ["8.8.8.8"]
+
+    check_url("https://a.runflow.io/x", POLICY, resolve)
+    check_url("https://a.runflow.io:8443/x", POLICY, resolve)
+    assert seen == [("a.runflow.io", 443), ("a.runflow.io", 8443)]
+
+
+def test_host_is_checked_before_it_is_resolved() -> None:
+    def resolve(host: str, port: int) -> list[str]:
+        raise AssertionError("a host off the list must not even be resolved")
+
+    assert refused("https://evil.com/x", resolve=resolve) == "OUTPUT_HOST_NOT_ALLOWED"
+
+
+def test_no_address_is_retryable() -> None:
+    with pytest.raises(OutputCopyFailed):
+        check_url("https://a.runflow.io/x", POLICY, lambda h, p: [])
+
+
+def test_literal_loopback_refused() -> None:
+    policy = OutputPolicy(allowed_hosts=("127.0.0.1", "[::1]", "::1"), max_bytes=10)
+    assert refused("https://127.0.0.1/x", policy, resolve=lambda h, p: [h]) == "OUTPUT_ADDRESS_FORBIDDEN"
+    assert refused("https://[::1]/x", policy, resolve=lambda h, p: [h]) == "OUTPUT_ADDRESS_FORBIDDEN"
+
+
+INSECURE = OutputPolicy(
+    allowed_hosts=("*.runflow.io",), max_bytes=1000, insecure_origin="http://localhost:9000"
+)
+
+
+def test_insecure_origin_exempt() -> None:
+    def resolve(host: str, port: int) -> list[str]:
+        raise AssertionError("the insecure origin is not resolved or pinned")
+
+    target = check_url("http://localhost:9000/outputs/r.png", INSECURE, resolve)
+    assert target.address is None
+    assert target.host == "localhost"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:9001/outputs/r.png",  # another port
+        "http://localhost/outputs/r.png",  # default port 80
+        "https://localhost:9000/outputs/r.png",  # another scheme
+        "http://127.0.0.1:9000/outputs/r.png",  # same machine, another host name
+    ],
+)
+def test_insecure_origin_is_that_origin_only(url: str) -> None:
+    with pytest.raises(OutputRefused):
+        check_url(url, INSECURE, fake_resolver({"localhost": ["127.0.0.1"]}))
+
+
+def test_insecure_origin_credentials_still_refused() -> None:
+    assert refused("http://u:p@localhost:9000/x", INSECURE) == "OUTPUT_URL_INVALID"
+
+
+def test_system_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    infos = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:4700::1", 443, 0, 0)),
+    ]
+    monkeypatch.setattr(outputs.socket, "getaddrinfo", lambda *a, **k: infos)
+    assert system_resolver("a.runflow.io", 443) == ["2606:4700::1", "8.8.8.8"]
+
+    def fail(*a: object, **k: object) -> list[object]:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(outputs.socket, "getaddrinfo", fail)
+    with pytest.raises(OutputCopyFailed, match="cannot resolve"):
+        system_resolver("nope.runflow.io", 443)
+
+
+# --- copy_output ----------------------------------------------------------------------------
+
+
+def copy(
+    server: OutputServer,
+    s3: FakeS3,
+    url: str = "https://a.runflow.io/out/result.png",
+    *,
+    policy: OutputPolicy = POLICY,
+    resolve=PUBLIC,  # type: ignore[no-untyped-def]
+    deadline: float | None = None,
+) -> CopiedObject:
+    return copy_output(
+        url,
+        s3=s3,  # type: ignore[arg-type]
+        bucket="results-bucket",
+        key="results/shoes/red.png",
+        metadata=META,
+        policy=policy,
+        http=server.client(),
+        deadline=time.monotonic() + 5 if deadline is None else deadline,
+        resolve=resolve,
+    )
+
+
+def stream(*chunks: bytes, seen: list[bytes] | None = None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if seen is not None:
+            seen.append(chunk)
+        yield chunk
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
+    # Real S3 needs 5 MiB parts; the fake takes any size.
+    monkeypatch.setattr(outputs, "PART_SIZE", 5)
+    return 5
+
+
+def test_small_body_is_one_put(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"\x89PNG-small", "image/png; charset=binary")
+    stored = copy(output_server, s3)
+    assert stored == CopiedObject(key="results/shoes/red.png", size=10, content_type="image/png")
+    assert s3.ops() == ["put_object"]
+    assert s3.objects[("results-bucket", "results/shoes/red.png")] == {
+        "Body": b"\x89PNG-small",
+        "ContentType": "image/png",
+        "Metadata": META,
+    }
+
+
+def test_request_pinned_to_checked_address(output_server: OutputServer) -> None:
+    output_server.image("/out/result.png", b"img")
+    copy(output_server, FakeS3(), "https://a.runflow.io/out/result.png?X-Amz-Signature=abc&X-Amz-Expires=60")
+    (request,) = output_server.requests
+    assert request.url.host == PUBLIC_ADDRESS
+    assert request.url.scheme == "https"
+    assert request.url.query == b"X-Amz-Signature=abc&X-Amz-Expires=60"
+    assert request.headers["Host"] == "a.runflow.io"
+    assert request.extensions["sni_hostname"] == "a.runflow.io"
+    assert request.headers["Accept"] == "image/*"
+
+
+def test_pinned_with_port_and_ipv6(output_server: OutputServer) -> None:
+    output_server.image("/x.png", b"img")
+    copy(
+        output_server,
+        FakeS3(),
+        "https://a.runflow.io:8443/x.png",
+        resolve=fake_resolver({"a.runflow.io": ["2606:4700::1111"]}),
+    )
+    (request,) = output_server.requests
+    assert request.url.host == "2606:4700::1111"
+    assert request.url.port == 8443
+    assert request.headers["Host"] == "a.runflow.io:8443"
+    assert request.extensions["sni_hostname"] == "a.runflow.io"
+
+
+def test_insecure_origin_not_pinned(output_server: OutputServer) -> None:
+    output_server.image("/outputs/r.png", b"img")
+    copy(output_server, FakeS3(), "http://localhost:9000/outputs/r.png", policy=INSECURE)
+    (request,) = output_server.requests
+    assert request.url.host == "localhost"
+    assert "sni_hostname" not in request.extensions
+
+
+def test_multipart_parts_in_order(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    body = b"abcdefghijkl"  # 12 bytes: parts of 5, 5, 2
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/webp"}, content=stream(b"abc", b"defghij", b"k", b"l")
+    )
+    stored = copy(output_server, s3)
+    assert stored.size == 12
+    assert stored.content_type == "image/webp"
+    assert s3.ops() == [
+        "create_multipart_upload",
+        "upload_part",
+        "upload_part",
+        "upload_part",
+        "complete_multipart_upload",
+    ]
+    start = s3.calls[0][1]
+    assert start["ContentType"] == "image/webp"
+    assert start["Metadata"] == META
+    parts = [(c["PartNumber"], c["Body"]) for op, c in s3.calls if op == "upload_part"]
+    assert parts == [(1, b"abcde"), (2, b"fghij"), (3, b"kl")]
+    complete = s3.calls[-1][1]
+    assert complete["MultipartUpload"]["Parts"] == [
+        {"ETag": '"etag-1"', "PartNumber": 1},
+        {"ETag": '"etag-2"', "PartNumber": 2},
+        {"ETag": '"etag-3"', "PartNumber": 3},
+    ]
+    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == body
+    assert s3.aborted == []
+
+
+def test_body_of_exactly_one_part(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"12345")
+    copy(output_server, s3)
+    assert s3.ops() == ["create_multipart_upload", "upload_part", "complete_multipart_upload"]
+    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"12345"
+
+
+def test_body_over_cap_aborts_multipart(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    policy = OutputPolicy(allowed_hosts=("*.runflow.io",), max_bytes=8)
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/png"}, content=stream(b"12345", b"6789", b"0")
+    )
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3, policy=policy)
+    assert info.value.code == "OUTPUT_TOO_LARGE"
+    assert s3.ops()[0] == "create_multipart_upload"
+    assert s3.ops()[-1] == "abort_multipart_upload"
+    assert s3.aborted == ["upload-1"]
+    assert "complete_multipart_upload" not in s3.ops()
+    assert s3.objects == {}
+
+
+def test_body_over_cap_in_first_part_writes_nothing(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    policy = OutputPolicy(allowed_hosts=("*.runflow.io",), max_bytes=8)
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/png"}, content=stream(b"12345", b"67890")
+    )
+    with pytest.raises(OutputRefused, match="OUTPUT_TOO_LARGE"):
+        copy(output_server, s3, policy=policy)
+    assert s3.calls == []
+
+
+def test_declared_length_over_cap_refused_before_reading(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    read: list[bytes] = []
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200,
+        headers={"Content-Type": "image/png", "Content-Length": "5000"},
+        content=stream(b"x" * 10, seen=read),
+    )
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3)
+    assert info.value.code == "OUTPUT_TOO_LARGE"
+    assert "5000" in info.value.message
+    assert read == []
+    assert s3.calls == []
+
+
+def test_empty_body_refused_and_nothing_written(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"")
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3)
+    assert info.value.code == "OUTPUT_EMPTY"
+    assert s3.objects == {}
+    assert s3.calls == []
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/json", "application/octet-stream", None])
+def test_non_image_content_type_refused(output_server: OutputServer, content_type: str | None) -> None:
+    s3 = FakeS3()
+    headers = {"Content-Type": content_type} if content_type else {}
+    output_server.routes["/out/result.png"] = httpx.Response(200, headers=headers, content=b"<html>")
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3)
+    assert info.value.code == "OUTPUT_NOT_IMAGE"
+    assert s3.calls == []
+
+
+@pytest.mark.parametrize("status", [403, 404, 410, 500, 503])
+def test_error_statuses_are_retryable(output_server: OutputServer, status: int) -> None:
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(status, text="<Error>AccessDenied</Error>")
+    with pytest.raises(OutputCopyFailed, match=str(status)):
+        copy(output_server, s3)
+    assert s3.calls == []
+
+
+def test_unexpected_success_status_refused(output_server: OutputServer) -> None:
+    output_server.routes["/out/result.png"] = httpx.Response(
+        206, headers={"Content-Type": "image/png"}, content=b"x"
+    )
+    with pytest.raises(OutputRefused, match="OUTPUT_BAD_RESPONSE"):
+        copy(output_server, FakeS3())
+
+
+def test_network_error_is_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out")
+
+    server = OutputServer(routes={"/out/result.png": handler})
+    with pytest.raises(OutputCopyFailed, match="ConnectTimeout"):
+        copy(server, FakeS3())
+
+
+def test_read_error_mid_body_is_retryable(output_server: OutputServer, small_parts: int) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b"12345"
+        raise httpx.ReadError("connection reset")
+
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/png"}, content=broken()
+    )
+    with pytest.raises(OutputCopyFailed, match="reading the output failed: ReadError"):
+        copy(output_server, s3)
+    assert s3.aborted == ["upload-1"]
+    assert s3.objects == {}
+
+
+def test_redirect_to_allowed_host_followed(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(
+        302, headers={"Location": "https://b.runflow.io/signed/r.png?s=1"}
+    )
+    output_server.image("/signed/r.png", b"final")
+    resolve = fake_resolver({"a.runflow.io": ["8.8.8.8"], "b.runflow.io": ["8.8.4.4"]})
+    stored = copy(output_server, s3, resolve=resolve)
+    assert stored.size == 5
+    first, second = output_server.requests
+    assert (first.url.host, first.headers["Host"]) == ("8.8.8.8", "a.runflow.io")
+    assert (second.url.host, second.headers["Host"]) == ("8.8.4.4", "b.runflow.io")
+    assert second.extensions["sni_hostname"] == "b.runflow.io"
+    assert second.url.query == b"s=1"
+
+
+def test_relative_redirect_followed(output_server: OutputServer) -> None:
+    output_server.routes["/out/result.png"] = httpx.Response(307, headers={"Location": "/moved/r.png"})
+    output_server.image("/moved/r.png", b"final")
+    copy(output_server, FakeS3())
+    assert [r.url.path for r in output_server.requests] == ["/out/result.png", "/moved/r.png"]
+    assert output_server.requests[1].headers["Host"] == "a.runflow.io"
+
+
+@pytest.mark.parametrize(
+    ("location", "code"),
+    [
+        ("https://127.0.0.1/latest/meta-data", "OUTPUT_HOST_NOT_ALLOWED"),
+        ("http://a.runflow.io/r.png", "OUTPUT_URL_INSECURE"),
+        ("https://internal.runflow.io/r.png", "OUTPUT_ADDRESS_FORBIDDEN"),
+        ("https://evil.com/r.png", "OUTPUT_HOST_NOT_ALLOWED"),
+    ],
+)
+def test_redirect_to_forbidden_target_refused(output_server: OutputServer, location: str, code: str) -> None:
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(302, headers={"Location": location})
+    resolve = fake_resolver({"internal.runflow.io": ["127.0.0.1"]})
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3, resolve=resolve)
+    assert info.value.code == code
+    assert len(output_server.requests) == 1  # the forbidden target was never contacted
+    assert s3.calls == []
+
+
+def test_too_many_redirects(output_server: OutputServer) -> None:
+    output_server.routes["/loop"] = httpx.Response(302, headers={"Location": "/loop"})
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, FakeS3(), "https://a.runflow.io/loop")
+    assert info.value.code == "OUTPUT_TOO_MANY_REDIRECTS"
+    assert len(output_server.requests) == POLICY.max_redirects + 1
+
+
+def test_redirect_without_location(output_server: OutputServer) -> None:
+    output_server.routes["/out/result.png"] = httpx.Response(302)
+    with pytest.raises(OutputRefused, match="OUTPUT_URL_INVALID"):
+        copy(output_server, FakeS3())
+
+
+def test_deadline_already_passed(output_server: OutputServer) -> None:
+    output_server.image("/out/result.png", b"img")
+    with pytest.raises(OutputCopyFailed, match="deadline"):
+        copy(output_server, FakeS3(), deadline=time.monotonic() - 1)
+    assert output_server.requests == []
+
+
+def test_deadline_passing_mid_download(
+    output_server: OutputServer, small_parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(outputs, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def slow() -> Iterator[bytes]:
+        yield b"12345"
+        clock[0] += 60  # a slow output: a minute per chunk
+        yield b"67890"
+        yield b"abc"
+
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/png"}, content=slow()
+    )
+    with pytest.raises(OutputCopyFailed, match="deadline"):
+        copy(output_server, s3, deadline=1030.0)
+    assert s3.aborted == ["upload-1"]
+    assert s3.objects == {}
+
+
+def test_s3_put_failure_is_retryable(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    s3.fail["put_object"] = RuntimeError("SlowDown")
+    output_server.image("/out/result.png", b"img")
+    with pytest.raises(OutputCopyFailed, match="SlowDown"):
+        copy(output_server, s3)
+
+
+def test_s3_part_failure_aborts(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    s3.fail["upload_part"] = RuntimeError("InternalError")
+    output_server.image("/out/result.png", b"1234567890")
+    with pytest.raises(OutputCopyFailed, match="InternalError"):
+        copy(output_server, s3)
+    assert s3.aborted == ["upload-1"]

@@ -1,0 +1,442 @@
+"""The Runflow client over a mock transport, and reading run objects and callback envelopes."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from backdrop.runs import (
+    MODEL_PATH,
+    OutputRef,
+    RetryPolicy,
+    RunflowClient,
+    RunflowRejected,
+    RunflowUnavailable,
+    RunRequest,
+    run_result_from_callback,
+    run_result_from_run,
+)
+
+BASE = "https://api.runflow.io"
+RUN_ID = "0196a1b2-3c4d-7e5f-8a9b-0c1d2e3f4a5b"
+QUEUED = {"id": RUN_ID, "status_code": "queued", "output": None, "metadata": {"job_id": "job-1"}}
+SEED = 7
+
+REQUEST = RunRequest(
+    image_url="https://uploads-bucket.s3.amazonaws.com/uploads/red.jpg?X-Amz-Signature=abc",
+    red=245,
+    green=220,
+    blue=200,
+    callback_url="https://hooks.example.com/runflow/callback",
+    metadata={"job_id": "job-1", "source_key": "uploads/red.jpg"},
+    client_ref="job-1",
+)
+
+Reply = httpx.Response | Exception
+
+
+class Script:
+    """Answers requests in order, recording them."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def client(
+    script: Script, *, retry: RetryPolicy | None = None, on_retry: Callable[[str], None] | None = None
+) -> tuple[RunflowClient, list[float]]:
+    delays: list[float] = []
+    return (
+        RunflowClient(
+            BASE + "/",
+            "rf_live_secret",
+            http=httpx.Client(transport=httpx.MockTransport(script)),
+            retry=retry,
+            sleep=delays.append,
+            rng=random.Random(SEED),
+            on_retry=on_retry,
+        ),
+        delays,
+    )
+
+
+def error(status: int, code: str, message: str, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "message": message, "errors": None}, headers=headers)
+
+
+# --- create_run -----------------------------------------------------------------------------
+
+
+def test_create_run_request() -> None:
+    script = Script(httpx.Response(201, json=QUEUED))
+    rf, delays = client(script)
+    result = rf.create_run(REQUEST, idempotency_key="job-1")
+
+    (request,) = script.requests
+    assert request.method == "POST"
+    assert str(request.url) == BASE + MODEL_PATH
+    assert request.url.path == "/v1/models/runflow/background-color/runs"
+    assert request.headers["Authorization"] == "Bearer rf_live_secret"
+    assert request.headers["Idempotency-Key"] == "job-1"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == {
+        "input": {
+            "image_url": REQUEST.image_url,
+            "color_red": 245,
+            "color_green": 220,
+            "color_blue": 200,
+        },
+        "callback_url": "https://hooks.example.com/runflow/callback",
+        "metadata": {"job_id": "job-1", "source_key": "uploads/red.jpg"},
+        "client_ref": "job-1",
+    }
+    assert result.run_id == RUN_ID
+    assert result.status == "queued"
+    assert not result.is_terminal
+    assert result.metadata == {"job_id": "job-1"}
+    assert delays == []
+
+
+def test_create_run_without_id_is_not_accepted() -> None:
+    rf, _ = client(Script(httpx.Response(201, json={"status_code": "queued"})))
+    with pytest.raises(RunflowUnavailable, match="no id"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+
+
+def test_create_run_accepts_run_id_field() -> None:
+    rf, _ = client(Script(httpx.Response(200, json={"run_id": RUN_ID, "status": "queued"})))
+    assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
+
+
+def test_429_then_201_is_retried_with_same_key() -> None:
+    script = Script(error(429, "RATE_LIMITED", "Rate limit exceeded"), httpx.Response(201, json=QUEUED))
+    problems: list[str] = []
+    rf, delays = client(script, on_retry=problems.append)
+    assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
+    assert len(script.requests) == 2
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == ["job-1", "job-1"]
+    assert script.requests[0].content == script.requests[1].content
+    # Full jitter: uniform(0, base_delay) for the first retry, from the seeded generator.
+    assert delays == [random.Random(SEED).uniform(0, 0.5)]
+    assert len(problems) == 1
+    assert "429" in problems[0]
+    assert "RATE_LIMITED" in problems[0]
+
+
+def test_5xx_until_the_attempt_limit() -> None:
+    script = Script(*[error(503, "MODEL_UNAVAILABLE", "provider down") for _ in range(5)])
+    rf, delays = client(
+        script, retry=RetryPolicy(max_attempts=5, base_delay=0.5, max_delay=8.0, budget_seconds=60)
+    )
+    with pytest.raises(RunflowUnavailable, match="MODEL_UNAVAILABLE"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert len(script.requests) == 5
+    assert len(delays) == 4  # no sleep after the last attempt
+    rng = random.Random(SEED)
+    assert delays == [rng.uniform(0, 0.5 * 2**i) for i in range(4)]
+    assert all(d <= 0.5 * 2**i for i, d in enumerate(delays))
+
+
+def test_backoff_is_capped_at_max_delay() -> None:
+    script = Script(*[httpx.Response(500, text="oops") for _ in range(6)])
+    rf, delays = client(
+        script, retry=RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=2.0, budget_seconds=100)
+    )
+    with pytest.raises(RunflowUnavailable, match="HTTP 500"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert len(delays) == 5
+    assert max(delays) <= 2.0
+
+
+def test_network_error_retried() -> None:
+    script = Script(
+        httpx.ConnectError("connection refused"), httpx.ReadTimeout("slow"), httpx.Response(201, json=QUEUED)
+    )
+    rf, delays = client(script)
+    assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
+    assert len(script.requests) == 3
+    assert len(delays) == 2
+
+
+def test_network_error_every_time() -> None:
+    script = Script(*[httpx.ConnectError("connection refused") for _ in range(5)])
+    rf, _ = client(script)
+    with pytest.raises(RunflowUnavailable, match="ConnectError"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert len(script.requests) == 5
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (401, "UNAUTHORIZED", "Missing or invalid token"),
+        (402, "INSUFFICIENT_CREDIT", "Your balance is too low"),
+        (403, "PERMISSION_DENIED", "Your account is not authorized to access this resource."),
+        (409, "CONFLICT", "Idempotency key reused with a different body"),
+        (422, "VALIDATION_ERROR", "image_url: not a reachable URL"),
+    ],
+)
+def test_final_4xx_rejected_without_retry(status: int, code: str, message: str) -> None:
+    script = Script(error(status, code, message))
+    rf, delays = client(script)
+    with pytest.raises(RunflowRejected) as info:
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert (info.value.http_status, info.value.code, info.value.message) == (status, code, message)
+    assert len(script.requests) == 1
+    assert delays == []
+
+
+def test_nested_error_envelope() -> None:
+    body = {"error": {"code": "INSUFFICIENT_CREDITS", "message": "top up"}}
+    rf, _ = client(Script(httpx.Response(402, json=body)))
+    with pytest.raises(RunflowRejected) as info:
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert (info.value.code, info.value.message) == ("INSUFFICIENT_CREDITS", "top up")
+
+
+def test_non_json_4xx() -> None:
+    rf, _ = client(Script(httpx.Response(400, text="Bad Request")))
+    with pytest.raises(RunflowRejected) as info:
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert info.value.code == "HTTP_400"
+    assert info.value.message == "Bad Request"
+
+
+def test_retry_budget_stops_early() -> None:
+    # Runflow asks for 5 s; the budget has 1 s left: give up now instead of sleeping past it.
+    script = Script(
+        error(429, "RATE_LIMITED", "slow down", **{"Retry-After": "5"}), httpx.Response(201, json=QUEUED)
+    )
+    retried: list[str] = []
+    rf, delays = client(
+        script, retry=RetryPolicy(max_attempts=5, budget_seconds=1.0), on_retry=retried.append
+    )
+    with pytest.raises(RunflowUnavailable, match="429"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert len(script.requests) == 1
+    assert delays == []
+    assert retried == []
+
+
+def test_zero_budget_means_one_attempt() -> None:
+    script = Script(httpx.Response(502, text="bad gateway"), httpx.Response(201, json=QUEUED))
+    rf, delays = client(script, retry=RetryPolicy(budget_seconds=0.0))
+    with pytest.raises(RunflowUnavailable):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert len(script.requests) == 1
+    assert delays == []
+
+
+def test_retry_after_honoured() -> None:
+    script = Script(error(429, "RATE_LIMITED", "x", **{"Retry-After": "3"}), httpx.Response(201, json=QUEUED))
+    rf, delays = client(script, retry=RetryPolicy(budget_seconds=60))
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert delays == [3.0]
+
+
+def test_retry_after_capped_at_max_delay() -> None:
+    script = Script(
+        error(429, "RATE_LIMITED", "x", **{"Retry-After": "120"}), httpx.Response(201, json=QUEUED)
+    )
+    rf, delays = client(script, retry=RetryPolicy(max_delay=8.0, budget_seconds=60))
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert delays == [8.0]
+
+
+def test_retry_after_http_date_falls_back_to_backoff() -> None:
+    script = Script(
+        error(503, "MODEL_UNAVAILABLE", "x", **{"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
+        httpx.Response(201, json=QUEUED),
+    )
+    rf, delays = client(script)
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert delays == [random.Random(SEED).uniform(0, 0.5)]
+
+
+def test_non_json_success_is_unavailable() -> None:
+    rf, _ = client(Script(httpx.Response(201, text="<html>proxy</html>")))
+    with pytest.raises(RunflowUnavailable, match="non-JSON"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+
+
+# --- get_run --------------------------------------------------------------------------------
+
+
+def test_get_run() -> None:
+    body = {
+        "id": RUN_ID,
+        "status_code": "succeeded",
+        "output": {"outputs": [{"url": "https://cdn.runflow.io/o/result.webp?sig=1", "type": "image"}]},
+        "duration_ms": 4200,
+        "metadata": {"job_id": "job-1"},
+        "failure_code": None,
+        "failure_message": None,
+    }
+    script = Script(httpx.Response(200, json=body))
+    rf, _ = client(script)
+    run = rf.get_run(RUN_ID)
+    assert script.requests[0].method == "GET"
+    assert str(script.requests[0].url) == f"{BASE}/v1/runs/{RUN_ID}"
+    assert script.requests[0].headers["Authorization"] == "Bearer rf_live_secret"
+    assert "Idempotency-Key" not in script.requests[0].headers
+    assert run.status == "succeeded"
+    assert run.is_terminal
+    assert run.outputs == (OutputRef("https://cdn.runflow.io/o/result.webp?sig=1"),)
+    assert run.duration_ms == 4200
+
+
+def test_get_run_not_found() -> None:
+    rf, _ = client(Script(error(404, "RUN_NOT_FOUND", "Run not found")))
+    with pytest.raises(RunflowRejected) as info:
+        rf.get_run(RUN_ID)
+    assert info.value.code == "RUN_NOT_FOUND"
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("succeeded", "succeeded"),
+        ("cancelled", "canceled"),
+        ("canceled", "canceled"),
+        ("CANCELLED", "canceled"),
+        ("errored", "failed"),
+        ("partial_succeeded", "partial_succeeded"),
+    ],
+)
+def test_callback_status_spellings(status: str, expected: str) -> None:
+    run = run_result_from_callback({"event": "run.x", "run_id": RUN_ID, "status": status})
+    assert run.status == expected
+    assert run.is_terminal
+
+
+def test_callback_family_a_outputs() -> None:
+    envelope = {
+        "event": "run.completed",
+        "run_id": RUN_ID,
+        "status": "succeeded",
+        "output": {
+            "outputs": [
+                {"url": "https://cdn.runflow.io/a.webp", "type": "image"},
+                {"url": "https://cdn.runflow.io/b.png", "content_type": "image/png"},
+                {"type": "image"},  # no url: skipped
+                "https://not-an-item",
+            ],
+            "seed": None,
+            "timing": None,
+            "nsfw_detected": None,
+        },
+        "duration_ms": 102345,
+        "created_at": "2026-05-06T10:00:00+00:00",
+        "completed_at": "2026-05-06T10:01:42+00:00",
+        "metadata": {"job_id": "job-1"},
+    }
+    run = run_result_from_callback(envelope)
+    assert run.run_id == RUN_ID
+    assert run.outputs == (
+        OutputRef("https://cdn.runflow.io/a.webp"),
+        OutputRef("https://cdn.runflow.io/b.png", "image/png"),
+    )
+    assert run.duration_ms == 102345
+    assert run.metadata == {"job_id": "job-1"}
+
+
+def test_callback_family_b_image_urls() -> None:
+    run = run_result_from_callback(
+        {
+            "run_id": RUN_ID,
+            "status": "succeeded",
+            "output": {"image_urls": ["https://cdn.runflow.io/x.png", 3]},
+        }
+    )
+    assert run.outputs == (OutputRef("https://cdn.runflow.io/x.png"),)
+
+
+def test_callback_failure_fields() -> None:
+    run = run_result_from_callback(
+        {
+            "event": "run.failed",
+            "run_id": RUN_ID,
+            "status": "failed",
+            "output": None,
+            "failure_code": "PROVIDER_ERROR",
+            "failure_message": "segmentation failed",
+            "metadata": None,
+        }
+    )
+    assert (run.failure_code, run.failure_message) == ("PROVIDER_ERROR", "segmentation failed")
+    assert run.outputs == ()
+    assert run.metadata == {}
+
+
+def test_callback_failure_as_error_envelope_in_output() -> None:
+    run = run_result_from_callback(
+        {"run_id": RUN_ID, "status": "failed", "output": {"code": "INPUT_UNREADABLE", "message": "bad image"}}
+    )
+    assert (run.failure_code, run.failure_message) == ("INPUT_UNREADABLE", "bad image")
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        ("run.completed", "succeeded"),
+        ("run.failed", "failed"),
+        ("run.cancelled", "canceled"),
+        ("run.partial_succeeded", "partial_succeeded"),
+        ("run.something_new", ""),
+    ],
+)
+def test_callback_status_derived_from_event(event: str, status: str) -> None:
+    run = run_result_from_callback({"event": event, "run_id": RUN_ID})
+    assert run.status == status
+
+
+def test_run_object_with_error_object() -> None:
+    run = run_result_from_run(
+        {"id": RUN_ID, "status_code": "failed", "error": {"code": "TIMEOUT", "message": "took too long"}}
+    )
+    assert (run.status, run.failure_code, run.failure_message) == ("failed", "TIMEOUT", "took too long")
+
+
+def test_duration_must_be_a_number() -> None:
+    assert (
+        run_result_from_callback({"run_id": "r", "status": "failed", "duration_ms": "12"}).duration_ms is None
+    )
+    assert (
+        run_result_from_callback({"run_id": "r", "status": "failed", "duration_ms": True}).duration_ms is None
+    )
+    assert (
+        run_result_from_callback({"run_id": "r", "status": "failed", "duration_ms": 12.7}).duration_ms == 12
+    )
+
+
+@pytest.mark.parametrize("status", ["queued", "dispatching", "running"])
+def test_non_terminal_statuses(status: str) -> None:
+    assert not run_result_from_run({"id": RUN_ID, "status_code": status}).is_terminal
+
+
+def test_success_with_json_that_is_not_an_object() -> None:
+    rf, _ = client(Script(httpx.Response(200, json=[QUEUED])))
+    with pytest.raises(RunflowUnavailable, match="not an object"):
+        rf.get_run(RUN_ID)
+
+
+def test_error_body_that_is_not_an_object() -> None:
+    rf, _ = client(Script(httpx.Response(422, json=["bad"])))
+    with pytest.raises(RunflowRejected) as info:
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert (info.value.http_status, info.value.code) == (422, "HTTP_422")
