@@ -36,6 +36,8 @@ class StackOptions:
     state_dir: Path | None = None
     # "build": functions from .aws-sam/build (what gets deployed); "source": from the source tree.
     code: str = "build"
+    # moto keeps one state per process: two stacks in one process need different names.
+    stack_name: str = STACK_NAME
     reconcile_every_seconds: float = 300.0
     reconcile_min_age_seconds: int = 120
     run_deadline_minutes: int | None = None
@@ -89,7 +91,7 @@ class LocalStack:
         self.runflow.start()
         self.callback_secret = self.runflow.create_callback_secret(label="backdrop-local")
 
-        template = Template(opts.root / "template.yaml", stack_name=STACK_NAME, region=REGION)
+        template = Template(opts.root / "template.yaml", stack_name=opts.stack_name, region=REGION)
         self.resources = provision(
             template,
             endpoint,
@@ -161,7 +163,7 @@ class LocalStack:
             self.functions["ReconcileFunction"].invoke,
             every_seconds=opts.reconcile_every_seconds,
             region=REGION,
-            rule_name=f"{STACK_NAME}-reconcile",
+            rule_name=f"{opts.stack_name}-reconcile",
         )
         self.schedule.start()
 

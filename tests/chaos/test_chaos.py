@@ -180,6 +180,7 @@ def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str
 def test_nothing_lost_nothing_billed_twice(tmp_path: Path) -> None:
     rng = random.Random(20261124)
     options = StackOptions(
+        stack_name="chaos-stack",
         state_dir=tmp_path / "state",
         reconcile_every_seconds=3.0,
         reconcile_min_age_seconds=8,

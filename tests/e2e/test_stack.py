@@ -23,6 +23,7 @@ TERMINAL = {"succeeded", "failed", "canceled", "rejected", "timed_out"}
 @pytest.fixture(scope="module")
 def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     options = StackOptions(
+        stack_name="e2e-stack",
         state_dir=tmp_path_factory.mktemp("stack"),
         reconcile_every_seconds=5.0,
         reconcile_min_age_seconds=30,
