@@ -234,8 +234,6 @@ def _store(
         raise OutputRefused("OUTPUT_TOO_LARGE", f"output declares {declared} bytes, over {policy.max_bytes}")
     reader = _BodyReader(response.iter_bytes(), policy.max_bytes, deadline)
     _upload(reader, s3=s3, bucket=bucket, key=key, content_type=content_type, metadata=metadata)
-    if reader.total == 0:
-        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
     return CopiedObject(key=key, size=reader.total, content_type=content_type)
 
 
