@@ -80,6 +80,76 @@ def test_resubmission_over_http_carries_the_idempotency_key(world: World) -> Non
     assert job_in(world, "job-1").run_id == "run-created-earlier"
 
 
+class IdempotentRunflow:
+    """Runflow's Idempotency-Key rules: same key and body replays the run, another body is 409."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, object]] = []
+        self.keys: dict[str, tuple[bytes, dict[str, object]]] = {}
+        self.posts = 0
+
+    def create_earlier(self, key: str, body: bytes) -> None:
+        run = {
+            "id": f"run-{len(self.runs) + 1}",
+            "status_code": "running",
+            "client_ref": key,
+            "created_at": "2026-05-06T11:50:00",
+        }
+        self.runs.append(run)
+        self.keys[key] = (body, run)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            ref = request.url.params["q"].split("'")[1]
+            return httpx.Response(200, json={"items": [r for r in self.runs if r["client_ref"] == ref]})
+        self.posts += 1
+        key = request.headers["Idempotency-Key"]
+        if key in self.keys:
+            body, run = self.keys[key]
+            if body == request.content:
+                return httpx.Response(201, json=run)
+            return httpx.Response(409, json={"code": "CONFLICT", "message": "Idempotency key reused"})
+        self.create_earlier(key, request.content)
+        return httpx.Response(201, json=self.keys[key][1])
+
+
+def idempotent_runflow(world: World) -> IdempotentRunflow:
+    runflow = IdempotentRunflow()
+    world.services._runflow = RunflowClient(
+        "https://api.runflow.io",
+        "rf_key",
+        http=httpx.Client(transport=httpx.MockTransport(runflow)),
+        sleep=lambda _: None,
+        rng=random.Random(1),
+    )
+    return runflow
+
+
+def test_resubmission_adopts_the_run_an_earlier_attempt_created(world: World) -> None:
+    # The first attempt's create reached Runflow but its answer was lost; the retry presigns again,
+    # so its body differs and Runflow answers 409 for the same key.
+    runflow = idempotent_runflow(world)
+    runflow.create_earlier("job-1", b'{"input": {"image_url": "https://old-presigned-url"}}')
+    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
+
+    assert run_pass(world) == {"examined": 1, "resubmitted_submitted": 1}
+    job = job_in(world, "job-1")
+    assert (job.status, job.run_id) == (Status.SUBMITTED, "run-1")
+    assert len(runflow.runs) == 1  # nothing billed twice
+    assert metric_total("RunsAdopted") == 1
+
+
+def test_conflict_without_a_listed_run_leaves_the_job_open(world: World) -> None:
+    runflow = idempotent_runflow(world)
+    runflow.create_earlier("job-1", b"{}")
+    runflow.runs.clear()  # still being created at Runflow: not listed yet
+    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
+
+    assert run_pass(world) == {"examined": 1, "runflow_unavailable": 1}
+    job = job_in(world, "job-1")
+    assert (job.status, job.run_id, job.error_code) == (Status.RECEIVED, None, "RUNFLOW_CONFLICT")
+
+
 def test_job_without_run_and_bad_colour_is_rejected(world: World) -> None:
     world.store.add(
         make_job(status=Status.RECEIVED, run_id=None, color="chartreuse", created_at=ago(minutes=10))

@@ -14,6 +14,7 @@ from backdrop.runs import (
     OutputRef,
     RetryPolicy,
     RunflowClient,
+    RunflowConflict,
     RunflowRejected,
     RunflowUnavailable,
     RunRequest,
@@ -196,6 +197,53 @@ def test_final_4xx_rejected_without_retry(status: int, code: str, message: str) 
     assert (info.value.http_status, info.value.code, info.value.message) == (status, code, message)
     assert len(script.requests) == 1
     assert delays == []
+
+
+def test_409_on_create_is_an_idempotency_conflict() -> None:
+    rf, _ = client(Script(error(409, "CONFLICT", "Idempotency key reused with a different body")))
+    with pytest.raises(RunflowConflict) as info:
+        rf.create_run(REQUEST, idempotency_key="job-1")
+    assert info.value.code == "CONFLICT"
+
+
+def test_find_runs_filters_by_client_ref_oldest_first() -> None:
+    later = {
+        "id": "0196a1b2-ffff-7000-8000-000000000002",
+        "status_code": "running",
+        "client_ref": "job-1",
+        "created_at": "2026-05-06T12:00:02",
+    }
+    first = {
+        "id": RUN_ID,
+        "status_code": "succeeded",
+        "client_ref": "job-1",
+        "created_at": "2026-05-06T12:00:01",
+    }
+    other = {
+        "id": "0196a1b2-ffff-7000-8000-000000000003",
+        "status_code": "queued",
+        "client_ref": "job-2",
+        "created_at": "2026-05-06T12:00:00",
+    }
+    script = Script(httpx.Response(200, json={"items": [later, other, first], "next": None}))
+    rf, _ = client(script)
+    runs = rf.find_runs("job-1")
+    assert [r.run_id for r in runs] == [RUN_ID, later["id"]]  # a run of another job is never adopted
+    (request,) = script.requests
+    assert request.url.path == "/v1/runs"
+    assert request.url.params["q"] == "client_ref.EQ:'job-1'"
+
+
+def test_find_runs_refuses_a_reference_it_cannot_quote() -> None:
+    rf, _ = client(Script())
+    with pytest.raises(ValueError):
+        rf.find_runs("job'1")
+
+
+def test_find_runs_without_items_is_unavailable() -> None:
+    rf, _ = client(Script(httpx.Response(200, json={"data": []})))
+    with pytest.raises(RunflowUnavailable):
+        rf.find_runs("job-1")
 
 
 def test_nested_error_envelope() -> None:

@@ -3,7 +3,9 @@
 Contract (Runflow docs): ``POST /v1/models/runflow/background-color/runs`` answers with the run
 object (``status_code: queued``); ``GET /v1/runs/{id}`` reads it; errors carry ``{code, message}``.
 429, 5xx and network errors are retried with exponential backoff and full jitter inside a time
-budget; any other 4xx is final. ``Idempotency-Key`` makes a retried create return the same run.
+budget; any other 4xx is final. ``Idempotency-Key`` makes a retried create return the same run,
+but only for the same body: a later attempt carries a fresh presigned URL, so Runflow answers
+``409 CONFLICT`` and the run made earlier is found by its ``client_ref`` (``find_runs``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class RunflowRejected(RunflowError):
         self.code = code
         self.message = message
         super().__init__(f"Runflow answered {http_status} {code}: {message}")
+
+
+class RunflowConflict(RunflowRejected):
+    """409 on create: this Idempotency-Key was already used, with a different body."""
 
 
 class RunflowUnavailable(RunflowError):
@@ -194,12 +200,17 @@ class RunflowClient:
         self._on_retry = on_retry
 
     def create_run(self, request: RunRequest, *, idempotency_key: str) -> RunResult:
-        body = self._send(
-            "POST",
-            self._base + MODEL_PATH,
-            json=request.body(),
-            headers={"Idempotency-Key": idempotency_key},
-        )
+        try:
+            body = self._send(
+                "POST",
+                self._base + MODEL_PATH,
+                json=request.body(),
+                headers={"Idempotency-Key": idempotency_key},
+            )
+        except RunflowRejected as exc:
+            if exc.http_status == 409:
+                raise RunflowConflict(exc.http_status, exc.code, exc.message) from exc
+            raise
         result = run_result_from_run(body)
         if not result.run_id:
             raise RunflowUnavailable("Runflow accepted the run but its answer carries no id")
@@ -207,6 +218,23 @@ class RunflowClient:
 
     def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
         return run_result_from_run(self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds))
+
+    def find_runs(self, client_ref: str) -> list[RunResult]:
+        """Runs tagged with ``client_ref``, oldest first (Backdrop tags each run with its job id)."""
+        if "'" in client_ref or "\\" in client_ref:
+            raise ValueError(f"client_ref {client_ref!r} cannot be quoted in a Runflow filter")
+        body = self._send(
+            "GET",
+            f"{self._base}/v1/runs",
+            params={"q": f"client_ref.EQ:'{client_ref}'", "limit": "100"},
+        )
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise RunflowUnavailable("Runflow's run list carries no items")
+        runs = [item for item in items if isinstance(item, Mapping) and item.get("client_ref") == client_ref]
+        # Oldest first: the run the first attempt created (UUIDv7 ids also sort by time).
+        runs.sort(key=lambda item: (str(item.get("created_at") or ""), str(item.get("id") or "")))
+        return [run_result_from_run(item) for item in runs]
 
     def _send(self, method: str, url: str, *, budget: float | None = None, **kwargs: Any) -> dict[str, Any]:
         deadline = time.monotonic() + (self._retry.budget_seconds if budget is None else budget)

@@ -5,7 +5,9 @@ Order matters for "nothing lost, nothing billed twice":
 2. claim the job with a conditional write *before* anything is sent to Runflow;
 3. reject bad uploads with a recorded reason and no Runflow call;
 4. create the run with ``Idempotency-Key: <job_id>``, so a retried event, or a crash between
-   create and record, gets the same run back instead of a second paid one;
+   create and record, gets the same run back instead of a second paid one. A later attempt carries
+   a fresh presigned URL, a different body, so Runflow answers 409: the run the earlier attempt
+   made is then looked up by ``client_ref`` (the job id) and adopted, never created again;
 5. record the run id (``submitted``).
 A Runflow outage raises, so the event is retried; the job stays ``received`` with the error noted.
 """
@@ -31,7 +33,7 @@ from backdrop.config import ConfigError, get_settings
 from backdrop.jobs import Job, Status, now_iso
 from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
-from backdrop.runs import RunflowRejected, RunflowUnavailable, RunRequest
+from backdrop.runs import RunflowConflict, RunflowRejected, RunflowUnavailable, RunRequest, RunResult
 from backdrop.services import Services, get_services
 from backdrop.uploads import (
     SNIFF_BYTES,
@@ -82,6 +84,8 @@ class _SourceObject:
 
 
 def submit_upload(upload: UploadRef, services: Services) -> SubmitResult:
+    # One batch carries many uploads: keys of the previous one must not label this one's logs.
+    logger.remove_keys(["job_id", "run_id"])
     settings = services.settings
     if upload.bucket != settings.uploads_bucket or not in_upload_prefix(upload.key, settings.upload_prefix):
         logger.info("Object outside the upload prefix ignored", extra={"key": upload.key})
@@ -230,6 +234,14 @@ def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour)
     )
     try:
         run = services.runflow().create_run(request, idempotency_key=job.job_id)
+    except RunflowConflict as exc:
+        found = _earlier_run(services, job, str(exc))
+        if found is None:
+            # The earlier attempt may still be in flight at Runflow: retry, never fail the job.
+            services.jobs.record_error(job.job_id, Status.RECEIVED, "RUNFLOW_CONFLICT", str(exc))
+            count("SubmitRetries")
+            raise SubmitRetryable(str(exc)) from exc
+        run = found
     except RunflowRejected as exc:
         logger.warning(
             "Runflow refused the run", extra={"http_status": exc.http_status, "error_code": exc.code}
@@ -269,6 +281,22 @@ def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour)
     logger.info("Run created", extra={"run_status": run.status})
     count("JobsSubmitted")
     return SubmitResult(Outcome.SUBMITTED, job_id=job.job_id, run_id=run.run_id)
+
+
+def _earlier_run(services: Services, job: Job, conflict: str) -> RunResult | None:
+    """The run an earlier attempt created under this job's Idempotency-Key, if Runflow lists it."""
+    try:
+        runs = services.runflow().find_runs(job.job_id)
+    except RunflowUnavailable:
+        return None
+    if not runs:
+        logger.warning("Idempotency conflict but no run carries the job id yet", extra={"conflict": conflict})
+        return None
+    if len(runs) > 1:
+        logger.error("More than one run carries this job id", extra={"run_ids": [r.run_id for r in runs]})
+    logger.info("Adopted the run an earlier attempt created", extra={"adopted_run_id": runs[0].run_id})
+    count("RunsAdopted")
+    return runs[0]
 
 
 @functools.cache

@@ -21,6 +21,7 @@ RATE_FIELDS = frozenset(
     {
         "create_429",
         "create_5xx",
+        "create_answer_lost",
         "callback_drop",
         "callback_duplicate",
         "output_fetch_error",
@@ -33,6 +34,7 @@ RATE_FIELDS = frozenset(
 class FaultSettings:
     create_429: float = 0.0  # POST /runs answers 429 RATE_LIMITED before creating anything
     create_5xx: float = 0.0  # POST /runs answers 503 MODEL_UNAVAILABLE before creating anything
+    create_answer_lost: float = 0.0  # POST /runs creates (or replays) the run, then answers 504
     callback_drop: float = 0.0  # the run's callback is never delivered (no delivery record at all)
     callback_duplicate: float = 0.0  # the run's callback is delivered twice (two deliveries)
     callback_delay_s: float = 0.0  # seconds to wait before the first attempt of an automatic delivery

@@ -104,6 +104,12 @@ class RunflowService:
         )
         if not replayed:
             self.submit_run(run.id)
+        if self.faults.roll("create_answer_lost"):
+            # The run exists (and is billed); only its answer is lost, as behind a timed-out gateway.
+            self.store.bump("create_answers_lost")
+            raise ApiError(
+                504, "GATEWAY_TIMEOUT", "The gateway timed out waiting for an answer (injected fault)"
+            )
         return Reply(201, body=response)
 
     def _run(self, run_id: str) -> Run:

@@ -420,6 +420,7 @@ class Store:
                 "output_url_rejections",
                 "create_rate_limited",
                 "create_server_errors",
+                "create_answers_lost",
                 "unauthorized_requests",
             )
             result: dict[str, Any] = {key: self.counters[key] for key in keys}

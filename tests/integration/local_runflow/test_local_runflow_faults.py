@@ -45,6 +45,25 @@ def test_create_429_and_5xx_answer_before_anything_is_created(
     assert runflow.wait_idle(10)
 
 
+def test_create_answer_lost_still_creates_the_run(
+    runflow: LocalRunflow, client: httpx.Client, junk_url: str
+) -> None:
+    _set_faults(runflow, create_answer_lost=1.0)
+    lost = client.post(MODEL_RUNS, json=run_body(junk_url), headers={"Idempotency-Key": "k-lost"})
+    assert lost.status_code == 504 and lost.json()["code"] == "GATEWAY_TIMEOUT"
+    assert runflow.stats()["runs_created"] == 1 and runflow.stats()["create_answers_lost"] == 1
+
+    _set_faults(runflow)
+    (created,) = client.get("/v1/runs").json()["items"]
+    replay = client.post(MODEL_RUNS, json=run_body(junk_url), headers={"Idempotency-Key": "k-lost"})
+    assert replay.status_code == 201 and replay.json()["id"] == created["id"]  # same body: same run
+    other = run_body(junk_url, client_ref="another body")
+    conflict = client.post(MODEL_RUNS, json=other, headers={"Idempotency-Key": "k-lost"})
+    assert conflict.status_code == 409 and conflict.json()["code"] == "CONFLICT"
+    assert runflow.stats()["runs_created"] == 1
+    assert runflow.wait_idle(10)
+
+
 def test_processing_failure_fails_the_run(
     runflow: LocalRunflow, client: httpx.Client, photo_url: str
 ) -> None:
