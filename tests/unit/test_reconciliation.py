@@ -191,6 +191,23 @@ def test_overdue_job_without_run_times_out(world: World) -> None:
     assert metric_total("JobsTimedOut") == 1
 
 
+def test_overdue_job_without_run_adopts_a_run_whose_answer_was_lost(world: World) -> None:
+    world.runflow.by_client_ref["job-1"] = [RunResult(run_id="run-made-anyway", status="running")]
+    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
+    assert run_pass(world) == {"examined": 1, "adopted_submitted": 1}
+    job = job_in(world, "job-1")
+    assert (job.status, job.run_id) == (Status.SUBMITTED, "run-made-anyway")
+    assert world.runflow.created == []  # found, not created again
+    assert metric_total("JobsTimedOut") == 0 and metric_total("RunsAdopted") == 1
+
+
+def test_overdue_job_without_run_times_out_when_runflow_cannot_be_asked(world: World) -> None:
+    world.runflow.by_client_ref["job-1"] = RunflowUnavailable("Runflow unavailable after retries")
+    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
+    assert run_pass(world) == {"examined": 1, "timed_out": 1}
+    assert job_in(world, "job-1").status is Status.TIMED_OUT
+
+
 def test_overdue_running_job_times_out(world: World) -> None:
     world.store.add(make_job(created_at=ago(minutes=61)))
     world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="running")

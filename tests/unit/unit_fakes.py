@@ -272,10 +272,17 @@ class FakeRunflow:
         self.runs: dict[str, RunResult | Exception] = {}
         self.created: list[tuple[Any, str]] = []
         self.read: list[str] = []
+        self.by_client_ref: dict[str, list[RunResult] | Exception] = {}
 
     def create_run(self, request: Any, *, idempotency_key: str) -> RunResult:
         self.created.append((request, idempotency_key))
         return RunResult(run_id=f"run-for-{idempotency_key}", status="queued")
+
+    def find_runs(self, client_ref: str) -> list[RunResult]:
+        listed = self.by_client_ref.get(client_ref, [])
+        if isinstance(listed, Exception):
+            raise listed
+        return listed
 
     def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
         self.read.append(run_id)

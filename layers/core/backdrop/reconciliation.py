@@ -20,9 +20,9 @@ from backdrop.completion import Completion, complete_job
 from backdrop.jobs import Job, Status, parse_iso
 from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
-from backdrop.runs import RunflowError, RunflowRejected
+from backdrop.runs import RunflowError, RunflowRejected, RunflowUnavailable
 from backdrop.services import Services
-from backdrop.submission import SubmitRetryable, resubmit
+from backdrop.submission import SubmitRetryable, adopt_earlier_run, resubmit
 from backdrop.uploads import UploadRef
 
 # Time one job may take in the reconciler (a copy of a large output included).
@@ -76,6 +76,13 @@ def _reconcile_one(
     overdue = now - parse_iso(job.created_at) > run_deadline
     if job.run_id is None:
         if overdue:
+            # A create whose answer was lost may have made a run after all: finish that one instead.
+            try:
+                adopted = adopt_earlier_run(services, job)
+            except RunflowUnavailable:
+                adopted = None
+            if adopted is not None:
+                return f"adopted_{adopted.outcome.value}"
             return _time_out(services, job, "no Runflow run could be created before the run deadline")
         try:
             colour = parse_colour(job.color)

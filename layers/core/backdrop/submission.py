@@ -235,7 +235,10 @@ def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour)
     try:
         run = services.runflow().create_run(request, idempotency_key=job.job_id)
     except RunflowConflict as exc:
-        found = _earlier_run(services, job, str(exc))
+        try:
+            found = _earlier_run(services, job)
+        except RunflowUnavailable:
+            found = None
         if found is None:
             # The earlier attempt may still be in flight at Runflow: retry, never fail the job.
             services.jobs.record_error(job.job_id, Status.RECEIVED, "RUNFLOW_CONFLICT", str(exc))
@@ -258,7 +261,18 @@ def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour)
         services.jobs.record_error(job.job_id, Status.RECEIVED, "RUNFLOW_UNAVAILABLE", str(exc))
         count("SubmitRetries")
         raise SubmitRetryable(str(exc)) from exc
+    return _record_run(services, job, run)
 
+
+def adopt_earlier_run(services: Services, job: Job) -> SubmitResult | None:
+    """Record the run Runflow lists for this job, if an attempt whose answer was lost created one.
+
+    Raises RunflowUnavailable when Runflow cannot be asked."""
+    found = _earlier_run(services, job)
+    return None if found is None else _record_run(services, job, found)
+
+
+def _record_run(services: Services, job: Job, run: RunResult) -> SubmitResult:
     logger.append_keys(run_id=run.run_id)
     try:
         services.jobs.transition(
@@ -283,14 +297,11 @@ def _create_run(services: Services, job: Job, upload: UploadRef, colour: Colour)
     return SubmitResult(Outcome.SUBMITTED, job_id=job.job_id, run_id=run.run_id)
 
 
-def _earlier_run(services: Services, job: Job, conflict: str) -> RunResult | None:
+def _earlier_run(services: Services, job: Job) -> RunResult | None:
     """The run an earlier attempt created under this job's Idempotency-Key, if Runflow lists it."""
-    try:
-        runs = services.runflow().find_runs(job.job_id)
-    except RunflowUnavailable:
-        return None
+    runs = services.runflow().find_runs(job.job_id)
     if not runs:
-        logger.warning("Idempotency conflict but no run carries the job id yet", extra={"conflict": conflict})
+        logger.info("No run carries the job id at Runflow")
         return None
     if len(runs) > 1:
         logger.error("More than one run carries this job id", extra={"run_ids": [r.run_id for r in runs]})
