@@ -18,6 +18,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str
     return answers
 
 
-def test_nothing_lost_nothing_billed_twice(tmp_path: Path) -> None:
+def test_nothing_lost_nothing_billed_twice(tmp_path: Path, report_figures: Callable[[str], None]) -> None:
     rng = random.Random(20261124)
     options = StackOptions(
         stack_name="chaos-stack",
@@ -283,14 +284,16 @@ def test_nothing_lost_nothing_billed_twice(tmp_path: Path) -> None:
         assert not [j for j in jobs if j.get("error_code") == "RUN_FAILED" or j["status"] == "canceled"]
         max_converge = converged_at - started
         logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("*.log"))
-        print(
-            f"\nCHAOS uploads={len(plan)} submitted={submitted_uploads} results={results} lost={lost} "
+        figures = (
+            f"CHAOS uploads={len(plan)} submitted={submitted_uploads} results={results} lost={lost} "
             f"duplicate_runs={duplicate_runs} runs_per_upload={runs_per_upload:.2f} "
             f"statuses={dict(statuses)} hostile_answers={dict(hostile)} "
             f"callbacks_sent={stats.get('callbacks_sent')} answers_lost={stats.get('create_answers_lost')} "
             f"runs_adopted={logs.count('Adopted the run an earlier attempt created')} "
             f"max_time_to_converge_s={max_converge:.1f}"
         )
+        print("\n" + figures)
+        report_figures(figures)
         # Secrets never reach the logs, whatever happened.
         assert stack.callback_secret not in logs and RUNFLOW_API_KEY not in logs
         assert lost == 0
