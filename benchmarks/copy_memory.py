@@ -57,14 +57,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(url: str) -> None:
+def wait_for(port: int) -> None:
+    """Until something listens on the loopback port (a GET of the source would download it all)."""
     for _ in range(100):
         try:
-            httpx.get(url, timeout=1)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
-        except httpx.HTTPError:
+        except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def main() -> None:
@@ -82,7 +83,8 @@ def main() -> None:
     try:
         endpoint = f"http://127.0.0.1:{moto_port}"
         origin = f"http://127.0.0.1:{source_port}"
-        wait_for(endpoint)
+        wait_for(moto_port)
+        wait_for(source_port)
         s3 = boto3.client(
             "s3",
             endpoint_url=endpoint,

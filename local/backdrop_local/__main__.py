@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from backdrop_local.runflow import FaultSettings
+from backdrop_local.runflow.cli import add_fault_arguments, faults_from_args
 from backdrop_local.stack import LocalStack, StackOptions
 
 
@@ -39,18 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         default="build",
         help="run the functions as `sam build` built them (default) or from the source tree",
     )
-    for name in FaultSettings().to_dict():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=float,
-            default=0.0,
-            dest=name,
-            help=f"local Runflow fault: {name}",
-        )
+    add_fault_arguments(parser)
     parser.add_argument("--state-dir", type=Path, default=None, help="where local-stack.json and logs go")
     parser.add_argument("--seed", type=int, default=None, help="seed of the local Runflow's fault dice")
     args = parser.parse_args(argv)
-    faults = FaultSettings(**{name: getattr(args, name) for name in FaultSettings().to_dict()})
+    faults = faults_from_args(args)
     stack = LocalStack(
         StackOptions(
             code=args.code,

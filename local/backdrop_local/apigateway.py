@@ -103,7 +103,6 @@ class LocalHttpApi:
         self._api_id = api_id
         self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-http-api", daemon=True)
-        self.requests = 0
 
     @property
     def url(self) -> str:
@@ -122,7 +121,6 @@ class LocalHttpApi:
         if invoker is None:
             response = Response(json.dumps({"message": "Not Found"}), 404, mimetype="application/json")
             return response(environ, start_response)
-        self.requests += 1
         event = http_api_event(request, f"{request.method} {request.path}", self._api_id)
         outcome: list[InvokeResult] = []
         worker = threading.Thread(target=lambda: outcome.append(invoker(event)), daemon=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
@@ -43,6 +44,18 @@ def client(service: str, endpoint_url: str, region: str) -> Any:
         aws_secret_access_key=SECRET_ACCESS_KEY,
         config=Config(retries={"mode": "standard", "max_attempts": 3}),
     )
+
+
+_deserializer = TypeDeserializer()
+
+
+def scan_items(ddb: Any, table: str) -> list[dict[str, Any]]:
+    """Every item of ``table`` as plain Python values: all pages, strongly consistent."""
+    return [
+        {k: _deserializer.deserialize(v) for k, v in raw.items()}
+        for page in ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+        for raw in page.get("Items", [])
+    ]
 
 
 @dataclass(frozen=True)

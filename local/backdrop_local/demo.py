@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import mimetypes
 import shutil
 import signal
@@ -29,12 +28,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.colours import parse_colour
 from backdrop.jobs import Job, Status, parse_iso
-from backdrop_local.contactsheet import RGB, SheetRow, build_contact_sheet
+from backdrop_local.aws import scan_items
+from backdrop_local.contactsheet import RGB, SheetRow, build_contact_sheet, colour_text
 from backdrop_local.progress import ProgressLine
 from backdrop_local.stack import ROOT, LocalStack, StackOptions
 
@@ -146,22 +145,17 @@ def upload_all(s3: S3Client, bucket: str, uploads: Sequence[Upload]) -> dict[str
     return outcomes
 
 
-_deserializer = TypeDeserializer()
-
-
 def scan_jobs(ddb: DynamoDBClient, table: str, keys: Iterable[str]) -> dict[str, Job]:
     """The newest job of each of ``keys`` (source keys), read with a full scan of the jobs table."""
     wanted = set(keys)
     found: dict[str, Job] = {}
-    for page in ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
-        for raw in page.get("Items", []):
-            item: dict[str, Any] = {k: _deserializer.deserialize(v) for k, v in raw.items()}
-            if item.get("source_key") not in wanted:
-                continue
-            job = Job.from_item(item)
-            current = found.get(job.source_key)
-            if current is None or job.created_at > current.created_at:
-                found[job.source_key] = job
+    for item in scan_items(ddb, table):
+        if item.get("source_key") not in wanted:
+            continue
+        job = Job.from_item(item)
+        current = found.get(job.source_key)
+        if current is None or job.created_at > current.created_at:
+            found[job.source_key] = job
     return found
 
 
@@ -327,7 +321,7 @@ def summary_table(outcomes: Sequence[Outcome], upload_prefix: str) -> str:
         rows.append(
             (
                 _relative(o.upload.key, upload_prefix),
-                f"{o.upload.colour.name} ({','.join(map(str, o.colour))})",
+                f"{o.upload.colour.name} ({colour_text(o.colour)})",
                 o.status,
                 f"{job.runflow_duration_ms:,}" if job and job.runflow_duration_ms is not None else "-",
                 f"{o.processing_ms:,}" if o.processing_ms is not None else "-",
@@ -432,9 +426,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not samples:
         print(f"no photos ({', '.join(SAMPLE_SUFFIXES)}) in {args.samples}", file=sys.stderr)
         return 2
-    # moto and the callback API serve through werkzeug, which logs every request at INFO to stderr;
-    # the demo's own lines are what a person wants to read. Warnings and errors still show.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` stops the stack as cleanly as Ctrl-C does
     stack = LocalStack(StackOptions(reconcile_every_seconds=10, reconcile_min_age_seconds=30))
     try:

@@ -68,9 +68,6 @@ class SqsEventSource:
             threading.Thread(target=self._poll, name=f"sqs-poller-{i}", daemon=True)
             for i in range(max_concurrency)
         ]
-        self.batches = 0
-        self.failed_records = 0
-        self.failed_invocations = 0
 
     def start(self) -> None:
         for thread in self._threads:
@@ -97,17 +94,14 @@ class SqsEventSource:
                 continue
             if not messages:
                 continue
-            self.batches += 1
             result = self._invoke(sqs_event(messages, self._queue_arn, self._region))
             if not result.ok:
-                self.failed_invocations += 1
                 continue  # every message becomes visible again after the visibility timeout
             failed = {
                 item.get("itemIdentifier")
                 for item in (result.payload or {}).get("batchItemFailures", [])
                 if isinstance(item, dict)
             }
-            self.failed_records += len(failed)
             done = [
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                 for i, m in enumerate(messages)
@@ -125,8 +119,6 @@ class Schedule:
         self._rule = rule_name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"schedule-{rule_name}", daemon=True)
-        self.runs = 0
-        self.last_result: InvokeResult | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -147,9 +139,7 @@ class Schedule:
             "resources": [f"arn:aws:events:{self._region}:123456789012:rule/{self._rule}"],
             "detail": {},
         }
-        self.runs += 1
-        self.last_result = self._invoke(event)
-        return self.last_result
+        return self._invoke(event)
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):

@@ -124,8 +124,6 @@ class LocalFunction:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._closed = False
-        self.invocations = 0
-        self.crashes = 0
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._command, self._env, self._log)
@@ -146,13 +144,11 @@ class LocalFunction:
                     worker = self._spawn()
                 except RuntimeError as exc:
                     return InvokeResult(False, error_type="Runtime.InitError", error_message=str(exc))
-            self.invocations += 1
             worker.send({"event": event, "timeout": self.timeout})
             line = worker.read_line(self.timeout + 1.0)
             if line is None:
                 timed_out = worker.proc.poll() is None
                 worker.kill()
-                self.crashes += 1
                 if timed_out:
                     return InvokeResult(
                         False,

@@ -21,6 +21,7 @@ from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Res
 from backdrop_local.eventsources import Schedule, SqsEventSource
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from backdrop_local.runflow.emulator import DEFAULT_RETRY_DELAYS
 from backdrop_local.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ class StackOptions:
     runflow_workers: int = 2
     runflow_faults: FaultSettings = field(default_factory=FaultSettings)
     runflow_seed: int | None = None
-    runflow_callback_delays: tuple[float, ...] = (1.0, 2.0)
+    runflow_callback_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     output_ttl_seconds: float = 3600.0
     crash_mid_copy_rate: float = 0.0
     fault_seed: int = 0
@@ -69,6 +70,7 @@ class LocalStack:
         self.resources: Resources | None = None
         self.callback_secret = ""
         self.info: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> dict[str, Any]:
@@ -128,7 +130,7 @@ class LocalStack:
         for logical in template.functions():
             spec = template.function(logical)
             env = {**spec.environment, **overrides}
-            if spec.environment.get("BACKDROP_CALLBACK_URL", "x"):
+            if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
                 env["BACKDROP_CALLBACK_URL"] = callback_url
             if logical == "CallbackFunction" and opts.crash_mid_copy_rate > 0:
                 env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
@@ -139,7 +141,7 @@ class LocalStack:
                 paths=self._code_paths(logical, spec.code_uri, runtime),
                 env=env,
                 timeout=spec.timeout,
-                max_concurrency=self._concurrency(logical, spec),
+                max_concurrency=self._concurrency(logical),
                 log_path=self.state_dir / "logs" / f"{logical}.log",
             )
             for event in spec.events.values():
@@ -150,13 +152,13 @@ class LocalStack:
         submit = template.function("SubmitFunction")
         sqs_props = next(e["Properties"] for e in submit.events.values() if e["Type"] == "SQS")
         self.sqs_source = SqsEventSource(
-            client("sqs", endpoint, REGION),
+            self.sqs(),
             queue_url=self.resources.queue_url,
             queue_arn=self.resources.queue_arn,
             region=REGION,
             invoke=self.functions["SubmitFunction"].invoke,
             batch_size=int(sqs_props.get("BatchSize", 10)),
-            max_concurrency=self._concurrency("SubmitFunction", submit),
+            max_concurrency=self._concurrency("SubmitFunction"),
         )
         self.sqs_source.start()
         self.schedule = Schedule(
@@ -203,6 +205,7 @@ class LocalStack:
         if self.runflow:
             self.runflow.stop()
         self.moto.stop()
+        self._clients.clear()
         (self.state_dir / "local-stack.json").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalStack:
@@ -224,7 +227,7 @@ class LocalStack:
             raise RuntimeError(f"{function_dir} or {layer_dir} is missing: run `make build` first")
         return [function_dir, layer_dir, runtime]
 
-    def _concurrency(self, logical: str, spec: Any) -> int:
+    def _concurrency(self, logical: str) -> int:
         opts = self.options
         if logical == "SubmitFunction":
             return opts.submit_concurrency or 2
@@ -232,15 +235,17 @@ class LocalStack:
             return opts.callback_concurrency
         return 1
 
+    def _client(self, service: str) -> Any:
+        # One client per service: tests poll the stack every second, and boto3 clients are thread-safe.
+        if service not in self._clients:
+            self._clients[service] = client(service, self.moto.endpoint_url, REGION)
+        return self._clients[service]
+
     def s3(self) -> Any:
-        return client("s3", self.moto.endpoint_url, REGION)
+        return self._client("s3")
 
     def dynamodb(self) -> Any:
-        return client("dynamodb", self.moto.endpoint_url, REGION)
+        return self._client("dynamodb")
 
     def sqs(self) -> Any:
-        return client("sqs", self.moto.endpoint_url, REGION)
-
-    def reconcile_now(self) -> Any:
-        assert self.schedule is not None
-        return self.schedule.fire()
+        return self._client("sqs")

@@ -25,7 +25,6 @@ class FunctionDef:
     timeout: int
     environment: dict[str, str]
     events: dict[str, dict[str, Any]]
-    reserved_concurrency: int | None
 
 
 class Template:
@@ -38,7 +37,6 @@ class Template:
         parameters: Mapping[str, str] | None = None,
         physical_ids: Mapping[str, str] | None = None,
     ) -> None:
-        self.path = path
         self.doc: dict[str, Any] = cfn_yaml.load(str(path))
         self.stack_name = stack_name
         self.region = region
@@ -145,7 +143,6 @@ class Template:
         props = self.resource(logical_id)["Properties"]
         env = dict(self.evaluate(globals_.get("Environment", {}).get("Variables", {})))
         env.update(self.evaluate(props.get("Environment", {}).get("Variables", {})))
-        reserved = props.get("ReservedConcurrentExecutions")
         return FunctionDef(
             logical_id=logical_id,
             code_uri=str(props["CodeUri"]),
@@ -153,7 +150,6 @@ class Template:
             timeout=int(self.evaluate(props.get("Timeout", globals_.get("Timeout", 3)))),
             environment={k: str(v) for k, v in env.items()},
             events={name: self.evaluate(ev) for name, ev in props.get("Events", {}).items()},
-            reserved_concurrency=int(self.evaluate(reserved)) if reserved is not None else None,
         )
 
     def functions(self) -> list[str]:

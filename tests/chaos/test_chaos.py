@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
-from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image, ImageDraw
 
+from backdrop.jobs import TERMINAL
 from backdrop.signatures import sign
+from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
 
@@ -100,16 +101,7 @@ def plan_uploads(rng: random.Random, count: int) -> list[dict[str, Any]]:
 
 def scan_jobs(stack: LocalStack) -> list[dict[str, Any]]:
     assert stack.resources is not None
-    ddb = stack.dynamodb()
-    deserializer = TypeDeserializer()
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": stack.resources.jobs_table, "ConsistentRead": True}
-    while True:
-        page = ddb.scan(**kwargs)
-        items += [{k: deserializer.deserialize(v) for k, v in item.items()} for item in page["Items"]]
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return scan_items(stack.dynamodb(), stack.resources.jobs_table)
 
 
 def duplicate_notification(stack: LocalStack, key: str, head: dict[str, Any]) -> None:
@@ -138,7 +130,7 @@ def duplicate_notification(stack: LocalStack, key: str, head: dict[str, Any]) ->
 def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str, Any]]) -> Counter[int]:
     """Forged, tampered-replay and unsigned callbacks aimed at real jobs; returns answer codes."""
     answers: Counter[int] = Counter()
-    callback_url = stack.info["callback_url"]
+    callback_url, runflow = stack.info["callback_url"], stack.info["runflow_url"]
     for job in jobs:
         body = json.dumps(
             {
@@ -160,7 +152,6 @@ def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str
             ).status_code
         ] += 1
         if job.get("run_id"):
-            runflow = stack.info["runflow_url"]
             deliveries = http.get(
                 f"{runflow}/v1/runs/{job['run_id']}/callback",
                 headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
@@ -240,7 +231,6 @@ def test_nothing_lost_nothing_billed_twice(tmp_path: Path, report_figures: Calla
         assert len(by_key) == len(jobs) == len(plan), "one job per upload"
         results = lost = 0
         submitted_uploads = 0
-        max_converge = 0.0
         for item in plan:
             job = by_key[item["key"]]
             expect = item["expect"]
@@ -299,6 +289,3 @@ def test_nothing_lost_nothing_billed_twice(tmp_path: Path, report_figures: Calla
         assert lost == 0
         assert duplicate_runs == 0 and runs_per_upload == 1.0
         assert hostile and set(hostile) == {401}, f"hostile callbacks answered {dict(hostile)}"
-
-
-TERMINAL = {"succeeded", "failed", "canceled", "rejected", "timed_out"}

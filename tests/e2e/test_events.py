@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
 from backdrop.signatures import verify
-from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision
+from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision, scan_items
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import LocalRunflow
 from backdrop_local.template import Template
@@ -110,26 +111,18 @@ def functions(
 
 
 def job_item(resources: Resources, job_id: str) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeDeserializer
-
     raw = (
         client("dynamodb", resources.endpoint_url, "us-east-1")
         .get_item(TableName=resources.jobs_table, Key={"job_id": {"S": job_id}}, ConsistentRead=True)
         .get("Item", {})
     )
-    d = TypeDeserializer()
-    return {k: d.deserialize(v) for k, v in raw.items()}
+    deserializer = TypeDeserializer()
+    return {k: deserializer.deserialize(v) for k, v in raw.items()}
 
 
 def jobs_for_key(resources: Resources, key: str) -> list[dict[str, Any]]:
-    from boto3.dynamodb.types import TypeDeserializer
-
-    d = TypeDeserializer()
-    items = client("dynamodb", resources.endpoint_url, "us-east-1").scan(TableName=resources.jobs_table)[
-        "Items"
-    ]
-    decoded = [{k: d.deserialize(v) for k, v in item.items()} for item in items]
-    return [i for i in decoded if i["source_key"] == key]
+    items = scan_items(client("dynamodb", resources.endpoint_url, "us-east-1"), resources.jobs_table)
+    return [i for i in items if i["source_key"] == key]
 
 
 def test_submit_event_creates_exactly_one_run(

@@ -12,12 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image, ImageDraw
 
+from backdrop.jobs import TERMINAL
+from backdrop_local.aws import scan_items
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
-
-TERMINAL = {"succeeded", "failed", "canceled", "rejected", "timed_out"}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,7 @@ def portrait(fmt: str = "JPEG", size: tuple[int, int] = (320, 240)) -> bytes:
 
 def jobs_by_key(stack: LocalStack) -> dict[str, dict[str, Any]]:
     assert stack.resources is not None
-    d = TypeDeserializer()
-    items = stack.dynamodb().scan(TableName=stack.resources.jobs_table, ConsistentRead=True)["Items"]
-    decoded = [{k: d.deserialize(v) for k, v in item.items()} for item in items]
-    return {job["source_key"]: job for job in decoded}
+    return {job["source_key"]: job for job in scan_items(stack.dynamodb(), stack.resources.jobs_table)}
 
 
 def wait_for(stack: LocalStack, keys: list[str], timeout: float = 120.0) -> dict[str, dict[str, Any]]:
@@ -137,9 +133,10 @@ def test_odd_and_hostile_uploads(stack: LocalStack) -> None:
         ),
         "uploads/odd/colour-short.jpg": (portrait(), {"background-color": "#FFF"}, "rejected:INVALID_COLOR"),
     }
+    # The folder marker goes in first, so its notification is handled before the cases finish.
+    s3.put_object(Bucket=stack.resources.uploads_bucket, Key="uploads/odd/folder/", Body=b"")
     for key, (body, metadata, _expect) in cases.items():
         s3.put_object(Bucket=stack.resources.uploads_bucket, Key=key, Body=body, Metadata=metadata)
-    s3.put_object(Bucket=stack.resources.uploads_bucket, Key="uploads/odd/folder/", Body=b"")
     jobs = wait_for(stack, list(cases), timeout=180)
     for key, (_body, metadata, expect) in cases.items():
         job = jobs[key]

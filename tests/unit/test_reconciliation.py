@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -58,6 +58,17 @@ def test_job_without_run_is_resubmitted_with_same_idempotency_key(world: World) 
     assert metric_total("JobsRecovered") == 1
 
 
+def use_runflow_over_http(world: World, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+    """The real RunflowClient, answered by ``handler`` instead of the network."""
+    world.services._runflow = RunflowClient(
+        "https://api.runflow.io",
+        "rf_key",
+        http=httpx.Client(transport=httpx.MockTransport(handler)),
+        sleep=lambda _: None,
+        rng=random.Random(1),
+    )
+
+
 def test_resubmission_over_http_carries_the_idempotency_key(world: World) -> None:
     sent: list[httpx.Request] = []
 
@@ -65,13 +76,7 @@ def test_resubmission_over_http_carries_the_idempotency_key(world: World) -> Non
         sent.append(request)
         return httpx.Response(201, json={"id": "run-created-earlier", "status_code": "running"})
 
-    world.services._runflow = RunflowClient(
-        "https://api.runflow.io",
-        "rf_key",
-        http=httpx.Client(transport=httpx.MockTransport(runflow)),
-        sleep=lambda _: None,
-        rng=random.Random(1),
-    )
+    use_runflow_over_http(world, runflow)
     world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
     run_pass(world)
     (request,) = sent
@@ -115,13 +120,7 @@ class IdempotentRunflow:
 
 def idempotent_runflow(world: World) -> IdempotentRunflow:
     runflow = IdempotentRunflow()
-    world.services._runflow = RunflowClient(
-        "https://api.runflow.io",
-        "rf_key",
-        http=httpx.Client(transport=httpx.MockTransport(runflow)),
-        sleep=lambda _: None,
-        rng=random.Random(1),
-    )
+    use_runflow_over_http(world, runflow)
     return runflow
 
 
@@ -235,6 +234,7 @@ def test_failed_run_completed(world: World) -> None:
     world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="cancelled".replace("ll", "l"))
     assert run_pass(world)["completed_canceled"] == 1
     assert job_in(world, "job-1").status is Status.CANCELED
+    assert world.runflow.read == ["run-1"]  # the run object is the whole story: read once
 
 
 def test_copy_retried_with_fresh_url(world: World) -> None:

@@ -32,7 +32,9 @@ class CompletionResult:
     detail: str = ""
 
 
-def complete_job(job: Job, run: RunResult, services: Services, *, deadline: float) -> CompletionResult:
+def complete_job(
+    job: Job, run: RunResult, services: Services, *, deadline: float, read_failure_details: bool = True
+) -> CompletionResult:
     """Apply a run's terminal state to its job. Idempotent: a finished job is left as it is."""
     if job.status.is_terminal:
         return CompletionResult(Completion.ALREADY_DONE, job.status.value)
@@ -51,7 +53,7 @@ def complete_job(job: Job, run: RunResult, services: Services, *, deadline: floa
                 services, job, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output", run
             )
         return _copy(services, job, run, deadline)
-    if run.failure_code is None and run.status in ("failed", "canceled"):
+    if read_failure_details and run.failure_code is None and run.status in ("failed", "canceled"):
         run = _with_failure_details(run, services)
     if run.status == "canceled":
         return _finish(
@@ -111,6 +113,7 @@ def _copy(services: Services, job: Job, run: RunResult, deadline: float) -> Comp
     }
     keys: list[str] = []
     copied = 0
+    policy = services.output_policy
     try:
         for index, output in enumerate(run.outputs):
             key = result_key(
@@ -127,11 +130,10 @@ def _copy(services: Services, job: Job, run: RunResult, deadline: float) -> Comp
                 bucket=settings.results_bucket,
                 key=key,
                 metadata=metadata,
-                policy=services.output_policy,
+                policy=policy,
                 http=services.http,
                 deadline=deadline,
             )
-            # The stored key follows the real content type, which may differ from the guess.
             keys.append(stored.key)
             copied += stored.size
     except OutputRefused as exc:

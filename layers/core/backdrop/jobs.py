@@ -58,9 +58,13 @@ def can_move(current: Status, target: Status) -> bool:
     return current in ALLOWED_FROM[target]
 
 
-def now_iso() -> str:
+def format_iso(moment: datetime) -> str:
     """UTC timestamp, fixed width so that string order is time order in DynamoDB sort keys."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now_iso() -> str:
+    return format_iso(datetime.now(UTC))
 
 
 def parse_iso(value: str) -> datetime:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from backdrop.colours import parse_colour
 from backdrop.completion import Completion, complete_job
-from backdrop.jobs import Job, Status, parse_iso
+from backdrop.jobs import Job, Status, format_iso, parse_iso
 from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
 from backdrop.runs import RunflowError, RunflowRejected, RunflowUnavailable
@@ -38,10 +38,6 @@ class ReconcileReport:
         return {"examined": self.examined, **dict(self.outcomes)}
 
 
-def _fmt(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def upload_of(job: Job) -> UploadRef:
     version = job.source_version[2:] if job.source_version.startswith("v:") else None
     return UploadRef(job.source_bucket, job.source_key, version, job.source_etag, job.source_size)
@@ -50,7 +46,7 @@ def upload_of(job: Job) -> UploadRef:
 def reconcile(services: Services, *, deadline: float, now: datetime | None = None) -> ReconcileReport:
     settings = services.settings
     now = now or datetime.now(UTC)
-    cutoff = _fmt(now - timedelta(seconds=settings.reconcile_min_age_seconds))
+    cutoff = format_iso(now - timedelta(seconds=settings.reconcile_min_age_seconds))
     run_deadline = timedelta(minutes=settings.run_deadline_minutes)
     report = ReconcileReport()
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
@@ -118,7 +114,13 @@ def _reconcile_one(
         if overdue:
             return _time_out(services, job, f"run {job.run_id} still {run.status} after the run deadline")
         return "still_running"
-    result = complete_job(job, run, services, deadline=min(deadline, time.monotonic() + PER_JOB_SECONDS))
+    result = complete_job(
+        job,
+        run,
+        services,
+        deadline=min(deadline, time.monotonic() + PER_JOB_SECONDS),
+        read_failure_details=False,  # ``run`` is the run object itself: nothing more to read
+    )
     if result.completion not in (Completion.ALREADY_DONE, Completion.COPY_PENDING):
         count("JobsRecovered")
     if result.completion is Completion.COPY_PENDING and overdue:

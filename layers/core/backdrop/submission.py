@@ -143,11 +143,8 @@ def submit_upload(upload: UploadRef, services: Services) -> SubmitResult:
 
 
 def _head(upload: UploadRef, services: Services) -> _SourceObject | None:
-    kwargs: dict[str, Any] = {"Bucket": upload.bucket, "Key": upload.key}
-    if upload.version_id and upload.version_id != "null":
-        kwargs["VersionId"] = upload.version_id
     try:
-        head = services.s3.head_object(**kwargs)
+        head = services.s3.head_object(**upload.object_params())
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
             logger.warning("Uploaded object vanished before it could be read", extra={"key": upload.key})
@@ -172,14 +169,9 @@ def _validate(upload: UploadRef, source: _SourceObject, services: Services) -> t
         return "EMPTY_OBJECT", "the uploaded object is empty (0 bytes)"
     if source.size > limit:
         return "TOO_LARGE", f"the uploaded object is {source.size} bytes, over the {limit}-byte limit"
-    kwargs: dict[str, Any] = {
-        "Bucket": upload.bucket,
-        "Key": upload.key,
-        "Range": f"bytes=0-{SNIFF_BYTES - 1}",
-    }
-    if upload.version_id and upload.version_id != "null":
-        kwargs["VersionId"] = upload.version_id
-    head = services.s3.get_object(**kwargs)["Body"].read(SNIFF_BYTES)
+    head = services.s3.get_object(**upload.object_params(), Range=f"bytes=0-{SNIFF_BYTES - 1}")["Body"].read(
+        SNIFF_BYTES
+    )
     if sniff_image_type(head) is None:
         return (
             "UNSUPPORTED_TYPE",
@@ -201,11 +193,8 @@ def _reject(services: Services, job_id: str, code: str, message: str) -> SubmitR
 
 
 def presign(services: Services, upload: UploadRef) -> str:
-    params: dict[str, Any] = {"Bucket": upload.bucket, "Key": upload.key}
-    if upload.version_id and upload.version_id != "null":
-        params["VersionId"] = upload.version_id
     return services.presign_s3.generate_presigned_url(
-        "get_object", Params=params, ExpiresIn=services.settings.presign_expiry_seconds
+        "get_object", Params=upload.object_params(), ExpiresIn=services.settings.presign_expiry_seconds
     )
 
 

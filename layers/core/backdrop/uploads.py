@@ -6,6 +6,7 @@ import hashlib
 import posixpath
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from urllib.parse import unquote_plus
 
 # Bytes read from the start of an object to decide its type; enough for every signature below.
@@ -27,6 +28,13 @@ class UploadRef:
     version_id: str | None
     etag: str | None
     size: int | None
+
+    def object_params(self) -> dict[str, Any]:
+        """S3 parameters naming exactly this object version (``"null"`` is an unversioned bucket)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if self.version_id and self.version_id != "null":
+            params["VersionId"] = self.version_id
+        return params
 
     @property
     def version_tag(self) -> str:

@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -46,8 +45,6 @@ log = logging.getLogger(__name__)
 ATTEMPT_TIMEOUT_S = 10.0
 RESPONSE_BODY_LIMIT = 2048
 USER_AGENT = "Runflow-Callbacks/1.0 (local emulator)"
-
-OutputRenderer = Callable[[Run], dict[str, Any] | None]
 
 
 def payload(run: Run, output: dict[str, Any] | None) -> dict[str, Any]:

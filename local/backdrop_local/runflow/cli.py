@@ -65,10 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between callback attempts (default 1,2: three attempts)",
     )
     parser.add_argument("--log-level", default="WARNING")
+    add_fault_arguments(parser)
+    return parser
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per FaultSettings field (``--create-429``, ``--callback-delay-s``, ...)."""
     faults = parser.add_argument_group("fault injection (rates 0..1; callback-delay-s in seconds)")
     for item in fields(FaultSettings):
         faults.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=float, default=0.0)
-    return parser
+
+
+def faults_from_args(args: argparse.Namespace) -> FaultSettings:
+    return FaultSettings(**{item.name: getattr(args, item.name) for item in fields(FaultSettings)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
-        faults = FaultSettings(**{item.name: getattr(args, item.name) for item in fields(FaultSettings)})
+        faults = faults_from_args(args)
         runflow = LocalRunflow(
             host=args.host,
             port=args.port,

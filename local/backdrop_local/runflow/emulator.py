@@ -14,10 +14,10 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from backdrop_local.runflow.callbacks import CallbackSender, DueQueue
+from backdrop_local.runflow.callbacks import ATTEMPT_TIMEOUT_S, CallbackSender, DueQueue
 from backdrop_local.runflow.faults import FaultInjector, FaultSettings
 from backdrop_local.runflow.ids import utc_now
-from backdrop_local.runflow.netpolicy import NetPolicy, is_loopback_host
+from backdrop_local.runflow.netpolicy import NetPolicy, format_origin, is_loopback_host
 from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
 from backdrop_local.runflow.server import QuietRequestHandler, RunflowApp
 from backdrop_local.runflow.service import RunflowService
@@ -41,7 +41,7 @@ class LocalRunflow:
         callback_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         *,
         callback_threads: int = 4,
-        callback_timeout_seconds: float = 10.0,
+        callback_timeout_seconds: float = ATTEMPT_TIMEOUT_S,
         output_dir: Path | None = None,
     ) -> None:
         if not is_loopback_host(host):
@@ -102,8 +102,7 @@ class LocalRunflow:
         server = make_server(
             self._host, self._port, self._app, threaded=True, request_handler=QuietRequestHandler
         )
-        shown = f"[{self._host}]" if ":" in self._host else self._host
-        self._url = f"http://{shown}:{server.server_port}"
+        self._url = format_origin(("http", self._host, server.server_port))
         self._server = server
         self._executor.start()
         self._sender.start()

@@ -67,10 +67,6 @@ class NetPolicy:
             parsed.add(origin)
         return cls(frozenset(parsed))
 
-    def origin_allowed(self, url: str) -> bool:
-        origin = parse_origin(url)
-        return origin is not None and origin in self.allowed_origins
-
     def may_contact(self, url: str) -> bool:
         """True if the emulator may open a connection to ``url`` at all."""
         origin = parse_origin(url)

@@ -278,12 +278,6 @@ class Store:
             delivery.in_flight = True
             return delivery
 
-    def release_delivery(self, delivery_id: str) -> None:
-        with self.changing():
-            delivery = self._deliveries.get(delivery_id)
-            if delivery is not None:
-                delivery.in_flight = False
-
     def record_attempt(
         self, delivery_id: str, outcome: AttemptOutcome, retry_delays: tuple[float, ...]
     ) -> float | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backdrop_local.runflow.errors import FieldError, field_error, validation_error
-from backdrop_local.runflow.netpolicy import NetPolicy
+from backdrop_local.runflow.netpolicy import NetPolicy, parse_origin
 
 COLOUR_FIELDS = ("color_red", "color_green", "color_blue")
 INPUT_FIELDS = ("image_url", *COLOUR_FIELDS)
@@ -44,7 +44,9 @@ def _url(value: Any, loc: list[str | int], problem: Any, errors: list[FieldError
         return None
     message = problem(value)
     if message:
-        errors.append(field_error(loc, message, "url_parsing" if "absolute" in message else "value_error"))
+        errors.append(
+            field_error(loc, message, "url_parsing" if parse_origin(value) is None else "value_error")
+        )
         return None
     return value
 

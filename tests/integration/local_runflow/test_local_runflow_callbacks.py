@@ -219,8 +219,11 @@ def test_restarting_the_sender_loses_no_pending_delivery(upstream: Upstream, jun
         url = upstream.callback_url("b", answers=[500])
         retried = client.post(MODEL_RUNS, json=run_body(junk_url, callback_url=url)).json()
         upstream.wait_for(1, "b")
-        time.sleep(0.05)  # let the first attempt's outcome be recorded
-        [between] = _deliveries(client, retried["id"])
+        # The receiver sees the attempt before the emulator records its outcome: wait for the record.
+        deadline = time.monotonic() + 5
+        while (between := _deliveries(client, retried["id"])[0])["attempt_count"] == 0:
+            assert time.monotonic() < deadline, between
+            time.sleep(0.01)
         assert between["status_code"] == "pending" and between["attempt_count"] == 1
         runflow.restart_callback_sender()
         upstream.wait_for(2, "b")
