@@ -17,6 +17,7 @@ from backdrop.outputs import (
     OutputCopyFailed,
     OutputPolicy,
     OutputRefused,
+    Target,
     check_url,
     copy_output,
     system_resolver,
@@ -44,7 +45,9 @@ def test_https_on_allowed_host_with_public_address() -> None:
 
 
 def test_exact_host_on_the_list() -> None:
-    assert check_url("https://cdn.example.com/x.png", POLICY, PUBLIC).address == PUBLIC_ADDRESS
+    assert check_url("https://cdn.example.com/x.png", POLICY, PUBLIC) == Target(
+        url="https://cdn.example.com/x.png", host="cdn.example.com", address=PUBLIC_ADDRESS
+    )
     assert refused("https://img.cdn.example.com/x.png") == "OUTPUT_HOST_NOT_ALLOWED"
 
 
@@ -53,11 +56,16 @@ def test_host_match_ignores_case_and_trailing_dot() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
-    ["https://a.runflow.io/x", "https://deep.sub.runflow.io/x"],
+    ("url", "host"),
+    [
+        ("https://a.runflow.io/x", "a.runflow.io"),
+        ("https://deep.sub.runflow.io/x?v=2", "deep.sub.runflow.io"),
+        ("https://Deep.Sub.RUNFLOW.io:8443/x", "deep.sub.runflow.io"),
+    ],
 )
-def test_wildcard_matches_subdomains(url: str) -> None:
-    check_url(url, POLICY, PUBLIC)
+def test_wildcard_matches_subdomains(url: str, host: str) -> None:
+    target = check_url(url, POLICY, PUBLIC)
+    assert target == Target(url=url, host=host, address=PUBLIC_ADDRESS)
 
 
 @pytest.mark.parametrize(
@@ -174,8 +182,7 @@ def test_insecure_origin_exempt() -> None:
         raise AssertionError("the insecure origin is not resolved or pinned")
 
     target = check_url("http://localhost:9000/outputs/r.png", INSECURE, resolve)
-    assert target.address is None
-    assert target.host == "localhost"
+    assert target == Target(url="http://localhost:9000/outputs/r.png", host="localhost", address=None)
 
 
 @pytest.mark.parametrize(
@@ -493,7 +500,16 @@ def test_too_many_redirects(output_server: OutputServer) -> None:
     with pytest.raises(OutputRefused) as info:
         copy(output_server, FakeS3(), "https://a.runflow.io/loop")
     assert info.value.code == "OUTPUT_TOO_MANY_REDIRECTS"
-    assert len(output_server.requests) == POLICY.max_redirects + 1
+    assert len(output_server.requests) == 4  # the first request and 3 redirects, the default
+
+
+def test_redirect_limit_is_the_policys() -> None:
+    server = OutputServer()
+    server.routes["/loop"] = httpx.Response(302, headers={"Location": "/loop"})
+    policy = OutputPolicy(allowed_hosts=("*.runflow.io",), max_bytes=1000, max_redirects=1)
+    with pytest.raises(OutputRefused, match="OUTPUT_TOO_MANY_REDIRECTS"):
+        copy(server, FakeS3(), "https://a.runflow.io/loop", policy=policy)
+    assert len(server.requests) == 2
 
 
 def test_redirect_without_location(output_server: OutputServer) -> None:
