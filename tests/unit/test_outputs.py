@@ -17,6 +17,7 @@ from backdrop.outputs import (
     OutputCopyFailed,
     OutputPolicy,
     OutputRefused,
+    Resolver,
     Target,
     check_url,
     copy_output,
@@ -28,7 +29,7 @@ PUBLIC = fake_resolver()
 META = {"job-id": "job-1", "run-id": "run-1"}
 
 
-def refused(url: str, policy: OutputPolicy = POLICY, resolve=PUBLIC) -> str:  # type: ignore[no-untyped-def]
+def refused(url: str, policy: OutputPolicy = POLICY, resolve: Resolver = PUBLIC) -> str:
     with pytest.raises(OutputRefused) as info:
         check_url(url, policy, resolve)
     return info.value.code
@@ -209,13 +210,13 @@ def test_system_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
         (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:4700::1", 443, 0, 0)),
     ]
-    monkeypatch.setattr(outputs.socket, "getaddrinfo", lambda *a, **k: infos)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: infos)
     assert system_resolver("a.runflow.io", 443) == ["2606:4700::1", "8.8.8.8"]
 
     def fail(*a: object, **k: object) -> list[object]:
         raise socket.gaierror(-2, "Name or service not known")
 
-    monkeypatch.setattr(outputs.socket, "getaddrinfo", fail)
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
     with pytest.raises(OutputCopyFailed, match="cannot resolve"):
         system_resolver("nope.runflow.io", 443)
 
@@ -229,7 +230,7 @@ def copy(
     url: str = "https://a.runflow.io/out/result.png",
     *,
     policy: OutputPolicy = POLICY,
-    resolve=PUBLIC,  # type: ignore[no-untyped-def]
+    resolve: Resolver = PUBLIC,
     deadline: float | None = None,
 ) -> CopiedObject:
     return copy_output(
