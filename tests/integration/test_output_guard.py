@@ -1,38 +1,123 @@
 """Hostile callbacks: validly signed, but naming output URLs that must never be fetched.
 
-Each is refused before anything is fetched (or at the first hostile hop), recorded on the job with
-the reason, and nothing lands in the results bucket. Runs the callback use case against moto.
+Every refused URL below leads to the hostile server (plain HTTP on a loopback port): by a literal
+loopback address in one of its spellings, by ``localhost``, by an allowed host name that resolves
+to loopback, or by a redirect from the one allowed origin. Each is refused before any connection
+is made (or at the first hostile hop), recorded on the job with the reason, and nothing lands in
+the results bucket. The control tests run the same callbacks with the guard replaced by one that
+lets everything through, and show the hostile server is then reached: the absence of connections
+in the refusal tests is the guard's doing, not a wrong port. Runs the callback use case against
+moto over HTTP.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import pytest
 
+import backdrop.completion
+import backdrop.outputs
 from backdrop.callbacks import handle_callback
 from backdrop.config import load_settings
 from backdrop.jobs import Job, Status, now_iso
+from backdrop.outputs import OutputPolicy, Resolver, Target, copy_output, system_resolver
 from backdrop.services import Services, build_services
-from backdrop.signatures import sign
 from backdrop_local.aws import Resources
 
 SECRET = "whsec_test_current"  # what the resources fixture stores as the current signing secret
 
+# Allowed host names that resolve to loopback (an attacker-controlled DNS answer); every other
+# name goes to the system resolver (``localhost`` and the IP spellings resolve to 127.0.0.1).
+LOOPBACK_NAMES = {
+    "cdn.runflow.io": ["127.0.0.1"],
+    "mixed.runflow.io": ["127.0.0.1", "93.184.216.34"],
+    "attacker.example.com": ["127.0.0.1"],
+}
+
+
+def resolver(host: str, port: int) -> list[str]:
+    if host in LOOPBACK_NAMES:
+        return list(LOOPBACK_NAMES[host])
+    return system_resolver(host, port)
+
+
+# Where the hostile server's redirects point (``{port}`` is its own port).
+REDIRECTS = {
+    "localhost": "http://localhost:{port}/secret",
+    "loopback-https": "https://127.0.0.1:{port}/secret",
+    "allowed-name": "https://cdn.runflow.io:{port}/secret",
+    "mapped": "https://[::ffff:127.0.0.1]:{port}/secret",
+    "credentials": "http://user:pw@127.0.0.1:{port}/secret",
+}
+
+
+class HostileServer(ThreadingHTTPServer):
+    """Logs every TCP connection it accepts and what came over it (a GET, or a TLS handshake)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Hostile)
+        self.connections: list[tuple[str, int]] = []  # client addresses, in accept order
+        self.requests: list[str] = []
+        self._sync_clients: set[tuple[str, int]] = set()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.connections.append(client_address)
+        return True
+
+    def sync(self) -> None:
+        """Returns once every connection made before the call has been accepted and logged.
+
+        Connections are accepted in the order they were made, one at a time, so once a connection
+        made now has been served, all earlier ones have been logged. The sync connection itself is
+        left out of the logs."""
+        with socket.create_connection(("127.0.0.1", self.port)) as sock:
+            self._sync_clients.add(sock.getsockname())
+            sock.sendall(b"GET /__sync HTTP/1.0\r\n\r\n")
+            while sock.recv(4096):
+                pass
+        self.connections = [c for c in self.connections if c not in self._sync_clients]
+
+    def seen(self) -> tuple[int, list[str]]:
+        """(connections, what came over them) up to now, after a sync."""
+        self.sync()
+        return len(self.connections), list(self.requests)
+
 
 class Hostile(BaseHTTPRequestHandler):
-    requests: list[str] = []  # noqa: RUF012 - shared log of what was fetched
+    def handle(self) -> None:
+        if self.connection.recv(1, socket.MSG_PEEK) == b"\x16":  # a TLS ClientHello
+            cast(HostileServer, self.server).requests.append("TLS")
+            return  # close: the client's handshake fails at once
+        super().handle()
 
     def do_GET(self) -> None:
-        Hostile.requests.append(self.path)
-        if self.path == "/redirect-loopback":
-            self._redirect("http://127.0.0.1:1/secret")
-        elif self.path == "/redirect-metadata":
-            self._redirect("https://169.254.169.254/latest/meta-data/")
+        server = cast(HostileServer, self.server)
+        if self.path == "/__sync":
+            self._send(b"", "text/plain")
+            return
+        server.requests.append(f"GET {self.path}")
+        if self.path.startswith("/redirect/"):
+            self._redirect(REDIRECTS[self.path.removeprefix("/redirect/")].format(port=server.port))
         elif self.path == "/html":
             self._send(b"<html>not an image</html>", "text/html")
         elif self.path == "/endless":
@@ -65,18 +150,17 @@ class Hostile(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hostile_origin() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+def hostile() -> Iterator[HostileServer]:
+    server = HostileServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Hostile.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
     server.server_close()
 
 
 @pytest.fixture
-def services(resources: Resources, hostile_origin: str) -> Services:
+def services(resources: Resources, hostile: HostileServer, monkeypatch: pytest.MonkeyPatch) -> Services:
     env = {
         "AWS_REGION": "us-east-1",
         "BACKDROP_JOBS_TABLE": resources.jobs_table,
@@ -85,14 +169,24 @@ def services(resources: Resources, hostile_origin: str) -> Services:
         "BACKDROP_RESULTS_BUCKET": resources.results_bucket,
         "BACKDROP_RUNFLOW_API_KEY_SECRET": resources.api_key_secret,
         "BACKDROP_CALLBACK_SECRET": resources.callback_secret_name,
-        # IP literals on the list so that the address rule (not the list) is what refuses them.
+        # Loopback spellings on the list, so that the address rule (not the list) is what refuses them.
         "BACKDROP_ALLOWED_OUTPUT_HOSTS": ",".join(
-            ["*.runflow.io", "127.0.0.1", "169.254.169.254", "10.0.0.7", "192.168.1.20", "100.64.0.9"]
+            [
+                "*.runflow.io",
+                "127.0.0.1",
+                "localhost",
+                "::ffff:127.0.0.1",
+                "2130706433",
+                "0x7f000001",
+                "127.1",
+            ]
         ),
-        "BACKDROP_INSECURE_OUTPUT_ORIGIN": hostile_origin,
+        "BACKDROP_INSECURE_OUTPUT_ORIGIN": hostile.origin,
         "BACKDROP_MAX_OUTPUT_BYTES": str(1024 * 1024),
-        "BACKDROP_COPY_DEADLINE_SECONDS": "5",
+        "BACKDROP_COPY_DEADLINE_SECONDS": "30",
     }
+    # Output copies resolve names through the resolver above (the use case's only DNS seam).
+    monkeypatch.setattr(backdrop.completion, "copy_output", functools.partial(copy_output, resolve=resolver))
     return build_services(load_settings(env))
 
 
@@ -126,47 +220,132 @@ def _callback(services: Services, job_id: str, url: str) -> int:
             "metadata": {"job_id": job_id},
         }
     ).encode()
-    return handle_callback(body, sign(body, SECRET), services).status_code
+    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return handle_callback(body, signature, services).status_code
 
 
-CASES = [
-    ("loopback", "https://127.0.0.1/out.png", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("metadata", "https://169.254.169.254/latest/meta-data/", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("private10", "https://10.0.0.7/out.png", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("private192", "https://192.168.1.20/out.png", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("cgnat", "https://100.64.0.9/out.png", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("plainhttp", "http://cdn.runflow.io/out.png", "OUTPUT_URL_INSECURE"),
-    ("elsewhere", "https://attacker.example.com/out.png", "OUTPUT_HOST_NOT_ALLOWED"),
-    ("redirloop", "{origin}/redirect-loopback", "OUTPUT_URL_INSECURE"),
-    ("redirmeta", "{origin}/redirect-metadata", "OUTPUT_ADDRESS_FORBIDDEN"),
-    ("html", "{origin}/html", "OUTPUT_NOT_IMAGE"),
-    ("endless", "{origin}/endless", "OUTPUT_TOO_LARGE"),
+def _url(template: str, hostile: HostileServer) -> str:
+    url = template.format(port=hostile.port)
+    return hostile.origin + url if url.startswith("/") else url
+
+
+def _results(services: Services, s3: Any) -> list[Any]:
+    listed: list[Any] = s3.list_objects_v2(Bucket=services.settings.results_bucket).get("Contents", [])
+    return listed
+
+
+# (name, URL, code the guard refuses it with, what reaches the hostile server without the guard)
+DIRECT = [
+    ("loopback-https", "https://127.0.0.1:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("localhost-https", "https://localhost:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("mapped-https", "https://[::ffff:127.0.0.1]:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("decimal-https", "https://2130706433:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("hex-https", "https://0x7f000001:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("short-https", "https://127.1:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("name-to-loopback", "https://cdn.runflow.io:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("one-answer-loopback", "https://mixed.runflow.io:{port}/out.png", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("localhost-http", "http://localhost:{port}/out.png", "OUTPUT_URL_INSECURE", "GET /out.png"),
+    ("mapped-http", "http://[::ffff:127.0.0.1]:{port}/out.png", "OUTPUT_URL_INSECURE", "GET /out.png"),
+    ("decimal-http", "http://2130706433:{port}/out.png", "OUTPUT_URL_INSECURE", "GET /out.png"),
+    ("allowed-name-http", "http://cdn.runflow.io:{port}/out.png", "OUTPUT_URL_INSECURE", "GET /out.png"),
+    ("not-allowed", "https://attacker.example.com:{port}/out.png", "OUTPUT_HOST_NOT_ALLOWED", "TLS"),
+    ("credentials", "http://user:pw@127.0.0.1:{port}/out.png", "OUTPUT_URL_INVALID", "GET /out.png"),
+]
+# The first hop is the allowed origin; it redirects to REDIRECTS[name].
+REDIRECTED = [
+    ("localhost", "OUTPUT_URL_INSECURE", "GET /secret"),
+    ("loopback-https", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("allowed-name", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("mapped", "OUTPUT_ADDRESS_FORBIDDEN", "TLS"),
+    ("credentials", "OUTPUT_URL_INVALID", "GET /secret"),
 ]
 
 
-@pytest.mark.parametrize(("name", "url", "code"), CASES, ids=[c[0] for c in CASES])
-def test_hostile_output_url_is_refused_and_recorded(
-    services: Services, hostile_origin: str, s3: Any, name: str, url: str, code: str
-) -> None:
-    job_id = f"hostile-{name}"
+def _refused_and_recorded(services: Services, s3: Any, job_id: str, url: str, code: str) -> None:
     _seed(services, job_id)
-    assert _callback(services, job_id, url.format(origin=hostile_origin)) == 200
+    assert _callback(services, job_id, url) == 200
     job = services.jobs.get(job_id)
     assert job is not None and job.status is Status.FAILED and job.error_code == code, job
     assert job.error_message
-    listed = s3.list_objects_v2(Bucket=services.settings.results_bucket).get("Contents", [])
-    assert listed == []
-    if not url.startswith("{origin}"):
-        assert Hostile.requests == []  # refused before any request was made
-    else:
-        # Only the first hop was requested; the hostile target itself never was.
-        assert Hostile.requests == [url.format(origin="").split("?")[0]]
+    assert _results(services, s3) == []
 
 
-def test_allowed_origin_output_is_copied(services: Services, hostile_origin: str, s3: Any) -> None:
+@pytest.mark.parametrize(("name", "url", "code", "unguarded"), DIRECT, ids=[c[0] for c in DIRECT])
+def test_hostile_output_url_is_refused_before_any_connection(
+    services: Services, hostile: HostileServer, s3: Any, name: str, url: str, code: str, unguarded: str
+) -> None:
+    _refused_and_recorded(services, s3, f"hostile-{name}", _url(url, hostile), code)
+    assert hostile.seen() == (0, [])
+
+
+@pytest.mark.parametrize(("name", "code", "unguarded"), REDIRECTED, ids=[c[0] for c in REDIRECTED])
+def test_redirect_to_hostile_target_is_refused_at_that_hop(
+    services: Services, hostile: HostileServer, s3: Any, name: str, code: str, unguarded: str
+) -> None:
+    _refused_and_recorded(services, s3, f"redirect-{name}", f"{hostile.origin}/redirect/{name}", code)
+    # Only the first hop was requested; the hostile target itself never was.
+    assert hostile.seen() == (1, [f"GET /redirect/{name}"])
+
+
+def _let_everything_through(url: str, policy: OutputPolicy, resolve: Resolver = system_resolver) -> Target:
+    """What check_url would answer if it had no rules: the URL, pinned to its first address."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return Target(url=url, host=host, address=resolve(host, parts.port or 443)[0])
+
+
+@pytest.mark.parametrize(("name", "url", "code", "unguarded"), DIRECT, ids=[c[0] for c in DIRECT])
+def test_control_without_the_guard_the_url_reaches_the_hostile_server(
+    services: Services,
+    hostile: HostileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    url: str,
+    code: str,
+    unguarded: str,
+) -> None:
+    monkeypatch.setattr(backdrop.outputs, "check_url", _let_everything_through)
+    job_id = f"unguarded-{name}"
+    _seed(services, job_id)
+    _callback(services, job_id, _url(url, hostile))
+    assert hostile.seen() == (1, [unguarded])
+    job = services.jobs.get(job_id)
+    assert job is not None and job.error_code != code
+
+
+@pytest.mark.parametrize(("name", "code", "unguarded"), REDIRECTED, ids=[c[0] for c in REDIRECTED])
+def test_control_without_the_guard_the_redirect_reaches_the_hostile_server(
+    services: Services,
+    hostile: HostileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    code: str,
+    unguarded: str,
+) -> None:
+    monkeypatch.setattr(backdrop.outputs, "check_url", _let_everything_through)
+    job_id = f"unguarded-redirect-{name}"
+    _seed(services, job_id)
+    _callback(services, job_id, f"{hostile.origin}/redirect/{name}")
+    assert hostile.seen() == (2, [f"GET /redirect/{name}", unguarded])
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/html", "OUTPUT_NOT_IMAGE"), ("/endless", "OUTPUT_TOO_LARGE")],
+    ids=["html", "endless"],
+)
+def test_allowed_origin_with_a_bad_answer_is_refused(
+    services: Services, hostile: HostileServer, s3: Any, path: str, code: str
+) -> None:
+    _refused_and_recorded(services, s3, f"bad-answer-{path[1:]}", hostile.origin + path, code)
+    assert hostile.seen() == (1, [f"GET {path}"])
+
+
+def test_allowed_origin_output_is_copied(services: Services, hostile: HostileServer, s3: Any) -> None:
     _seed(services, "fine")
-    assert _callback(services, "fine", f"{hostile_origin}/ok.png") == 200
+    assert _callback(services, "fine", f"{hostile.origin}/ok.png") == 200
     job = services.jobs.get("fine")
     assert job is not None and job.status is Status.SUCCEEDED and job.result_keys == ["results/fine.png"]
     body = s3.get_object(Bucket=services.settings.results_bucket, Key="results/fine.png")["Body"].read()
-    assert body.startswith(b"\x89PNG")
+    assert body == b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+    assert hostile.seen() == (1, ["GET /ok.png"])
