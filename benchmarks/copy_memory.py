@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "layers" / "core")]
 
-from backdrop.outputs import OutputPolicy, copy_output  # noqa: E402
+from backdrop.outputs import Destination, OutputPolicy, copy_output  # noqa: E402
 
 SOURCE = textwrap.dedent(
     """
@@ -101,9 +101,7 @@ def main() -> None:
             copied = copy_output(
                 f"{origin}/out.png",
                 s3=s3,
-                bucket="results",
-                key="results/big.png",
-                metadata={"job-id": "bench"},
+                destination=Destination("results", "results/big.png", {"job-id": "bench"}),
                 policy=policy,
                 http=http,
                 deadline=time.monotonic() + 600,

@@ -11,9 +11,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.callbacks import handle_callback
 from backdrop.observability import logger, metrics, tracer
-from backdrop.services import get_services
+from backdrop.services import Services, get_services
+
+NEEDS = ("jobs_table", "callback_secret_name", "copy_queue_url")
 
 app = APIGatewayHttpResolver()
+
+
+def services() -> Services:
+    return get_services(NEEDS)
 
 
 def raw_body() -> bytes:
@@ -24,15 +30,13 @@ def raw_body() -> bytes:
 
 
 @app.post("/runflow/callback")
-@tracer.capture_method(capture_response=False)
 def runflow_callback() -> Response[Any]:
-    headers = (
-        app.current_event.headers
-    )  # HTTP API lowercases names; the data class looks up case-insensitively
-    request_id = headers.get("runflow-request-id")
-    if request_id:
-        logger.append_keys(runflow_request_id=request_id)
-    answer = handle_callback(raw_body(), headers.get("runflow-signature"), get_services())
+    # HTTP API lowercases header names; the data class looks them up case-insensitively.
+    headers = app.current_event.headers
+    with logger.append_context_keys(runflow_request_id=headers.get("runflow-request-id")):
+        answer = handle_callback(raw_body(), headers.get("runflow-signature"), services())
+    if answer.body.get("job_id"):
+        tracer.put_annotation("job_id", str(answer.body["job_id"]))
     return Response(
         status_code=answer.status_code, content_type=content_types.APPLICATION_JSON, body=answer.body
     )
@@ -40,6 +44,7 @@ def runflow_callback() -> Response[Any]:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    services()  # a missing setting fails here, before any request is handled
     return app.resolve(event, context)

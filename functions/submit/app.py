@@ -1,47 +1,97 @@
-"""SubmitFunction: S3 object-created notifications, delivered through SQS in batches."""
+"""SubmitFunction: S3 object-created notifications (and backfill messages shaped like them), through SQS.
+
+Powertools idempotency sits in front of each upload, as in Powertools' own batch + idempotency
+example: a notification delivered again within the hour is answered from its record without
+touching S3, the jobs table or Runflow. The job claim behind it is what makes any later repeat
+harmless too.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.observability import logger, metrics, tracer
-from backdrop.submission import register_lambda_context, submit_once
+from backdrop.outcomes import RetryLater
+from backdrop.services import Services, get_services
+from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef, decode_event_key
+from backdrop.visibility import retry_after
+
+NEEDS = (
+    "jobs_table",
+    "idempotency_table",
+    "uploads_bucket",
+    "runflow_api_key_secret",
+    "callback_url",
+    "uploads_queue_url",
+)
 
 processor = BatchProcessor(event_type=EventType.SQS)
+idempotency = IdempotencyConfig(
+    event_key_jmespath="[bucket, key, version_id, etag]",
+    expires_after_seconds=3600,
+    raise_on_no_idempotency_key=True,
+)
+
+
+def services() -> Services:
+    return get_services(NEEDS)
+
+
+@functools.cache
+def submit_once() -> Callable[..., dict[str, Any]]:
+    """Built on first use: the idempotency table's name is a setting, read at cold start."""
+    persistence = DynamoDBPersistenceLayer(table_name=services().settings.idempotency_table)
+
+    @idempotent_function(data_keyword_argument="upload", persistence_store=persistence, config=idempotency)  # type: ignore[untyped-decorator]
+    def submit(upload: UploadRef) -> dict[str, Any]:
+        return submit_upload(upload, services()).as_dict()
+
+    return submit  # type: ignore[no-any-return]
 
 
 def record_handler(record: SQSRecord) -> None:
-    message = json.loads(record.body)
-    if message.get("Event") == "s3:TestEvent":  # sent once when the notification is configured
+    if record.json_body.get("Event") == "s3:TestEvent":  # sent once when the notification is configured
         logger.info("S3 test event ignored")
         return
-    for s3_record in S3Event(message).records:
+    for s3_record in record.decoded_nested_s3_event.records:
         if not s3_record.event_name.startswith("ObjectCreated:"):
             continue
         obj = s3_record.s3.get_object
-        submit_once(
-            upload=UploadRef(
-                bucket=s3_record.s3.bucket.name,
-                key=decode_event_key(obj.key),
-                version_id=obj.version_id,
-                etag=obj.etag or None,
-                size=obj.get("size"),
-            )
+        upload = UploadRef(
+            bucket=s3_record.s3.bucket.name,
+            key=decode_event_key(obj.key),
+            version_id=obj.version_id,
+            etag=obj.etag or None,
+            size=obj.get("size"),
         )
+        with logger.append_context_keys(source_key=upload.key):
+            try:
+                result = submit_once()(upload=upload)
+            except RetryLater as exc:
+                retry_after(services(), services().settings.uploads_queue_url, record, exc)
+                raise
+        if result.get("job_id"):
+            tracer.put_annotation("job_id", str(result["job_id"]))
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics
+@metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    register_lambda_context(context)
+    services()  # a missing setting fails here, before any record is touched
+    idempotency.register_lambda_context(context)
     return process_partial_response(  # type: ignore[return-value]
         event=event, record_handler=record_handler, processor=processor, context=context
     )

@@ -4,7 +4,7 @@ provisioned from the template's own resource definitions."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -68,11 +68,17 @@ class Resources:
     results_prefix: str
     jobs_table: str
     idempotency_table: str
+    ledger_table: str
     queue_url: str
     queue_arn: str
     dlq_url: str
+    copy_queue_url: str
+    copy_queue_arn: str
+    copy_dlq_url: str
     api_key_secret: str
     callback_secret_name: str
+    # Every queue of the template by logical id: (url, arn).
+    queues: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _table_args(props: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +91,41 @@ def _table_args(props: dict[str, Any]) -> dict[str, Any]:
     if props.get("GlobalSecondaryIndexes"):
         args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
     return args
+
+
+def _create_queues(
+    template: Template, sqs: Any, visibility_timeout: int | None
+) -> dict[str, tuple[str, str]]:
+    """Every SQS queue of the template, dead-letter queues first (redrive policies name them)."""
+    logical_ids = template.resources_of_type("AWS::SQS::Queue")
+    dead_letter = {
+        target for logical in logical_ids for target in _redrive_targets(template.resource(logical))
+    }
+    created: dict[str, tuple[str, str]] = {}
+    for logical in sorted(logical_ids, key=lambda name: name not in dead_letter):
+        props = template.properties(logical)
+        attributes: dict[str, str] = {}
+        if "MessageRetentionPeriod" in props:
+            attributes["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
+        if "VisibilityTimeout" in props:
+            attributes["VisibilityTimeout"] = str(visibility_timeout or props["VisibilityTimeout"])
+        if "RedrivePolicy" in props:
+            redrive = dict(props["RedrivePolicy"])
+            (target,) = _redrive_targets(template.resource(logical))
+            redrive["deadLetterTargetArn"] = created[target][1]
+            attributes["RedrivePolicy"] = json.dumps(redrive)
+        url = sqs.create_queue(QueueName=props["QueueName"], Attributes=attributes)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        created[logical] = (url, arn)
+    return created
+
+
+def _redrive_targets(resource: dict[str, Any]) -> list[str]:
+    target = resource.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn")
+    if isinstance(target, dict) and "Fn::GetAtt" in target:
+        value = target["Fn::GetAtt"]
+        return [value[0] if isinstance(value, list) else str(value).split(".", 1)[0]]
+    return []
 
 
 def provision(
@@ -102,29 +143,15 @@ def provision(
     ddb = client("dynamodb", endpoint_url, region)
     sm = client("secretsmanager", endpoint_url, region)
 
-    # Dead-letter queue first: the uploads queue's redrive policy names it.
-    dlq_props = template.properties("UploadsDeadLetterQueue")
-    dlq_url = sqs.create_queue(QueueName=dlq_props["QueueName"])["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    queue_props = template.properties("UploadsQueue")
-    redrive = dict(queue_props["RedrivePolicy"])
-    redrive["deadLetterTargetArn"] = dlq_arn
-    attributes = {
-        "VisibilityTimeout": str(visibility_timeout or queue_props["VisibilityTimeout"]),
-        "MessageRetentionPeriod": str(queue_props.get("MessageRetentionPeriod", 345600)),
-        "RedrivePolicy": json.dumps(redrive),
-    }
-    queue_url = sqs.create_queue(QueueName=queue_props["QueueName"], Attributes=attributes)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-
-    for logical in ("JobsTable", "IdempotencyTable"):
+    queues = _create_queues(template, sqs, visibility_timeout)
+    for logical, (url, _arn) in queues.items():
+        template.override_ref(logical, url)  # Ref of a queue is its URL, as in CloudFormation
+    tables: dict[str, str] = {}
+    for logical in template.resources_of_type("AWS::DynamoDB::Table"):
         props = template.properties(logical)
         props.setdefault("TableName", template.physical_id(logical))
         ddb.create_table(**_table_args(props))
+        tables[logical] = props["TableName"]
         ttl = props.get("TimeToLiveSpecification")
         if ttl:
             ddb.update_time_to_live(
@@ -141,7 +168,7 @@ def provision(
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     queue_configs = []
     for config in uploads.get("NotificationConfiguration", {}).get("QueueConfigurations", []):
-        entry: dict[str, Any] = {"QueueArn": queue_arn, "Events": [config["Event"]]}
+        entry: dict[str, Any] = {"QueueArn": queues["UploadsQueue"][1], "Events": [config["Event"]]}
         rules = config.get("Filter", {}).get("S3Key", {}).get("Rules", [])
         if rules:
             entry["Filter"] = {
@@ -166,11 +193,16 @@ def provision(
         upload_prefix=template.parameters["UploadPrefix"],
         results_bucket=results["BucketName"],
         results_prefix=template.parameters["ResultsPrefix"],
-        jobs_table=template.physical_id("JobsTable"),
-        idempotency_table=template.physical_id("IdempotencyTable"),
-        queue_url=queue_url,
-        queue_arn=queue_arn,
-        dlq_url=dlq_url,
+        jobs_table=tables["JobsTable"],
+        idempotency_table=tables["IdempotencyTable"],
+        ledger_table=tables["LedgerTable"],
+        queue_url=queues["UploadsQueue"][0],
+        queue_arn=queues["UploadsQueue"][1],
+        dlq_url=queues["UploadsDeadLetterQueue"][0],
+        copy_queue_url=queues["CopyQueue"][0],
+        copy_queue_arn=queues["CopyQueue"][1],
+        copy_dlq_url=queues["CopyDeadLetterQueue"][0],
         api_key_secret=api_key_name,
         callback_secret_name=callback_name,
+        queues=queues,
     )

@@ -42,8 +42,10 @@ class StackOptions:
     reconcile_every_seconds: float = 300.0
     reconcile_min_age_seconds: int = 120
     run_deadline_minutes: int | None = None
+    create_settle_seconds: float | None = None
     visibility_timeout_seconds: int = 30
     submit_concurrency: int | None = None
+    copy_concurrency: int = 2
     callback_concurrency: int = 4
     runflow_workers: int = 2
     runflow_faults: FaultSettings = field(default_factory=FaultSettings)
@@ -65,7 +67,7 @@ class LocalStack:
         self.runflow: LocalRunflow | None = None
         self.api: LocalHttpApi | None = None
         self.functions: dict[str, LocalFunction] = {}
-        self.sqs_source: SqsEventSource | None = None
+        self.sqs_sources: list[SqsEventSource] = []
         self.schedule: Schedule | None = None
         self.resources: Resources | None = None
         self.callback_secret = ""
@@ -119,6 +121,8 @@ class LocalStack:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": opts.log_level,
         }
+        if opts.create_settle_seconds is not None:
+            overrides["BACKDROP_CREATE_SETTLE_SECONDS"] = str(opts.create_settle_seconds)
         if opts.run_deadline_minutes is not None:
             overrides["BACKDROP_RUN_DEADLINE_MINUTES"] = str(opts.run_deadline_minutes)
         if opts.max_output_bytes is not None:
@@ -132,7 +136,7 @@ class LocalStack:
             env = {**spec.environment, **overrides}
             if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
                 env["BACKDROP_CALLBACK_URL"] = callback_url
-            if logical == "CallbackFunction" and opts.crash_mid_copy_rate > 0:
+            if logical == "CopyFunction" and opts.crash_mid_copy_rate > 0:
                 env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
                 env["BACKDROP_LOCAL_FAULT_SEED"] = str(opts.fault_seed)
             self.functions[logical] = LocalFunction(
@@ -149,18 +153,23 @@ class LocalStack:
                     props = event["Properties"]
                     routes[(props["Method"].upper(), props["Path"])] = self.functions[logical].invoke
 
-        submit = template.function("SubmitFunction")
-        sqs_props = next(e["Properties"] for e in submit.events.values() if e["Type"] == "SQS")
-        self.sqs_source = SqsEventSource(
-            self.sqs(),
-            queue_url=self.resources.queue_url,
-            queue_arn=self.resources.queue_arn,
-            region=REGION,
-            invoke=self.functions["SubmitFunction"].invoke,
-            batch_size=int(sqs_props.get("BatchSize", 10)),
-            max_concurrency=self._concurrency("SubmitFunction"),
-        )
-        self.sqs_source.start()
+        arn_to_url = {arn: url for url, arn in self.resources.queues.values()}
+        for logical in template.functions():
+            for event in template.function(logical).events.values():
+                if event["Type"] != "SQS":
+                    continue
+                props = event["Properties"]
+                source = SqsEventSource(
+                    self.sqs(),
+                    queue_url=arn_to_url[props["Queue"]],
+                    queue_arn=props["Queue"],
+                    region=REGION,
+                    invoke=self.functions[logical].invoke,
+                    batch_size=int(props.get("BatchSize", 10)),
+                    max_concurrency=self._concurrency(logical),
+                )
+                source.start()
+                self.sqs_sources.append(source)
         self.schedule = Schedule(
             self.functions["ReconcileFunction"].invoke,
             every_seconds=opts.reconcile_every_seconds,
@@ -185,6 +194,9 @@ class LocalStack:
             "callback_secret": self.callback_secret,
             "queue_url": self.resources.queue_url,
             "dead_letter_queue_url": self.resources.dlq_url,
+            "copy_queue_url": self.resources.copy_queue_url,
+            "copy_dead_letter_queue_url": self.resources.copy_dlq_url,
+            "ledger_table": self.resources.ledger_table,
             "logs_dir": str(self.state_dir / "logs"),
             "pid": os.getpid(),
         }
@@ -196,8 +208,8 @@ class LocalStack:
     def stop(self) -> None:
         if self.schedule:
             self.schedule.stop()
-        if self.sqs_source:
-            self.sqs_source.stop()
+        for source in self.sqs_sources:
+            source.stop()
         if self.api:
             self.api.stop()
         for function in self.functions.values():
@@ -233,6 +245,8 @@ class LocalStack:
             return opts.submit_concurrency or 2
         if logical == "CallbackFunction":
             return opts.callback_concurrency
+        if logical == "CopyFunction":
+            return opts.copy_concurrency
         return 1
 
     def _client(self, service: str) -> Any:

@@ -45,6 +45,7 @@ class Template:
         }
         self.parameters.update(parameters or {})
         self._physical = dict(physical_ids or {})
+        self._refs: dict[str, str] = {}
 
     # ------------------------------------------------------------------ evaluation
     def pseudo(self, name: str) -> str:
@@ -65,9 +66,15 @@ class Template:
                 return str(self.evaluate(props[key]))
         return f"{self.stack_name}-{logical_id}"
 
+    def override_ref(self, logical_id: str, value: str) -> None:
+        """What ``Ref`` of a resource gives once it exists (e.g. an SQS queue's URL)."""
+        self._refs[logical_id] = value
+
     def ref(self, name: str) -> str:
         if name.startswith("AWS::"):
             return self.pseudo(name)
+        if name in self._refs:
+            return self._refs[name]
         if name in self.parameters:
             return self.parameters[name]
         return self.physical_id(name)
@@ -152,5 +159,8 @@ class Template:
             events={name: self.evaluate(ev) for name, ev in props.get("Events", {}).items()},
         )
 
+    def resources_of_type(self, kind: str) -> list[str]:
+        return [k for k, v in self.doc["Resources"].items() if v["Type"] == kind]
+
     def functions(self) -> list[str]:
-        return [k for k, v in self.doc["Resources"].items() if v["Type"] == "AWS::Serverless::Function"]
+        return self.resources_of_type("AWS::Serverless::Function")

@@ -42,9 +42,11 @@ class Context:
 
 def _install_crash_fault(rate: float, seed: int) -> None:
     """Fault injection for the local stack only: die in the middle of copying an output, after the
-    callback was verified and the job moved to ``copying``, as a Lambda killed mid-invocation would."""
-    completion = importlib.import_module("backdrop.completion")
-    original = completion.copy_output
+    job moved to ``copying`` and its result lease was taken, as a Lambda killed mid-invocation would.
+    Installed through the core's own seam for replacing outside dependencies."""
+    outputs = importlib.import_module("backdrop.outputs")
+    services = importlib.import_module("backdrop.services")
+    copy_output = outputs.copy_output
     rng = random.Random(seed + os.getpid())
 
     def crashing_copy_output(*args: Any, **kwargs: Any) -> Any:
@@ -52,9 +54,9 @@ def _install_crash_fault(rate: float, seed: int) -> None:
             sys.stderr.write("local fault injection: crashing mid-copy\n")
             sys.stderr.flush()
             os._exit(137)
-        return original(*args, **kwargs)
+        return copy_output(*args, **kwargs)
 
-    completion.copy_output = crashing_copy_output  # type: ignore[attr-defined]
+    services.override_services(copy=crashing_copy_output)
 
 
 def main() -> None:

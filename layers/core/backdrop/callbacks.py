@@ -1,10 +1,12 @@
-"""Runflow callbacks: authenticate, find the job, complete it, and say what Runflow should do next.
+"""Runflow callbacks: authenticate, find the job, record what the run said, and answer at once.
 
-Answers (Runflow retries on 5xx and network errors only):
+The callback does no heavy work (Runflow asks for a 2xx within a few seconds): it verifies the
+signature, records the run's outcome on the job with a conditional write, queues the copy and
+answers. Answers (Runflow retries on 5xx and network errors only):
 - 401 missing or wrong signature; nothing is read or changed;
 - 400/413 malformed or oversized body;
-- 200 applied, duplicate, late, or for a job we do not know (a retry would not help);
-- 503 the output copy failed for now (the job stays open, the reconciler also picks it up).
+- 200 recorded, duplicate, late, or for a job we do not know (a retry would not help);
+- 503 the outcome could not be recorded or the copy not queued (AWS unavailable): retry.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backdrop.completion import Completion, complete_job, deadline_in
+from backdrop.completion import apply_run_report
 from backdrop.jobs import Job
 from backdrop.observability import count, logger
+from backdrop.outcomes import Outcome, RetryLater
 from backdrop.runs import run_result_from_callback
 from backdrop.services import Services
 from backdrop.signatures import is_well_formed, verify
@@ -38,10 +41,10 @@ def _refuse(status: int, reason: str) -> CallbackAnswer:
 
 def authenticate(body: bytes, signature: str | None, services: Services) -> bool:
     """Check against the cached secrets, then once more with freshly read ones (a rotation)."""
-    if verify(body, signature, services.secrets.signing_secrets().all()):
-        return True
     if not is_well_formed(signature):
         return False  # never costs a secret read
+    if verify(body, signature, services.secrets.signing_secrets().all()):
+        return True
     return verify(body, signature, services.secrets.signing_secrets(refresh=True).all())
 
 
@@ -65,13 +68,13 @@ def handle_callback(body: bytes, signature: str | None, services: Services) -> C
     if job is None:
         count("CallbacksUnmatched")
         logger.warning("Signed callback for an unknown job", extra={"event": envelope.get("event")})
-        return CallbackAnswer(200, {"result": "unknown_job"})
+        return CallbackAnswer(200, {"result": Outcome.UNKNOWN_JOB.value})
     logger.append_keys(job_id=job.job_id)
-
-    result = complete_job(job, run, services, deadline=deadline_in(services.settings.copy_deadline_seconds))
-    if result.completion is Completion.COPY_PENDING:
-        return CallbackAnswer(503, {"result": result.completion.value, "detail": result.detail})
-    return CallbackAnswer(200, {"result": result.completion.value, "job_id": job.job_id})
+    try:
+        result = apply_run_report(job, run, services, authoritative=False)
+    except RetryLater as exc:
+        return CallbackAnswer(503, {"result": "retry", "detail": str(exc)})
+    return CallbackAnswer(200, {"result": result.outcome.value, "job_id": job.job_id})
 
 
 def _find_job(job_id: Any, run_id: str, services: Services) -> Job | None:

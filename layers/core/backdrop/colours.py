@@ -1,9 +1,14 @@
-"""Background colours: parsing what users write, and the canonical ``R,G,B`` form we store."""
+"""Background colours: parsing what users write, the canonical ``R,G,B`` form we store, and which
+colour an upload gets (its own metadata, else the longest matching prefix rule, else the default)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
+
+COLOUR_METADATA_KEY = "background-color"
 
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})")
 _TRIPLE = re.compile(r"(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})")
@@ -34,3 +39,34 @@ def parse_colour(text: str) -> Colour:
             return Colour(*channels)
         raise ValueError(f"colour {text!r} has a channel outside 0..255")
     raise ValueError(f"colour {text!r} is not #RRGGBB, RRGGBB or R,G,B")
+
+
+@dataclass(frozen=True)
+class ColourChoice:
+    colour: Colour | None  # None: the object's metadata names no valid colour
+    tag: str  # what the job's identity is made of: "R,G,B", or "invalid:<text>"
+    source: str  # "metadata", "rule:<prefix>" or "default"
+    problem: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """The job's ``color``: ``R,G,B``, or the bad value itself (trimmed) when it is invalid."""
+        return str(self.colour) if self.colour else self.tag.removeprefix("invalid:")[:200]
+
+
+def choose_colour(
+    metadata: Mapping[str, str], key: str, *, default: Colour, rules: Sequence[tuple[str, Colour]] = ()
+) -> ColourChoice:
+    """The colour for an object: its ``background-color`` metadata, else the longest prefix rule
+    that matches its key, else ``default``. Invalid metadata is never replaced by a rule or default."""
+    text = metadata.get(COLOUR_METADATA_KEY)
+    if text is not None:
+        try:
+            colour = parse_colour(text)
+        except ValueError as exc:
+            return ColourChoice(None, f"invalid:{text}", "metadata", f"metadata {COLOUR_METADATA_KEY}: {exc}")
+        return ColourChoice(colour, str(colour), "metadata")
+    for prefix, colour in sorted(rules, key=lambda rule: len(rule[0]), reverse=True):
+        if key.startswith(prefix):
+            return ColourChoice(colour, str(colour), f"rule:{prefix}")
+    return ColourChoice(default, str(default), "default")

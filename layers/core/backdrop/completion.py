@@ -1,182 +1,150 @@
-"""Completing a job from a finished Runflow run: the one path shared by callbacks and the reconciler."""
+"""Applying a finished run to its job: the one path shared by callbacks, the copy worker and the
+reconciler. It records what the run said with conditional writes and queues the copy; it never
+copies and never calls Runflow, so a callback can answer at once.
+
+- succeeded / partial_succeeded with outputs → ``copying`` (output URLs, timings recorded), copy queued;
+- canceled → ``canceled``; failed, or a terminal status Backdrop does not know (``timed_out``,
+  ``expired``, ...) → ``failed`` with Runflow's code and message and the status it reported;
+- a callback that lacks what the job needs (no outputs on a success, no reason on a failure) is
+  noted and queued too: the copy worker reads the run back once and applies that instead.
+"""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-from enum import StrEnum
-from urllib.parse import quote, urlsplit
+from typing import Any
 
-from backdrop.jobs import Job, Status
-from backdrop.jobstore import TransitionRefused
-from backdrop.observability import count, count_bytes, logger
-from backdrop.outputs import OutputCopyFailed, OutputRefused, copy_output
-from backdrop.runs import RunResult
+from backdrop.jobs import Job, Status, outputs_to_item
+from backdrop.observability import count, logger
+from backdrop.outcomes import Outcome, Result, RetryLater
+from backdrop.queues import CopyRequest
+from backdrop.runs import RunKind, RunResult
 from backdrop.services import Services
-from backdrop.uploads import extension_for, result_key
 
 
-class Completion(StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    ALREADY_DONE = "already_done"
-    NOT_FINISHED = "not_finished"
-    COPY_PENDING = "copy_pending"  # copy failed for now; job stays open for a retry
-    RUN_MISMATCH = "run_mismatch"
+def belongs_to(job: Job, run: RunResult) -> bool:
+    """Whether ``run`` may speak for this attempt of the job (a late callback of an earlier attempt,
+    or a second run of one attempt, may not)."""
+    if job.run_id:
+        return job.run_id == run.run_id
+    attempt = run.metadata.get("attempt")
+    return attempt is None or str(attempt) == str(job.attempt)
 
 
-@dataclass(frozen=True)
-class CompletionResult:
-    completion: Completion
-    detail: str = ""
-
-
-def complete_job(
-    job: Job, run: RunResult, services: Services, *, deadline: float, read_failure_details: bool = True
-) -> CompletionResult:
-    """Apply a run's terminal state to its job. Idempotent: a finished job is left as it is."""
+def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritative: bool) -> Result:
+    """Record a run's terminal state on its job. ``authoritative``: ``run`` is the run object read
+    from Runflow (nothing more to read back), not a callback envelope."""
     if job.status.is_terminal:
-        return CompletionResult(Completion.ALREADY_DONE, job.status.value)
-    if job.run_id and job.run_id != run.run_id:
-        # A run that is not the job's (cannot happen with idempotent creates): never let it write.
-        logger.warning(
-            "Run does not belong to the job", extra={"job_run_id": job.run_id, "run_id": run.run_id}
+        return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, f"job is {job.status.value}")
+    if not belongs_to(job, run):
+        logger.error(
+            "Run does not belong to this attempt of the job; it writes nothing",
+            extra={"job_run_id": job.run_id, "run_id": run.run_id, "attempt": job.attempt},
         )
-        return CompletionResult(Completion.RUN_MISMATCH, f"job belongs to run {job.run_id}")
-    if not run.is_terminal:
-        return CompletionResult(Completion.NOT_FINISHED, run.status)
+        count("RunsMismatched")
+        return Result(Outcome.RUN_MISMATCH, job.job_id, run.run_id, f"job belongs to run {job.run_id}")
+    kind = run.kind
+    if kind is RunKind.OPEN:
+        return Result(Outcome.NOT_FINISHED, job.job_id, run.run_id, run.status)
 
-    if run.status in ("succeeded", "partial_succeeded"):
-        if not run.outputs:
-            return _finish(
-                services, job, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output", run
+    if kind is RunKind.SUCCEEDED:
+        if run.outputs:
+            move = services.jobs.try_transition(
+                job.job_id,
+                Status.COPYING,
+                changes={
+                    "run_id": run.run_id,
+                    "run_status": run.status,
+                    "output_urls": outputs_to_item(run.outputs),
+                    "runflow_duration_ms": run.duration_ms,
+                    "create_pending_since": None,
+                },
             )
-        return _copy(services, job, run, deadline)
-    if read_failure_details and run.failure_code is None and run.status in ("failed", "canceled"):
-        run = _with_failure_details(run, services)
-    if run.status == "canceled":
-        return _finish(
+            if not move.moved:
+                return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
+            return _queue_copy(services, job, run)
+        if authoritative:
+            return finish(
+                services, job, run, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output"
+            )
+        return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
+
+    if run.failure_code is None and not authoritative:
+        return _note_and_queue(services, job, run, "failure reported without a reason: reading the run back")
+    if kind is RunKind.CANCELED:
+        return finish(
             services,
             job,
+            run,
             Status.CANCELED,
             run.failure_code or "CANCELED",
             run.failure_message or "the run was canceled at Runflow",
-            run,
         )
-    return _finish(
+    if run.status != "failed":
+        # A terminal status this version does not know: end the job now, saying what Runflow said.
+        return finish(
+            services,
+            job,
+            run,
+            Status.FAILED,
+            run.failure_code or f"RUN_{run.status.upper()}",
+            run.failure_message or f"Runflow ended the run with status {run.status!r}",
+        )
+    return finish(
         services,
         job,
+        run,
         Status.FAILED,
         run.failure_code or "RUN_FAILED",
         run.failure_message or "Runflow reported the run as failed",
-        run,
     )
 
 
-def _finish(
-    services: Services, job: Job, status: Status, code: str, message: str, run: RunResult
-) -> CompletionResult:
-    try:
-        services.jobs.transition(
-            job.job_id,
-            status,
-            changes={
-                "run_id": run.run_id,
-                "error_code": code,
-                "error_message": message[:1000],
-                "runflow_duration_ms": run.duration_ms,
-            },
-        )
-    except TransitionRefused as exc:
-        return CompletionResult(Completion.ALREADY_DONE, str(exc))
+def finish(services: Services, job: Job, run: RunResult, status: Status, code: str, message: str) -> Result:
+    """End the job without a result, recording Runflow's reason."""
+    move = services.jobs.try_transition(
+        job.job_id,
+        status,
+        changes={
+            "run_id": run.run_id,
+            "run_status": run.status,
+            "error_code": code,
+            "error_message": message[:1000],
+            "runflow_duration_ms": run.duration_ms,
+            "create_pending_since": None,
+        },
+    )
+    if not move.moved:
+        return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
     count("JobsFailed" if status is Status.FAILED else "JobsCanceled")
     logger.info("Job finished without a result", extra={"status": status.value, "error_code": code})
-    return CompletionResult(Completion(status.value), f"{code}: {message}")
+    return Result(Outcome(status.value), job.job_id, run.run_id, f"{code}: {message}")
 
 
-def _copy(services: Services, job: Job, run: RunResult, deadline: float) -> CompletionResult:
-    settings = services.settings
+def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:
+    """Keep the run's word on the job (still open) and let the copy worker read the run back."""
+    changes: dict[str, Any] = {"run_id": run.run_id, "run_status": run.status, "create_pending_since": None}
+    if job.status is Status.SUBMITTED:
+        noted = services.jobs.update_open(job.job_id, Status.SUBMITTED, changes)
+    else:
+        noted = services.jobs.try_transition(job.job_id, Status.SUBMITTED, changes=changes).moved
+    if not noted:
+        return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
+    logger.info("Run outcome needs reading back", extra={"reason": why})
+    return _queue_copy(services, job, run)
+
+
+def _queue_copy(services: Services, job: Job, run: RunResult) -> Result:
     try:
-        services.jobs.transition(
-            job.job_id, Status.COPYING, changes={"run_id": run.run_id, "runflow_duration_ms": run.duration_ms}
-        )
-    except TransitionRefused as exc:
-        return CompletionResult(Completion.ALREADY_DONE, str(exc))
-
-    metadata = {
-        "job-id": job.job_id,
-        "run-id": run.run_id,
-        "source-bucket": job.source_bucket,
-        "source-key": quote(job.source_key, safe="/"),
-        "background-color": job.color,
-    }
-    keys: list[str] = []
-    copied = 0
-    policy = services.output_policy
-    try:
-        for index, output in enumerate(run.outputs):
-            key = result_key(
-                job.source_key,
-                settings.upload_prefix,
-                settings.results_prefix,
-                extension_for(output.content_type, urlsplit(output.url).path),
-                index,
-                job.job_id,
-            )
-            stored = copy_output(
-                output.url,
-                s3=services.s3,
-                bucket=settings.results_bucket,
-                key=key,
-                metadata=metadata,
-                policy=policy,
-                http=services.http,
-                deadline=deadline,
-            )
-            keys.append(stored.key)
-            copied += stored.size
-    except OutputRefused as exc:
-        logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
-        return _finish(services, job, Status.FAILED, exc.code, exc.message, run)
-    except OutputCopyFailed as exc:
-        logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
-        services.jobs.record_error(job.job_id, Status.COPYING, "COPY_FAILED", str(exc))
-        count("CopyFailures")
-        return CompletionResult(Completion.COPY_PENDING, str(exc))
-
-    try:
-        services.jobs.transition(
-            job.job_id,
-            Status.SUCCEEDED,
-            changes={
-                "result_bucket": settings.results_bucket,
-                "result_keys": keys,
-                "error_code": None,
-                "error_message": None,
-            },
-        )
-    except TransitionRefused as exc:
-        return CompletionResult(Completion.ALREADY_DONE, str(exc))
-    count("JobsSucceeded")
-    count_bytes("BytesCopied", copied)
-    logger.info("Job succeeded", extra={"result_keys": keys, "bytes": copied})
-    return CompletionResult(Completion.SUCCEEDED, ",".join(keys))
+        services.copy_queue().send(CopyRequest(job.job_id, run.run_id).body())
+    except Exception as exc:
+        # The outcome is recorded; a retried callback (or the reconciler) queues the copy again.
+        logger.warning("Could not queue the copy", extra={"reason": str(exc)})
+        raise RetryLater(f"could not queue the copy: {exc}") from exc
+    return Result(Outcome.COPY_QUEUED, job.job_id, run.run_id)
 
 
-def deadline_in(seconds: float) -> float:
-    return time.monotonic() + seconds
-
-
-def _with_failure_details(run: RunResult, services: Services) -> RunResult:
-    """Callbacks may carry ``output: null`` for a failed run (Runflow's docs disagree); the run
-    object always has ``failure_code``/``failure_message``, so read it for the record."""
-    try:
-        # Short budget: the callback must still answer within a few seconds.
-        fetched = services.runflow().get_run(run.run_id, budget_seconds=2.0)
-    except Exception as exc:  # best effort: the generic reason is still recorded
-        logger.warning("Could not read the failed run's details", extra={"reason": str(exc)})
-        return run
-    if fetched.run_id != run.run_id or fetched.failure_code is None:
-        return run
-    return replace(run, failure_code=fetched.failure_code, failure_message=fetched.failure_message)
+def requeue_copy(services: Services, job: Job) -> Result:
+    """Queue the copy of a job already in ``copying`` again (its message was lost or used up)."""
+    if job.run_id is None:
+        return Result(Outcome.WAITING, job.job_id, detail="no run to copy from")
+    return _queue_copy(services, job, RunResult(run_id=job.run_id, status=job.run_status or "succeeded"))

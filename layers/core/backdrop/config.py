@@ -27,13 +27,19 @@ def _origin(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting a Backdrop function may use. Settings only some functions need may be empty;
+    each function names what it needs (``require``) and fails its first invocation otherwise."""
+
     region: str
     jobs_table: str
     idempotency_table: str
+    ledger_table: str
     uploads_bucket: str
     upload_prefix: str
     results_bucket: str
     results_prefix: str
+    copy_queue_url: str
+    uploads_queue_url: str
     runflow_base_url: str
     runflow_api_key_secret: str
     callback_secret_name: str
@@ -47,9 +53,9 @@ class Settings:
     # production; the local stack sets it to its Runflow's origin.
     insecure_output_origin: str
     retention_days: int
-    copy_deadline_seconds: float
     runflow_timeout_seconds: float
     submit_retry_budget_seconds: float
+    create_settle_seconds: float
     run_deadline_minutes: int
     reconcile_batch_size: int
     reconcile_min_age_seconds: int
@@ -59,12 +65,27 @@ class Settings:
     def runflow_origin(self) -> str:
         return _origin(self.runflow_base_url)
 
+    def require(self, *names: str) -> Settings:
+        """Fail, naming every missing variable, unless each named setting is set."""
+        missing = [ENV_NAMES[name] for name in names if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"environment variable(s) required by this function: {', '.join(missing)}")
+        return self
 
-def _require(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"environment variable {name} is required")
-    return value
+
+# The environment variable behind each setting that a function may require.
+ENV_NAMES = {
+    "jobs_table": "BACKDROP_JOBS_TABLE",
+    "idempotency_table": "BACKDROP_IDEMPOTENCY_TABLE",
+    "ledger_table": "BACKDROP_LEDGER_TABLE",
+    "uploads_bucket": "BACKDROP_UPLOADS_BUCKET",
+    "results_bucket": "BACKDROP_RESULTS_BUCKET",
+    "copy_queue_url": "BACKDROP_COPY_QUEUE_URL",
+    "uploads_queue_url": "BACKDROP_UPLOADS_QUEUE_URL",
+    "runflow_api_key_secret": "BACKDROP_RUNFLOW_API_KEY_SECRET",
+    "callback_secret_name": "BACKDROP_CALLBACK_SECRET",
+    "callback_url": "BACKDROP_CALLBACK_URL",
+}
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -110,6 +131,10 @@ def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     return raw.rstrip("/")
 
 
+def _optional_url(env: Mapping[str, str], name: str) -> str:
+    return _url(env, name) if env.get(name, "").strip() else ""
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build and validate settings from a mapping (the process environment in production)."""
     try:
@@ -131,20 +156,20 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         insecure = _origin(insecure)
     settings = Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        jobs_table=_require(env, "BACKDROP_JOBS_TABLE"),
-        idempotency_table=_require(env, "BACKDROP_IDEMPOTENCY_TABLE"),
-        uploads_bucket=_require(env, "BACKDROP_UPLOADS_BUCKET"),
+        jobs_table=env.get("BACKDROP_JOBS_TABLE", "").strip(),
+        idempotency_table=env.get("BACKDROP_IDEMPOTENCY_TABLE", "").strip(),
+        ledger_table=env.get("BACKDROP_LEDGER_TABLE", "").strip(),
+        uploads_bucket=env.get("BACKDROP_UPLOADS_BUCKET", "").strip(),
         upload_prefix=_prefix(env, "BACKDROP_UPLOAD_PREFIX", "uploads/"),
-        results_bucket=_require(env, "BACKDROP_RESULTS_BUCKET"),
+        results_bucket=env.get("BACKDROP_RESULTS_BUCKET", "").strip(),
         results_prefix=_prefix(env, "BACKDROP_RESULTS_PREFIX", "results/"),
+        copy_queue_url=_optional_url(env, "BACKDROP_COPY_QUEUE_URL"),
+        uploads_queue_url=_optional_url(env, "BACKDROP_UPLOADS_QUEUE_URL"),
         runflow_base_url=_url(env, "BACKDROP_RUNFLOW_BASE_URL", "https://api.runflow.io"),
-        runflow_api_key_secret=_require(env, "BACKDROP_RUNFLOW_API_KEY_SECRET"),
-        callback_secret_name=_require(env, "BACKDROP_CALLBACK_SECRET"),
-        # Only the functions that create runs need it (the callback function cannot know its own
-        # URL without a template cycle), so it is checked where it is used.
-        callback_url=_url(env, "BACKDROP_CALLBACK_URL")
-        if env.get("BACKDROP_CALLBACK_URL", "").strip()
-        else "",
+        runflow_api_key_secret=env.get("BACKDROP_RUNFLOW_API_KEY_SECRET", "").strip(),
+        callback_secret_name=env.get("BACKDROP_CALLBACK_SECRET", "").strip(),
+        # The callback function cannot know its own URL without a template cycle, and needs none.
+        callback_url=_optional_url(env, "BACKDROP_CALLBACK_URL"),
         default_colour=default_colour,
         presign_expiry_seconds=_int(env, "BACKDROP_PRESIGN_EXPIRY_SECONDS", 3600, minimum=60),
         max_input_bytes=_int(env, "BACKDROP_MAX_INPUT_BYTES", 50 * 1024 * 1024, minimum=1),
@@ -152,9 +177,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         allowed_output_hosts=hosts,
         insecure_output_origin=insecure,
         retention_days=_int(env, "BACKDROP_RETENTION_DAYS", 90, minimum=1),
-        copy_deadline_seconds=_float(env, "BACKDROP_COPY_DEADLINE_SECONDS", 8.0, minimum=0.5),
         runflow_timeout_seconds=_float(env, "BACKDROP_RUNFLOW_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         submit_retry_budget_seconds=_float(env, "BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", 20.0, minimum=0.0),
+        create_settle_seconds=_float(env, "BACKDROP_CREATE_SETTLE_SECONDS", 60.0, minimum=0.0),
         run_deadline_minutes=_int(env, "BACKDROP_RUN_DEADLINE_MINUTES", 60, minimum=1),
         reconcile_batch_size=_int(env, "BACKDROP_RECONCILE_BATCH_SIZE", 100, minimum=1),
         reconcile_min_age_seconds=_int(env, "BACKDROP_RECONCILE_MIN_AGE_SECONDS", 120, minimum=0),

@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
-from backdrop.jobs import ALLOWED_FROM, OPEN_SHARD, TERMINAL, Job, Status, now_iso
+from backdrop.jobs import ALLOWED_FROM, OPEN_SHARD, RETRYABLE, TERMINAL, Job, Status, iso_from_epoch
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
 
+Clock = Callable[[], float]  # seconds since the epoch
 
-class TransitionRefused(Exception):
-    """The job is not in a status from which the requested move is allowed (or does not exist)."""
 
-    def __init__(self, job_id: str, target: Status, current: Job | None) -> None:
-        self.job_id = job_id
-        self.target = target
-        self.current = current
-        state = current.status.value if current else "missing"
-        super().__init__(f"job {job_id}: {state} cannot move to {target.value}")
+@dataclass(frozen=True)
+class Move:
+    """What a conditional transition did: ``job`` as it is now (moved) or as found (refused)."""
+
+    moved: bool
+    job: Job | None  # None: there is no such job
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+_deserializer = TypeDeserializer()
+
+
+def _old_item(exc: ClientError) -> Job | None:
+    """The item a refused write saw (ReturnValuesOnConditionCheckFailure), in plain values."""
+    raw: Any = exc.response.get("Item")
+    if not raw:
+        return None
+    # The low-level wire format, even through a Table resource.
+    item = {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    return Job.from_item(item)
+
+
 class JobStore:
-    def __init__(self, table: Table, *, retention_days: int) -> None:
+    def __init__(self, table: Table, *, retention_days: int, clock: Clock) -> None:
         self._table = table
         self._retention_seconds = retention_days * 86400
+        self._clock = clock
+
+    def _now(self) -> str:
+        return iso_from_epoch(self._clock())
 
     def claim(self, job: Job) -> tuple[Job, bool]:
         """Create the job unless it exists. Returns (job as stored, created?)."""
@@ -45,10 +62,7 @@ class JobStore:
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
-            old = exc.response.get("Item")
-            if old:
-                return Job.from_item(_deserialize(old)), False  # type: ignore[arg-type]
-            existing = self.get(job.job_id)
+            existing = _old_item(exc) or self.get(job.job_id)
             if existing is None:  # deleted in between: practically impossible, surface it
                 raise
             return existing, False
@@ -71,33 +85,36 @@ class JobStore:
         # Index reads are eventually consistent: re-read the base item for the current status.
         return self.get(str(items[0]["job_id"]))
 
-    def transition(
+    def try_transition(
         self,
         job_id: str,
         target: Status,
         *,
         changes: Mapping[str, Any] | None = None,
-        remove: tuple[str, ...] = (),
-    ) -> Job:
-        """Move a job to ``target`` if its current status allows it; raise TransitionRefused if not."""
+        only_if: Mapping[str, Any] | None = None,
+    ) -> Move:
+        """Move a job to ``target`` if its current status allows it (and the ``only_if`` attributes
+        hold exactly these values; None means absent). Changes set to None are removed."""
         allowed = ALLOWED_FROM[target]
-        now = now_iso()
-        values: dict[str, Any] = {":target": target.value, ":now": now}
+        if not allowed:
+            raise ValueError(f"nothing moves to {target.value} by a transition")
+        now = self._now()
         names: dict[str, str] = {"#status": "status"}
+        values: dict[str, Any] = {":target": target.value, ":now": now}
         sets = ["#status = :target", "updated_at = :now"]
-        removes = list(remove)
+        removes: list[str] = []
         for i, (name, value) in enumerate((changes or {}).items()):
-            if value is None:
-                removes.append(name)
-                continue
             names[f"#c{i}"] = name
+            if value is None:
+                removes.append(f"#c{i}")
+                continue
             values[f":c{i}"] = value
             sets.append(f"#c{i} = :c{i}")
         if target in TERMINAL:
-            sets.append("completed_at = :now")
-            sets.append("expires_at = :expires")
-            values[":expires"] = int(time.time()) + self._retention_seconds
-            removes.append("open_shard")
+            sets += ["completed_at = :now", "expires_at = :expires"]
+            values[":expires"] = int(self._clock()) + self._retention_seconds
+            names["#shard"] = "open_shard"
+            removes.append("#shard")
         else:
             sets.append("open_shard = :shard")
             values[":shard"] = OPEN_SHARD
@@ -105,8 +122,14 @@ class JobStore:
         for i, status in enumerate(sorted(allowed)):
             values[f":a{i}"] = status.value
             placeholders.append(f":a{i}")
-        if not placeholders:
-            raise ValueError(f"nothing can move to {target.value}")
+        conditions = [f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"]
+        for i, (name, value) in enumerate((only_if or {}).items()):
+            names[f"#q{i}"] = name
+            if value is None:
+                conditions.append(f"attribute_not_exists(#q{i})")
+            else:
+                values[f":q{i}"] = value
+                conditions.append(f"#q{i} = :q{i}")
         expression = "SET " + ", ".join(sets)
         if removes:
             expression += " REMOVE " + ", ".join(dict.fromkeys(removes))
@@ -114,7 +137,7 @@ class JobStore:
             resp = self._table.update_item(
                 Key={"job_id": job_id},
                 UpdateExpression=expression,
-                ConditionExpression=f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})",
+                ConditionExpression=" AND ".join(conditions),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
@@ -123,10 +146,54 @@ class JobStore:
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
-            old = exc.response.get("Item")
-            current = Job.from_item(_deserialize(old)) if old else None  # type: ignore[arg-type]
-            raise TransitionRefused(job_id, target, current) from exc
-        return Job.from_item(dict(resp["Attributes"]))
+            return Move(False, _old_item(exc))
+        return Move(True, Job.from_item(dict(resp["Attributes"])))
+
+    def update_open(
+        self,
+        job_id: str,
+        expected: Status,
+        changes: Mapping[str, Any],
+        *,
+        only_if: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Change attributes of an open job without moving it; False if it is no longer ``expected``
+        (or an ``only_if`` attribute changed meanwhile)."""
+        names: dict[str, str] = {"#status": "status"}
+        values: dict[str, Any] = {":expected": expected.value, ":now": self._now()}
+        sets = ["updated_at = :now"]
+        removes: list[str] = []
+        for i, (name, value) in enumerate(changes.items()):
+            names[f"#c{i}"] = name
+            if value is None:
+                removes.append(f"#c{i}")
+            else:
+                values[f":c{i}"] = value
+                sets.append(f"#c{i} = :c{i}")
+        conditions = ["#status = :expected"]
+        for i, (name, value) in enumerate((only_if or {}).items()):
+            names[f"#q{i}"] = name
+            if value is None:
+                conditions.append(f"attribute_not_exists(#q{i})")
+            else:
+                values[f":q{i}"] = value
+                conditions.append(f"#q{i} = :q{i}")
+        expression = "SET " + ", ".join(sets)
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=expression,
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
 
     def record_error(self, job_id: str, expected: Status, code: str, message: str) -> bool:
         """Note a (retryable) error on an open job without moving it. False if it moved on meanwhile."""
@@ -134,13 +201,13 @@ class JobStore:
             self._table.update_item(
                 Key={"job_id": job_id},
                 UpdateExpression="SET error_code = :c, error_message = :m, updated_at = :now "
-                "ADD attempts :one",
+                "ADD retryable_errors :one",
                 ConditionExpression="#status = :expected",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":c": code,
                     ":m": message[:1000],
-                    ":now": now_iso(),
+                    ":now": self._now(),
                     ":one": 1,
                     ":expected": expected.value,
                 },
@@ -150,6 +217,59 @@ class JobStore:
                 return False
             raise
         return True
+
+    def begin_retry(self, job: Job, *, include_rejected: bool = False) -> Move:
+        """Start attempt ``job.attempt + 1`` of a terminal job: back to ``received``, the finished
+        attempt appended to ``history``. Conditional on the attempt number, so two operators
+        retrying at once start one attempt, not two."""
+        if job.status not in RETRYABLE or (job.status is Status.REJECTED and not include_rejected):
+            return Move(False, job)
+        finished = {
+            "attempt": job.attempt,
+            "status": job.status.value,
+            "run_id": job.run_id,
+            "error_code": job.error_code,
+            "error_message": job.error_message,
+            "completed_at": job.completed_at,
+        }
+        values: dict[str, Any] = {
+            ":received": Status.RECEIVED.value,
+            ":now": self._now(),
+            ":next": job.attempt + 1,
+            ":attempt": job.attempt,
+            ":finished": [{k: v for k, v in finished.items() if v is not None}],
+            ":empty": [],
+            ":shard": OPEN_SHARD,
+            ":zero": 0,
+        }
+        allowed = sorted(RETRYABLE if include_rejected else RETRYABLE - {Status.REJECTED})
+        for i, status in enumerate(allowed):
+            values[f":a{i}"] = status.value
+        try:
+            resp = self._table.update_item(
+                Key={"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #status = :received, updated_at = :now, attempt = :next, open_shard = :shard, "
+                    "history = list_append(if_not_exists(history, :empty), :finished), "
+                    "retryable_errors = :zero "
+                    "REMOVE run_id, run_status, output_urls, result_bucket, result_keys, error_code, "
+                    "error_message, completed_at, submitted_at, runflow_duration_ms, expires_at, "
+                    "create_pending_since, superseded_by"
+                ),
+                ConditionExpression=(
+                    f"#status IN ({', '.join(f':a{i}' for i in range(len(allowed)))}) "
+                    "AND (attempt = :attempt OR (attribute_not_exists(attempt) AND :attempt = :one))"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={**values, ":one": 1},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return Move(False, _old_item(exc))
+        return Move(True, Job.from_item(dict(resp["Attributes"])))
 
     def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
         """Open jobs, oldest first, created before the given timestamp; at most ``limit``."""
@@ -169,16 +289,29 @@ class JobStore:
             for item in resp.get("Items", []):
                 remaining -= 1
                 yield Job.from_item(dict(item))
+                if remaining == 0:
+                    return
             start = resp.get("LastEvaluatedKey")
             if not start:
                 return
 
-
-def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """ReturnValuesOnConditionCheckFailure gives the low-level wire format even through a Table."""
-    from boto3.dynamodb.types import TypeDeserializer
-
-    if all(isinstance(v, dict) and len(v) == 1 for v in item.values()):
-        deserializer = TypeDeserializer()
-        return {k: deserializer.deserialize(v) for k, v in item.items()}
-    return dict(item)
+    def jobs_for_source(self, bucket: str, key: str) -> list[Job]:
+        """Every job of one object (all versions, colours and attempts), newest first."""
+        jobs: list[Job] = []
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "IndexName": "BySourceKey",
+                "KeyConditionExpression": "source_key = :k",
+                "ExpressionAttributeValues": {":k": key},
+                "ScanIndexForward": False,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = self._table.query(**kwargs)
+            jobs += [
+                Job.from_item(dict(i)) for i in resp.get("Items", []) if i.get("source_bucket") == bucket
+            ]
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return jobs

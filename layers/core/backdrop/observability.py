@@ -1,13 +1,14 @@
-"""Logger, metrics and tracer shared by every function (Powertools reads its POWERTOOLS_* settings)."""
+"""Logger, metrics and tracer shared by every function. Their service name and metric namespace come
+from the ``POWERTOOLS_SERVICE_NAME`` and ``POWERTOOLS_METRICS_NAMESPACE`` variables the template sets."""
 
 from __future__ import annotations
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger(service="backdrop")
-metrics = Metrics(namespace="Backdrop", service="backdrop")
-tracer = Tracer(service="backdrop")
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
 
 
 def count(name: str, value: int = 1) -> None:

@@ -5,7 +5,8 @@ must be on the allow-list, and every address it resolves to must be public (no l
 link-local, CGNAT or reserved ranges). The connection is pinned to the checked address so DNS
 cannot change between check and fetch; redirects are followed by hand and every hop is checked
 again. The body is streamed into S3 in parts with one part in memory at a time, under a byte cap
-and a deadline.
+and a deadline. The final write (PUT, or completing the multipart upload) is conditional on the
+result object the copier saw before it started, and the copier's lease is confirmed before it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,7 +41,42 @@ class OutputRefused(Exception):
 
 
 class OutputCopyFailed(Exception):
-    """The copy failed for a reason that may pass (timeout, expired URL, S3 error): retry later."""
+    """The copy failed for a reason that may pass (timeout, expired URL, S3 error): retry later.
+    ``http_status``: what the output URL answered, when that was the problem (403: expired)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class ResultChanged(OutputCopyFailed):
+    """The result object changed since it was checked (S3 refused the conditional write)."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an output goes, and what must still be there for the write to happen: ``expect_etag``
+    is the ETag of the result object seen before the copy (None: there was none)."""
+
+    bucket: str
+    key: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expect_etag: str | None = None
+
+
+class Copier(Protocol):
+    def __call__(
+        self,
+        url: str,
+        *,
+        s3: S3Client,
+        destination: Destination,
+        policy: OutputPolicy,
+        http: httpx.Client,
+        deadline: float,
+        resolve: Resolver,
+        keep_lease: Callable[[], None],
+    ) -> CopiedObject: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +139,9 @@ def check_url(url: str, policy: OutputPolicy, resolve: Resolver = system_resolve
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+        # urlsplit drops control characters silently; httpx (which fetches) refuses them.
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise OutputRefused("OUTPUT_URL_INVALID", f"output URL is malformed: {exc}") from exc
     host = (parts.hostname or "").lower()
     if not host or parts.scheme not in ("http", "https"):
@@ -172,15 +211,17 @@ def copy_output(
     url: str,
     *,
     s3: S3Client,
-    bucket: str,
-    key: str,
-    metadata: Mapping[str, str],
+    destination: Destination,
     policy: OutputPolicy,
     http: httpx.Client,
     deadline: float,
     resolve: Resolver = system_resolver,
+    keep_lease: Callable[[], None] = lambda: None,
 ) -> CopiedObject:
-    """Stream one output into ``s3://bucket/key``; raises OutputRefused or OutputCopyFailed."""
+    """Stream one output into the destination; raises OutputRefused or OutputCopyFailed.
+
+    ``keep_lease`` is called after every part and right before the object is published; it raises
+    OutputCopyFailed when this copier may no longer write the result (its lease was lost)."""
     current = url
     for _hop in range(policy.max_redirects + 1):
         target = check_url(current, policy, resolve)
@@ -200,7 +241,12 @@ def copy_output(
                 current = urljoin(current, location)
                 continue
             return _store(
-                response, s3=s3, bucket=bucket, key=key, metadata=metadata, policy=policy, deadline=deadline
+                response,
+                s3=s3,
+                destination=destination,
+                policy=policy,
+                deadline=deadline,
+                keep_lease=keep_lease,
             )
         except httpx.HTTPError as exc:
             raise OutputCopyFailed(f"reading the output failed: {type(exc).__name__}: {exc}") from exc
@@ -213,15 +259,16 @@ def _store(
     response: httpx.Response,
     *,
     s3: S3Client,
-    bucket: str,
-    key: str,
-    metadata: Mapping[str, str],
+    destination: Destination,
     policy: OutputPolicy,
     deadline: float,
+    keep_lease: Callable[[], None],
 ) -> CopiedObject:
     if response.status_code >= 400:
         # Expired (403) or missing output URLs come back fresh from GET /v1/runs/{id}: retryable.
-        raise OutputCopyFailed(f"output URL answered HTTP {response.status_code}")
+        raise OutputCopyFailed(
+            f"output URL answered HTTP {response.status_code}", http_status=response.status_code
+        )
     if response.status_code != 200:
         raise OutputRefused("OUTPUT_BAD_RESPONSE", f"output URL answered HTTP {response.status_code}")
     content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -233,29 +280,49 @@ def _store(
     if declared and declared.isdigit() and int(declared) > policy.max_bytes:
         raise OutputRefused("OUTPUT_TOO_LARGE", f"output declares {declared} bytes, over {policy.max_bytes}")
     reader = _BodyReader(response.iter_bytes(), policy.max_bytes, deadline)
-    _upload(reader, s3=s3, bucket=bucket, key=key, content_type=content_type, metadata=metadata)
-    return CopiedObject(key=key, size=reader.total, content_type=content_type)
+    _upload(reader, s3=s3, destination=destination, content_type=content_type, keep_lease=keep_lease)
+    return CopiedObject(key=destination.key, size=reader.total, content_type=content_type)
+
+
+def _conditions(destination: Destination) -> dict[str, str]:
+    """The S3 precondition that fences the write: the result is still the one seen before."""
+    if destination.expect_etag is None:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": destination.expect_etag}
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "PreconditionFailed",
+        "412",
+        "ConditionalRequestConflict",
+    )
 
 
 def _upload(
     reader: _BodyReader,
     *,
     s3: S3Client,
-    bucket: str,
-    key: str,
+    destination: Destination,
     content_type: str,
-    metadata: Mapping[str, str],
+    keep_lease: Callable[[], None],
 ) -> None:
+    bucket, key = destination.bucket, destination.key
     first = reader.read_part(PART_SIZE)
     if not first:  # refuse before writing: an empty object must not appear in the results bucket
         raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
-    extra = {"ContentType": content_type, "Metadata": dict(metadata)}
+    extra = {"ContentType": content_type, "Metadata": dict(destination.metadata)}
     try:
         if len(first) < PART_SIZE:
-            s3.put_object(Bucket=bucket, Key=key, Body=first, **extra)  # type: ignore[arg-type]
+            keep_lease()
+            s3.put_object(Bucket=bucket, Key=key, Body=first, **extra, **_conditions(destination))  # type: ignore[arg-type]
             return
         upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]  # type: ignore[arg-type]
+    except (OutputRefused, OutputCopyFailed):
+        raise
     except Exception as exc:
+        if _precondition_failed(exc):
+            raise ResultChanged(f"s3://{bucket}/{key} changed while it was being written") from exc
         raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
     parts: list[dict[str, Any]] = []
     try:
@@ -267,12 +334,15 @@ def _upload(
             ]
             parts.append({"ETag": etag, "PartNumber": number})
             number += 1
+            keep_lease()
             part = reader.read_part(PART_SIZE)
+        keep_lease()
         s3.complete_multipart_upload(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            **_conditions(destination),  # type: ignore[arg-type]
         )
     except BaseException as exc:
         # Leave no invisible parts behind (the lifecycle rule is only the backstop).
@@ -282,4 +352,6 @@ def _upload(
         passthrough = OutputRefused | OutputCopyFailed | httpx.HTTPError
         if isinstance(exc, passthrough) or not isinstance(exc, Exception):
             raise
+        if _precondition_failed(exc):
+            raise ResultChanged(f"s3://{bucket}/{key} changed while it was being written") from exc
         raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc

@@ -1,11 +1,13 @@
 """The reconciler: nothing stays open forever without saying why.
 
 Runs on a schedule over the sparse OpenJobs index, oldest first and bounded per run:
-- a job with a run whose callback never came (or whose copy failed): read the run again; a finished
-  run goes through the very same completion path as a callback, with freshly signed output URLs;
-- a job that never got a run (crash or outage between claim and create): create it again with the
-  same Idempotency-Key, so a run that did get created is returned rather than billed twice;
-- a job still open past the run deadline: ``timed_out``, counted (and alarmed on).
+- a job with a run whose callback never came: read the run; a finished run goes through the very
+  same path as a callback (``apply_run_report``), which queues the copy;
+- a job stuck in ``copying`` (its copy message used up or lost): queue the copy again;
+- a job that never got a run (crash or outage between claim and create): create it, through the
+  same guarded path as the submit (an earlier create whose answer was lost is looked up first);
+- a job still open past the run deadline: ``timed_out``, counted (and alarmed on); one without a
+  run is first looked up at Runflow, in case a create whose answer was lost made one.
 """
 
 from __future__ import annotations
@@ -15,18 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from backdrop.colours import parse_colour
-from backdrop.completion import Completion, complete_job
+from backdrop.completion import apply_run_report, requeue_copy
 from backdrop.jobs import Job, Status, format_iso, parse_iso
-from backdrop.jobstore import TransitionRefused
 from backdrop.observability import count, logger
-from backdrop.runs import RunflowError, RunflowRejected, RunflowUnavailable
+from backdrop.outcomes import Outcome, RetryLater
+from backdrop.runs import RunflowError, RunflowRejected
 from backdrop.services import Services
-from backdrop.submission import SubmitRetryable, adopt_earlier_run, resubmit
-from backdrop.uploads import UploadRef
-
-# Time one job may take in the reconciler (a copy of a large output included).
-PER_JOB_SECONDS = 60.0
+from backdrop.submission import adopt_earlier_run, resubmit
 
 
 @dataclass
@@ -38,16 +35,10 @@ class ReconcileReport:
         return {"examined": self.examined, **dict(self.outcomes)}
 
 
-def upload_of(job: Job) -> UploadRef:
-    version = job.source_version[2:] if job.source_version.startswith("v:") else None
-    return UploadRef(job.source_bucket, job.source_key, version, job.source_etag, job.source_size)
-
-
-def reconcile(services: Services, *, deadline: float, now: datetime | None = None) -> ReconcileReport:
+def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
     settings = services.settings
-    now = now or datetime.now(UTC)
+    now = datetime.fromtimestamp(services.clock(), UTC)
     cutoff = format_iso(now - timedelta(seconds=settings.reconcile_min_age_seconds))
-    run_deadline = timedelta(minutes=settings.run_deadline_minutes)
     report = ReconcileReport()
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
         if time.monotonic() >= deadline:
@@ -56,45 +47,45 @@ def reconcile(services: Services, *, deadline: float, now: datetime | None = Non
         report.examined += 1
         logger.append_keys(job_id=job.job_id, run_id=job.run_id)
         try:
-            outcome = _reconcile_one(services, job, now, run_deadline, deadline)
-        except (RunflowError, SubmitRetryable) as exc:
-            outcome = "runflow_unavailable"
-            logger.warning("Reconciler could not reach Runflow for a job", extra={"reason": str(exc)})
+            outcome = _reconcile_one(services, job, now)
+        except (RunflowError, RetryLater) as exc:
+            outcome = "retry_later"
+            logger.warning("Reconciler could not finish a job now", extra={"reason": str(exc)})
         report.outcomes[outcome] += 1
     logger.remove_keys(["job_id", "run_id"])
     logger.info("Reconciler pass finished", extra={"report": report.as_dict()})
     return report
 
 
-def _reconcile_one(
-    services: Services, job: Job, now: datetime, run_deadline: timedelta, deadline: float
-) -> str:
-    overdue = now - parse_iso(job.created_at) > run_deadline
+def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
+    settings = services.settings
+    overdue = now - parse_iso(job.created_at) > timedelta(minutes=settings.run_deadline_minutes)
     if job.run_id is None:
         if overdue:
             # A create whose answer was lost may have made a run after all: finish that one instead.
-            try:
+            if job.create_pending_since is not None:
                 adopted = adopt_earlier_run(services, job)
-            except RunflowUnavailable:
-                adopted = None
-            if adopted is not None:
-                return f"adopted_{adopted.outcome.value}"
-            return _time_out(services, job, "no Runflow run could be created before the run deadline")
-        try:
-            colour = parse_colour(job.color)
-        except ValueError as exc:
-            try:
-                services.jobs.transition(
-                    job.job_id,
-                    Status.REJECTED,
-                    changes={"error_code": "INVALID_COLOR", "error_message": str(exc)},
-                )
-            except TransitionRefused:  # moved on since the (eventually consistent) index read
-                return "already_done"
-            return "rejected"
-        submitted = resubmit(services, job, upload_of(job), colour)
-        count("JobsRecovered")
-        return f"resubmitted_{submitted.outcome.value}"
+                if adopted is not None and adopted.outcome is not Outcome.WAITING:
+                    return f"adopted_{adopted.outcome.value}"
+            reason = job.error_message or "no Runflow run could be created before the run deadline"
+            return _time_out(services, job, f"no run before the run deadline: {reason}")
+        if job.status is Status.HELD:
+            return "held"
+        result = resubmit(services, job)
+        if result.outcome is Outcome.SUBMITTED:
+            count("JobsRecovered")
+        return f"resubmitted_{result.outcome.value}"
+
+    if job.status is Status.COPYING:
+        stale = now - parse_iso(job.updated_at) > timedelta(seconds=settings.reconcile_min_age_seconds)
+        if overdue and job.retryable_errors > 0:
+            return _time_out(
+                services, job, f"the output could not be copied before the run deadline: {job.error_message}"
+            )
+        if not stale:
+            return "copy_in_progress"
+        requeue_copy(services, job)
+        return "copy_requeued"
 
     try:
         run = services.runflow().get_run(job.run_id)
@@ -102,41 +93,29 @@ def _reconcile_one(
         if exc.http_status != 404:
             raise
         # Runflow does not know the run: it can never call back or finish.
-        try:
-            services.jobs.transition(
-                job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
-            )
-        except TransitionRefused:
-            return "already_done"
+        move = services.jobs.try_transition(
+            job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
+        )
+        if not move.moved:
+            return Outcome.ALREADY_DONE.value
         count("JobsFailed")
         return "failed_run_not_found"
     if not run.is_terminal:
         if overdue:
             return _time_out(services, job, f"run {job.run_id} still {run.status} after the run deadline")
         return "still_running"
-    result = complete_job(
-        job,
-        run,
-        services,
-        deadline=min(deadline, time.monotonic() + PER_JOB_SECONDS),
-        read_failure_details=False,  # ``run`` is the run object itself: nothing more to read
-    )
-    if result.completion not in (Completion.ALREADY_DONE, Completion.COPY_PENDING):
+    applied = apply_run_report(job, run, services, authoritative=True)
+    if applied.outcome not in (Outcome.ALREADY_DONE, Outcome.RUN_MISMATCH):
         count("JobsRecovered")
-    if result.completion is Completion.COPY_PENDING and overdue:
-        return _time_out(
-            services, job, f"output could not be copied before the run deadline: {result.detail}"
-        )
-    return f"completed_{result.completion.value}"
+    return f"completed_{applied.outcome.value}"
 
 
 def _time_out(services: Services, job: Job, message: str) -> str:
-    try:
-        services.jobs.transition(
-            job.job_id, Status.TIMED_OUT, changes={"error_code": "TIMED_OUT", "error_message": message}
-        )
-    except TransitionRefused:
-        return "already_done"
+    move = services.jobs.try_transition(
+        job.job_id, Status.TIMED_OUT, changes={"error_code": "TIMED_OUT", "error_message": message[:1000]}
+    )
+    if not move.moved:
+        return Outcome.ALREADY_DONE.value
     count("JobsTimedOut")
     logger.warning("Job timed out", extra={"reason": message})
-    return "timed_out"
+    return Outcome.TIMED_OUT.value

@@ -1,11 +1,20 @@
-"""Runflow runs: creating a background-color run, reading one back, and what a finished run says.
+"""Runflow runs: creating a background-color run, reading runs back, and what a finished run says.
 
 Contract (Runflow docs): ``POST /v1/models/runflow/background-color/runs`` answers with the run
-object (``status_code: queued``); ``GET /v1/runs/{id}`` reads it; errors carry ``{code, message}``.
-429, 5xx and network errors are retried with exponential backoff and full jitter inside a time
-budget; any other 4xx is final. ``Idempotency-Key`` makes a retried create return the same run,
-but only for the same body: a later attempt carries a fresh presigned URL, so Runflow answers
-``409 CONFLICT`` and the run made earlier is found by its ``client_ref`` (``find_runs``).
+object (``status_code: queued``); ``GET /v1/runs/{id}`` reads one; ``GET /v1/runs`` lists them
+(cursor pages); errors carry ``{code, message, errors}``.
+
+Creating a run costs money, so the client never repeats a create whose outcome it cannot know:
+only a 429 (refused before anything is done) and a connection that was never made are retried.
+Any other failure after the request may have been sent (5xx, timeout, reset, an answer without an
+id) raises ``RunflowOutcomeUnknown``; the caller then looks the run up by ``client_ref`` before it
+may create again. ``Idempotency-Key`` is still sent, but nothing depends on Runflow honouring it
+(it is documented for the batch route only).
+
+Reads (GET) are safe to repeat: 429, 5xx and network errors are retried inside a time budget.
+Backoff: 1 s, 2 s, 4 s, ... capped at 32 s, each plus up to half again of random jitter;
+``Retry-After`` (or ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is 0) is honoured when it
+fits the remaining budget, and when it does not the call gives up at once rather than spinning.
 """
 
 from __future__ import annotations
@@ -14,15 +23,27 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import httpx
 
 MODEL_PATH = "/v1/models/runflow/background-color/runs"
+MAX_LIST_PAGES = 20
 
-# Runflow spells a cancelled run both ways (status_code "canceled", callbacks "cancelled").
+# Runflow spells a cancelled run both ways (status_code "canceled", older pages "cancelled").
 _STATUS_ALIASES = {"cancelled": "canceled", "errored": "failed"}
-TERMINAL_RUN_STATUSES = frozenset({"succeeded", "partial_succeeded", "failed", "canceled"})
+OPEN_RUN_STATUSES = frozenset({"queued", "dispatching", "running"})
+SUCCEEDED_RUN_STATUSES = frozenset({"succeeded", "partial_succeeded"})
+TERMINAL_RUN_STATUSES = SUCCEEDED_RUN_STATUSES | {"failed", "canceled"}
+_EVENT_STATUS = {
+    "run.completed": "succeeded",
+    "run.partial_succeeded": "partial_succeeded",
+    "run.failed": "failed",
+    "run.cancelled": "canceled",
+    "run.canceled": "canceled",
+}
 
 
 class RunflowError(Exception):
@@ -44,7 +65,25 @@ class RunflowConflict(RunflowRejected):
 
 
 class RunflowUnavailable(RunflowError):
-    """Runflow could not be reached or kept failing (429/5xx/network) within the time budget."""
+    """Runflow could not be reached or kept failing (429/5xx/network) within the time budget.
+    For a create: nothing was created. ``retry_after``: seconds Runflow asked us to wait, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RunflowOutcomeUnknown(RunflowError):
+    """A create may or may not have made a run (the request was sent, no usable answer came)."""
+
+
+class RunKind(StrEnum):
+    """What a run's status means for its job."""
+
+    OPEN = "open"
+    SUCCEEDED = "succeeded"  # succeeded or partial_succeeded: copy what outputs there are
+    CANCELED = "canceled"
+    FAILED = "failed"  # failed, or a terminal status Backdrop does not know (timed_out, expired...)
 
 
 @dataclass(frozen=True)
@@ -64,10 +103,25 @@ class RunResult:
     failure_message: str | None = None
     duration_ms: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    # A run object with completed_at, or any callback (Runflow calls back only at a terminal state).
+    finished: bool = False
+
+    @property
+    def kind(self) -> RunKind:
+        if self.status in SUCCEEDED_RUN_STATUSES:
+            return RunKind.SUCCEEDED
+        if self.status == "canceled":
+            return RunKind.CANCELED
+        if self.status == "failed":
+            return RunKind.FAILED
+        if self.status in OPEN_RUN_STATUSES or not self.finished or not self.status:
+            return RunKind.OPEN
+        return RunKind.FAILED  # an unknown status Runflow reports as finished
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in TERMINAL_RUN_STATUSES
+        return self.kind is not RunKind.OPEN
 
 
 def normalise_status(status: str) -> str:
@@ -97,8 +151,10 @@ def _failure(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     message = body.get("failure_message")
     for nested in (body.get("error"), body.get("output")):
         if isinstance(nested, Mapping):
-            code = code or nested.get("code") or nested.get("failure_code")
-            message = message or nested.get("message") or nested.get("failure_message")
+            error = nested.get("error")
+            inner: Mapping[str, Any] = error if isinstance(error, Mapping) else nested
+            code = code or inner.get("code") or inner.get("failure_code")
+            message = message or inner.get("message") or inner.get("failure_message")
     return (str(code) if code else None, str(message) if message else None)
 
 
@@ -108,8 +164,19 @@ def _int_or_none(value: Any) -> int | None:
     return int(value)
 
 
+def parse_timestamp(value: Any) -> datetime | None:
+    """Runflow timestamps (``isoformat()`` with ``+00:00``, or ``Z``; 0, 3 or 6 fractional digits)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def run_result_from_run(run: Mapping[str, Any]) -> RunResult:
-    """From a run object (``GET /v1/runs/{id}`` or the create response)."""
+    """From a run object (``GET /v1/runs/{id}``, a list item or the create response)."""
     code, message = _failure(run)
     metadata = run.get("metadata")
     return RunResult(
@@ -120,21 +187,15 @@ def run_result_from_run(run: Mapping[str, Any]) -> RunResult:
         failure_message=message,
         duration_ms=_int_or_none(run.get("duration_ms")),
         metadata=metadata if isinstance(metadata, Mapping) else {},
+        created_at=parse_timestamp(run.get("created_at")),
+        finished=bool(run.get("completed_at") or run.get("finished_at")),
     )
 
 
 def run_result_from_callback(envelope: Mapping[str, Any]) -> RunResult:
     """From a callback envelope ``{event, run_id, status, output, duration_ms, ..., metadata}``."""
     code, message = _failure(envelope)
-    status = envelope.get("status")
-    if not status:
-        event = str(envelope.get("event", ""))
-        status = {
-            "run.completed": "succeeded",
-            "run.partial_succeeded": "partial_succeeded",
-            "run.failed": "failed",
-            "run.cancelled": "canceled",
-        }.get(event, "")
+    status = envelope.get("status") or _EVENT_STATUS.get(str(envelope.get("event", "")), "")
     metadata = envelope.get("metadata")
     return RunResult(
         run_id=str(envelope.get("run_id") or ""),
@@ -144,6 +205,8 @@ def run_result_from_callback(envelope: Mapping[str, Any]) -> RunResult:
         failure_message=message,
         duration_ms=_int_or_none(envelope.get("duration_ms")),
         metadata=metadata if isinstance(metadata, Mapping) else {},
+        created_at=parse_timestamp(envelope.get("created_at")),
+        finished=True,
     )
 
 
@@ -171,12 +234,24 @@ class RunRequest:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 8.0
+    first_delay: float = 1.0
+    max_delay: float = 32.0
     budget_seconds: float = 20.0
+
+
+# Errors raised before a request left this machine: a create that met them made nothing.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class _Retryable(Exception):
+    def __init__(self, problem: str, *, sent: bool, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.sent = sent
+        self.retry_after = retry_after
 
 
 class RunflowClient:
@@ -190,6 +265,7 @@ class RunflowClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         on_retry: Callable[[str], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
@@ -198,75 +274,129 @@ class RunflowClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._on_retry = on_retry
+        self._wall_clock = wall_clock
 
     def create_run(self, request: RunRequest, *, idempotency_key: str) -> RunResult:
-        try:
-            body = self._send(
-                "POST",
-                self._base + MODEL_PATH,
-                json=request.body(),
-                headers={"Idempotency-Key": idempotency_key},
-            )
-        except RunflowRejected as exc:
-            if exc.http_status == 409:
-                raise RunflowConflict(exc.http_status, exc.code, exc.message) from exc
-            raise
+        body = self._send(
+            "POST",
+            self._base + MODEL_PATH,
+            json=request.body(),
+            headers={"Idempotency-Key": idempotency_key},
+            repeatable=False,
+        )
         result = run_result_from_run(body)
         if not result.run_id:
-            raise RunflowUnavailable("Runflow accepted the run but its answer carries no id")
+            raise RunflowOutcomeUnknown("Runflow accepted the run but its answer carries no id")
         return result
 
     def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
         return run_result_from_run(self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds))
 
     def find_runs(self, client_ref: str) -> list[RunResult]:
-        """Runs tagged with ``client_ref``, oldest first (Backdrop tags each run with its job id)."""
+        """Every run tagged with ``client_ref``, oldest first by creation time (all pages)."""
         if "'" in client_ref or "\\" in client_ref:
             raise ValueError(f"client_ref {client_ref!r} cannot be quoted in a Runflow filter")
-        body = self._send(
-            "GET",
-            f"{self._base}/v1/runs",
-            params={"q": f"client_ref.EQ:'{client_ref}'", "limit": "100"},
-        )
-        items = body.get("items")
-        if not isinstance(items, list):
-            raise RunflowUnavailable("Runflow's run list carries no items")
-        runs = [item for item in items if isinstance(item, Mapping) and item.get("client_ref") == client_ref]
-        # Oldest first: the run the first attempt created (UUIDv7 ids also sort by time).
-        runs.sort(key=lambda item: (str(item.get("created_at") or ""), str(item.get("id") or "")))
-        return [run_result_from_run(item) for item in runs]
+        items: list[Mapping[str, Any]] = []
+        params: dict[str, str] = {"q": f"client_ref.EQ:'{client_ref}'", "limit": "100"}
+        for _page in range(MAX_LIST_PAGES):
+            body = self._send("GET", f"{self._base}/v1/runs", params=params)
+            page = body.get("items")
+            if not isinstance(page, list):
+                raise RunflowUnavailable("Runflow's run list carries no items")
+            items += [i for i in page if isinstance(i, Mapping) and i.get("client_ref") == client_ref]
+            cursor = body.get("next") or body.get("next_pq")
+            if not cursor or not page:
+                break
+            params = {**params, "pq": str(cursor)}
+        else:
+            raise RunflowUnavailable(f"Runflow listed more than {MAX_LIST_PAGES} pages for one client_ref")
+        runs = [run_result_from_run(item) for item in items]
+        never = datetime.max.replace(tzinfo=UTC)
+        # Oldest first by the parsed time (string order breaks across "Z"/"+00:00" and precisions).
+        runs.sort(key=lambda r: (r.created_at or never, r.run_id))
+        return list({r.run_id: r for r in runs}.values())
 
-    def _send(self, method: str, url: str, *, budget: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        budget: float | None = None,
+        repeatable: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + (self._retry.budget_seconds if budget is None else budget)
         headers = {**self._headers, **kwargs.pop("headers", {})}
-        last_problem = "no attempt made"
         for attempt in range(1, self._retry.max_attempts + 1):
-            retry_after: float | None = None
             try:
-                response = self._http.request(method, url, headers=headers, **kwargs)
-            except httpx.HTTPError as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 300:
-                    return _json_object(response)
-                code, message = _error_envelope(response)
-                if response.status_code != 429 and response.status_code < 500:
-                    raise RunflowRejected(response.status_code, code, message)
-                last_problem = f"HTTP {response.status_code} {code}: {message}"
-                retry_after = _retry_after(response)
-            if attempt == self._retry.max_attempts:
-                break
-            delay = self._rng.uniform(
-                0, min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
-            )
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self._retry.max_delay))
-            if time.monotonic() + delay >= deadline:
-                break
-            if self._on_retry:
-                self._on_retry(last_problem)
-            self._sleep(delay)
-        raise RunflowUnavailable(f"Runflow unavailable after retries: {last_problem}")
+                return self._once(method, url, headers, kwargs)
+            except _Retryable as problem:
+                if problem.sent and not repeatable:
+                    raise RunflowOutcomeUnknown(
+                        f"Runflow's answer to the create is unknown: {problem}"
+                    ) from None
+                if attempt == self._retry.max_attempts:
+                    raise RunflowUnavailable(
+                        f"Runflow unavailable after {attempt} attempts: {problem}",
+                        retry_after=problem.retry_after,
+                    ) from None
+                delay = self._delay(attempt)
+                if problem.retry_after is not None:
+                    delay = max(delay, problem.retry_after)
+                if time.monotonic() + delay >= deadline:
+                    # Waiting longer than we may: hand the work back (SQS, the reconciler) instead.
+                    raise RunflowUnavailable(
+                        f"Runflow unavailable (next try in {delay:.1f} s exceeds the budget): {problem}",
+                        retry_after=problem.retry_after,
+                    ) from None
+                if self._on_retry:
+                    self._on_retry(problem.problem)
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int) -> float:
+        base: float = min(self._retry.max_delay, self._retry.first_delay * 2 ** (attempt - 1))
+        return min(self._retry.max_delay, base + self._rng.uniform(0.0, base / 2))
+
+    def _once(self, method: str, url: str, headers: dict[str, str], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, url, headers=headers, **kwargs)
+        except _NOT_SENT as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}", sent=False) from exc
+        except httpx.HTTPError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}", sent=True) from exc
+        if response.status_code < 300:
+            try:
+                return _json_object(response)
+            except RunflowUnavailable as exc:
+                raise _Retryable(str(exc), sent=True) from exc
+        code, message = _error_envelope(response)
+        problem = f"HTTP {response.status_code} {code}: {message}"
+        if response.status_code == 429:
+            # Rate limited: refused before anything was done, so even a create may be repeated.
+            raise _Retryable(problem, sent=False, retry_after=self._wait_hint(response))
+        if response.status_code >= 500:
+            raise _Retryable(problem, sent=True, retry_after=self._wait_hint(response))
+        if response.status_code == 409 and method == "POST":
+            raise RunflowConflict(response.status_code, code, message)
+        raise RunflowRejected(response.status_code, code, message)
+
+    def _wait_hint(self, response: httpx.Response) -> float | None:
+        """Seconds the server asked us to wait: ``Retry-After``, or the rate-limit window's reset."""
+        raw = response.headers.get("Retry-After", "").strip()
+        if raw:
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                pass  # an HTTP date: fall back to our own backoff
+        remaining = response.headers.get("X-RateLimit-Remaining", "").strip()
+        reset = response.headers.get("X-RateLimit-Reset", "").strip()
+        if remaining == "0" and reset:
+            try:
+                return max(0.0, float(reset) - self._wall_clock())
+            except ValueError:
+                return None
+        return None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -284,21 +414,24 @@ def _error_envelope(response: httpx.Response) -> tuple[str, str]:
         body = response.json()
     except ValueError:
         return f"HTTP_{response.status_code}", response.text[:300] or response.reason_phrase
-    if isinstance(body, Mapping):
-        error = body.get("error")
-        if isinstance(error, Mapping):
-            body = error
-        code = body.get("code") or f"HTTP_{response.status_code}"
-        message = body.get("message") or body.get("detail") or response.reason_phrase
-        return str(code), str(message)[:1000]
-    return f"HTTP_{response.status_code}", response.reason_phrase
+    if not isinstance(body, Mapping):
+        return f"HTTP_{response.status_code}", response.reason_phrase
+    details = body.get("errors")
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        body = error
+    code = body.get("code") or f"HTTP_{response.status_code}"
+    message = str(body.get("message") or body.get("detail") or response.reason_phrase)
+    if isinstance(details, list) and details:
+        message += " (" + "; ".join(_field_error(d) for d in details[:10]) + ")"
+    return str(code), message[:1000]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
+def _field_error(detail: Any) -> str:
+    """One 422 ``errors[]`` item (pydantic style ``{loc, msg, type}``) as ``loc: msg``."""
+    if not isinstance(detail, Mapping):
+        return str(detail)[:200]
+    loc = detail.get("loc")
+    where = ".".join(str(p) for p in loc) if isinstance(loc, list) else str(loc or detail.get("field") or "")
+    what = str(detail.get("msg") or detail.get("message") or detail.get("type") or "invalid")
+    return f"{where}: {what}" if where else what

@@ -1,14 +1,17 @@
-"""The clients the use cases need, built once per execution environment from the settings.
+"""Everything outside the core that a use case talks to, built once per execution environment.
 
-Use cases take a ``Services`` argument instead of reaching for globals, so tests can hand them
-clients pointed at moto and the local Runflow.
+Use cases take a ``Services`` argument instead of reaching for globals: AWS clients, the Runflow
+client, the DNS resolver, the output copier and the clock. Tests and the local stack hand in
+their own (clients pointed at moto and the local Runflow, a fixed clock); AWS clients a function
+never touches are never built, so they cost nothing at cold start.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
@@ -16,27 +19,156 @@ from botocore.config import Config
 
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
-from backdrop.outputs import OutputPolicy
+from backdrop.ledger import ResultLedger
+from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
+from backdrop.queues import WorkQueue
 from backdrop.runs import RetryPolicy, RunflowClient
 from backdrop.secrets import SecretReader
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 
 def _boto_config() -> Config:
     return Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20)
 
 
-@dataclass
 class Services:
-    settings: Settings
-    s3: S3Client
-    presign_s3: S3Client
-    jobs: JobStore
-    secrets: SecretReader
-    http: httpx.Client
-    _runflow: RunflowClient | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: boto3.session.Session | None = None,
+        s3: S3Client | None = None,
+        presign_s3: S3Client | None = None,
+        sqs: SQSClient | None = None,
+        jobs: JobStore | None = None,
+        ledger: ResultLedger | None = None,
+        secrets: SecretReader | None = None,
+        http: httpx.Client | None = None,
+        runflow: RunflowClient | None = None,
+        resolve: Resolver = system_resolver,
+        copy: Copier = copy_output,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._session = session
+        self._built: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "s3": s3,
+                "presign_s3": presign_s3,
+                "sqs": sqs,
+                "jobs": jobs,
+                "ledger": ledger,
+                "secrets": secrets,
+                "http": http,
+                "runflow": runflow,
+            }.items()
+            if v is not None
+        }
+        self.resolve = resolve
+        self.copy = copy
+        self.clock = clock
+
+    def _get(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._built:
+            self._built[name] = build()
+        return self._built[name]
+
+    @property
+    def session(self) -> boto3.session.Session:
+        if self._session is None:
+            self._session = boto3.session.Session(region_name=self.settings.region)
+        return self._session
+
+    @property
+    def s3(self) -> S3Client:
+        client: S3Client = self._get("s3", lambda: self.session.client("s3", config=_boto_config()))
+        return client
+
+    @property
+    def presign_s3(self) -> S3Client:
+        # Presigned URLs: SigV4 on the regional endpoint (the legacy signer and the global endpoint
+        # give URLs that fail for new buckets or expire oddly).
+        config = Config(signature_version="s3v4", s3={"us_east_1_regional_endpoint": "regional"})
+        client: S3Client = self._get("presign_s3", lambda: self.session.client("s3", config=config))
+        return client
+
+    @property
+    def sqs(self) -> SQSClient:
+        client: SQSClient = self._get("sqs", lambda: self.session.client("sqs", config=_boto_config()))
+        return client
+
+    def _dynamodb(self) -> DynamoDBServiceResource:
+        resource: DynamoDBServiceResource = self._get(
+            "dynamodb", lambda: self.session.resource("dynamodb", config=_boto_config())
+        )
+        return resource
+
+    @property
+    def jobs(self) -> JobStore:
+        store: JobStore = self._get(
+            "jobs",
+            lambda: JobStore(
+                self._dynamodb().Table(self.settings.jobs_table),
+                retention_days=self.settings.retention_days,
+                clock=self.clock,
+            ),
+        )
+        return store
+
+    @property
+    def ledger(self) -> ResultLedger:
+        ledger: ResultLedger = self._get(
+            "ledger",
+            lambda: ResultLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
+        )
+        return ledger
+
+    @property
+    def secrets(self) -> SecretReader:
+        reader: SecretReader = self._get(
+            "secrets",
+            lambda: SecretReader(
+                api_key_secret=self.settings.runflow_api_key_secret,
+                signing_secret=self.settings.callback_secret_name,
+                max_age=self.settings.secrets_max_age_seconds,
+            ),
+        )
+        return reader
+
+    @property
+    def http(self) -> httpx.Client:
+        client: httpx.Client = self._get(
+            "http",
+            lambda: httpx.Client(timeout=httpx.Timeout(self.settings.runflow_timeout_seconds, connect=5.0)),
+        )
+        return client
+
+    def runflow(self) -> RunflowClient:
+        """The Runflow client; the API key is fetched (and cached) on first use only."""
+
+        def build() -> RunflowClient:
+            from backdrop.observability import count
+
+            return RunflowClient(
+                self.settings.runflow_base_url,
+                self.secrets.api_key(),
+                http=self.http,
+                retry=RetryPolicy(budget_seconds=self.settings.submit_retry_budget_seconds),
+                on_retry=lambda _problem: count("RunflowRetries"),
+                wall_clock=self.clock,
+            )
+
+        client: RunflowClient = self._get("runflow", build)
+        return client
+
+    def copy_queue(self) -> WorkQueue:
+        queue: WorkQueue = self._get("copy_queue", lambda: WorkQueue(self.sqs, self.settings.copy_queue_url))
+        return queue
 
     @property
     def output_policy(self) -> OutputPolicy:
@@ -46,49 +178,25 @@ class Services:
             insecure_origin=self.settings.insecure_output_origin,
         )
 
-    def runflow(self) -> RunflowClient:
-        """The Runflow client; the API key is fetched (and cached) on first use only."""
-        if self._runflow is None:
-            from backdrop.observability import count
 
-            self._runflow = RunflowClient(
-                self.settings.runflow_base_url,
-                self.secrets.api_key(),
-                http=self.http,
-                retry=RetryPolicy(budget_seconds=self.settings.submit_retry_budget_seconds),
-                on_retry=lambda _problem: count("RunflowRetries"),
-            )
-        return self._runflow
+# Replacements an execution environment installs before the first invocation (the local stack's
+# fault injection wraps the copier, for example); empty in AWS.
+_overrides: dict[str, Any] = {}
 
 
-def build_services(settings: Settings) -> Services:
-    session = boto3.session.Session(region_name=settings.region)
-    s3 = session.client("s3", config=_boto_config())
-    # Presigned URLs: SigV4 on the regional endpoint (the legacy signer and the global endpoint
-    # give URLs that fail for new buckets or expire oddly).
-    presign_s3 = session.client(
-        "s3",
-        config=Config(signature_version="s3v4", s3={"us_east_1_regional_endpoint": "regional"}),
-    )
-    table = session.resource("dynamodb", config=_boto_config()).Table(settings.jobs_table)
-    return Services(
-        settings=settings,
-        s3=s3,
-        presign_s3=presign_s3,
-        jobs=JobStore(table, retention_days=settings.retention_days),
-        secrets=SecretReader(
-            api_key_secret=settings.runflow_api_key_secret,
-            signing_secret=settings.callback_secret_name,
-            max_age=settings.secrets_max_age_seconds,
-        ),
-        http=httpx.Client(timeout=httpx.Timeout(settings.runflow_timeout_seconds, connect=5.0)),
-    )
+def override_services(**replacements: Any) -> None:
+    """Use these in every ``Services`` built from now on (same names as the constructor's)."""
+    _overrides.update(replacements)
+    get_services.cache_clear()
 
 
 @functools.cache
-def get_services() -> Services:
-    return build_services(get_settings())
+def get_services(needs: tuple[str, ...] = ()) -> Services:
+    """This execution environment's services; ``needs`` names the settings the function requires,
+    checked once, so a deployment that lacks one fails its first invocation, naming it."""
+    return Services(get_settings().require(*needs), **_overrides)
 
 
 def reset_services() -> None:
+    _overrides.clear()
     get_services.cache_clear()

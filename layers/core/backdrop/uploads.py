@@ -1,13 +1,18 @@
-"""Uploaded photos: which objects are ours to process, what they are, and where results go."""
+"""Uploaded photos: which objects are ours to process, what they are, and which version is current."""
 
 from __future__ import annotations
 
 import hashlib
-import posixpath
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
+
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 # Bytes read from the start of an object to decide its type; enough for every signature below.
 SNIFF_BYTES = 32
@@ -32,14 +37,28 @@ class UploadRef:
     def object_params(self) -> dict[str, Any]:
         """S3 parameters naming exactly this object version (``"null"`` is an unversioned bucket)."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
-        if self.version_id and self.version_id != "null":
+        if self.versioned:
             params["VersionId"] = self.version_id
         return params
 
     @property
+    def versioned(self) -> bool:
+        return bool(self.version_id) and self.version_id != "null"
+
+    @property
+    def version(self) -> str:
+        """The version id, or the ETag on an unversioned bucket: what a result records as its source."""
+        return self.version_tag[2:] if self.version_tag != "-" else ""
+
+    def same_version(self, other: UploadRef) -> bool:
+        if self.versioned or other.versioned:
+            return self.version_id == other.version_id
+        return (self.etag or "").strip('"') == (other.etag or "").strip('"')
+
+    @property
     def version_tag(self) -> str:
         """What distinguishes this upload from another at the same key."""
-        if self.version_id and self.version_id != "null":
+        if self.versioned:
             return f"v:{self.version_id}"
         if self.etag:
             return f"e:{self.etag.strip('"')}"
@@ -76,44 +95,68 @@ def job_id_for(upload: UploadRef, colour_tag: str) -> str:
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
 
 
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-
-
-def extension_for(content_type: str | None, url_path: str) -> str:
-    """File extension of an output: from its content type, else from its URL path."""
-    if content_type:
-        ext = _EXTENSIONS.get(content_type.split(";")[0].strip().lower())
-        if ext:
-            return ext
-    ext = posixpath.splitext(url_path)[1].lower()
-    if ext in (".png", ".jpg", ".jpeg", ".webp"):
-        return ".jpg" if ext == ".jpeg" else ext
-    return ".png"
-
-
-MAX_KEY_BYTES = 1024  # S3's limit on an object key
-
-
-def result_key(
-    source_key: str, upload_prefix: str, results_prefix: str, extension: str, index: int, job_id: str
-) -> str:
-    """Mirror the source key under the results prefix with the output's extension.
-
-    ``uploads/shoes/red.jpg`` → ``results/shoes/red.png``; extra outputs of one run get ``-2``, ``-3``.
-    A key that would exceed S3's 1024-byte limit is placed under ``_long-keys/<job_id>`` instead
-    (the job record keeps the source key, so nothing is ambiguous).
-    """
-    relative = source_key[len(upload_prefix) :] if source_key.startswith(upload_prefix) else source_key
-    stem, _ = posixpath.splitext(relative)
-    if not stem or stem.endswith("/"):
-        stem = relative
-    suffix = "" if index == 0 else f"-{index + 1}"
-    key = f"{results_prefix}{stem}{suffix}{extension}"
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        key = f"{results_prefix}_long-keys/{job_id}{suffix}{extension}"
-    return key
-
-
 def decode_event_key(raw: str) -> str:
     """Keys in S3 notifications are URL-encoded with ``+`` for space (``quote`` or ``quote_plus``)."""
     return unquote_plus(raw)
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """An object version as S3 describes it: identity, user metadata and (if read) its first bytes."""
+
+    upload: UploadRef
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    head: bytes | None = None
+
+
+_MISSING = ("404", "NoSuchKey", "NoSuchVersion")
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _MISSING
+
+
+def read_source(
+    s3: S3Client, bucket: str, key: str, *, version_id: str | None = None, sniff: bool = True
+) -> SourceObject | None:
+    """The object (the current version, or the one named), None if it does not exist (deleted, or
+    only a delete marker is left). With ``sniff``, one ranged GET returns its identity, metadata and
+    first bytes together; an empty object cannot be ranged, so it costs a HEAD instead."""
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id and version_id != "null":
+        params["VersionId"] = version_id
+    answer: Mapping[str, Any]
+    head: bytes | None = None
+    try:
+        if sniff:
+            try:
+                got = s3.get_object(**params, Range=f"bytes=0-{SNIFF_BYTES - 1}")
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                answer = s3.head_object(**params)
+                head = b""
+            else:
+                head = got["Body"].read(SNIFF_BYTES)
+                got["Body"].close()
+                answer = got
+        else:
+            answer = s3.head_object(**params)
+    except ClientError as exc:
+        if _missing(exc):
+            return None
+        raise
+    size = _total_size(answer)
+    return SourceObject(
+        upload=UploadRef(bucket, key, answer.get("VersionId"), answer.get("ETag"), size),
+        metadata={k.lower(): v for k, v in answer.get("Metadata", {}).items()},
+        head=head,
+    )
+
+
+def _total_size(answer: Mapping[str, Any]) -> int:
+    """Whole object size: from ``Content-Range: bytes 0-31/12345`` when the GET was ranged."""
+    content_range = str(answer.get("ContentRange") or "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    return int(answer.get("ContentLength", 0))

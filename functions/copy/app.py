@@ -1,0 +1,64 @@
+"""CopyFunction: finishes jobs whose runs reported their outcome, streaming outputs into the results
+bucket, fed by the copy queue (partial batch failures; a failed copy returns to the queue)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from backdrop.copying import handle_copy_request
+from backdrop.observability import logger, metrics, tracer
+from backdrop.outcomes import RetryLater
+from backdrop.queues import CopyRequest
+from backdrop.services import Services, get_services
+from backdrop.visibility import retry_after
+
+NEEDS = (
+    "jobs_table",
+    "ledger_table",
+    "uploads_bucket",
+    "results_bucket",
+    "runflow_api_key_secret",
+    "copy_queue_url",
+)
+# Stop a copy this long before the function's own timeout, so it can give its lease back.
+SAFETY_MARGIN_SECONDS = 10.0
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def services() -> Services:
+    return get_services(NEEDS)
+
+
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    try:
+        request = CopyRequest.parse(record.body)
+    except ValueError as exc:
+        logger.error("Not a copy request; dropped", extra={"reason": str(exc)})
+        return
+    deadline = (
+        time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000.0 - SAFETY_MARGIN_SECONDS
+    )
+    with logger.append_context_keys(job_id=request.job_id, run_id=request.run_id):
+        tracer.put_annotation("job_id", request.job_id)
+        try:
+            result = handle_copy_request(request, services(), deadline=deadline)
+        except RetryLater as exc:
+            retry_after(services(), services().settings.copy_queue_url, record, exc)
+            raise
+        logger.info("Copy request handled", extra={"outcome": result.outcome.value, "detail": result.detail})
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    services()  # a missing setting fails here, before any record is touched
+    return process_partial_response(  # type: ignore[return-value]
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -1,0 +1,257 @@
+"""The copy worker: finishing a job whose run reported its outcome, and writing its result.
+
+The newest version of an object always wins. Results of one object are written only under its
+result lease (``ledger``), and under the lease the copier checks, in this order, that:
+1. its source version is still the object's current version (else the job ends ``superseded``,
+   naming the job of the newer version; a deleted object supersedes every version);
+2. no job of the same version that was created later (another colour, a newer attempt) already
+   published there (else ``superseded`` by that job).
+Only then does it stream the outputs in, each write also fenced by an S3 precondition on the
+result object it saw. A version that loses the race therefore never overwrites the winner, and
+is never billed again: superseding a job creates no run.
+
+Output URLs that no longer work (expired: 403, or gone: 404/410) are replaced by reading the run
+again, once per attempt. Anything else that may pass raises ``RetryLater``; the message returns to
+the queue and the reconciler remains the safety net.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from botocore.exceptions import ClientError
+
+from backdrop.completion import apply_run_report, belongs_to
+from backdrop.jobs import Job, Status, outputs_to_item
+from backdrop.ledger import Lease, Published
+from backdrop.observability import count, count_bytes, logger
+from backdrop.outcomes import Outcome, Result, RetryLater
+from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused
+from backdrop.queues import CopyRequest
+from backdrop.results import output_key, result_metadata
+from backdrop.runs import RunflowError, RunflowRejected, RunResult
+from backdrop.services import Services
+from backdrop.submission import supersede
+from backdrop.uploads import read_source
+
+# A live copier renews its lease well before it runs out; a dead one's lease frees the object soon.
+LEASE_SECONDS = 60.0
+RENEW_AFTER_SECONDS = LEASE_SECONDS / 3
+STALE_URL_STATUSES = frozenset({403, 404, 410})
+
+
+def handle_copy_request(request: CopyRequest, services: Services, *, deadline: float) -> Result:
+    job = services.jobs.get(request.job_id)
+    if job is None:
+        return Result(Outcome.UNKNOWN_JOB, request.job_id, request.run_id)
+    if job.status.is_terminal:
+        return Result(Outcome.ALREADY_DONE, job.job_id, request.run_id, f"job is {job.status.value}")
+    if job.run_id and job.run_id != request.run_id:
+        return Result(Outcome.RUN_MISMATCH, job.job_id, request.run_id, f"job belongs to run {job.run_id}")
+    if job.status is Status.COPYING and job.output_urls:
+        return publish(job, services, deadline=deadline)
+    # The run's report was incomplete (no outputs, no reason): read the run itself, once.
+    run = _read_run(services, request.run_id)
+    if run is None:
+        return _run_gone(services, job, request.run_id)
+    result = apply_run_report(job, run, services, authoritative=True)
+    if result.outcome is Outcome.COPY_QUEUED:
+        moved = services.jobs.get(job.job_id)
+        if moved is not None and moved.status is Status.COPYING:
+            return publish(moved, services, deadline=deadline)
+    return result
+
+
+def _read_run(services: Services, run_id: str) -> RunResult | None:
+    try:
+        return services.runflow().get_run(run_id)
+    except RunflowRejected as exc:
+        if exc.http_status == 404:
+            return None
+        raise RetryLater(f"reading run {run_id} failed: {exc}") from exc
+    except RunflowError as exc:
+        raise RetryLater(f"reading run {run_id} failed: {exc}") from exc
+
+
+def _run_gone(services: Services, job: Job, run_id: str) -> Result:
+    move = services.jobs.try_transition(
+        job.job_id,
+        Status.FAILED,
+        changes={"error_code": "RUN_NOT_FOUND", "error_message": f"Runflow does not know run {run_id}"},
+    )
+    if not move.moved:
+        return Result(Outcome.ALREADY_DONE, job.job_id, run_id)
+    count("JobsFailed")
+    return Result(Outcome.FAILED, job.job_id, run_id, "RUN_NOT_FOUND")
+
+
+class _LeaseKeeper:
+    """Renews the result lease while a copy streams; raises once it is lost."""
+
+    def __init__(self, services: Services, lease: Lease) -> None:
+        self._services = services
+        self.lease = lease
+        self._renewed = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._renewed < RENEW_AFTER_SECONDS:
+            return
+        if not self._services.ledger.renew(self.lease, LEASE_SECONDS):
+            raise OutputCopyFailed("the result lease was lost (another copier took over): not writing")
+        self._renewed = time.monotonic()
+
+
+def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = False) -> Result:
+    """Write the job's outputs to its result keys, if its version still wins, and finish the job."""
+    lease = services.ledger.acquire(job.source_bucket, job.source_key, job.job_id, LEASE_SECONDS)
+    if lease is None:
+        raise RetryLater("another copy of this object's result is in progress", after_seconds=10)
+    released = False
+    try:
+        current = read_source(services.s3, job.source_bucket, job.source_key, sniff=False)
+        if current is None or not current.upload.same_version(job.upload()):
+            return supersede(services, job, current)
+        published = lease.published
+        if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id):
+            # An earlier try of this very copy got as far as publishing: just finish the job.
+            return _succeed(services, job, list(published.result_keys), 0)
+        if (
+            published is not None
+            and published.version == job.upload().version
+            and published.job_created_at > job.created_at
+        ):
+            return _superseded_by_later_job(services, job, published)
+        keys, copied = _copy_all(job, services, lease, deadline)
+        stale = [k for k in (published.result_keys if published else ()) if k not in keys]
+        _delete_stale(services, stale)
+        released = services.ledger.release(
+            lease, Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
+        )
+        if not released:
+            logger.error("Result lease lost after publishing", extra={"result_keys": keys})
+        return _succeed(services, job, keys, copied)
+    except OutputRefused as exc:
+        logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
+        move = services.jobs.try_transition(
+            job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
+        )
+        if move.moved:
+            count("JobsFailed")
+        return Result(
+            Outcome.FAILED if move.moved else Outcome.ALREADY_DONE, job.job_id, job.run_id, str(exc)
+        )
+    except OutputCopyFailed as exc:
+        if exc.http_status in STALE_URL_STATUSES and not refreshed and job.run_id:
+            fresh = _fresh_outputs(services, job)
+            if fresh is not None:
+                services.ledger.release(lease)
+                released = True
+                return publish(fresh, services, deadline=deadline, refreshed=True)
+        logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
+        services.jobs.record_error(job.job_id, Status.COPYING, "COPY_FAILED", str(exc))
+        count("CopyFailures")
+        raise RetryLater(str(exc), after_seconds=5) from exc
+    finally:
+        if not released:
+            services.ledger.release(lease)
+
+
+def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int]:
+    settings = services.settings
+    keeper = _LeaseKeeper(services, lease)
+    metadata = result_metadata(
+        job_id=job.job_id,
+        run_id=job.run_id or "",
+        source_bucket=job.source_bucket,
+        source_key=job.source_key,
+        source_version=job.upload().version,
+        colour=job.color,
+    )
+    keys: list[str] = []
+    copied = 0
+    for index, output in enumerate(job.output_urls):
+        key = output_key(
+            output,
+            index,
+            source_key=job.source_key,
+            upload_prefix=settings.upload_prefix,
+            results_prefix=settings.results_prefix,
+            job_id=job.job_id,
+        )
+        stored = services.copy(
+            output.url,
+            s3=services.s3,
+            destination=Destination(settings.results_bucket, key, metadata, _etag_of(services, key)),
+            policy=services.output_policy,
+            http=services.http,
+            deadline=deadline,
+            resolve=services.resolve,
+            keep_lease=keeper,
+        )
+        keys.append(stored.key)
+        copied += stored.size
+    return keys, copied
+
+
+def _etag_of(services: Services, key: str) -> str | None:
+    try:
+        return str(services.s3.head_object(Bucket=services.settings.results_bucket, Key=key)["ETag"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise OutputCopyFailed(f"reading the current result {key} failed: {exc}") from exc
+
+
+def _delete_stale(services: Services, keys: list[str]) -> None:
+    """Results an older version had and this one does not (fewer outputs) must not linger."""
+    for key in keys:
+        try:
+            services.s3.delete_object(Bucket=services.settings.results_bucket, Key=key)
+        except ClientError as exc:
+            logger.warning("Could not delete a stale result", extra={"key": key, "reason": str(exc)})
+
+
+def _fresh_outputs(services: Services, job: Job) -> Job | None:
+    """The job with output URLs read from the run again (the ones it had expired)."""
+    assert job.run_id is not None
+    run = _read_run(services, job.run_id)
+    if run is None or not run.outputs or not belongs_to(job, run):
+        return None
+    urls = outputs_to_item(run.outputs)
+    if not services.jobs.update_open(job.job_id, Status.COPYING, {"output_urls": urls}):
+        return None
+    count("OutputUrlsRefreshed")
+    return replace(job, output_urls=list(run.outputs))
+
+
+def _superseded_by_later_job(services: Services, job: Job, published: Published) -> Result:
+    message = f"job {published.job_id}, created later for the same version, already wrote the result"
+    move = services.jobs.try_transition(
+        job.job_id,
+        Status.SUPERSEDED,
+        changes={"error_code": "SUPERSEDED", "error_message": message, "superseded_by": published.job_id},
+    )
+    if not move.moved:
+        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id)
+    count("JobsSuperseded")
+    return Result(Outcome.SUPERSEDED, job.job_id, job.run_id, message)
+
+
+def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Result:
+    move = services.jobs.try_transition(
+        job.job_id,
+        Status.SUCCEEDED,
+        changes={
+            "result_bucket": services.settings.results_bucket,
+            "result_keys": keys,
+            "error_code": None,
+            "error_message": None,
+        },
+    )
+    if not move.moved:
+        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on")
+    count("JobsSucceeded")
+    count_bytes("BytesCopied", copied)
+    logger.info("Job succeeded", extra={"result_keys": keys, "bytes": copied})
+    return Result(Outcome.SUCCEEDED, job.job_id, job.run_id, ",".join(keys))

@@ -1,0 +1,153 @@
+"""The ledger table: small records that serialise work across functions with conditional writes.
+
+Result leases (one item per source object, ``result#<bucket>/<key>``): whoever writes a result of
+that object holds the lease while it checks that its version is still the newest and copies. The
+item also remembers which job and source version last published a result there. A copier that
+died leaves a lease that simply expires; a live copier renews it as it goes and stops before its
+final write if it could not, so two copies of one object never publish at the same time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
+
+Clock = Callable[[], float]  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class Published:
+    """The result currently at an object's result keys: who wrote it, from which version."""
+
+    job_id: str
+    run_id: str  # which run's outputs (a retried job publishes a new attempt's run)
+    version: str  # the source version id (or ETag on an unversioned bucket)
+    job_created_at: str
+    result_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Lease:
+    pk: str
+    holder: str
+    token: str
+    published: Published | None
+
+
+def _conditional(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class ResultLedger:
+    def __init__(self, table: Table, *, clock: Clock) -> None:
+        self._table = table
+        self._clock = clock
+
+    @staticmethod
+    def key_for(bucket: str, key: str) -> str:
+        return f"result#{bucket}/{key}"
+
+    def acquire(self, bucket: str, key: str, holder: str, seconds: float) -> Lease | None:
+        """Take the object's result lease for ``seconds``; None while a live holder has it (even
+        another copier of the same job: a crashed copier's lease simply runs out)."""
+        pk = self.key_for(bucket, key)
+        now = self._clock()
+        token = secrets.token_hex(8)
+        try:
+            resp = self._table.update_item(
+                Key={"pk": pk},
+                UpdateExpression="SET holder = :h, lease_token = :t, lease_until = :u",
+                ConditionExpression="attribute_not_exists(holder) OR lease_until < :now",
+                ExpressionAttributeValues={
+                    ":h": holder,
+                    ":t": token,
+                    ":u": _ms(now + seconds),
+                    ":now": _ms(now),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return None
+            raise
+        return Lease(pk, holder, token, _published(resp["Attributes"]))
+
+    def renew(self, lease: Lease, seconds: float) -> bool:
+        """Extend a lease we still hold; False if it was lost (expired and taken by another)."""
+        try:
+            self._table.update_item(
+                Key={"pk": lease.pk},
+                UpdateExpression="SET lease_until = :u",
+                ConditionExpression="holder = :h AND lease_token = :t",
+                ExpressionAttributeValues={
+                    ":h": lease.holder,
+                    ":t": lease.token,
+                    ":u": _ms(self._clock() + seconds),
+                },
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False
+            raise
+        return True
+
+    def release(self, lease: Lease, published: Published | None = None) -> bool:
+        """Give the lease up, recording what was published under it (if anything)."""
+        sets: list[str] = []
+        values: dict[str, Any] = {":h": lease.holder, ":t": lease.token}
+        if published is not None:
+            sets = [
+                "published_job_id = :j",
+                "published_run_id = :r",
+                "published_version = :v",
+                "published_job_created_at = :c",
+                "published_keys = :k",
+            ]
+            values.update(
+                {
+                    ":j": published.job_id,
+                    ":r": published.run_id,
+                    ":v": published.version,
+                    ":c": published.job_created_at,
+                    ":k": list(published.result_keys),
+                }
+            )
+        expression = (
+            "SET " + ", ".join(sets) + " " if sets else ""
+        ) + "REMOVE holder, lease_token, lease_until"
+        try:
+            self._table.update_item(
+                Key={"pk": lease.pk},
+                UpdateExpression=expression,
+                ConditionExpression="holder = :h AND lease_token = :t",
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False
+            raise
+        return True
+
+
+def _published(item: dict[str, Any]) -> Published | None:
+    job_id = item.get("published_job_id")
+    if not job_id:
+        return None
+    return Published(
+        job_id=str(job_id),
+        run_id=str(item.get("published_run_id", "")),
+        version=str(item.get("published_version", "")),
+        job_created_at=str(item.get("published_job_created_at", "")),
+        result_keys=tuple(str(k) for k in item.get("published_keys", [])),
+    )
