@@ -4,6 +4,7 @@ provisioned from template.yaml."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
 from backdrop_local.template import Template
+
+# moto's server logs every request it serves; test reports only need the code's own logs.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
 _stack_numbers = itertools.count()

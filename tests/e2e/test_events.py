@@ -86,6 +86,7 @@ def test_every_event_file_is_covered() -> None:
         "callback-run-failed.json",
         "callback-forged-signature.json",
         "reconcile-schedule.json",
+        "copy-request.json",
     }
     assert {p.name for p in EVENTS.glob("*.json")} == covered
 
@@ -410,8 +411,13 @@ def test_submit_batch_reports_exactly_the_message_that_failed(
 
 
 def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
+    """The upload and its job as the submit left them, waiting for the event's callback."""
     body = json.loads(raw_body(ev))
     job_id = body["metadata"]["job_id"]
+    s3 = client("s3", resources.endpoint_url, "us-east-1")
+    uploaded = s3.put_object(
+        Bucket=resources.uploads_bucket, Key="uploads/samples/coffee.jpg", Body=image_bytes("JPEG")
+    )
     client("dynamodb", resources.endpoint_url, "us-east-1").put_item(
         TableName=resources.jobs_table,
         Item={
@@ -419,18 +425,21 @@ def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
             "status": {"S": "submitted"},
             "source_bucket": {"S": resources.uploads_bucket},
             "source_key": {"S": "uploads/samples/coffee.jpg"},
-            "source_version": {"S": "v:example"},
+            "source_version_id": {"S": uploaded["VersionId"]},
             "color": {"S": "255,255,255"},
             "run_id": {"S": body["run_id"]},
             "created_at": {"S": "2026-11-24T10:01:37.000Z"},
             "updated_at": {"S": "2026-11-24T10:01:37.000Z"},
             "open_shard": {"S": "open"},
-            "attempts": {"N": "0"},
+            "attempt": {"N": "1"},
+            "retryable_errors": {"N": "0"},
         },
     )
     # No result left from an earlier test: what is there afterwards, this invocation wrote.
-    client("s3", resources.endpoint_url, "us-east-1").delete_object(
-        Bucket=resources.results_bucket, Key="results/samples/coffee.png"
+    s3.delete_object(Bucket=resources.results_bucket, Key="results/samples/coffee.png")
+    client("dynamodb", resources.endpoint_url, "us-east-1").delete_item(
+        TableName=resources.ledger_table,
+        Key={"pk": {"S": f"result#{resources.uploads_bucket}/uploads/samples/coffee.jpg"}},
     )
     return str(job_id)
 
@@ -447,7 +456,7 @@ def _assert_output_copied(resources: Resources, job_id: str, outputs: OutputServ
 
 
 @pytest.mark.parametrize("name", ["callback-run-completed.json", "callback-run-completed-base64.json"])
-def test_callback_completed_event_copies_the_output(
+def test_callback_completed_event_is_recorded_then_the_copy_request_copies_the_output(
     functions: dict[str, LocalFunction],
     world: tuple[Template, Resources, LocalRunflow],
     outputs: OutputServer,
@@ -460,7 +469,42 @@ def test_callback_completed_event_copies_the_output(
     result = functions["CallbackFunction"].invoke(ev)
     assert result.ok, result.error_message
     assert result.payload["statusCode"] == 200, result.payload
+    assert json.loads(result.payload["body"]) == {"result": "copy_queued", "job_id": job_id}
+    assert job_item(resources, job_id)["status"] == "copying"
+    assert outputs.paths == []  # the callback answers before anything is fetched
+    queued = _drain(resources.copy_queue_url, resources)
+    assert queued == [json.loads(event("copy-request.json")["Records"][0]["body"])]
+    copied = functions["CopyFunction"].invoke(event("copy-request.json"))
+    assert copied.ok and copied.payload == {"batchItemFailures": []}, copied
     _assert_output_copied(resources, job_id, outputs)
+
+
+def _drain(queue_url: str, resources: Resources) -> list[Any]:
+    sqs = client("sqs", resources.endpoint_url, "us-east-1")
+    bodies = []
+    while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            bodies.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return bodies
+
+
+def test_copy_request_for_a_finished_job_changes_nothing(
+    functions: dict[str, LocalFunction], world: tuple[Template, Resources, LocalRunflow]
+) -> None:
+    _template, resources, _runflow = world
+    job_id = _seed_submitted_job(resources, event("callback-run-completed.json"))
+    client("dynamodb", resources.endpoint_url, "us-east-1").update_item(
+        TableName=resources.jobs_table,
+        Key={"job_id": {"S": job_id}},
+        UpdateExpression="SET #s = :s REMOVE open_shard",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "failed"}},
+    )
+    before = job_item(resources, job_id)
+    result = functions["CopyFunction"].invoke(event("copy-request.json"))
+    assert result.ok and result.payload == {"batchItemFailures": []}
+    assert job_item(resources, job_id) == before
 
 
 def _tampered_body(ev: dict[str, Any]) -> dict[str, Any]:

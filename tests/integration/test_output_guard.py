@@ -6,18 +6,19 @@ to loopback, or by a redirect from the one allowed origin. Each is refused befor
 is made (or at the first hostile hop), recorded on the job with the reason, and nothing lands in
 the results bucket. The control tests run the same callbacks with the guard replaced by one that
 lets everything through, and show the hostile server is then reached: the absence of connections
-in the refusal tests is the guard's doing, not a wrong port. Runs the callback use case against
-moto over HTTP.
+in the refusal tests is the guard's doing, not a wrong port. Runs the callback and copy use cases
+against moto over HTTP.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import hmac
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -25,13 +26,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import backdrop.completion
 import backdrop.outputs
 from backdrop.callbacks import handle_callback
 from backdrop.config import load_settings
+from backdrop.copying import handle_copy_request
 from backdrop.jobs import Job, Status, now_iso
-from backdrop.outputs import OutputPolicy, Resolver, Target, copy_output, system_resolver
-from backdrop.services import Services, build_services
+from backdrop.outcomes import RetryLater
+from backdrop.outputs import OutputPolicy, Resolver, Target, system_resolver
+from backdrop.queues import CopyRequest
+from backdrop.services import Services
 from backdrop_local.aws import Resources
 
 SECRET = "whsec_test_current"  # what the resources fixture stores as the current signing secret
@@ -160,7 +163,7 @@ def hostile() -> Iterator[HostileServer]:
 
 
 @pytest.fixture
-def services(resources: Resources, hostile: HostileServer, monkeypatch: pytest.MonkeyPatch) -> Services:
+def services(resources: Resources, hostile: HostileServer) -> Services:
     env = {
         "AWS_REGION": "us-east-1",
         "BACKDROP_JOBS_TABLE": resources.jobs_table,
@@ -183,31 +186,36 @@ def services(resources: Resources, hostile: HostileServer, monkeypatch: pytest.M
         ),
         "BACKDROP_INSECURE_OUTPUT_ORIGIN": hostile.origin,
         "BACKDROP_MAX_OUTPUT_BYTES": str(1024 * 1024),
-        "BACKDROP_COPY_DEADLINE_SECONDS": "30",
+        "BACKDROP_LEDGER_TABLE": resources.ledger_table,
+        "BACKDROP_COPY_QUEUE_URL": resources.copy_queue_url,
     }
-    # Output copies resolve names through the resolver above (the use case's only DNS seam).
-    monkeypatch.setattr(backdrop.completion, "copy_output", functools.partial(copy_output, resolve=resolver))
-    return build_services(load_settings(env))
+    # Output copies resolve names through the resolver above (the use cases' DNS seam).
+    return Services(load_settings(env), resolve=resolver)
 
 
 def _seed(services: Services, job_id: str) -> None:
+    """A real upload and its job, waiting for its run's callback."""
     now = now_iso()
+    key = f"uploads/{job_id}.jpg"
+    bucket = services.settings.uploads_bucket
+    answer = services.s3.put_object(Bucket=bucket, Key=key, Body=b"\xff\xd8\xff\xe0")
     services.jobs.claim(
         Job(
             job_id=job_id,
             status=Status.RECEIVED,
             source_bucket=services.settings.uploads_bucket,
-            source_key=f"uploads/{job_id}.jpg",
-            source_version="v:1",
+            source_key=key,
+            source_version_id=answer["VersionId"],
             color="255,255,255",
             created_at=now,
             updated_at=now,
         )
     )
-    services.jobs.transition(job_id, Status.SUBMITTED, changes={"run_id": f"run-{job_id}"})
+    services.jobs.try_transition(job_id, Status.SUBMITTED, changes={"run_id": f"run-{job_id}"})
 
 
 def _callback(services: Services, job_id: str, url: str) -> int:
+    """Runflow's signed callback, then the copy worker's turn at the copy it queued."""
     body = json.dumps(
         {
             "event": "run.completed",
@@ -221,7 +229,11 @@ def _callback(services: Services, job_id: str, url: str) -> int:
         }
     ).encode()
     signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return handle_callback(body, signature, services).status_code
+    answer = handle_callback(body, signature, services)
+    assert answer.body.get("result") == "copy_queued", answer
+    with contextlib.suppress(RetryLater):  # a fetch that failed for now (the controls) is retried later
+        handle_copy_request(CopyRequest(job_id, f"run-{job_id}"), services, deadline=time.monotonic() + 30)
+    return answer.status_code
 
 
 def _url(template: str, hostile: HostileServer) -> str:

@@ -1,33 +1,56 @@
-"""Runflow callbacks end to end through handle_callback, with fakes for AWS and the outputs."""
+"""Runflow callbacks through handle_callback: authenticated, recorded at once, copy queued, nothing
+fetched. The jobs table and the copy queue are the real ones on a moto server."""
 
 from __future__ import annotations
 
+import io
 import json
+from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
-from unit_fakes import World, make_job, metric_total
+from PIL import Image
+from world import World, metric_total
 
 from backdrop.callbacks import MAX_BODY_BYTES, handle_callback
-from backdrop.jobs import Status
+from backdrop.jobs import Job, Status
 from backdrop.signatures import sign
+from backdrop.submission import submit_upload
+from backdrop.uploads import UploadRef
 
-OUT = "https://cdn.runflow.io/o/result.webp?X-Amz-Signature=abc"
 CURRENT_SECRET = "whsec_current"  # what FakeSecrets holds
 
 
+def submitted(world: World, key: str = "uploads/shoes/red.jpg") -> tuple[str, str]:
+    """A job as the submit path leaves it: (job id, run id)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(buffer, format="PNG")
+    answer = world.put_upload(key, buffer.getvalue())
+    result = submit_upload(
+        UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None),
+        world.services,
+    )
+    assert result.job_id and result.run_id
+    return result.job_id, result.run_id
+
+
 def envelope(
+    job_id: str | None,
+    run_id: str,
     *,
     status: str = "succeeded",
     event: str = "run.completed",
-    run_id: str = "run-1",
-    job_id: str | None = "job-1",
-    output: Any = None,
+    output: Any = "default",
+    attempt: str | None = "1",
     **extra: Any,
 ) -> bytes:
-    if output is None and status == "succeeded":
-        output = {"outputs": [{"url": OUT}], "seed": None, "timing": None, "nsfw_detected": None}
+    if output == "default":
+        output = (
+            {"outputs": [{"url": "https://cdn.runflow.io/o/result.webp?X-Amz-Signature=abc"}], "seed": None}
+            if status == "succeeded"
+            else None
+        )
+    metadata = {"job_id": job_id, "attempt": attempt} if job_id else None
     body = {
         "event": event,
         "run_id": run_id,
@@ -36,7 +59,7 @@ def envelope(
         "duration_ms": 4200,
         "created_at": "2026-05-06T10:00:00+00:00",
         "completed_at": "2026-05-06T10:01:42.123456+00:00",
-        "metadata": {"job_id": job_id, "source_bucket": "uploads-bucket"} if job_id else None,
+        "metadata": metadata,
         **extra,
     }
     return json.dumps(body).encode()
@@ -48,173 +71,191 @@ def deliver(world: World, body: bytes, secret: str | None = CURRENT_SECRET) -> t
     return answer.status_code, answer.body
 
 
-def status_of(world: World, job_id: str = "job-1") -> Status:
-    job = world.store.get(job_id)
-    assert job is not None
-    return job.status
+def test_succeeded_callback_is_recorded_and_the_copy_queued_without_fetching(world: World) -> None:
+    job_id, run_id = submitted(world)
+    assert deliver(world, envelope(job_id, run_id)) == (200, {"result": "copy_queued", "job_id": job_id})
+    item = world.item(job_id)
+    assert item["status"] == "copying" and item["run_status"] == "succeeded"
+    assert item["output_urls"] == [{"url": "https://cdn.runflow.io/o/result.webp?X-Amz-Signature=abc"}]
+    assert item["runflow_duration_ms"] == 4200
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
+    assert world.outputs.requests == []  # the callback copies nothing itself
 
 
-def test_succeeded_callback(world: World) -> None:
-    world.store.add(make_job())
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    assert deliver(world, envelope()) == (200, {"result": "succeeded", "job_id": "job-1"})
-    job = world.store.get("job-1")
-    assert job is not None
-    assert job.status is Status.SUCCEEDED
-    assert job.result_keys == ["results/shoes/red.webp"]
-    assert ("results-bucket", "results/shoes/red.webp") in world.s3.objects
+def test_partial_success_keeps_every_output(world: World) -> None:
+    job_id, run_id = submitted(world)
+    output = {"outputs": [{"url": "https://a.runflow.io/1.png"}, {"url": "https://a.runflow.io/2.png"}]}
+    body = envelope(job_id, run_id, status="partial_succeeded", event="run.partial_succeeded", output=output)
+    assert deliver(world, body)[1]["result"] == "copy_queued"
+    assert [o["url"] for o in world.item(job_id)["output_urls"]] == [
+        "https://a.runflow.io/1.png",
+        "https://a.runflow.io/2.png",
+    ]
 
 
-def test_failed_callback_records_runflow_code_and_message(world: World) -> None:
-    world.store.add(make_job())
-    body = envelope(
-        status="failed",
-        event="run.failed",
-        output={"code": "INPUT_UNREADABLE", "message": "the image could not be decoded"},
+def test_failed_callback_with_an_error_envelope_ends_the_job_at_once(world: World) -> None:
+    job_id, run_id = submitted(world)
+    output = {"error": {"code": "INPUT_UNREADABLE", "message": "image could not be decoded"}}
+    body = envelope(job_id, run_id, status="failed", event="run.failed", output=output)
+    assert deliver(world, body) == (200, {"result": "failed", "job_id": job_id})
+    item = world.item(job_id)
+    assert item["status"] == "failed" and item["error_code"] == "INPUT_UNREADABLE"
+    assert item["error_message"] == "image could not be decoded" and item["run_status"] == "failed"
+    assert world.copy_requests() == []
+
+
+def test_failed_callback_without_a_reason_is_read_back_by_the_copy_worker(world: World) -> None:
+    job_id, run_id = submitted(world)
+    body = envelope(job_id, run_id, status="failed", event="run.failed", output=None)
+    assert deliver(world, body)[1]["result"] == "copy_queued"
+    item = world.item(job_id)
+    assert item["status"] == "submitted" and item["run_status"] == "failed"
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
+
+
+def test_success_without_outputs_is_read_back_by_the_copy_worker(world: World) -> None:
+    job_id, run_id = submitted(world)
+    body = envelope(job_id, run_id, output={"outputs": [], "seed": None})
+    assert deliver(world, body)[1]["result"] == "copy_queued"
+    assert world.item(job_id)["status"] == "submitted"
+
+
+@pytest.mark.parametrize(("status", "event"), [("canceled", "run.cancelled"), ("cancelled", "run.cancelled")])
+def test_cancelled_either_spelling_ends_canceled(world: World, status: str, event: str) -> None:
+    job_id, run_id = submitted(world)
+    output = {"error": {"code": "CANCELED", "message": "canceled by an administrator"}}
+    assert deliver(world, envelope(job_id, run_id, status=status, event=event, output=output))[1][
+        "result"
+    ] == ("canceled")
+    assert world.item(job_id)["status"] == "canceled"
+
+
+@pytest.mark.parametrize("status", ["timed_out", "expired"])
+def test_terminal_status_backdrop_does_not_know_ends_the_job_saying_so(world: World, status: str) -> None:
+    job_id, run_id = submitted(world)
+    output = {"error": {"code": status.upper(), "message": f"the run {status}"}}
+    assert (
+        deliver(world, envelope(job_id, run_id, status=status, event="run.failed", output=output))[0] == 200
     )
-    assert deliver(world, body) == (200, {"result": "failed", "job_id": "job-1"})
-    job = world.store.get("job-1")
-    assert job is not None
-    assert (job.status, job.error_code, job.error_message) == (
-        Status.FAILED,
-        "INPUT_UNREADABLE",
-        "the image could not be decoded",
+    item = world.item(job_id)
+    assert item["status"] == "failed" and item["run_status"] == status
+    assert item["error_code"] == status.upper()
+
+
+def test_envelope_without_status_uses_the_event(world: World) -> None:
+    job_id, run_id = submitted(world)
+    body = json.loads(envelope(job_id, run_id))
+    del body["status"]
+    assert deliver(world, json.dumps(body).encode())[1]["result"] == "copy_queued"
+
+
+def test_duplicate_callback_for_a_finished_job_changes_nothing(world: World) -> None:
+    job_id, run_id = submitted(world)
+    failed = envelope(job_id, run_id, status="failed", event="run.failed", output={"error": {"code": "X"}})
+    deliver(world, failed)
+    before = world.item(job_id)
+    assert deliver(world, envelope(job_id, run_id)) == (200, {"result": "already_done", "job_id": job_id})
+    assert world.item(job_id) == before and world.copy_requests() == []
+
+
+def test_redelivered_success_refreshes_the_urls_and_queues_the_copy_again(world: World) -> None:
+    job_id, run_id = submitted(world)
+    deliver(world, envelope(job_id, run_id))
+    fresh = {"outputs": [{"url": "https://cdn.runflow.io/o/result.webp?X-Amz-Signature=fresh"}]}
+    assert deliver(world, envelope(job_id, run_id, output=fresh))[1]["result"] == "copy_queued"
+    assert world.item(job_id)["output_urls"] == fresh["outputs"]
+    assert len(world.copy_requests()) == 2
+
+
+def test_a_run_that_is_not_the_jobs_never_writes(world: World) -> None:
+    job_id, _run_id = submitted(world)
+    before = world.item(job_id)
+    assert deliver(world, envelope(job_id, "some-other-run"))[1]["result"] == "run_mismatch"
+    assert world.item(job_id) == before and metric_total("RunsMismatched") == 1
+
+
+def test_late_callback_of_an_earlier_attempt_is_not_this_attempts(world: World) -> None:
+    job_id, run_id = submitted(world)
+    deliver(
+        world, envelope(job_id, run_id, status="failed", event="run.failed", output={"error": {"code": "X"}})
     )
+    retried = world.store.begin_retry(world.job(job_id))
+    assert retried.moved and retried.job and retried.job.attempt == 2
+    assert deliver(world, envelope(job_id, run_id, attempt="1"))[1]["result"] == "run_mismatch"
+    assert world.item(job_id)["status"] == "received"
 
 
-def test_failed_callback_with_failure_fields(world: World) -> None:
-    world.store.add(make_job())
-    body = envelope(
-        status="failed", event="run.failed", failure_code="PROVIDER_ERROR", failure_message="boom"
+def test_callback_overtaking_the_submit_record(world: World) -> None:
+    # The run exists, but the submit has not recorded it yet: the job is still ``received``.
+    world.store.claim(
+        Job(
+            job_id="job-overtaken",
+            status=Status.RECEIVED,
+            source_bucket=world.resources.uploads_bucket,
+            source_key="uploads/overtaken.jpg",
+            color="255,255,255",
+            created_at="2026-06-01T12:00:00.000Z",
+            updated_at="2026-06-01T12:00:00.000Z",
+        )
     )
-    assert deliver(world, body)[0] == 200
-    job = world.store.get("job-1")
-    assert job is not None
-    assert (job.error_code, job.error_message) == ("PROVIDER_ERROR", "boom")
+    assert deliver(world, envelope("job-overtaken", "run-x"))[1]["result"] == "copy_queued"
+    item = world.item("job-overtaken")
+    assert item["status"] == "copying" and item["run_id"] == "run-x"
 
 
-@pytest.mark.parametrize("status", ["cancelled", "canceled"])
-def test_cancelled_spelling_ends_canceled(world: World, status: str) -> None:
-    world.store.add(make_job())
-    assert deliver(world, envelope(status=status, event="run.cancelled")) == (
-        200,
-        {"result": "canceled", "job_id": "job-1"},
-    )
-    assert status_of(world) is Status.CANCELED
+def test_copy_queue_unavailable_answers_503_so_runflow_retries(world: World) -> None:
+    job_id, run_id = submitted(world)
+    missing = world.resources.copy_queue_url + "-missing"
+    world.services.settings = replace(world.services.settings, copy_queue_url=missing)
+    status, body = deliver(world, envelope(job_id, run_id))
+    assert status == 503 and body["result"] == "retry"
+    assert world.item(job_id)["status"] == "copying"  # recorded: the retried callback queues it
+    world.services.settings = replace(world.services.settings, copy_queue_url=world.resources.copy_queue_url)
 
 
-def test_envelope_without_status_uses_event(world: World) -> None:
-    world.store.add(make_job())
-    body = json.dumps({"event": "run.cancelled", "run_id": "run-1", "metadata": {"job_id": "job-1"}}).encode()
-    assert deliver(world, body)[0] == 200
-    assert status_of(world) is Status.CANCELED
+# --- authentication -----------------------------------------------------------------------------
 
 
-def test_duplicate_callback_for_finished_job(world: World) -> None:
-    world.store.add(make_job())
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    assert deliver(world, envelope())[1]["result"] == "succeeded"
-    before = world.store.snapshot()
-    fetched, written = len(world.outputs.requests), len(world.s3.calls)
-
-    assert deliver(world, envelope()) == (200, {"result": "already_done", "job_id": "job-1"})
-    # A late "failed" for the same run cannot undo the success either.
-    assert deliver(world, envelope(status="failed", event="run.failed"))[1]["result"] == "already_done"
-    assert world.store.snapshot() == before
-    assert (len(world.outputs.requests), len(world.s3.calls)) == (fetched, written)
-
-
-def test_run_that_is_not_the_jobs(world: World) -> None:
-    world.store.add(make_job(run_id="run-1"))
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    before = world.store.snapshot()
-    assert deliver(world, envelope(run_id="run-other")) == (
-        200,
-        {"result": "run_mismatch", "job_id": "job-1"},
-    )
-    assert world.store.snapshot() == before
-    assert world.outputs.requests == []
-
-
-def test_transient_copy_failure_answers_503(world: World) -> None:
-    world.store.add(make_job())
-    world.outputs.routes["/o/result.webp"] = httpx.Response(503, text="busy")
-    code, body = deliver(world, envelope())
-    assert code == 503  # Runflow retries on 5xx
-    assert body["result"] == "copy_pending"
-    job = world.store.get("job-1")
-    assert job is not None
-    assert job.status is Status.COPYING
-    assert job.error_code == "COPY_FAILED"
-    assert world.s3.objects == {}
-
-
-def test_refused_output_fails_the_job(world: World) -> None:
-    world.store.add(make_job())
-    body = envelope(output={"outputs": [{"url": "https://evil.example.com/x.png"}]})
-    assert deliver(world, body) == (200, {"result": "failed", "job_id": "job-1"})
-    job = world.store.get("job-1")
-    assert job is not None
-    assert (job.status, job.error_code) == (Status.FAILED, "OUTPUT_HOST_NOT_ALLOWED")
-    assert world.outputs.requests == []
-
-
-@pytest.mark.parametrize(
-    "signature",
-    [None, "", "0" * 64, "not-a-signature", "ZZ" * 32],
-)
+@pytest.mark.parametrize("signature", [None, "", "0" * 64, "not-a-signature", "ZZ" * 32])
 def test_bad_or_missing_signature_is_401_and_nothing_changes(world: World, signature: str | None) -> None:
-    world.store.add(make_job())
-    before = world.store.snapshot()
-    answer = handle_callback(envelope(), signature, world.services)
+    job_id, run_id = submitted(world)
+    before = world.item(job_id)
+    answer = handle_callback(envelope(job_id, run_id), signature, world.services)
     assert answer.status_code == 401
-    assert world.store.snapshot() == before
-    assert world.outputs.requests == []
+    assert world.item(job_id) == before and world.copy_requests() == []
     assert metric_total("CallbacksRejected") == 1
 
 
+def test_malformed_signature_never_costs_a_secret_read(world: World) -> None:
+    for signature in (None, "", "sha256=" + "a" * 64, "A" * 64, "a" * 63):
+        handle_callback(b"{}", signature, world.services)
+    assert world.secrets.reads == 0
+
+
 def test_signature_under_unknown_secret_is_401_after_one_refresh(world: World) -> None:
-    world.store.add(make_job())
-    before = world.store.snapshot()
-    assert deliver(world, envelope(), secret="whsec_attacker")[0] == 401
+    job_id, run_id = submitted(world)
+    assert deliver(world, envelope(job_id, run_id), secret="whsec_attacker")[0] == 401
     assert world.secrets.refreshes == 1
-    assert world.store.snapshot() == before
-
-
-def test_missing_signature_does_not_refresh(world: World) -> None:
-    world.store.add(make_job())
-    assert deliver(world, envelope(), secret=None)[0] == 401
-    assert world.secrets.refreshes == 0
+    assert world.item(job_id)["status"] == "submitted"
 
 
 def test_signature_of_a_different_body_is_refused(world: World) -> None:
-    world.store.add(make_job())
-    signed = envelope(status="failed", event="run.failed")
-    tampered = envelope(status="canceled", event="run.cancelled")
-    answer = handle_callback(tampered, sign(signed, "whsec_current"), world.services)
-    assert answer.status_code == 401
-    assert status_of(world) is Status.SUBMITTED
+    job_id, run_id = submitted(world)
+    signed = envelope(job_id, run_id, status="failed", event="run.failed")
+    tampered = envelope(job_id, run_id, status="canceled", event="run.cancelled")
+    assert handle_callback(tampered, sign(signed, CURRENT_SECRET), world.services).status_code == 401
+    assert world.item(job_id)["status"] == "submitted"
 
 
 def test_rotated_secret_accepted_after_exactly_one_refresh(world: World) -> None:
-    world.store.add(make_job())
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    world.secrets.rotate("whsec_rotated", "whsec_current")  # the cache still holds the old pair
-    assert deliver(world, envelope(), secret="whsec_rotated")[0] == 200
-    assert world.secrets.refreshes == 1
-    assert status_of(world) is Status.SUCCEEDED
-
-
-def test_previous_secret_accepted_without_refresh(world: World) -> None:
-    world.secrets = world.services.secrets = type(world.secrets)("whsec_new", "whsec_current")  # type: ignore[assignment]
-    world.store.add(make_job())
-    assert deliver(world, envelope(status="failed", event="run.failed"), secret="whsec_current")[0] == 200
-    assert world.secrets.refreshes == 0
+    job_id, run_id = submitted(world)
+    world.secrets.rotate("whsec_rotated", CURRENT_SECRET)  # the cache still holds the old pair
+    assert deliver(world, envelope(job_id, run_id), secret="whsec_rotated")[0] == 200
+    assert world.secrets.refreshes == 1 and world.item(job_id)["status"] == "copying"
 
 
 def test_oversized_body_is_413_before_anything(world: World) -> None:
-    body = envelope(padding="x" * MAX_BODY_BYTES)
-    assert len(body) > MAX_BODY_BYTES
+    body = envelope("job", "run", padding="x" * MAX_BODY_BYTES)
     assert deliver(world, body)[0] == 413
     assert world.secrets.reads == 0
 
@@ -225,32 +266,26 @@ def test_malformed_body_is_400(world: World, body: bytes) -> None:
 
 
 def test_missing_run_id_is_400(world: World) -> None:
-    world.store.add(make_job())
+    job_id, _ = submitted(world)
     body = json.dumps(
-        {"event": "run.completed", "status": "succeeded", "metadata": {"job_id": "job-1"}}
+        {"event": "run.completed", "status": "succeeded", "metadata": {"job_id": job_id}}
     ).encode()
     assert deliver(world, body)[0] == 400
-    assert status_of(world) is Status.SUBMITTED
+    assert world.item(job_id)["status"] == "submitted"
 
 
 def test_unknown_job_is_200_so_runflow_stops_retrying(world: World) -> None:
-    assert deliver(world, envelope(job_id="job-nobody", run_id="run-nobody")) == (
-        200,
-        {"result": "unknown_job"},
-    )
+    assert deliver(world, envelope("job-nobody", "run-nobody")) == (200, {"result": "unknown_job"})
     assert metric_total("CallbacksUnmatched") == 1
 
 
 def test_job_found_by_run_id_without_metadata(world: World) -> None:
-    world.store.add(make_job("job-7", run_id="run-7"))
-    assert deliver(world, envelope(job_id=None, run_id="run-7", status="failed", event="run.failed")) == (
-        200,
-        {"result": "failed", "job_id": "job-7"},
-    )
-    assert status_of(world, "job-7") is Status.FAILED
+    job_id, run_id = submitted(world)
+    body = envelope(None, run_id, status="failed", event="run.failed", output={"error": {"code": "X"}})
+    assert deliver(world, body) == (200, {"result": "failed", "job_id": job_id})
 
 
 def test_job_found_by_run_id_when_metadata_names_no_stored_job(world: World) -> None:
-    world.store.add(make_job("job-7", run_id="run-7"))
-    body = envelope(job_id="job-gone", run_id="run-7", status="failed", event="run.failed")
-    assert deliver(world, body)[1] == {"result": "failed", "job_id": "job-7"}
+    job_id, run_id = submitted(world)
+    body = envelope("job-gone", run_id, status="failed", event="run.failed", output={"error": {"code": "X"}})
+    assert deliver(world, body)[1] == {"result": "failed", "job_id": job_id}

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import pytest
-from unit_fakes import BASE_ENV
 
 from backdrop.colours import Colour
-from backdrop.config import ConfigError, get_settings, load_settings, reset_settings
+from backdrop.config import ENV_NAMES, ConfigError, get_settings, load_settings, reset_settings
+from backdrop.services import get_services, reset_services
 
-REQUIRED = [
-    "BACKDROP_JOBS_TABLE",
-    "BACKDROP_IDEMPOTENCY_TABLE",
-    "BACKDROP_UPLOADS_BUCKET",
-    "BACKDROP_RESULTS_BUCKET",
-    "BACKDROP_RUNFLOW_API_KEY_SECRET",
-    "BACKDROP_CALLBACK_SECRET",
-]
+BASE_ENV: dict[str, str] = {
+    "AWS_REGION": "eu-west-1",
+    "BACKDROP_JOBS_TABLE": "backdrop-jobs",
+    "BACKDROP_IDEMPOTENCY_TABLE": "backdrop-idempotency",
+    "BACKDROP_LEDGER_TABLE": "backdrop-ledger",
+    "BACKDROP_UPLOADS_BUCKET": "uploads-bucket",
+    "BACKDROP_RESULTS_BUCKET": "results-bucket",
+    "BACKDROP_COPY_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/backdrop-copies",
+    "BACKDROP_UPLOADS_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/backdrop-uploads",
+    "BACKDROP_RUNFLOW_API_KEY_SECRET": "backdrop/runflow-api-key",
+    "BACKDROP_CALLBACK_SECRET": "backdrop/callback-signing",
+    "BACKDROP_CALLBACK_URL": "https://hooks.example.com/runflow/callback",
+    "BACKDROP_ALLOWED_OUTPUT_HOSTS": "*.runflow.io",
+}
+# Each function names the settings it needs; the submit function's list, as an example.
+SUBMIT_NEEDS = ("jobs_table", "idempotency_table", "uploads_bucket", "runflow_api_key_secret", "callback_url")
+REQUIRED = [ENV_NAMES[name] for name in SUBMIT_NEEDS]
 
 
 def env(**changes: str | None) -> dict[str, str]:
@@ -31,12 +40,32 @@ def env(**changes: str | None) -> dict[str, str]:
 @pytest.mark.parametrize("name", REQUIRED)
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_required_variable_missing(name: str, value: str | None) -> None:
+    settings = load_settings(env(**{name: value}))  # reading is lazy about what a function needs
     with pytest.raises(ConfigError, match=name):
-        load_settings(env(**{name: value}))
+        settings.require(*SUBMIT_NEEDS)
+
+
+def test_every_missing_variable_is_named_at_once() -> None:
+    settings = load_settings(env(BACKDROP_JOBS_TABLE=None, BACKDROP_CALLBACK_URL=None))
+    with pytest.raises(ConfigError) as info:
+        settings.require(*SUBMIT_NEEDS)
+    assert "BACKDROP_JOBS_TABLE" in str(info.value) and "BACKDROP_CALLBACK_URL" in str(info.value)
+
+
+def test_a_function_missing_a_setting_fails_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in env(BACKDROP_CALLBACK_URL=None).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("BACKDROP_CALLBACK_URL", raising=False)
+    reset_settings()
+    reset_services()
+    with pytest.raises(ConfigError, match="BACKDROP_CALLBACK_URL"):
+        get_services(SUBMIT_NEEDS)
+    assert get_services(("jobs_table",)).settings.jobs_table == "backdrop-jobs"
+    reset_services()
 
 
 def test_defaults() -> None:
-    minimal = {name: BASE_ENV[name] for name in REQUIRED} | {
+    minimal = {name: BASE_ENV[name] for name in REQUIRED if name != "BACKDROP_CALLBACK_URL"} | {
         "BACKDROP_ALLOWED_OUTPUT_HOSTS": "cdn.runflow.io"
     }
     s = load_settings(minimal)
@@ -53,7 +82,8 @@ def test_defaults() -> None:
     assert s.allowed_output_hosts == ("cdn.runflow.io",)
     assert s.insecure_output_origin == ""
     assert s.retention_days == 90
-    assert s.copy_deadline_seconds == 8.0
+    assert s.create_settle_seconds == 60.0
+    assert s.copy_queue_url == "" and s.uploads_queue_url == "" and s.ledger_table == ""
     assert s.run_deadline_minutes == 60
     assert s.reconcile_batch_size == 100
     assert s.reconcile_min_age_seconds == 120
@@ -89,8 +119,8 @@ def test_prefixes_normalised(raw: str, prefix: str) -> None:
         ("BACKDROP_RETENTION_DAYS", "0"),
         ("BACKDROP_PRESIGN_EXPIRY_SECONDS", "30"),  # below the 60 s minimum
         ("BACKDROP_RECONCILE_BATCH_SIZE", "-1"),
-        ("BACKDROP_COPY_DEADLINE_SECONDS", "soon"),
-        ("BACKDROP_COPY_DEADLINE_SECONDS", "0.1"),
+        ("BACKDROP_CREATE_SETTLE_SECONDS", "soon"),
+        ("BACKDROP_CREATE_SETTLE_SECONDS", "-1"),
     ],
 )
 def test_bad_numbers_name_the_variable(name: str, raw: str) -> None:
@@ -100,9 +130,9 @@ def test_bad_numbers_name_the_variable(name: str, raw: str) -> None:
 
 
 def test_numbers_read() -> None:
-    s = load_settings(env(BACKDROP_MAX_OUTPUT_BYTES=" 1024 ", BACKDROP_COPY_DEADLINE_SECONDS="2.5"))
+    s = load_settings(env(BACKDROP_MAX_OUTPUT_BYTES=" 1024 ", BACKDROP_CREATE_SETTLE_SECONDS="2.5"))
     assert s.max_output_bytes == 1024
-    assert s.copy_deadline_seconds == 2.5
+    assert s.create_settle_seconds == 2.5
 
 
 def test_bad_default_colour() -> None:
@@ -125,6 +155,7 @@ def test_allowed_hosts_parsed_and_required() -> None:
         ("BACKDROP_RUNFLOW_BASE_URL", "api.runflow.io"),
         ("BACKDROP_RUNFLOW_BASE_URL", "ftp://api.runflow.io"),
         ("BACKDROP_CALLBACK_URL", "/callback"),
+        ("BACKDROP_COPY_QUEUE_URL", "backdrop-copies"),
     ],
 )
 def test_urls_must_be_absolute_http(name: str, raw: str) -> None:
@@ -190,6 +221,6 @@ def test_get_settings_caches_until_reset(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_get_settings_fails_on_first_use_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in BASE_ENV.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("BACKDROP_RESULTS_BUCKET")
-    with pytest.raises(ConfigError, match="BACKDROP_RESULTS_BUCKET"):
+    monkeypatch.setenv("BACKDROP_MAX_INPUT_BYTES", "fifty megabytes")
+    with pytest.raises(ConfigError, match="BACKDROP_MAX_INPUT_BYTES"):
         get_settings()

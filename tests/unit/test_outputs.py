@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import httpx
 import pytest
-from unit_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
+from output_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
 
 import backdrop.outputs as outputs
 from backdrop.outputs import (
     CopiedObject,
+    Destination,
     OutputCopyFailed,
     OutputPolicy,
     OutputRefused,
     Resolver,
+    ResultChanged,
     Target,
     check_url,
     copy_output,
@@ -27,6 +29,12 @@ from backdrop.outputs import (
 POLICY = OutputPolicy(allowed_hosts=("*.runflow.io", "cdn.example.com"), max_bytes=1000)
 PUBLIC = fake_resolver()
 META = {"job-id": "job-1", "run-id": "run-1"}
+
+
+@pytest.fixture
+def output_server() -> OutputServer:
+    """This module's output server is an httpx mock: it tests the copy function alone."""
+    return OutputServer()
 
 
 def refused(url: str, policy: OutputPolicy = POLICY, resolve: Resolver = PUBLIC) -> str:
@@ -232,17 +240,18 @@ def copy(
     policy: OutputPolicy = POLICY,
     resolve: Resolver = PUBLIC,
     deadline: float | None = None,
+    expect_etag: str | None = None,
+    keep_lease: Callable[[], None] = lambda: None,
 ) -> CopiedObject:
     return copy_output(
         url,
         s3=s3,  # type: ignore[arg-type]
-        bucket="results-bucket",
-        key="results/shoes/red.png",
-        metadata=META,
+        destination=Destination("results-bucket", "results/shoes/red.png", META, expect_etag),
         policy=policy,
         http=server.client(),
         deadline=time.monotonic() + 5 if deadline is None else deadline,
         resolve=resolve,
+        keep_lease=keep_lease,
     )
 
 
@@ -267,6 +276,7 @@ def test_small_body_is_one_put(output_server: OutputServer) -> None:
     assert stored == CopiedObject(key="results/shoes/red.png", size=10, content_type="image/png")
     assert s3.ops() == ["put_object"]
     assert s3.objects[("results-bucket", "results/shoes/red.png")] == {
+        "ETag": '"v1"',
         "Body": b"\x89PNG-small",
         "ContentType": "image/png",
         "Metadata": META,
@@ -563,3 +573,86 @@ def test_s3_part_failure_aborts(output_server: OutputServer, small_parts: int) -
     with pytest.raises(OutputCopyFailed, match="InternalError"):
         copy(output_server, s3)
     assert s3.aborted == ["upload-1"]
+
+
+# --- the write fence and the lease ------------------------------------------------------------
+
+
+def test_first_result_is_written_only_if_none_exists(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"new")
+    s3.objects[("results-bucket", "results/shoes/red.png")] = {
+        "ETag": '"other"',
+        "Body": b"written meanwhile",
+    }
+    with pytest.raises(ResultChanged):
+        copy(output_server, s3, expect_etag=None)
+    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"written meanwhile"
+    (put,) = [kwargs for op, kwargs in s3.calls if op == "put_object"]
+    assert put["IfNoneMatch"] == "*"
+
+
+def test_replacing_a_result_requires_the_one_seen(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"new")
+    s3.objects[("results-bucket", "results/shoes/red.png")] = {"ETag": '"seen"', "Body": b"old"}
+    copy(output_server, s3, expect_etag='"seen"')
+    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"new"
+    s3.objects[("results-bucket", "results/shoes/red.png")]["ETag"] = '"changed"'
+    with pytest.raises(ResultChanged):
+        copy(output_server, s3, expect_etag='"seen"')
+
+
+def test_multipart_completion_is_fenced_too(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"0123456789ab")
+    s3.objects[("results-bucket", "results/shoes/red.png")] = {"ETag": '"changed"', "Body": b"newer"}
+    with pytest.raises(ResultChanged):
+        copy(output_server, s3, expect_etag='"seen"')
+    (complete,) = [kwargs for op, kwargs in s3.calls if op == "complete_multipart_upload"]
+    assert complete["IfMatch"] == '"seen"'
+    assert s3.aborted and s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"newer"
+
+
+def test_lease_confirmed_after_every_part_and_before_publishing(
+    output_server: OutputServer, small_parts: int
+) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"0123456789ab")  # three parts of 5, 5 and 2 bytes
+    moments: list[list[str]] = []
+    copy(output_server, s3, keep_lease=lambda: moments.append(s3.ops()))
+    assert [m[-1] for m in moments] == ["upload_part", "upload_part", "upload_part", "upload_part"]
+    assert s3.ops()[-1] == "complete_multipart_upload"
+
+
+def test_lost_lease_publishes_nothing(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"0123456789ab")
+    calls = {"n": 0}
+
+    def keep_lease() -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OutputCopyFailed("the result lease was lost")
+
+    with pytest.raises(OutputCopyFailed, match="lease was lost"):
+        copy(output_server, s3, keep_lease=keep_lease)
+    assert "complete_multipart_upload" not in s3.ops() and s3.aborted
+    assert ("results-bucket", "results/shoes/red.png") not in s3.objects
+
+
+def test_small_result_confirms_the_lease_before_its_one_put(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", b"small")
+
+    def lost() -> None:
+        raise OutputCopyFailed("the result lease was lost")
+
+    with pytest.raises(OutputCopyFailed):
+        copy(output_server, s3, keep_lease=lost)
+    assert s3.ops() == []
+
+
+@pytest.mark.parametrize("bad", ["https://a.runflow.io/ok\n.png", "https://a.runflow.io/" + "x" * 70000])
+def test_urls_httpx_cannot_fetch_are_refused_not_raised(bad: str) -> None:
+    assert refused(bad) == "OUTPUT_URL_INVALID"

@@ -1,352 +1,253 @@
-"""The scheduled reconciler: every open job ends up finished, resubmitted or timed out."""
+"""The reconciler: every open job either moves on or ends saying why, and nothing is billed twice.
+Real jobs table and copy queue on a moto server; Runflow is the stand-in; the clock is the test's."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import random
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
+import io
+import time
+from dataclasses import replace
 
-import httpx
 import pytest
-from unit_fakes import FakeJobStore, World, make_job, metric_total
+from PIL import Image
+from world import World, metric_total
 
-import backdrop.reconciliation as reconciliation
-from backdrop.jobs import Job, Status
+from backdrop.jobs import Status
+from backdrop.outcomes import RetryLater
 from backdrop.reconciliation import reconcile
-from backdrop.runs import OutputRef, RunflowClient, RunflowRejected, RunflowUnavailable, RunResult
+from backdrop.runs import OutputRef, RunflowUnavailable
+from backdrop.submission import submit_upload
+from backdrop.uploads import UploadRef
 
-NOW = datetime(2026, 5, 6, 12, 0, 0, tzinfo=UTC)
-OUT = "https://cdn.runflow.io/o/result.webp?X-Amz-Signature=fresh"
-
-
-def ago(**delta: float) -> str:
-    return (NOW - timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+MIN_AGE = 120  # BACKDROP_RECONCILE_MIN_AGE_SECONDS's default
+DEADLINE = 60 * 60  # BACKDROP_RUN_DEADLINE_MINUTES's default, in seconds
 
 
-def run_pass(world: World, deadline_seconds: float = 30) -> dict[str, object]:
-    return reconcile(
-        world.services, deadline=reconciliation.time.monotonic() + deadline_seconds, now=NOW
-    ).as_dict()
+def upload(world: World, key: str = "uploads/shoes/red.jpg") -> UploadRef:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 40, 40)).save(buffer, format="JPEG")
+    answer = world.put_upload(key, buffer.getvalue())
+    return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 
-def job_in(world: World, job_id: str) -> Job:
-    job = world.store.get(job_id)
-    assert job is not None
-    return job
+def submitted(world: World, key: str = "uploads/shoes/red.jpg") -> tuple[str, str]:
+    result = submit_upload(upload(world, key), world.services)
+    assert result.job_id and result.run_id
+    return result.job_id, result.run_id
 
 
-def test_job_without_run_is_resubmitted_with_same_idempotency_key(world: World) -> None:
-    world.store.add(
-        make_job(status=Status.RECEIVED, run_id=None, color="245,220,200", created_at=ago(minutes=10))
-    )
+def never_created(world: World, key: str = "uploads/shoes/red.jpg") -> str:
+    """A job whose create failed with nothing created (Runflow unavailable all along)."""
+    world.runflow.create_faults = ["unavailable"]
+    with pytest.raises(RetryLater):
+        submit_upload(upload(world, key), world.services)
+    (item,) = world.ddb.scan(TableName=world.resources.jobs_table)["Items"]
+    return str(item["job_id"]["S"])
+
+
+def run_pass(world: World) -> dict[str, object]:
+    return reconcile(world.services, deadline=time.monotonic() + 60).as_dict()
+
+
+def test_young_jobs_are_left_to_their_callbacks(world: World) -> None:
+    submitted(world)
+    world.clock.advance(MIN_AGE - 5)
+    assert run_pass(world) == {"examined": 0}
+    assert world.runflow.reads == []
+
+
+def test_job_without_a_run_is_created_once(world: World) -> None:
+    job_id = never_created(world)
+    world.clock.advance(MIN_AGE + 1)
     assert run_pass(world) == {"examined": 1, "resubmitted_submitted": 1}
-
-    ((request, key),) = world.runflow.created
-    assert key == "job-1"
-    assert request.client_ref == "job-1"
-    assert request.metadata["job_id"] == "job-1"
-    assert (request.red, request.green, request.blue) == (245, 220, 200)
-    assert request.callback_url == "https://hooks.example.com/runflow/callback"
-    presign = next(c for op, c in world.s3.calls if op == "generate_presigned_url")
-    assert presign["Key"] == "uploads/shoes/red.jpg"
-    assert presign["VersionId"] == "3HL4kqtJlcpXroDTDmJ"  # the very version that was uploaded
-    job = job_in(world, "job-1")
-    assert (job.status, job.run_id) == (Status.SUBMITTED, "run-for-job-1")
+    assert world.item(job_id)["status"] == "submitted" and world.runflow.billed == 1
     assert metric_total("JobsRecovered") == 1
 
 
-def use_runflow_over_http(world: World, handler: Callable[[httpx.Request], httpx.Response]) -> None:
-    """The real RunflowClient, answered by ``handler`` instead of the network."""
-    world.services._runflow = RunflowClient(
-        "https://api.runflow.io",
-        "rf_key",
-        http=httpx.Client(transport=httpx.MockTransport(handler)),
-        sleep=lambda _: None,
-        rng=random.Random(1),
-    )
+def test_job_without_a_run_whose_version_was_replaced_is_superseded_not_billed(world: World) -> None:
+    job_id = never_created(world)
+    upload(world)  # a newer version of the same object
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["resubmitted_superseded"] == 1
+    assert world.item(job_id)["status"] == "superseded" and world.runflow.billed == 0
 
 
-def test_resubmission_over_http_carries_the_idempotency_key(world: World) -> None:
-    sent: list[httpx.Request] = []
-
-    def runflow(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(201, json={"id": "run-created-earlier", "status_code": "running"})
-
-    use_runflow_over_http(world, runflow)
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
-    run_pass(world)
-    (request,) = sent
-    assert request.headers["Idempotency-Key"] == "job-1"
-    assert json.loads(request.content)["metadata"]["job_id"] == "job-1"
-    assert job_in(world, "job-1").run_id == "run-created-earlier"
+def test_lost_create_answer_is_adopted_not_created_again(world: World) -> None:
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"]
+    with pytest.raises(RetryLater):
+        submit_upload(upload(world), world.services)
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["resubmitted_submitted"] == 1
+    assert world.runflow.creates == 1 and world.runflow.billed == 1
 
 
-class IdempotentRunflow:
-    """Runflow's Idempotency-Key rules: same key and body replays the run, another body is 409."""
-
-    def __init__(self) -> None:
-        self.runs: list[dict[str, object]] = []
-        self.keys: dict[str, tuple[bytes, dict[str, object]]] = {}
-        self.posts = 0
-
-    def create_earlier(self, key: str, body: bytes) -> None:
-        run = {
-            "id": f"run-{len(self.runs) + 1}",
-            "status_code": "running",
-            "client_ref": key,
-            "created_at": "2026-05-06T11:50:00",
-        }
-        self.runs.append(run)
-        self.keys[key] = (body, run)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET":
-            ref = request.url.params["q"].split("'")[1]
-            return httpx.Response(200, json={"items": [r for r in self.runs if r["client_ref"] == ref]})
-        self.posts += 1
-        key = request.headers["Idempotency-Key"]
-        if key in self.keys:
-            body, run = self.keys[key]
-            if body == request.content:
-                return httpx.Response(201, json=run)
-            return httpx.Response(409, json={"code": "CONFLICT", "message": "Idempotency key reused"})
-        self.create_earlier(key, request.content)
-        return httpx.Response(201, json=self.keys[key][1])
+def test_create_still_settling_is_not_repeated(world: World) -> None:
+    world.services.settings = replace(world.services.settings, create_settle_seconds=600.0)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty", "empty"]
+    with pytest.raises(RetryLater):
+        submit_upload(upload(world), world.services)
+    world.runflow.runs.clear()
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world) == {"examined": 1, "retry_later": 1}
+    assert world.runflow.creates == 1
 
 
-def idempotent_runflow(world: World) -> IdempotentRunflow:
-    runflow = IdempotentRunflow()
-    use_runflow_over_http(world, runflow)
-    return runflow
-
-
-def test_resubmission_adopts_the_run_an_earlier_attempt_created(world: World) -> None:
-    # The first attempt's create reached Runflow but its answer was lost; the retry presigns again,
-    # so its body differs and Runflow answers 409 for the same key.
-    runflow = idempotent_runflow(world)
-    runflow.create_earlier("job-1", b'{"input": {"image_url": "https://old-presigned-url"}}')
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
-
-    assert run_pass(world) == {"examined": 1, "resubmitted_submitted": 1}
-    job = job_in(world, "job-1")
-    assert (job.status, job.run_id) == (Status.SUBMITTED, "run-1")
-    assert len(runflow.runs) == 1  # nothing billed twice
-    assert metric_total("RunsAdopted") == 1
-
-
-def test_conflict_without_a_listed_run_leaves_the_job_open(world: World) -> None:
-    runflow = idempotent_runflow(world)
-    runflow.create_earlier("job-1", b"{}")
-    runflow.runs.clear()  # still being created at Runflow: not listed yet
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(minutes=10)))
-
-    assert run_pass(world) == {"examined": 1, "runflow_unavailable": 1}
-    job = job_in(world, "job-1")
-    assert (job.status, job.run_id, job.error_code) == (Status.RECEIVED, None, "RUNFLOW_CONFLICT")
-
-
-def test_job_without_run_and_bad_colour_is_rejected(world: World) -> None:
-    world.store.add(
-        make_job(status=Status.RECEIVED, run_id=None, color="chartreuse", created_at=ago(minutes=10))
-    )
-    assert run_pass(world)["rejected"] == 1
-    job = job_in(world, "job-1")
-    assert (job.status, job.error_code) == (Status.REJECTED, "INVALID_COLOR")
-    assert world.runflow.created == []
-
-
-def test_stale_index_row_does_not_abort_the_pass(world: World) -> None:
-    # The OpenJobs index is eventually consistent: it may still list a job that has moved on.
-    class StaleStore(FakeJobStore):
-        def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
-            yield make_job(
-                "job-1", status=Status.RECEIVED, run_id=None, color="chartreuse", created_at=ago(minutes=10)
-            )
-            yield from super().open_jobs(created_before=created_before, limit=limit)
-
-    store = StaleStore()
-    world.services.jobs = store  # type: ignore[assignment]
-    store.add(
-        make_job("job-1", status=Status.REJECTED, run_id=None, color="chartreuse", created_at=ago(minutes=10))
-    )
-    store.add(make_job("job-2", run_id="run-2", created_at=ago(minutes=5)))
-    world.runflow.runs["run-2"] = RunResult(run_id="run-2", status="failed", failure_code="X")
-    report = run_pass(world)
-    assert report["already_done"] == 1
-    assert report["completed_failed"] == 1
-    assert store.get("job-2").status is Status.FAILED  # type: ignore[union-attr]
-
-
-def test_overdue_job_without_run_times_out(world: World) -> None:
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
-    assert run_pass(world) == {"examined": 1, "timed_out": 1}
-    job = job_in(world, "job-1")
-    assert (job.status, job.error_code) == (Status.TIMED_OUT, "TIMED_OUT")
-    assert world.runflow.created == []
-    assert metric_total("JobsTimedOut") == 1
-
-
-def test_overdue_job_without_run_adopts_a_run_whose_answer_was_lost(world: World) -> None:
-    world.runflow.by_client_ref["job-1"] = [RunResult(run_id="run-made-anyway", status="running")]
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
-    assert run_pass(world) == {"examined": 1, "adopted_submitted": 1}
-    job = job_in(world, "job-1")
-    assert (job.status, job.run_id) == (Status.SUBMITTED, "run-made-anyway")
-    assert world.runflow.created == []  # found, not created again
-    assert metric_total("JobsTimedOut") == 0 and metric_total("RunsAdopted") == 1
-
-
-def test_overdue_job_without_run_times_out_when_runflow_cannot_be_asked(world: World) -> None:
-    world.runflow.by_client_ref["job-1"] = RunflowUnavailable("Runflow unavailable after retries")
-    world.store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
-    assert run_pass(world) == {"examined": 1, "timed_out": 1}
-    assert job_in(world, "job-1").status is Status.TIMED_OUT
-
-
-def test_overdue_running_job_times_out(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=61)))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="running")
+def test_overdue_job_without_a_run_times_out(world: World) -> None:
+    job_id = never_created(world)
+    world.clock.advance(DEADLINE + 1)
     assert run_pass(world)["timed_out"] == 1
-    job = job_in(world, "job-1")
-    assert job.status is Status.TIMED_OUT
-    assert "run-1" in (job.error_message or "")
-    assert "open_shard" not in world.store.items["job-1"]
+    item = world.item(job_id)
+    assert item["status"] == "timed_out" and item["error_code"] == "TIMED_OUT"
+    # The message says why no run was made: the last error the job saw.
+    assert item["error_message"] == "no run before the run deadline: HTTP 429 RATE_LIMITED (stand-in)"
+    assert metric_total("JobsTimedOut") == 1 and world.runflow.billed == 0
 
 
-def test_finished_run_completed_through_same_path(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=10)))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="succeeded", outputs=(OutputRef(OUT),))
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    assert run_pass(world) == {"examined": 1, "completed_succeeded": 1}
-    assert world.runflow.read == ["run-1"]
-    job = job_in(world, "job-1")
-    assert (job.status, job.result_keys) == (Status.SUCCEEDED, ["results/shoes/red.webp"])
-    assert world.s3.objects[("results-bucket", "results/shoes/red.webp")]["Metadata"]["run-id"] == "run-1"
-    assert world.outputs.requests[0].url.query == b"X-Amz-Signature=fresh"
+def test_overdue_job_whose_lost_create_made_a_run_finishes_that_run(world: World) -> None:
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"]
+    with pytest.raises(RetryLater):
+        submit_upload(upload(world), world.services)
+    world.clock.advance(DEADLINE + 1)
+    assert run_pass(world)["adopted_submitted"] == 1
+    assert world.runflow.billed == 1
 
 
-def test_failed_run_completed(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=10)))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="cancelled".replace("ll", "l"))
-    assert run_pass(world)["completed_canceled"] == 1
-    assert job_in(world, "job-1").status is Status.CANCELED
-    assert world.runflow.read == ["run-1"]  # the run object is the whole story: read once
+def test_overdue_job_whose_lookup_is_refused_times_out_saying_so(world: World) -> None:
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["refused", "refused"]
+    submit_upload(upload(world), world.services)
+    world.clock.advance(DEADLINE + 1)
+    assert run_pass(world)["timed_out"] == 1
+    (item,) = world.ddb.scan(TableName=world.resources.jobs_table)["Items"]
+    assert "refused" in item["error_message"]["S"] and world.runflow.creates == 1
 
 
-def test_copy_retried_with_fresh_url(world: World) -> None:
-    world.store.add(make_job(status=Status.COPYING, created_at=ago(minutes=10), error_code="COPY_FAILED"))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="succeeded", outputs=(OutputRef(OUT),))
-    world.outputs.image("/o/result.webp", b"img", "image/webp")
-    assert run_pass(world)["completed_succeeded"] == 1
-    job = job_in(world, "job-1")
-    assert (job.status, job.error_code) == (Status.SUCCEEDED, None)
+def test_lost_callback_of_a_finished_run_queues_the_copy(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(run_id, outputs=(OutputRef("https://cdn.runflow.io/o.png"),))
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world) == {"examined": 1, "completed_copy_queued": 1}
+    assert world.item(job_id)["status"] == "copying"
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
 
 
-def test_copy_still_failing_stays_open_then_times_out(world: World) -> None:
-    world.store.add(make_job("young", status=Status.COPYING, run_id="run-1", created_at=ago(minutes=10)))
-    world.store.add(make_job("old", status=Status.COPYING, run_id="run-2", created_at=ago(hours=3)))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="succeeded", outputs=(OutputRef(OUT),))
-    world.runflow.runs["run-2"] = RunResult(run_id="run-2", status="succeeded", outputs=(OutputRef(OUT),))
-    world.outputs.routes["/o/result.webp"] = httpx.Response(500)
-    report = run_pass(world)
-    assert report["completed_copy_pending"] == 1
-    assert report["timed_out"] == 1
-    assert job_in(world, "young").status is Status.COPYING
-    old = job_in(world, "old")
-    assert old.status is Status.TIMED_OUT
-    assert "could not be copied" in (old.error_message or "")
+def test_lost_callback_of_a_failed_run_records_runflows_reason(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(
+        run_id, status="failed", failure_code="INPUT_FETCH_FAILED", failure_message="HTTP 403"
+    )
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["completed_failed"] == 1
+    item = world.item(job_id)
+    assert item["error_code"] == "INPUT_FETCH_FAILED" and item["error_message"] == "HTTP 403"
 
 
-def test_still_running_is_untouched(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=10)))
-    world.runflow.runs["run-1"] = RunResult(run_id="run-1", status="running")
-    before = world.store.snapshot()
-    assert run_pass(world) == {"examined": 1, "still_running": 1}
-    assert world.store.snapshot() == before
+def test_run_object_without_outputs_or_reason_is_final(world: World) -> None:
+    first, run1 = submitted(world, "uploads/a.jpg")
+    second, run2 = submitted(world, "uploads/b.jpg")
+    world.runflow.finish(run1, outputs=())
+    world.runflow.finish(run2, status="failed")
+    world.clock.advance(MIN_AGE + 1)
+    run_pass(world)
+    assert world.item(first)["error_code"] == "NO_OUTPUT"
+    assert world.item(second)["error_code"] == "RUN_FAILED"
 
 
-def test_young_jobs_are_left_to_their_callback(world: World) -> None:
-    world.store.add(make_job(created_at=ago(seconds=30)))
-    assert run_pass(world) == {"examined": 0}
-    assert world.runflow.read == []
+def test_terminal_status_backdrop_does_not_know_ends_the_job(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(run_id, status="expired")
+    world.clock.advance(MIN_AGE + 1)
+    run_pass(world)
+    item = world.item(job_id)
+    assert (
+        item["status"] == "failed" and item["error_code"] == "RUN_EXPIRED" and item["run_status"] == "expired"
+    )
 
 
-def test_oldest_first_and_batch_size(world: World) -> None:
-    world.services.settings = dataclasses.replace(world.services.settings, reconcile_batch_size=2)
-    for name, minutes in (("c", 5), ("a", 30), ("b", 20)):
-        world.store.add(make_job(name, run_id=f"run-{name}", created_at=ago(minutes=minutes)))
-        world.runflow.runs[f"run-{name}"] = RunResult(run_id=f"run-{name}", status="queued")
-    assert run_pass(world)["examined"] == 2
-    assert world.runflow.read == ["run-a", "run-b"]
+def test_unknown_status_of_a_run_not_finished_is_left_open(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(run_id, status="warming_up", finished=False)
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["still_running"] == 1
+    assert world.item(job_id)["status"] == "submitted"
 
 
-def test_runflow_unavailable_for_one_job_does_not_stop_the_pass(world: World) -> None:
-    world.store.add(make_job("a", run_id="run-a", created_at=ago(minutes=30)))
-    world.store.add(make_job("b", run_id="run-b", created_at=ago(minutes=20)))
-    world.runflow.runs["run-a"] = RunflowUnavailable("HTTP 503")
-    world.runflow.runs["run-b"] = RunResult(run_id="run-b", status="failed")
-    report = run_pass(world)
-    assert report == {"examined": 2, "runflow_unavailable": 1, "completed_failed": 1}
-    assert job_in(world, "a").status is Status.SUBMITTED
-
-
-def test_deadline_honoured(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = [500.0]
-    monkeypatch.setattr(reconciliation, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    for name, minutes in (("a", 30), ("b", 20), ("c", 10)):
-        world.store.add(make_job(name, run_id=f"run-{name}", created_at=ago(minutes=minutes)))
-        world.runflow.runs[f"run-{name}"] = RunResult(run_id=f"run-{name}", status="running")
-
-    real_get_run = world.runflow.get_run
-
-    def slow_get_run(run_id: str) -> RunResult:
-        clock[0] += 25  # each Runflow read takes 25 s of the pass's 30 s
-        return real_get_run(run_id)
-
-    world.runflow.get_run = slow_get_run  # type: ignore[method-assign]
-    report = reconcile(world.services, deadline=530.0, now=NOW).as_dict()
-    assert report == {"examined": 2, "still_running": 2, "deferred_for_time": 1}
-    assert world.runflow.read == ["run-a", "run-b"]
-
-
-def test_deadline_already_passed(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=10)))
-    report = reconcile(world.services, deadline=reconciliation.time.monotonic() - 1, now=NOW).as_dict()
-    assert report == {"examined": 0, "deferred_for_time": 1}
-    assert world.runflow.read == []
+def test_running_job_is_left_alone_until_overdue(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(run_id, status="running", finished=False)
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["still_running"] == 1
+    world.clock.advance(DEADLINE)
+    assert run_pass(world)["timed_out"] == 1
+    assert "still running" in str(world.item(job_id)["error_message"])
 
 
 def test_run_unknown_to_runflow_fails_the_job(world: World) -> None:
-    world.store.add(make_job(run_id="run-lost", created_at=ago(minutes=10)))  # no such run at Runflow
-    assert run_pass(world) == {"examined": 1, "failed_run_not_found": 1}
-    job = job_in(world, "job-1")
-    assert (job.status, job.error_code) == (Status.FAILED, "RUN_NOT_FOUND")
-    assert metric_total("JobsFailed") == 1
+    job_id, _ = submitted(world)
+    world.runflow.runs.clear()
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["failed_run_not_found"] == 1
+    assert world.item(job_id)["error_code"] == "RUN_NOT_FOUND"
 
 
-def test_other_refusals_leave_the_job_open(world: World) -> None:
-    world.store.add(make_job(created_at=ago(minutes=10)))
-    world.runflow.runs["run-1"] = RunflowRejected(401, "UNAUTHORIZED", "bad key")
-    before = world.store.snapshot()
-    assert run_pass(world) == {"examined": 1, "runflow_unavailable": 1}
-    assert world.store.snapshot() == before
+def test_copy_that_went_quiet_is_queued_again(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    world.clock.advance(MIN_AGE - 10)
+    world.store.update_open(job_id, Status.COPYING, {"run_status": "succeeded"})  # touched recently
+    world.clock.advance(20)
+    assert run_pass(world)["copy_in_progress"] == 1 and world.copy_requests() == []
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["copy_requeued"] == 1
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
 
 
-def test_time_out_of_a_job_that_just_finished(world: World) -> None:
-    class FinishingStore(FakeJobStore):
-        def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
-            for job in list(super().open_jobs(created_before=created_before, limit=limit)):
-                # the callback lands between the index read and the reconciler's write
-                self.transition(job.job_id, Status.FAILED, changes={"error_code": "RUN_FAILED"})
-                yield job
+def test_copy_failing_past_the_deadline_times_out(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    world.store.record_error(job_id, Status.COPYING, "COPY_FAILED", "output URL answered HTTP 500")
+    world.clock.advance(DEADLINE + 1)
+    assert run_pass(world)["timed_out"] == 1
+    assert "HTTP 500" in str(world.item(job_id)["error_message"])
 
-    store = FinishingStore()
-    world.services.jobs = store  # type: ignore[assignment]
-    store.add(make_job(status=Status.RECEIVED, run_id=None, created_at=ago(hours=2)))
-    assert run_pass(world) == {"examined": 1, "already_done": 1}
-    assert store.get("job-1").status is Status.FAILED  # type: ignore[union-attr]
-    assert metric_total("JobsTimedOut") == 0
+
+def test_held_jobs_are_left_to_the_budget(world: World) -> None:
+    job_id = never_created(world)
+    world.store.try_transition(job_id, Status.HELD, changes={"error_code": "BUDGET_EXHAUSTED"})
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["held"] == 1 and world.runflow.creates == 1
+
+
+def test_oldest_first_and_bounded_by_the_batch_size(world: World) -> None:
+    ids = []
+    for name in ("a", "b", "c"):
+        _job_id, run_id = submitted(world, f"uploads/{name}.jpg")
+        world.runflow.finish(run_id, status="running", finished=False)
+        ids.append(run_id)
+        world.clock.advance(1)
+    world.services.settings = replace(world.services.settings, reconcile_batch_size=2)
+    world.clock.advance(MIN_AGE)
+    assert run_pass(world) == {"examined": 2, "still_running": 2}
+    assert world.runflow.reads == ids[:2]
+
+
+def test_runflow_unavailable_for_one_job_does_not_stop_the_pass(world: World) -> None:
+    submitted(world, "uploads/a.jpg")
+    _, run_b = submitted(world, "uploads/b.jpg")
+    world.runflow.finish(run_b, status="running", finished=False)
+    world.runflow.get_faults = [RunflowUnavailable("HTTP 503")]
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world) == {"examined": 2, "retry_later": 1, "still_running": 1}
+
+
+def test_deadline_stops_the_pass_between_jobs(world: World) -> None:
+    submitted(world, "uploads/a.jpg")
+    world.clock.advance(MIN_AGE + 1)
+    report = reconcile(world.services, deadline=time.monotonic() - 1).as_dict()
+    assert report == {"examined": 0, "deferred_for_time": 1}

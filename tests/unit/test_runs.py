@@ -1,4 +1,4 @@
-"""The Runflow client over a mock transport, and reading run objects and callback envelopes."""
+"""The Runflow client alone (over an httpx mock transport), and reading run objects and callback envelopes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from backdrop.runs import (
     RetryPolicy,
     RunflowClient,
     RunflowConflict,
+    RunflowOutcomeUnknown,
     RunflowRejected,
     RunflowUnavailable,
+    RunKind,
     RunRequest,
     run_result_from_callback,
     run_result_from_run,
@@ -25,7 +27,15 @@ from backdrop.runs import (
 BASE = "https://api.runflow.io"
 RUN_ID = "0196a1b2-3c4d-7e5f-8a9b-0c1d2e3f4a5b"
 QUEUED = {"id": RUN_ID, "status_code": "queued", "output": None, "metadata": {"job_id": "job-1"}}
-SEED = 7
+NOW = 1_795_000_000.0  # the client's wall clock in these tests
+
+
+class MidpointJitter(random.Random):
+    """Jitter fixed at the middle of its range, so backoff schedules are exact numbers."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
 
 REQUEST = RunRequest(
     image_url="https://uploads-bucket.s3.amazonaws.com/uploads/red.jpg?X-Amz-Signature=abc",
@@ -66,8 +76,9 @@ def client(
             http=httpx.Client(transport=httpx.MockTransport(script)),
             retry=retry,
             sleep=delays.append,
-            rng=random.Random(SEED),
+            rng=MidpointJitter(),
             on_retry=on_retry,
+            wall_clock=lambda: NOW,
         ),
         delays,
     )
@@ -110,9 +121,9 @@ def test_create_run_request() -> None:
     assert delays == []
 
 
-def test_create_run_without_id_is_not_accepted() -> None:
+def test_create_run_without_id_is_an_unknown_outcome() -> None:
     rf, _ = client(Script(httpx.Response(201, json={"status_code": "queued"})))
-    with pytest.raises(RunflowUnavailable, match="no id"):
+    with pytest.raises(RunflowOutcomeUnknown, match="no id"):
         rf.create_run(REQUEST, idempotency_key="job-1")
 
 
@@ -121,62 +132,83 @@ def test_create_run_accepts_run_id_field() -> None:
     assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
 
 
-def test_429_then_201_is_retried_with_same_key() -> None:
+def test_429_then_201_is_retried_with_same_key_and_body() -> None:
     script = Script(error(429, "RATE_LIMITED", "Rate limit exceeded"), httpx.Response(201, json=QUEUED))
     problems: list[str] = []
     rf, delays = client(script, on_retry=problems.append)
     assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
-    assert len(script.requests) == 2
     assert [r.headers["Idempotency-Key"] for r in script.requests] == ["job-1", "job-1"]
     assert script.requests[0].content == script.requests[1].content
-    # Full jitter: uniform(0, base_delay) for the first retry, from the seeded generator.
-    assert delays == [random.Random(SEED).uniform(0, 0.5)]
-    assert len(problems) == 1
-    assert "429" in problems[0]
-    assert "RATE_LIMITED" in problems[0]
+    assert delays == [1.25]  # first wait: 1 s plus jitter (the test's jitter is half its range)
+    assert len(problems) == 1 and "429" in problems[0] and "RATE_LIMITED" in problems[0]
 
 
-def test_5xx_until_the_attempt_limit() -> None:
-    script = Script(*[error(503, "MODEL_UNAVAILABLE", "provider down") for _ in range(5)])
-    rf, delays = client(
-        script, retry=RetryPolicy(max_attempts=5, base_delay=0.5, max_delay=8.0, budget_seconds=60)
-    )
-    with pytest.raises(RunflowUnavailable, match="MODEL_UNAVAILABLE"):
+def test_429_backoff_doubles_with_jitter_up_to_the_attempt_limit() -> None:
+    script = Script(*[error(429, "RATE_LIMITED", "slow down") for _ in range(5)])
+    rf, delays = client(script, retry=RetryPolicy(max_attempts=5, budget_seconds=600))
+    with pytest.raises(RunflowUnavailable, match="RATE_LIMITED"):
         rf.create_run(REQUEST, idempotency_key="job-1")
     assert len(script.requests) == 5
-    assert len(delays) == 4  # no sleep after the last attempt
-    rng = random.Random(SEED)
-    assert delays == [rng.uniform(0, 0.5 * 2**i) for i in range(4)]
-    assert all(d <= 0.5 * 2**i for i, d in enumerate(delays))
+    assert delays == [1.25, 2.5, 5.0, 10.0]  # no sleep after the last attempt
 
 
-def test_backoff_is_capped_at_max_delay() -> None:
-    script = Script(*[httpx.Response(500, text="oops") for _ in range(6)])
-    rf, delays = client(
-        script, retry=RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=2.0, budget_seconds=100)
-    )
-    with pytest.raises(RunflowUnavailable, match="HTTP 500"):
+def test_backoff_is_capped_at_32_seconds() -> None:
+    script = Script(*[httpx.Response(503, text="busy") for _ in range(8)])
+    rf, delays = client(script, retry=RetryPolicy(max_attempts=8, budget_seconds=10_000))
+    with pytest.raises(RunflowUnavailable):
+        rf.get_run(RUN_ID)
+    assert delays == [1.25, 2.5, 5.0, 10.0, 20.0, 32.0, 32.0]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(503, json={"code": "MODEL_UNAVAILABLE", "message": "provider down"}),
+        httpx.Response(502, text="bad gateway"),
+        httpx.Response(504, text="gateway timeout"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.WriteError("broken pipe"),
+        httpx.Response(201, text="<html>proxy</html>"),
+        httpx.Response(201, json={"status_code": "queued"}),
+    ],
+)
+def test_create_whose_outcome_is_unknown_is_never_repeated(failure: httpx.Response | Exception) -> None:
+    script = Script(failure, httpx.Response(201, json=QUEUED))
+    rf, delays = client(script)
+    with pytest.raises(RunflowOutcomeUnknown):
         rf.create_run(REQUEST, idempotency_key="job-1")
-    assert len(delays) == 5
-    assert max(delays) <= 2.0
+    assert len(script.requests) == 1 and delays == []
 
 
-def test_network_error_retried() -> None:
-    script = Script(
-        httpx.ConnectError("connection refused"), httpx.ReadTimeout("slow"), httpx.Response(201, json=QUEUED)
-    )
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ConnectError("connection refused"), httpx.ConnectTimeout("no route"), httpx.PoolTimeout("busy")],
+)
+def test_create_that_never_left_is_retried(failure: Exception) -> None:
+    script = Script(failure, httpx.Response(201, json=QUEUED))
     rf, delays = client(script)
     assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
-    assert len(script.requests) == 3
-    assert len(delays) == 2
+    assert len(script.requests) == 2 and delays == [1.25]
 
 
-def test_network_error_every_time() -> None:
+def test_connection_refused_every_time_is_unavailable_not_unknown() -> None:
     script = Script(*[httpx.ConnectError("connection refused") for _ in range(5)])
     rf, _ = client(script)
     with pytest.raises(RunflowUnavailable, match="ConnectError"):
         rf.create_run(REQUEST, idempotency_key="job-1")
     assert len(script.requests) == 5
+
+
+def test_reads_are_retried_on_5xx_and_network_errors() -> None:
+    script = Script(
+        httpx.Response(503, text="busy"),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(200, json={"id": RUN_ID, "status_code": "running"}),
+    )
+    rf, delays = client(script)
+    assert rf.get_run(RUN_ID).status == "running"
+    assert delays == [1.25, 2.5]
 
 
 @pytest.mark.parametrize(
@@ -187,6 +219,7 @@ def test_network_error_every_time() -> None:
         (403, "PERMISSION_DENIED", "Your account is not authorized to access this resource."),
         (409, "CONFLICT", "Idempotency key reused with a different body"),
         (422, "VALIDATION_ERROR", "image_url: not a reachable URL"),
+        (404, "MODEL_NOT_FOUND", "Model 'runflow/background-color' was not found"),
     ],
 )
 def test_final_4xx_rejected_without_retry(status: int, code: str, message: str) -> None:
@@ -206,32 +239,43 @@ def test_409_on_create_is_an_idempotency_conflict() -> None:
     assert info.value.code == "CONFLICT"
 
 
-def test_find_runs_filters_by_client_ref_oldest_first() -> None:
+def test_find_runs_follows_every_page_and_orders_by_parsed_time() -> None:
+    # String order would put "...12:00:01.5Z" before "...12:00:01+00:00"; time order does not.
     later = {
-        "id": "0196a1b2-ffff-7000-8000-000000000002",
+        "id": "run-later",
         "status_code": "running",
         "client_ref": "job-1",
-        "created_at": "2026-05-06T12:00:02",
+        "created_at": "2026-05-06T12:00:01.5Z",
     }
     first = {
-        "id": RUN_ID,
+        "id": "run-first",
         "status_code": "succeeded",
         "client_ref": "job-1",
-        "created_at": "2026-05-06T12:00:01",
+        "created_at": "2026-05-06T12:00:01+00:00",
     }
     other = {
-        "id": "0196a1b2-ffff-7000-8000-000000000003",
+        "id": "run-other",
         "status_code": "queued",
         "client_ref": "job-2",
-        "created_at": "2026-05-06T12:00:00",
+        "created_at": "2026-05-06T11:00:00Z",
     }
-    script = Script(httpx.Response(200, json={"items": [later, other, first], "next": None}))
+    script = Script(
+        httpx.Response(200, json={"items": [later, other], "first": "c0", "next": "c1", "previous": None}),
+        httpx.Response(200, json={"items": [first], "first": "c0", "next": None, "previous": "c0"}),
+    )
     rf, _ = client(script)
-    runs = rf.find_runs("job-1")
-    assert [r.run_id for r in runs] == [RUN_ID, later["id"]]  # a run of another job is never adopted
-    (request,) = script.requests
-    assert request.url.path == "/v1/runs"
-    assert request.url.params["q"] == "client_ref.EQ:'job-1'"
+    assert [r.run_id for r in rf.find_runs("job-1")] == ["run-first", "run-later"]
+    assert [r.url.params.get("pq") for r in script.requests] == [None, "c1"]
+    assert script.requests[0].url.path == "/v1/runs"
+    assert script.requests[0].url.params["q"] == "client_ref.EQ:'job-1'"
+
+
+def test_find_runs_refused_is_a_rejection_not_a_retry() -> None:
+    script = Script(error(403, "PERMISSION_DENIED", "Your key may not list runs"))
+    rf, delays = client(script)
+    with pytest.raises(RunflowRejected) as info:
+        rf.find_runs("job-1")
+    assert info.value.http_status == 403 and delays == []
 
 
 def test_find_runs_refuses_a_reference_it_cannot_quote() -> None:
@@ -271,20 +315,18 @@ def test_retry_budget_stops_early() -> None:
     rf, delays = client(
         script, retry=RetryPolicy(max_attempts=5, budget_seconds=1.0), on_retry=retried.append
     )
-    with pytest.raises(RunflowUnavailable, match="429"):
+    with pytest.raises(RunflowUnavailable, match="429") as info:
         rf.create_run(REQUEST, idempotency_key="job-1")
-    assert len(script.requests) == 1
-    assert delays == []
-    assert retried == []
+    assert info.value.retry_after == 5.0  # handed back to the queue with Runflow's own hint
+    assert len(script.requests) == 1 and delays == [] and retried == []
 
 
 def test_zero_budget_means_one_attempt() -> None:
-    script = Script(httpx.Response(502, text="bad gateway"), httpx.Response(201, json=QUEUED))
+    script = Script(httpx.Response(502, text="bad gateway"), httpx.Response(200, json=QUEUED))
     rf, delays = client(script, retry=RetryPolicy(budget_seconds=0.0))
     with pytest.raises(RunflowUnavailable):
-        rf.create_run(REQUEST, idempotency_key="job-1")
-    assert len(script.requests) == 1
-    assert delays == []
+        rf.get_run(RUN_ID)
+    assert len(script.requests) == 1 and delays == []
 
 
 def test_retry_after_honoured() -> None:
@@ -294,29 +336,65 @@ def test_retry_after_honoured() -> None:
     assert delays == [3.0]
 
 
-def test_retry_after_capped_at_max_delay() -> None:
-    script = Script(
-        error(429, "RATE_LIMITED", "x", **{"Retry-After": "120"}), httpx.Response(201, json=QUEUED)
-    )
-    rf, delays = client(script, retry=RetryPolicy(max_delay=8.0, budget_seconds=60))
+def test_retry_after_shorter_than_the_backoff_does_not_shorten_it() -> None:
+    script = Script(error(429, "RATE_LIMITED", "x", **{"Retry-After": "0"}), httpx.Response(201, json=QUEUED))
+    rf, delays = client(script, retry=RetryPolicy(budget_seconds=60))
     rf.create_run(REQUEST, idempotency_key="job-1")
-    assert delays == [8.0]
+    assert delays == [1.25]
+
+
+def test_rate_limit_reset_honoured_when_none_remain() -> None:
+    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(NOW + 7)}
+    script = Script(error(429, "RATE_LIMITED", "x", **headers), httpx.Response(201, json=QUEUED))
+    rf, delays = client(script, retry=RetryPolicy(budget_seconds=60))
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert delays == [7.0]
+
+
+def test_rate_limit_headers_with_requests_left_do_not_delay() -> None:
+    headers = {"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": str(NOW + 30)}
+    script = Script(error(429, "RATE_LIMITED", "x", **headers), httpx.Response(201, json=QUEUED))
+    rf, delays = client(script, retry=RetryPolicy(budget_seconds=60))
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert delays == [1.25]
 
 
 def test_retry_after_http_date_falls_back_to_backoff() -> None:
     script = Script(
-        error(503, "MODEL_UNAVAILABLE", "x", **{"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
+        error(429, "RATE_LIMITED", "x", **{"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}),
         httpx.Response(201, json=QUEUED),
     )
     rf, delays = client(script)
     rf.create_run(REQUEST, idempotency_key="job-1")
-    assert delays == [random.Random(SEED).uniform(0, 0.5)]
+    assert delays == [1.25]
 
 
-def test_non_json_success_is_unavailable() -> None:
-    rf, _ = client(Script(httpx.Response(201, text="<html>proxy</html>")))
-    with pytest.raises(RunflowUnavailable, match="non-JSON"):
+def test_validation_errors_are_kept_in_the_message() -> None:
+    body = {
+        "code": "VALIDATION_ERROR",
+        "message": "Request validation failed",
+        "errors": [
+            {
+                "loc": ["body", "input", "image_url"],
+                "msg": "URL scheme should be 'https'",
+                "type": "url_scheme",
+            },
+            {"loc": ["body", "input", "color_red"], "msg": "Input should be less than or equal to 255"},
+        ],
+    }
+    rf, _ = client(Script(httpx.Response(422, json=body)))
+    with pytest.raises(RunflowRejected) as info:
         rf.create_run(REQUEST, idempotency_key="job-1")
+    assert info.value.message == (
+        "Request validation failed (body.input.image_url: URL scheme should be 'https'; "
+        "body.input.color_red: Input should be less than or equal to 255)"
+    )
+
+
+def test_non_json_success_of_a_read_is_retried_then_unavailable() -> None:
+    rf, _ = client(Script(*[httpx.Response(200, text="<html>proxy</html>") for _ in range(5)]))
+    with pytest.raises(RunflowUnavailable, match="non-JSON"):
+        rf.get_run(RUN_ID)
 
 
 # --- get_run --------------------------------------------------------------------------------
@@ -478,7 +556,7 @@ def test_non_terminal_statuses(status: str) -> None:
 
 
 def test_success_with_json_that_is_not_an_object() -> None:
-    rf, _ = client(Script(httpx.Response(200, json=[QUEUED])))
+    rf, _ = client(Script(*[httpx.Response(200, json=[QUEUED]) for _ in range(5)]))
     with pytest.raises(RunflowUnavailable, match="not an object"):
         rf.get_run(RUN_ID)
 
@@ -488,3 +566,38 @@ def test_error_body_that_is_not_an_object() -> None:
     with pytest.raises(RunflowRejected) as info:
         rf.create_run(REQUEST, idempotency_key="job-1")
     assert (info.value.http_status, info.value.code) == (422, "HTTP_422")
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ({"status_code": "succeeded", "completed_at": "2026-05-06T10:00:00Z"}, RunKind.SUCCEEDED),
+        ({"status_code": "partial_succeeded", "completed_at": "x"}, RunKind.SUCCEEDED),
+        ({"status_code": "cancelled", "completed_at": "x"}, RunKind.CANCELED),
+        ({"status_code": "failed"}, RunKind.FAILED),
+        ({"status_code": "expired", "completed_at": "2026-05-06T10:00:00Z"}, RunKind.FAILED),
+        ({"status_code": "timed_out", "completed_at": "2026-05-06T10:00:00Z"}, RunKind.FAILED),
+        ({"status_code": "expired"}, RunKind.OPEN),  # unknown, and not finished by its own account
+        ({"status_code": "dispatching"}, RunKind.OPEN),
+        ({"status_code": "running", "completed_at": None}, RunKind.OPEN),
+    ],
+)
+def test_what_a_run_status_means(body: dict[str, object], kind: RunKind) -> None:
+    assert run_result_from_run({"id": RUN_ID, **body}).kind is kind
+
+
+def test_unknown_status_in_a_callback_is_terminal() -> None:
+    # Runflow calls back only when a run has finished, whatever it calls that state.
+    run = run_result_from_callback({"event": "run.failed", "run_id": RUN_ID, "status": "expired"})
+    assert run.kind is RunKind.FAILED and run.status == "expired"
+
+
+def test_error_envelope_as_a_failed_callbacks_output() -> None:
+    run = run_result_from_callback(
+        {
+            "run_id": RUN_ID,
+            "status": "failed",
+            "output": {"error": {"code": "INPUT_UNREADABLE", "message": "bad"}},
+        }
+    )
+    assert (run.failure_code, run.failure_message) == ("INPUT_UNREADABLE", "bad")

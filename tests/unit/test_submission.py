@@ -1,0 +1,347 @@
+"""submit_upload, branch by branch: what Runflow saw (runs billed) and what the jobs table holds.
+
+The job store, S3 and SQS are the real ones on a moto server; Runflow is a stand-in with its
+documented Idempotency-Key semantics (honoured, or ignored as the single-run route may do)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image
+from world import World, metric_total
+
+from backdrop.jobs import Status
+from backdrop.outcomes import Outcome, RetryLater
+from backdrop.runs import RunResult
+from backdrop.submission import submit_upload
+from backdrop.uploads import UploadRef
+
+
+def jpeg(size: tuple[int, int] = (8, 6)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def upload(
+    world: World, key: str = "uploads/shoes/red.jpg", body: bytes | None = None, **meta: str
+) -> UploadRef:
+    """Put an object and return the notification S3 would send for it."""
+    answer = world.put_upload(key, jpeg() if body is None else body, **meta)
+    return UploadRef(world.resources.uploads_bucket, key, answer.get("VersionId"), answer["ETag"], None)
+
+
+def only_job(world: World) -> dict[str, object]:
+    items = world.ddb.scan(TableName=world.resources.jobs_table)["Items"]
+    assert len(items) == 1, items
+    return world.item(items[0]["job_id"]["S"])
+
+
+def job_count(world: World) -> int:
+    return int(world.ddb.scan(TableName=world.resources.jobs_table, Select="COUNT")["Count"])
+
+
+# --- not a job ----------------------------------------------------------------------------------
+
+
+def test_object_outside_the_upload_prefix_is_ignored(world: World) -> None:
+    result = submit_upload(upload(world, "elsewhere/red.jpg"), world.services)
+    assert result.outcome is Outcome.IGNORED and result.detail == "outside the upload prefix"
+    assert job_count(world) == 0 and world.runflow.creates == 0
+
+
+def test_object_in_another_bucket_is_ignored(world: World) -> None:
+    ref = UploadRef("someone-elses-bucket", "uploads/red.jpg", None, '"x"', 10)
+    assert submit_upload(ref, world.services).outcome is Outcome.IGNORED
+    assert job_count(world) == 0 and world.runflow.creates == 0
+
+
+def test_folder_marker_is_ignored(world: World) -> None:
+    result = submit_upload(upload(world, "uploads/shoes/", b""), world.services)
+    assert result.outcome is Outcome.IGNORED and result.detail == "folder marker"
+    assert job_count(world) == 0
+
+
+def test_object_deleted_before_it_was_read_is_ignored(world: World) -> None:
+    ref = upload(world)
+    world.s3.delete_object(Bucket=ref.bucket, Key=ref.key, VersionId=ref.version_id)
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.IGNORED and result.detail == "object no longer exists"
+    assert job_count(world) == 0 and world.runflow.creates == 0
+
+
+def test_other_s3_errors_are_raised_for_a_retry_and_claim_nothing(world: World) -> None:
+    missing_bucket = "backdrop-no-such-bucket"
+    world.services.settings = replace(world.services.settings, uploads_bucket=missing_bucket)
+    with pytest.raises(ClientError) as raised:
+        submit_upload(UploadRef(missing_bucket, "uploads/red.jpg", None, '"x"', 10), world.services)
+    assert raised.value.response["Error"]["Code"] == "NoSuchBucket"
+    assert job_count(world) == 0 and world.runflow.creates == 0
+
+
+# --- rejected: recorded, never sent to Runflow --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "meta", "code", "in_message"),
+    [
+        ("uploads/empty.jpg", b"", {}, "EMPTY_OBJECT", "0 bytes"),
+        ("uploads/text.png", b"just some text, not an image", {}, "UNSUPPORTED_TYPE", "6a 75 73 74"),
+        ("uploads/odd/../escape.jpg", None, {}, "UNSUPPORTED_KEY", "'..'"),
+        ("uploads/blue.jpg", None, {"background-color": "blue"}, "INVALID_COLOR", "'blue'"),
+        ("uploads/range.jpg", None, {"background-color": "256,0,0"}, "INVALID_COLOR", "outside 0..255"),
+    ],
+)
+def test_bad_uploads_are_rejected_with_a_reason(
+    world: World, key: str, body: bytes | None, meta: dict[str, str], code: str, in_message: str
+) -> None:
+    result = submit_upload(upload(world, key, body, **meta), world.services)
+    assert result.outcome is Outcome.REJECTED
+    job = only_job(world)
+    assert job["status"] == "rejected" and job["error_code"] == code
+    assert in_message in str(job["error_message"])
+    assert "open_shard" not in job and int(job["expires_at"]) > 0  # type: ignore[call-overload]
+    assert world.runflow.creates == 0
+    assert metric_total("JobsRejected") == 1
+
+
+def test_too_large_is_rejected_by_size_alone(world: World) -> None:
+    world.services.settings = replace(world.services.settings, max_input_bytes=100)
+    result = submit_upload(upload(world, body=jpeg((64, 64))), world.services)
+    assert result.outcome is Outcome.REJECTED
+    job = only_job(world)
+    assert job["error_code"] == "TOO_LARGE" and "100-byte limit" in str(job["error_message"])
+    assert world.runflow.creates == 0
+
+
+def test_invalid_colour_is_recorded_as_given(world: World) -> None:
+    submit_upload(upload(world, **{"background-color": "#12345G"}), world.services)
+    job = only_job(world)
+    assert job["color"] == "#12345G" and job["color_source"] == "metadata"
+
+
+# --- submitted ----------------------------------------------------------------------------------
+
+
+def test_upload_becomes_one_run_with_the_recorded_identity(world: World) -> None:
+    ref = upload(world, **{"background-color": "#1E90FF"})
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUBMITTED
+    job = only_job(world)
+    assert job["status"] == "submitted" and job["run_id"] == result.run_id
+    assert job["source_version_id"] == ref.version_id and job["source_etag"] == ref.etag.strip('"')
+    assert job["color"] == "30,144,255" and job["color_source"] == "metadata"
+    assert job["attempt"] == 1 and "create_pending_since" not in job
+    assert world.runflow.billed == 1
+    (run,) = world.runflow.runs.values()
+    assert run.request.client_ref == job["job_id"]
+    assert (run.request.red, run.request.green, run.request.blue) == (30, 144, 255)
+    assert run.request.metadata["job_id"] == job["job_id"]
+    assert run.request.callback_url == "https://hooks.example.com/runflow/callback"
+    assert f"versionId={ref.version_id}" in run.request.image_url
+    assert metric_total("JobsSubmitted") == 1
+
+
+def test_default_colour_when_the_object_names_none(world: World) -> None:
+    submit_upload(upload(world), world.services)
+    job = only_job(world)
+    assert job["color"] == "255,255,255" and job["color_source"] == "default"
+
+
+def test_repeated_notification_never_bills_a_second_run(world: World) -> None:
+    ref = upload(world)
+    first = submit_upload(ref, world.services)
+    again = submit_upload(ref, world.services)
+    assert again.outcome is Outcome.ALREADY_DONE and again.run_id == first.run_id
+    assert world.runflow.creates == 1 and world.runflow.billed == 1
+    assert metric_total("DuplicateEvents") == 1
+
+
+def test_runflow_refusal_fails_the_job_with_its_reason(world: World) -> None:
+    world.runflow.create_faults = ["rejected"]
+    result = submit_upload(upload(world), world.services)
+    assert result.outcome is Outcome.FAILED
+    job = only_job(world)
+    assert job["status"] == "failed" and job["error_code"] == "INSUFFICIENT_CREDIT"
+    assert "create_pending_since" not in job and world.runflow.billed == 0
+
+
+def test_runflow_unavailable_leaves_the_job_open_and_the_next_attempt_creates_at_once(world: World) -> None:
+    ref = upload(world)
+    world.runflow.create_faults = ["unavailable"]
+    with pytest.raises(RetryLater):
+        submit_upload(ref, world.services)
+    job = only_job(world)
+    assert job["status"] == "received" and job["error_code"] == "RUNFLOW_UNAVAILABLE"
+    assert "create_pending_since" not in job  # nothing was created: no need to wait
+    assert world.runflow.billed == 0
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUBMITTED and world.runflow.billed == 1
+
+
+# --- never billed twice, whatever Runflow does with Idempotency-Key -----------------------------
+
+
+@pytest.mark.parametrize("idempotency", ["honour", "ignore"])
+def test_lost_answer_is_adopted_by_looking_the_run_up(world: World, idempotency: str) -> None:
+    world.runflow.idempotency = idempotency
+    world.runflow.create_faults = ["answer_lost"]
+    result = submit_upload(upload(world), world.services)
+    assert result.outcome is Outcome.SUBMITTED
+    (run_id,) = world.runflow.runs
+    assert result.run_id == run_id and only_job(world)["run_id"] == run_id
+    assert world.runflow.creates == 1 and metric_total("RunsAdopted") == 1
+
+
+def test_unlisted_run_is_waited_for_then_created_again_only_after_it_settled(world: World) -> None:
+    ref = upload(world)
+    # The create is sent and its answer lost; this time Runflow made no run at all.
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"]
+    with pytest.raises(RetryLater):
+        submit_upload(ref, world.services)
+    world.runflow.runs.clear()
+    world.runflow.keys.clear()
+    job = only_job(world)
+    assert job["status"] == "received" and job["create_pending_since"]
+    assert job["error_code"] == "RUNFLOW_CREATE_UNKNOWN"
+    world.clock.advance(30)  # inside the settle window: no delivery may create
+    with pytest.raises(RetryLater, match="may still be in flight"):
+        submit_upload(ref, world.services)
+    assert world.runflow.creates == 1
+    world.clock.advance(31)
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUBMITTED
+    assert world.runflow.creates == 2 and world.runflow.billed == 1
+
+
+def test_second_delivery_while_a_create_is_pending_never_creates(world: World) -> None:
+    ref = upload(world)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"] * 4
+    with pytest.raises(RetryLater):
+        submit_upload(ref, world.services)
+    for _ in range(3):
+        with pytest.raises(RetryLater, match="may still be in flight"):
+            submit_upload(ref, world.services)
+    assert world.runflow.creates == 1
+
+
+def test_lookup_unavailable_is_retried_and_then_adopts(world: World) -> None:
+    ref = upload(world)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["unavailable"]
+    with pytest.raises(RetryLater, match="cannot look the run up"):
+        submit_upload(ref, world.services)
+    result = submit_upload(ref, world.services)  # the run is listed now: adopted before any create
+    assert result.outcome is Outcome.SUBMITTED
+    assert world.runflow.creates == 1 and world.runflow.billed == 1
+
+
+def test_conflict_on_a_reused_key_adopts_the_earlier_attempts_run(world: World) -> None:
+    ref = upload(world)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty", "empty"]  # the search index lags behind the create
+    with pytest.raises(RetryLater):
+        submit_upload(ref, world.services)
+    world.clock.advance(61)
+    # The next attempt presigns a fresh URL, so its body differs from the first one's (made
+    # explicit here: presigned URLs only change by the second).
+    ((key, (_body, run_id)),) = world.runflow.keys.items()
+    world.runflow.keys[key] = ("the first attempt's body", run_id)
+    # Runflow answers 409, and the run the first attempt made is found and adopted.
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUBMITTED and result.run_id == run_id
+    assert world.runflow.creates == 2 and world.runflow.billed == 1
+    assert metric_total("CreateOutcomesUnknown") == 2 and metric_total("RunsAdopted") == 1
+
+
+def test_lookup_refused_leaves_the_job_open_and_never_creates_again(world: World) -> None:
+    ref = upload(world)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["refused"] * 3
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.WAITING
+    job = only_job(world)
+    assert job["status"] == "received" and job["error_code"] == "RUN_LOOKUP_REFUSED"
+    for _ in range(2):
+        world.clock.advance(3600)
+        assert submit_upload(ref, world.services).outcome is Outcome.WAITING
+    assert world.runflow.creates == 1
+
+
+def test_two_runs_listed_adopts_the_oldest_and_counts_the_duplicate(world: World) -> None:
+    world.runflow.idempotency = "ignore"
+    ref = upload(world)
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"]
+    with pytest.raises(RetryLater):
+        submit_upload(ref, world.services)
+    (first,) = world.runflow.runs.values()
+    world.clock.advance(5)  # a second create slipped through elsewhere, later
+    world.runflow.create_run(first.request, idempotency_key=first.request.client_ref)
+    world.clock.advance(120)
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUBMITTED and result.run_id == first.run.run_id
+    assert metric_total("DuplicateRuns") == 1 and world.runflow.creates == 2
+
+
+# --- the job moved on meanwhile ------------------------------------------------------------------
+
+
+def test_callback_overtaking_the_submit(world: World) -> None:
+    ref = upload(world)
+    original = world.runflow.create_run
+
+    def create_then_callback(request: object, *, idempotency_key: str) -> RunResult:
+        run = original(request, idempotency_key=idempotency_key)  # type: ignore[arg-type]
+        # The run finished and its callback was recorded before create_run returned to us.
+        world.store.try_transition(
+            idempotency_key, Status.COPYING, changes={"run_id": run.run_id, "run_status": "succeeded"}
+        )
+        return run
+
+    world.runflow.create_run = create_then_callback  # type: ignore[method-assign]
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.ALREADY_DONE and result.run_id
+    job = only_job(world)
+    assert job["status"] == "copying" and job["run_id"] == result.run_id
+    assert world.runflow.billed == 1
+
+
+def test_claim_refused_because_another_delivery_won(world: World) -> None:
+    ref = upload(world)
+    other = submit_upload(ref, world.services)  # another delivery of the same upload, elsewhere
+    assert other.job_id is not None
+    world.store.try_transition(other.job_id, Status.COPYING, changes={"run_id": other.run_id})
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.ALREADY_DONE and result.detail == "job is copying"
+    assert world.runflow.creates == 1
+
+
+# --- the newest version wins, before a cent is spent --------------------------------------------
+
+
+def test_version_overwritten_before_submission_is_superseded_without_a_run(world: World) -> None:
+    old = upload(world, **{"background-color": "#FFFFFF"})
+    new = upload(world, **{"background-color": "#000000"})
+    result = submit_upload(old, world.services)
+    assert result.outcome is Outcome.SUPERSEDED
+    job = only_job(world)
+    assert job["status"] == "superseded" and job["source_version_id"] == old.version_id
+    newer = submit_upload(new, world.services)
+    assert job["superseded_by"] == newer.job_id and newer.outcome is Outcome.SUBMITTED
+    assert world.runflow.billed == 1
+
+
+def test_object_deleted_after_the_version_was_notified(world: World) -> None:
+    ref = upload(world)
+    world.s3.delete_object(Bucket=ref.bucket, Key=ref.key)  # a delete marker: no current version
+    result = submit_upload(ref, world.services)
+    assert result.outcome is Outcome.SUPERSEDED
+    job = only_job(world)
+    assert job["error_code"] == "SOURCE_DELETED" and "superseded_by" not in job
+    assert world.runflow.creates == 0
