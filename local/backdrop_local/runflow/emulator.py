@@ -4,11 +4,16 @@ It wires the HTTP server, the run workers and the callback sender to one in-memo
 offers the controls tests and the local stack need (faults, stats, ``wait_idle``, restarting the
 callback sender). It binds only to loopback and only ever contacts loopback hosts or the origins
 it is told to allow.
+
+``clock`` (keyword, default ``time.time``) is the wall clock of output URL expiry, so a test can
+move time on instead of sleeping.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ class LocalRunflow:
         callback_threads: int = 4,
         callback_timeout_seconds: float = ATTEMPT_TIMEOUT_S,
         output_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not is_loopback_host(host):
             raise ValueError(f"the local Runflow only binds to loopback addresses, not {host!r}")
@@ -58,7 +64,7 @@ class LocalRunflow:
         self.store = Store()
         self._faults = FaultInjector(faults or FaultSettings(), seed)
         self._outputs = OutputDirectory(output_dir)
-        self._signer = OutputSigner(lambda: self.url, output_ttl_seconds)
+        self._signer = OutputSigner(lambda: self.url, output_ttl_seconds, clock=clock)
         self._service = RunflowService(
             self.store,
             self._faults,
