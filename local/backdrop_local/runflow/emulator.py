@@ -5,8 +5,20 @@ offers the controls tests and the local stack need (faults, stats, ``wait_idle``
 callback sender). It binds only to loopback and only ever contacts loopback hosts or the origins
 it is told to allow.
 
-``clock`` (keyword, default ``time.time``) is the wall clock of output URL expiry, so a test can
-move time on instead of sleeping.
+Settings that change behaviour at run time are ``FaultSettings`` (see ``faults``). ``clock``
+(keyword, default ``time.time``) is the wall clock of output URL expiry and ``X-RateLimit-Reset``,
+so a test can move time on instead of sleeping.
+
+``stats()`` (also ``GET /_emulator/stats``) reports counters: ``runs_created``,
+``idempotent_replays``, ``idempotency_keys_ignored`` (POSTs whose key the ``ignore`` setting
+disregarded), ``create_rate_limited``, ``create_server_errors``, ``create_answers_lost``,
+``create_answers_reset``, ``get_rate_limited`` (get and list 429s), ``list_refused`` (list 403s),
+``unauthorized_requests``, the callback counters (``callbacks_sent``,
+``callback_attempts_failed``, ``callbacks_delivered``, ``callback_deliveries_created``,
+``callback_deliveries_failed``, ``callbacks_dropped``, ``callbacks_duplicated``,
+``callback_redeliveries``, ``callback_deliveries_pending``), the output counters
+(``output_fetches``, ``output_fetch_errors``, ``output_url_rejections``), ``callback_secrets``,
+``runs_by_status`` and ``faults_fired`` (per rate).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from backdrop_local.runflow.faults import FaultInjector, FaultSettings
 from backdrop_local.runflow.ids import utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy, format_origin, is_loopback_host
 from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
+from backdrop_local.runflow.ratelimit import RateLimitHeaders
 from backdrop_local.runflow.server import QuietRequestHandler, RunflowApp
 from backdrop_local.runflow.service import RunflowService
 from backdrop_local.runflow.store import Delivery, Store
@@ -73,6 +86,7 @@ class LocalRunflow:
             self._outputs,
             lambda: self.url,
             self._retry_delays,
+            RateLimitHeaders(clock),
         )
         self._due = DueQueue()
         self._sender = self._new_sender()

@@ -1,9 +1,46 @@
-"""Fault injection: settings, their validation, and the seeded dice that decide each fault.
+"""Fault injection and test modes: settings, their validation, and the seeded dice that decide each fault.
 
-Rates are probabilities in 0..1; ``callback_delay_s`` is a number of seconds (0..3600) added before
-the first attempt of every automatic callback delivery. All decisions come from one
-``random.Random``, so with a seed and the same sequence of events the same faults fire. A rate of
-exactly 0 or 1 consumes no random number, so fixed settings never shift the sequence of others.
+Every setting is a field of ``FaultSettings``, a key of ``POST /_emulator/faults`` (a POST replaces
+all settings: keys left out take their defaults, so an empty body clears every fault) and a
+command-line flag of the same name with dashes (``--create-answer-reset 0.1``). Bad values are
+refused listing every problem (422 with Runflow's envelope over HTTP, ``ValueError`` in Python).
+
+Rates: probabilities in 0..1, default 0.
+
+- ``create_429``: ``POST /runs`` answers 429 ``RATE_LIMITED`` before creating anything.
+- ``create_5xx``: ``POST /runs`` answers 503 ``MODEL_UNAVAILABLE`` before creating anything.
+- ``create_answer_lost``: ``POST /runs`` creates (or replays) the run, then answers 504
+  ``GATEWAY_TIMEOUT``.
+- ``create_answer_reset``: ``POST /runs`` creates (or replays) the run, then closes the connection
+  without any HTTP answer (the client sees the server disconnect). Tried after
+  ``create_answer_lost``, so at most one of the two strikes a request.
+- ``get_429``: ``GET /v1/runs/{id}`` and ``GET /v1/runs`` answer 429 ``RATE_LIMITED``.
+- ``list_4xx``: ``GET /v1/runs`` answers 403 ``PERMISSION_DENIED``, as for a key without list
+  permission (tried after ``get_429``).
+- ``callback_drop``: the run's callback is never delivered (no delivery record at all).
+- ``callback_duplicate``: the run's callback is delivered twice (two deliveries, same bytes).
+- ``output_fetch_error``: a GET of an output URL answers 500.
+- ``processing_failure``: the run ends ``failed`` with ``PROCESSING_FAILED``.
+
+Numbers:
+
+- ``callback_delay_s`` (seconds, 0..3600, default 0): added before the first attempt of every
+  automatic callback delivery.
+- ``retry_after_s`` (seconds, 0..3600, default 1): the ``Retry-After`` value (rounded up to whole
+  seconds) and the offset of ``X-RateLimit-Reset`` from now; see ``rate_limit_headers``.
+
+Choices:
+
+- ``idempotency_keys``: ``"honour"`` (default; same key and body replay the first answer, another
+  body is 409 ``CONFLICT``) or ``"ignore"`` (the create route ignores ``Idempotency-Key``: every
+  POST creates a new, billed run).
+- ``rate_limit_headers``: ``"none"`` (default; newest docs: 429s carry no headers),
+  ``"retry_after"`` (429s carry ``Retry-After``), ``"x_ratelimit"`` (every answer of the create,
+  get and list routes carries ``X-RateLimit-Limit/-Remaining/-Reset``) or ``"both"``.
+
+All decisions come from one ``random.Random``, so with a seed and the same sequence of events the
+same faults fire. A rate of exactly 0 or 1 consumes no random number, so fixed settings never
+shift the sequence of others.
 """
 
 from __future__ import annotations
@@ -11,58 +48,100 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 from backdrop_local.runflow.errors import FieldError, field_error
 
-MAX_CALLBACK_DELAY_S = 3600.0
-RATE_FIELDS = frozenset(
-    {
-        "create_429",
-        "create_5xx",
-        "create_answer_lost",
-        "callback_drop",
-        "callback_duplicate",
-        "output_fetch_error",
-        "processing_failure",
-    }
-)
+MAX_DELAY_S = 3600.0
+
+IdempotencyMode = Literal["honour", "ignore"]
+RateLimitHeaderMode = Literal["none", "retry_after", "x_ratelimit", "both"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a setting is typed and bounded; ``help`` is the command-line help text."""
+
+    kind: Literal["rate", "seconds", "int", "choice"]
+    help: str
+    high: float = 1.0
+    low: float = 0.0
+    choices: tuple[str, ...] = ()
+
+
+def _rate(help_text: str) -> dict[str, Rule]:
+    return {"rule": Rule("rate", help_text)}
+
+
+def _seconds(help_text: str) -> dict[str, Rule]:
+    return {"rule": Rule("seconds", help_text, high=MAX_DELAY_S)}
+
+
+def _choice(help_text: str, *choices: str) -> dict[str, Rule]:
+    return {"rule": Rule("choice", help_text, choices=choices)}
 
 
 @dataclass(frozen=True)
 class FaultSettings:
-    create_429: float = 0.0  # POST /runs answers 429 RATE_LIMITED before creating anything
-    create_5xx: float = 0.0  # POST /runs answers 503 MODEL_UNAVAILABLE before creating anything
-    create_answer_lost: float = 0.0  # POST /runs creates (or replays) the run, then answers 504
-    callback_drop: float = 0.0  # the run's callback is never delivered (no delivery record at all)
-    callback_duplicate: float = 0.0  # the run's callback is delivered twice (two deliveries)
-    callback_delay_s: float = 0.0  # seconds to wait before the first attempt of an automatic delivery
-    output_fetch_error: float = 0.0  # a GET of an output URL answers 500
-    processing_failure: float = 0.0  # the run ends failed with PROCESSING_FAILED
+    """Every fault and test mode (see the module text); the defaults are Runflow behaving well."""
+
+    create_429: float = field(default=0.0, metadata=_rate("POST /runs answers 429 before creating"))
+    create_5xx: float = field(default=0.0, metadata=_rate("POST /runs answers 503 before creating"))
+    create_answer_lost: float = field(default=0.0, metadata=_rate("POST /runs creates, then answers 504"))
+    callback_drop: float = field(default=0.0, metadata=_rate("a run's callback is never delivered"))
+    callback_duplicate: float = field(default=0.0, metadata=_rate("a run's callback is delivered twice"))
+    callback_delay_s: float = field(
+        default=0.0, metadata=_seconds("seconds before a callback's first attempt")
+    )
+    output_fetch_error: float = field(default=0.0, metadata=_rate("a GET of an output URL answers 500"))
+    processing_failure: float = field(default=0.0, metadata=_rate("a run fails with PROCESSING_FAILED"))
+    idempotency_keys: IdempotencyMode = field(
+        default="honour",
+        metadata=_choice("honour or ignore Idempotency-Key on POST /runs", "honour", "ignore"),
+    )
+    create_answer_reset: float = field(
+        default=0.0, metadata=_rate("POST /runs creates, then closes the connection unanswered")
+    )
+    rate_limit_headers: RateLimitHeaderMode = field(
+        default="none",
+        metadata=_choice(
+            "rate-limit headers on create/get/list", "none", "retry_after", "x_ratelimit", "both"
+        ),
+    )
+    retry_after_s: float = field(default=1.0, metadata=_seconds("Retry-After and X-RateLimit-Reset offset"))
+    get_429: float = field(default=0.0, metadata=_rate("GET /v1/runs/{id} and GET /v1/runs answer 429"))
+    list_4xx: float = field(default=0.0, metadata=_rate("GET /v1/runs answers 403 PERMISSION_DENIED"))
 
     def __post_init__(self) -> None:
         problems = _problems(asdict(self))
         if problems:
             raise ValueError("; ".join(f"{p['loc'][-1]}: {p['msg']}" for p in problems))
+        for name, value in asdict(self).items():
+            # FaultSettings(create_429=1) is fine, and stored as the float it stands for.
+            object.__setattr__(self, name, coerce(name, value))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FaultSettings:
-        """Settings from JSON; keys left out are 0. Raises FaultSettingsInvalid listing every problem."""
-        known = {f.name for f in fields(cls)}
+        """Settings from JSON; keys left out take their defaults. Raises FaultSettingsInvalid listing
+        every problem."""
         problems = [
             field_error(["body", key], "Extra inputs are not permitted", "extra_forbidden")
             for key in data
-            if key not in known
+            if key not in RULES
         ]
-        values = {key: value for key, value in data.items() if key in known}
+        values = {key: value for key, value in data.items() if key in RULES}
         problems.extend(_problems(values))
         if problems:
             raise FaultSettingsInvalid(problems)
-        return cls(**{key: float(value) for key, value in values.items()})
+        return cls(**{key: coerce(key, value) for key, value in values.items()})
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+RULES: dict[str, Rule] = {item.name: item.metadata["rule"] for item in fields(FaultSettings)}
+RATE_FIELDS = frozenset(name for name, rule in RULES.items() if rule.kind == "rate")
 
 
 class FaultSettingsInvalid(ValueError):
@@ -71,18 +150,32 @@ class FaultSettingsInvalid(ValueError):
         self.problems = problems
 
 
+def coerce(name: str, value: Any) -> Any:
+    """A validated JSON value as the field's Python type (JSON integers are fine for rates)."""
+    return float(value) if RULES[name].kind in ("rate", "seconds") else value
+
+
+def problem(name: str, value: Any) -> FieldError | None:
+    """Why ``value`` is not acceptable for the setting ``name``, or None."""
+    rule = RULES[name]
+    loc: list[str | int] = ["body", name]
+    if rule.kind == "choice":
+        if not isinstance(value, str) or value not in rule.choices:
+            listed = ", ".join(repr(c) for c in rule.choices[:-1]) + f" or {rule.choices[-1]!r}"
+            return field_error(loc, f"Input should be {listed}", "literal_error")
+        return None
+    if rule.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return field_error(loc, "Input should be a valid integer", "int_type")
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        return field_error(loc, "Input should be a valid number", "float_type")
+    if not rule.low <= value <= rule.high:
+        return field_error(loc, f"Input should be between {rule.low:g} and {rule.high:g}", "value_error")
+    return None
+
+
 def _problems(values: Mapping[str, Any]) -> list[FieldError]:
-    problems: list[FieldError] = []
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(field_error(["body", key], "Input should be a valid number", "float_type"))
-            continue
-        upper = MAX_CALLBACK_DELAY_S if key == "callback_delay_s" else 1.0
-        if not 0.0 <= float(value) <= upper:
-            problems.append(
-                field_error(["body", key], f"Input should be between 0 and {upper:g}", "value_error")
-            )
-    return problems
+    return [found for key, value in values.items() if (found := problem(key, value)) is not None]
 
 
 class FaultInjector:
@@ -93,7 +186,7 @@ class FaultInjector:
         self._settings = settings
         self._seed = seed
         self._rng = random.Random(seed)
-        self._fired: dict[str, int] = {f.name: 0 for f in fields(FaultSettings) if f.name in RATE_FIELDS}
+        self._fired: dict[str, int] = {name: 0 for name in RULES if name in RATE_FIELDS}
 
     @property
     def settings(self) -> FaultSettings:

@@ -4,13 +4,19 @@ Everything under ``/v1`` except ``/v1/health`` needs ``Authorization: Bearer <ap
 use Runflow's envelope ``{"code", "message", "errors"}``. ``/outputs/...`` stands in for the
 storage bucket behind presigned URLs (the signature is the credential), and ``/_emulator/...``
 controls faults and reports counters without auth: neither exists on the real API.
+
+Answers of the create, get-run and list-runs routes carry the rate-limit headers the
+``rate_limit_headers`` setting asks for (see ``ratelimit``). A create that the
+``create_answer_reset`` fault strikes gets no answer: its connection is shut down unanswered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,7 +25,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from backdrop_local.runflow.errors import ApiError, field_error, validation_error
+from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.ids import new_id
 from backdrop_local.runflow.service import FileReply, Reply, RunflowService, dumps
 from backdrop_local.runflow.views import ORG_ID, USER_ID
@@ -47,6 +53,7 @@ _ROUTES = Map(
     strict_slashes=False,
 )
 _OPEN_ENDPOINTS = frozenset({"health", "readiness", "output", "faults", "stats"})
+_RATE_LIMITED_ENDPOINTS = frozenset({"create_run", "get_run", "list_runs"})
 
 
 class QuietRequestHandler(WSGIRequestHandler):
@@ -68,6 +75,18 @@ def _error_response(error: ApiError) -> Response:
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def _drop(request: Request) -> Response:
+    """Shut the connection down with no answer. The server's later attempt to write the response
+    below fails on the closed socket, which werkzeug treats as a dropped connection."""
+    connection = request.environ.get("werkzeug.socket")
+    if not isinstance(connection, socket.socket):
+        # Only werkzeug's server hands the socket over; elsewhere say what would have happened.
+        return _error_response(ApiError(502, "BAD_GATEWAY", "The connection was reset (injected fault)"))
+    with contextlib.suppress(OSError):  # the client went away first: nothing is left to drop
+        connection.shutdown(socket.SHUT_RDWR)
+    return Response(status=204)
 
 
 class RunflowApp:
@@ -92,18 +111,29 @@ class RunflowApp:
             return _error_response(ApiError(404, "NOT_FOUND", "Not found"))
         except HTTPException as exc:  # e.g. a redirect for a non-canonical path
             return _error_response(ApiError(exc.code or 400, "BAD_REQUEST", exc.description or "Bad request"))
+        authenticated = False
         try:
             if endpoint not in _OPEN_ENDPOINTS:
                 self._authenticate(request)
+                authenticated = True
             handler = getattr(self, f"_on_{endpoint}")
             result: Reply | FileReply | Response = handler(request, **values)
+            response = self._response(result)
         except ApiError as error:
-            return _error_response(error)
+            response = _error_response(error)
         except RequestEntityTooLarge:
-            return _error_response(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large"))
+            response = _error_response(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large"))
+        except DropConnection:
+            return _drop(request)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return _error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
+            response = _error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
+        if authenticated and endpoint in _RATE_LIMITED_ENDPOINTS:
+            response.headers.update(self._service.rate_limit_headers(response.status_code == 429))
+        return response
+
+    @staticmethod
+    def _response(result: Reply | FileReply | Response) -> Response:
         if isinstance(result, Response):
             return result
         if isinstance(result, FileReply):

@@ -14,12 +14,13 @@ from typing import Any
 
 from backdrop_local.runflow import views
 from backdrop_local.runflow.callbacks import build_delivery
-from backdrop_local.runflow.errors import ApiError, field_error, validation_error
+from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.faults import FaultInjector, FaultSettings, FaultSettingsInvalid
 from backdrop_local.runflow.ids import new_id, utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy
 from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
 from backdrop_local.runflow.query import Cursor, parse_filter, parse_limit
+from backdrop_local.runflow.ratelimit import RateLimitHeaders
 from backdrop_local.runflow.store import TERMINAL, Delivery, Run, Store
 from backdrop_local.runflow.validation import validate_run_request
 
@@ -61,6 +62,7 @@ class RunflowService:
         outputs: OutputDirectory,
         base_url: Callable[[], str],
         retry_delays: tuple[float, ...],
+        rate_limits: RateLimitHeaders,
     ) -> None:
         self.store = store
         self.faults = faults
@@ -69,6 +71,7 @@ class RunflowService:
         self.outputs = outputs
         self._base_url = base_url
         self.max_attempts = len(retry_delays) + 1
+        self._rate_limits = rate_limits
         self.submit_run: Callable[[str], None] = lambda run_id: None
         self.schedule: Callable[[list[Delivery]], None] = lambda deliveries: None
 
@@ -79,10 +82,13 @@ class RunflowService:
     def create_run(self, model: str, body: Any, idempotency_key: str | None, request_id: str) -> Reply:
         if model != views.MODEL:
             raise ApiError(404, "MODEL_NOT_FOUND", f"Model {model!r} was not found")
+        if idempotency_key is not None and self.faults.settings.idempotency_keys == "ignore":
+            self.store.bump("idempotency_keys_ignored")
+            idempotency_key = None
         # Injected faults answer before anything is looked at or created, like a gateway would.
         if self.faults.roll("create_429"):
             self.store.bump("create_rate_limited")
-            raise ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")
+            raise _rate_limited()
         if self.faults.roll("create_5xx"):
             self.store.bump("create_server_errors")
             raise ApiError(503, "MODEL_UNAVAILABLE", "The model is temporarily unavailable (injected fault)")
@@ -110,7 +116,21 @@ class RunflowService:
             raise ApiError(
                 504, "GATEWAY_TIMEOUT", "The gateway timed out waiting for an answer (injected fault)"
             )
+        if self.faults.roll("create_answer_reset"):
+            # The run exists; the connection drops before any answer, as when a proxy dies.
+            self.store.bump("create_answers_reset")
+            raise DropConnection()
         return Reply(201, body=response)
+
+    def rate_limit_headers(self, limited: bool) -> dict[str, str]:
+        """Headers the create, get and list routes add to an answer (see ``ratelimit``)."""
+        settings = self.faults.settings
+        return self._rate_limits.headers(settings.rate_limit_headers, settings.retry_after_s, limited)
+
+    def _read_faults(self) -> None:
+        if self.faults.roll("get_429"):
+            self.store.bump("get_rate_limited")
+            raise _rate_limited()
 
     def _run(self, run_id: str) -> Run:
         run = self.store.get_run(run_id)
@@ -119,10 +139,19 @@ class RunflowService:
         return run
 
     def get_run(self, run_id: str) -> Reply:
+        self._read_faults()
         with self.store.lock:
             return Reply(200, self._render_run(self._run(run_id)))
 
     def list_runs(self, args: Mapping[str, str]) -> Reply:
+        self._read_faults()
+        if self.faults.roll("list_4xx"):
+            self.store.bump("list_refused")
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                "Your account is not authorized to access this resource. (injected fault)",
+            )
         limit = parse_limit(args.get("limit"))
         keep = parse_filter(args.get("q"))
         cursor = Cursor.decode(args.get("pq"))
@@ -289,6 +318,10 @@ class RunflowService:
 
     def stats(self) -> dict[str, Any]:
         return {**self.store.stats(), "faults_fired": self.faults.fired()}
+
+
+def _rate_limited() -> ApiError:
+    return ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")
 
 
 def _label(body: Any, *, required: bool) -> str | None:

@@ -416,6 +416,10 @@ class Store:
                 "create_server_errors",
                 "create_answers_lost",
                 "unauthorized_requests",
+                "create_answers_reset",
+                "idempotency_keys_ignored",
+                "get_rate_limited",
+                "list_refused",
             )
             result: dict[str, Any] = {key: self.counters[key] for key in keys}
             result["runs_by_status"] = by_status

@@ -138,12 +138,67 @@ def test_output_fetch_error_answers_500(upstream: Upstream) -> None:
         {"callback_delay_s": -1},
         {"no_such_fault": 0.5},
         {"seed": "seven"},
+        {"idempotency_keys": "sometimes"},
+        {"idempotency_keys": 1},
+        {"rate_limit_headers": "X-RateLimit"},
+        {"retry_after_s": 3601},
+        {"get_429": 1.01},
+        {"list_4xx": -0.5},
     ],
 )
 def test_invalid_fault_settings_are_422(runflow: LocalRunflow, settings: dict[str, Any]) -> None:
     response = httpx.post(f"{runflow.url}/_emulator/faults", json=settings, trust_env=False)
     assert response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR"
     assert runflow.faults == FaultSettings()
+
+
+def test_every_bad_setting_is_listed_at_once(runflow: LocalRunflow) -> None:
+    bad = {
+        "create_answer_reset": 2,
+        "idempotency_keys": "maybe",
+        "rate_limit_headers": "all",
+        "retry_after_s": "1",
+        "typo": 1,
+        "create_429": 0.5,
+    }
+    response = httpx.post(f"{runflow.url}/_emulator/faults", json=bad, trust_env=False)
+    assert response.status_code == 422
+    errors = {error["loc"][-1]: error["type"] for error in response.json()["errors"]}
+    assert errors == {
+        "create_answer_reset": "value_error",
+        "idempotency_keys": "literal_error",
+        "rate_limit_headers": "literal_error",
+        "retry_after_s": "float_type",
+        "typo": "extra_forbidden",
+    }
+
+
+def test_new_settings_show_their_defaults_and_accept_their_values(runflow: LocalRunflow) -> None:
+    shown = httpx.get(f"{runflow.url}/_emulator/faults", trust_env=False).json()
+    assert {key: shown[key] for key in DEFAULTS} == DEFAULTS
+    changed = {
+        "idempotency_keys": "ignore",
+        "create_answer_reset": 0.25,
+        "rate_limit_headers": "both",
+        "retry_after_s": 7,
+        "get_429": 0.5,
+        "list_4xx": 1,
+    }
+    body = _set_faults(runflow, **changed)
+    assert {key: body[key] for key in changed} == changed
+    assert isinstance(body["retry_after_s"], float) and isinstance(body["list_4xx"], float)
+    assert runflow.faults == FaultSettings(**changed)
+    assert _set_faults(runflow) == {**shown, "seed": None}  # an empty body restores every default
+
+
+DEFAULTS = {
+    "idempotency_keys": "honour",
+    "create_answer_reset": 0.0,
+    "rate_limit_headers": "none",
+    "retry_after_s": 1.0,
+    "get_429": 0.0,
+    "list_4xx": 0.0,
+}
 
 
 def test_a_seed_makes_faults_repeat(upstream: Upstream, junk_url: str) -> None:
