@@ -9,7 +9,9 @@ no current secret), and ``Runflow-Request-Id`` identifies the delivery (the same
 
 A delivery makes up to ``len(retry_delays) + 1`` attempts (3 with the documented 1 s, 2 s), each
 with a 10 s timeout; only 5xx answers and network errors/timeouts are retried, any other status
-ends the delivery. Redirects are not followed. Deliveries wait in a due-time queue; the store is
+ends the delivery. Redirects are not followed: a 3xx answer ends the delivery like a 4xx. Each
+attempt that gets an HTTP answer is timed from sending the POST to having read the status line and
+the body (``callback_answer_ms`` in the stats). Deliveries wait in a due-time queue; the store is
 the source of truth, so the sender threads can be stopped and restarted (``restart``) at any
 moment: pending deliveries are rebuilt from the store and nothing is lost.
 """
@@ -220,13 +222,15 @@ class CallbackSender:
             return AttemptOutcome(None, None, 0, "callback sender is stopped", False, True)
         started = time.perf_counter()
         try:
+            # post() returns once the status line and the whole body are in: the answer time.
             response = client.post(delivery.callback_url, content=delivery.payload_bytes, headers=headers)
         except httpx.HTTPError as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
             return AttemptOutcome(None, None, elapsed, f"{type(exc).__name__}: {exc}", False, True)
-        elapsed = round((time.perf_counter() - started) * 1000)
+        answer_ms = (time.perf_counter() - started) * 1000
+        elapsed = round(answer_ms)
         status = response.status_code
         text = response.text[:RESPONSE_BODY_LIMIT]
         if 200 <= status < 300:
-            return AttemptOutcome(status, text, elapsed, None, True, False)
-        return AttemptOutcome(status, text, elapsed, f"HTTP {status}", False, status >= 500)
+            return AttemptOutcome(status, text, elapsed, None, True, False, answer_ms)
+        return AttemptOutcome(status, text, elapsed, f"HTTP {status}", False, status >= 500, answer_ms)

@@ -16,7 +16,8 @@ disregarded), ``create_rate_limited``, ``create_server_errors``, ``create_answer
 ``unauthorized_requests``, the callback counters (``callbacks_sent``,
 ``callback_attempts_failed``, ``callbacks_delivered``, ``callback_deliveries_created``,
 ``callback_deliveries_failed``, ``callbacks_dropped``, ``callbacks_duplicated``,
-``callback_redeliveries``, ``callback_deliveries_pending``), the output counters
+``callback_redeliveries``, ``callback_deliveries_pending``), ``callback_answer_ms`` and
+``callback_attempts_by_status`` (see ``store``), the output counters
 (``output_fetches``, ``output_fetch_errors``, ``output_url_rejections``), ``callback_secrets``,
 ``runs_by_status`` and ``faults_fired`` (per rate).
 """

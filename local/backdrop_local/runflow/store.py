@@ -4,11 +4,17 @@ One re-entrant lock guards everything; a condition on it wakes ``wait_idle`` whe
 changes. Anything that must look atomic to a client (idempotent create, a run turning terminal
 together with its callback deliveries appearing) happens under that lock. Callers render JSON
 under the lock too, so no response mixes two states of one run.
+
+``stats()`` also reports, over every callback attempt that got an HTTP answer,
+``callback_answer_ms`` (``{"count", "p50", "p99", "max"}``: milliseconds from sending the POST to
+having the status line and body; nearest-rank percentiles, null while the count is 0) and
+``callback_attempts_by_status`` (HTTP status as a string → attempts).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import secrets as secrets_module
 import threading
 from collections import Counter
@@ -132,6 +138,7 @@ class AttemptOutcome:
     error_message: str | None
     succeeded: bool
     retryable: bool
+    answer_ms: float | None = None  # set when an HTTP answer (status line and body) arrived
 
 
 class Store:
@@ -145,6 +152,8 @@ class Store:
         self._deliveries_by_run: dict[str, list[str]] = {}
         self._secrets: dict[str, CallbackSecret] = {}
         self.counters: Counter[str] = Counter()
+        self._answer_ms: list[float] = []
+        self._attempts_by_status: Counter[int] = Counter()
 
     @contextmanager
     def changing(self) -> Iterator[None]:
@@ -299,6 +308,10 @@ class Store:
             )
             delivery.updated_at = now
             self.counters["callbacks_sent"] += 1
+            if outcome.status_code is not None:
+                self._attempts_by_status[outcome.status_code] += 1
+                if outcome.answer_ms is not None:
+                    self._answer_ms.append(outcome.answer_ms)
             if outcome.succeeded:
                 delivery.status_code = DELIVERY_SUCCEEDED
                 delivery.completed_at = now
@@ -425,4 +438,21 @@ class Store:
             result["runs_by_status"] = by_status
             result["callback_deliveries_pending"] = deliveries[DELIVERY_PENDING]
             result["callback_secrets"] = len(self._secrets)
+            result["callback_answer_ms"] = summarise(self._answer_ms)
+            result["callback_attempts_by_status"] = {
+                str(status): count for status, count in sorted(self._attempts_by_status.items())
+            }
             return result
+
+
+def summarise(samples: list[float]) -> dict[str, Any]:
+    """Count, nearest-rank p50 and p99, and maximum of ``samples`` (ms, to 3 decimals)."""
+    if not samples:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def rank(percent: int) -> float:
+        # Nearest rank: the smallest sample with at least ``percent`` % of samples at or below it.
+        return round(ordered[max(0, math.ceil(percent * len(ordered) / 100) - 1)], 3)
+
+    return {"count": len(ordered), "p50": rank(50), "p99": rank(99), "max": round(ordered[-1], 3)}

@@ -286,18 +286,19 @@ def test_an_unanswered_attempt_times_out_after_ten_seconds(
     upstream: Upstream, silent: SilentReceiver, junk_url: str
 ) -> None:
     # One attempt only (no retry delays), with the default attempt timeout.
-    with (
-        running(allow_http_origins=(upstream.origin,), callback_retry_delays=()) as runflow,
-        api(runflow) as client,
-    ):
-        run_id = create(client, run_body(junk_url, callback_url=silent.url))
-        assert runflow.wait_idle(60)
-        [record] = _deliveries(client, run_id)
+    with running(allow_http_origins=(upstream.origin,), callback_retry_delays=()) as runflow:
+        with api(runflow) as client:
+            run_id = create(client, run_body(junk_url, callback_url=silent.url))
+            assert runflow.wait_idle(60)
+            [record] = _deliveries(client, run_id)
+        stats = runflow.stats()
     [attempt] = record["attempts"]
     assert attempt["status_code"] is None and "timeout" in attempt["error_message"].lower()
     assert 9_900 <= attempt["response_time_ms"] < 20_000
     assert len(silent.arrivals) == 1
     assert record["status_code"] == "failed" and record["max_attempts"] == 1
+    # A timed-out attempt got no HTTP answer: it is not in the answer-time figures.
+    assert stats["callback_answer_ms"]["count"] == 0 and stats["callback_attempts_by_status"] == {}
 
 
 def test_redirects_are_not_followed(
@@ -312,3 +313,21 @@ def test_redirects_are_not_followed(
     [record] = _deliveries(client, run_id)
     assert [a["status_code"] for a in record["attempts"]] == [302]
     assert record["status_code"] == "failed" and record["failure_reason_code"] == "NON_RETRYABLE_STATUS"
+
+
+def test_answer_times_and_statuses_of_attempts_are_counted(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    slow = upstream.callback_url("slow", answers=[503], answer_delay_s=0.2)
+    create(client, run_body(junk_url, callback_url=slow))
+    closed = f"http://127.0.0.1:{_free_port()}/hook"
+    create(client, run_body(junk_url, callback_url=closed))  # three attempts, none answered
+    assert runflow.wait_idle(30)
+    stats = runflow.stats()
+    assert stats["callback_attempts_by_status"] == {"200": 1, "503": 1}
+    timing = stats["callback_answer_ms"]
+    assert set(timing) == {"count", "p50", "p99", "max"}
+    assert timing["count"] == 2
+    # Each answer took the receiver's 0.2 s at least; of two samples p50 is the faster, p99 the slower.
+    assert 200.0 <= timing["p50"] <= timing["p99"] == timing["max"] < 10_000
+    assert stats["callbacks_sent"] == 5 and stats["callback_attempts_failed"] == 4

@@ -1,4 +1,5 @@
-"""Unit tests of the settings (types, bounds, choices) and of the rate-limit headers. No sockets."""
+"""Unit tests of the settings (types, bounds, choices), answer-time figures and rate-limit headers.
+No sockets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from backdrop_local.runflow.faults import FaultSettings, FaultSettingsInvalid
 from backdrop_local.runflow.ratelimit import RateLimitHeaders
+from backdrop_local.runflow.store import summarise
 
 
 def test_new_settings_have_their_documented_defaults() -> None:
@@ -47,6 +49,15 @@ def test_from_mapping_types_values_and_lists_every_problem() -> None:
 def test_constructing_bad_settings_in_python_raises(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         FaultSettings(**changes)
+
+
+def test_answer_time_summary() -> None:
+    assert summarise([]) == {"count": 0, "p50": None, "p99": None, "max": None}
+    assert summarise([7.25]) == {"count": 1, "p50": 7.25, "p99": 7.25, "max": 7.25}
+    hundred = [float(n) for n in range(100, 0, -1)]  # 100 down to 1
+    assert summarise(hundred) == {"count": 100, "p50": 50.0, "p99": 99.0, "max": 100.0}
+    assert summarise([1.0, 2.0, 3.0, 1000.0]) == {"count": 4, "p50": 2.0, "p99": 1000.0, "max": 1000.0}
+    assert summarise([0.12345678])["p50"] == 0.123
 
 
 def test_rate_limit_headers_per_mode() -> None:
