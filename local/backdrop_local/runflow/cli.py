@@ -7,7 +7,7 @@ The JSON line carries ``url`` and, with ``--create-callback-secret``, ``callback
 ``whsec_...`` string) so a wrapper script can configure its receiver from it.
 
 Every ``FaultSettings`` field is a flag of the same name with dashes (``--idempotency-keys ignore``,
-``--rate-limit-headers both``, ``--get-429 0.1``, ...), typed, bounded and defaulted as the field
+``--outputs-per-run 3``, ``--processing instant``, ...), typed, bounded and defaulted as the field
 is (see ``faults``); ``add_fault_arguments`` and ``faults_from_args`` give another command line
 (the local stack's) the same flags.
 """
@@ -95,7 +95,7 @@ def _setting_type(name: str) -> Callable[[str], Any]:
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per FaultSettings field (``--create-429``, ``--idempotency-keys``, ...)."""
+    """One flag per FaultSettings field (``--create-429``, ``--outputs-per-run``, ...)."""
     faults = parser.add_argument_group("fault injection and test modes (rates 0..1; *-s in seconds)")
     for item in fields(FaultSettings):
         rule = RULES[item.name]

@@ -20,7 +20,7 @@ Rates: probabilities in 0..1, default 0.
 - ``callback_drop``: the run's callback is never delivered (no delivery record at all).
 - ``callback_duplicate``: the run's callback is delivered twice (two deliveries, same bytes).
 - ``output_fetch_error``: a GET of an output URL answers 500.
-- ``processing_failure``: the run ends ``failed`` with ``PROCESSING_FAILED``.
+- ``processing_failure``: the run ends ``failed`` with ``PROCESSING_FAILED`` (before fetching).
 
 Numbers:
 
@@ -28,6 +28,9 @@ Numbers:
   automatic callback delivery.
 - ``retry_after_s`` (seconds, 0..3600, default 1): the ``Retry-After`` value (rounded up to whole
   seconds) and the offset of ``X-RateLimit-Reset`` from now; see ``rate_limit_headers``.
+- ``outputs_per_run`` (integer, 1..8, default 1): how many outputs a succeeded run has.
+- ``instant_output_bytes`` (integer, 0..1073741824 = 1 GiB, default 0): with ``processing:
+  "instant"``, each output is padded to exactly this many bytes (0 keeps the natural size).
 
 Choices:
 
@@ -37,6 +40,8 @@ Choices:
 - ``rate_limit_headers``: ``"none"`` (default; newest docs: 429s carry no headers),
   ``"retry_after"`` (429s carry ``Retry-After``), ``"x_ratelimit"`` (every answer of the create,
   get and list routes carries ``X-RateLimit-Limit/-Remaining/-Reset``) or ``"both"``.
+- ``processing``: ``"real"`` (default; u2netp segmentation) or ``"instant"`` (fetch the input as
+  usual, then answer a precomputed flat-colour PNG; see ``instant``).
 
 All decisions come from one ``random.Random``, so with a seed and the same sequence of events the
 same faults fire. A rate of exactly 0 or 1 consumes no random number, so fixed settings never
@@ -54,9 +59,12 @@ from typing import Any, Literal
 from backdrop_local.runflow.errors import FieldError, field_error
 
 MAX_DELAY_S = 3600.0
+MAX_OUTPUTS = 8
+MAX_INSTANT_OUTPUT_BYTES = 1024**3
 
 IdempotencyMode = Literal["honour", "ignore"]
 RateLimitHeaderMode = Literal["none", "retry_after", "x_ratelimit", "both"]
+ProcessingMode = Literal["real", "instant"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ def _rate(help_text: str) -> dict[str, Rule]:
 
 def _seconds(help_text: str) -> dict[str, Rule]:
     return {"rule": Rule("seconds", help_text, high=MAX_DELAY_S)}
+
+
+def _int(help_text: str, low: int, high: int) -> dict[str, Rule]:
+    return {"rule": Rule("int", help_text, high=high, low=low)}
 
 
 def _choice(help_text: str, *choices: str) -> dict[str, Rule]:
@@ -112,6 +124,16 @@ class FaultSettings:
     retry_after_s: float = field(default=1.0, metadata=_seconds("Retry-After and X-RateLimit-Reset offset"))
     get_429: float = field(default=0.0, metadata=_rate("GET /v1/runs/{id} and GET /v1/runs answer 429"))
     list_4xx: float = field(default=0.0, metadata=_rate("GET /v1/runs answers 403 PERMISSION_DENIED"))
+    outputs_per_run: int = field(default=1, metadata=_int("outputs of a succeeded run", 1, MAX_OUTPUTS))
+    processing: ProcessingMode = field(
+        default="real", metadata=_choice("real (u2netp) or instant (precomputed) results", "real", "instant")
+    )
+    instant_output_bytes: int = field(
+        default=0,
+        metadata=_int(
+            "pad instant outputs to exactly this many bytes (0: natural)", 0, MAX_INSTANT_OUTPUT_BYTES
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems = _problems(asdict(self))

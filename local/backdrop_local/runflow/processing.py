@@ -32,12 +32,16 @@
    the old background was around each place (a soft falloff, a vignette, a shadow cast across the
    set), relative to its median; an evenly lit background becomes the colour, and stripes, grain
    or print on the old background (anything much finer than ``sigma``) do not show through.
-6. Encode as PNG (RGB).
+6. Encode as PNG (RGB). With ``outputs_per_run`` above 1, output ``n > 0`` is the same PNG with a
+   ``tEXt`` chunk ``Comment = "output n"`` (see ``pngfile``): same pixels, distinct bytes.
 
 Memory stays bounded: one image per worker, and the float32 arithmetic of step 5 runs over bands
 of rows, so a 50 MP image needs its 8-bit copies plus one band of floats and the small cell grid
 (about 80 cells on the shorter side), not a float copy of all. The blur runs on that grid, so it
 costs next to nothing whatever the image size.
+
+``processing: "instant"`` (see ``instant``) replaces steps 2 to 6: only the image header is read
+(``probe_size``), for the output's dimensions.
 """
 
 from __future__ import annotations
@@ -155,6 +159,41 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ProcessingFailed(
             "INPUT_UNREADABLE", f"image could not be decoded ({type(exc).__name__}: {exc})", "decode"
         ) from exc
+
+
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def probe_size(data: bytes, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of the upright image from its header alone, no pixel decoded.
+
+    Refuses what ``decode_image`` refuses at the header (not JPEG/PNG/WebP, over ``max_pixels``)
+    with INPUT_UNREADABLE; a body that is corrupt after a valid header passes.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ProcessingFailed(
+                    "INPUT_UNREADABLE", f"image is {width}x{height}, more than {max_pixels} pixels", "decode"
+                )
+            # Only EXIF already read with the header: getexif() on a PNG would decode the pixels.
+            raw_exif = opened.info.get("exif")
+            exif = Image.Exif()
+            if isinstance(raw_exif, bytes):
+                exif.load(raw_exif)
+            orientation = exif.get(0x0112)
+    except ProcessingFailed:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ProcessingFailed(
+            "INPUT_UNREADABLE", "input is not a JPEG, PNG or WebP image", "decode"
+        ) from exc
+    except Exception as exc:
+        raise ProcessingFailed(
+            "INPUT_UNREADABLE", f"image header could not be read ({type(exc).__name__}: {exc})", "decode"
+        ) from exc
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def _flatten_to_rgb(image: Image.Image) -> Image.Image:

@@ -2,8 +2,9 @@
 
 Everything under ``/v1`` except ``/v1/health`` needs ``Authorization: Bearer <api key>``; errors
 use Runflow's envelope ``{"code", "message", "errors"}``. ``/outputs/...`` stands in for the
-storage bucket behind presigned URLs (the signature is the credential), and ``/_emulator/...``
-controls faults and reports counters without auth: neither exists on the real API.
+storage bucket behind presigned URLs (the signature is the credential; files are streamed), and
+``/_emulator/...`` controls faults and reports counters without auth: neither exists on the real
+API.
 
 Answers of the create, get-run and list-runs routes carry the rate-limit headers the
 ``rate_limit_headers`` setting asks for (see ``ratelimit``). A create that the
@@ -27,6 +28,7 @@ from werkzeug.wrappers import Request, Response
 
 from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.ids import new_id
+from backdrop_local.runflow.outputs import FileStream
 from backdrop_local.runflow.service import FileReply, Reply, RunflowService, dumps
 from backdrop_local.runflow.views import ORG_ID, USER_ID
 
@@ -137,7 +139,14 @@ class RunflowApp:
         if isinstance(result, Response):
             return result
         if isinstance(result, FileReply):
-            return Response(result.content, status=result.status, content_type=result.content_type)
+            response = Response(
+                FileStream(result.handle),
+                status=result.status,
+                content_type=result.content_type,
+                direct_passthrough=True,
+            )
+            response.content_length = result.size
+            return response
         return _json_response(result.status, result.data, result.body)
 
     def _authenticate(self, request: Request) -> None:

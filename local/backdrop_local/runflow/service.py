@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from backdrop_local.runflow import views
 from backdrop_local.runflow.callbacks import build_delivery
@@ -38,8 +38,11 @@ class Reply:
 
 @dataclass(frozen=True)
 class FileReply:
+    """A file to stream (the server closes ``handle`` once sent)."""
+
     status: int
-    content: bytes
+    handle: BinaryIO
+    size: int
     content_type: str
 
 
@@ -290,11 +293,12 @@ class RunflowService:
         if self.faults.roll("output_fetch_error"):
             self.store.bump("output_fetch_errors")
             raise ApiError(500, "INTERNAL_ERROR", "We encountered an internal error. Please try again.")
-        content = self.outputs.read(run_id, index)
-        if content is None:
+        opened = self.outputs.open(run_id, index)
+        if opened is None:
             raise ApiError(404, "NO_SUCH_KEY", "The specified key does not exist.")
         self.store.bump("output_fetches")
-        return FileReply(200, content, "image/png")
+        handle, size = opened
+        return FileReply(200, handle, size, "image/png")
 
     # ------------------------------------------------------------------ emulator controls
     def faults_view(self) -> dict[str, Any]:

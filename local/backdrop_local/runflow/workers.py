@@ -1,8 +1,10 @@
 """Worker threads that take queued runs through running to succeeded or failed.
 
-Each worker handles one run at a time (so one image in memory per worker). Whatever goes wrong
-inside a run (bad input, a model error, a bug) ends that run as failed with a code and message;
-it never takes the worker or the server down.
+Each worker handles one run at a time (so one image in memory per worker): it fetches and
+processes the image (``processing`` real or instant) and writes ``outputs_per_run`` outputs.
+Whatever goes wrong inside a run (bad input, a model error, a bug) ends that run as failed with a
+code and message, and deletes any output it had written; it never takes the worker or the server
+down.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from backdrop_local.runflow import pngfile
 from backdrop_local.runflow.faults import FaultInjector
+from backdrop_local.runflow.instant import InstantResults
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
 from backdrop_local.runflow.outputs import OutputDirectory
 from backdrop_local.runflow.processing import Colour, ProcessingFailed, fetch_image, render
@@ -45,6 +49,7 @@ class RunExecutor:
         self._outputs = outputs
         self._plan = plan_deliveries
         self._schedule = schedule_deliveries
+        self._instant = InstantResults(outputs)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stopping = threading.Event()
         self._threads = [
@@ -84,6 +89,7 @@ class RunExecutor:
         run = self._store.start_run(run_id)
         if run is None:
             return
+        settings = self._faults.settings
         started = time.perf_counter()
         try:
             if self._faults.roll("processing_failure"):
@@ -96,9 +102,23 @@ class RunExecutor:
             colour = Colour(
                 int(run.input["color_red"]), int(run.input["color_green"]), int(run.input["color_blue"])
             )
-            png, timing = render(data, colour)
-            del data
-            self._outputs.write(run_id, 0, png)
+            count = settings.outputs_per_run
+            if settings.processing == "instant":
+                step = time.perf_counter()
+                files = self._instant.produce(run_id, data, colour, count, settings.instant_output_bytes)
+                timing = {"instant_ms": round((time.perf_counter() - step) * 1000)}
+            else:
+                png, timing = render(data, colour)
+                del data
+                files = [
+                    OutputFile(
+                        index=index,
+                        content_type="image/png",
+                        size=self._outputs.write_parts(run_id, index, pngfile.with_variant(png, index)),
+                    )
+                    for index in range(count)
+                ]
+                del png
         except ProcessingFailed as failure:
             self._fail(run_id, failure.code, failure.message, failure.stage)
             return
@@ -107,11 +127,10 @@ class RunExecutor:
             self._fail(run_id, "PROCESSING_FAILED", f"internal error: {type(exc).__name__}", "processing")
             return
         timing = {"fetch_ms": fetch_ms, **timing, "total_ms": round((time.perf_counter() - started) * 1000)}
-        output = OutputFile(index=0, content_type="image/png", size=len(png))
 
         def settle(target: Run) -> None:
             target.status_code = SUCCEEDED
-            target.outputs = [output]
+            target.outputs = files
             target.timing = timing
 
         self._schedule(self._store.finish_run(run_id, settle, self._plan))
@@ -123,4 +142,7 @@ class RunExecutor:
             target.failure_message = message
             target.failure_stage_code = stage
 
-        self._schedule(self._store.finish_run(run_id, settle, self._plan))
+        deliveries = self._store.finish_run(run_id, settle, self._plan)
+        # Outputs written before the failure are never handed out.
+        self._outputs.remove(run_id)
+        self._schedule(deliveries)

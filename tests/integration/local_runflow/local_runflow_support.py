@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -287,3 +289,21 @@ def wait_status(
         if run["status_code"] in statuses or time.monotonic() > deadline:
             return run
         time.sleep(0.02)
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, int]]:
+    """(type, data length) of each chunk of a PNG, checking the signature, every CRC and that
+    ``IEND`` ends the file exactly."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    chunks: list[tuple[bytes, int]] = []
+    offset = 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
+        assert crc == zlib.crc32(body, zlib.crc32(kind)), f"bad CRC on {kind!r} at {offset}"
+        chunks.append((kind, length))
+        offset += 12 + length
+    assert offset == len(data) and chunks[-1] == (b"IEND", 0)
+    return chunks

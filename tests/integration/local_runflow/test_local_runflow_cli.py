@@ -60,6 +60,10 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         "ignore",
         "--get-429",
         "0.25",
+        "--outputs-per-run",
+        "3",
+        "--processing",
+        "instant",
         "--rate-limit-headers",
         "x_ratelimit",
         "--retry-after-s",
@@ -80,7 +84,8 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         assert faults["create_429"] == 1.0 and faults["seed"] == 7
         assert faults["idempotency_keys"] == "ignore" and faults["get_429"] == 0.25
         assert faults["rate_limit_headers"] == "x_ratelimit" and faults["retry_after_s"] == 2.5
-        assert faults["list_4xx"] == 0.0
+        assert faults["list_4xx"] == 0.0 and faults["outputs_per_run"] == 3
+        assert faults["processing"] == "instant" and faults["instant_output_bytes"] == 0
         secrets = httpx.get(f"{ready['url']}/v1/callback-secrets", headers=headers, trust_env=False).json()
         assert [s["is_current"] for s in secrets["items"]] == [True]
 
@@ -115,6 +120,10 @@ def test_cli_refuses_to_bind_beyond_loopback() -> None:
         ["--rate-limit-headers", "all"],
         ["--retry-after-s", "soon"],
         ["--get-429", "2"],
+        ["--outputs-per-run", "9"],
+        ["--outputs-per-run", "1.5"],
+        ["--instant-output-bytes", "-1"],
+        ["--processing", "fake"],
     ],
 )
 def test_cli_refuses_bad_settings_before_starting(
@@ -140,6 +149,9 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
             "--retry-after-s=3",
             "--get-429=0.25",
             "--list-4xx=1",
+            "--outputs-per-run=4",
+            "--processing=instant",
+            "--instant-output-bytes=1000000",
             "--create-429=0.05",
         ]
     )
@@ -150,5 +162,8 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
         retry_after_s=3.0,
         get_429=0.25,
         list_4xx=1.0,
+        outputs_per_run=4,
+        processing="instant",
+        instant_output_bytes=1_000_000,
         create_429=0.05,
     )

@@ -142,6 +142,13 @@ def test_output_fetch_error_answers_500(upstream: Upstream) -> None:
         {"idempotency_keys": 1},
         {"rate_limit_headers": "X-RateLimit"},
         {"retry_after_s": 3601},
+        {"processing": None},
+        {"outputs_per_run": 0},
+        {"outputs_per_run": 9},
+        {"outputs_per_run": 2.0},
+        {"outputs_per_run": True},
+        {"instant_output_bytes": -1},
+        {"instant_output_bytes": 2**31},
         {"get_429": 1.01},
         {"list_4xx": -0.5},
     ],
@@ -158,6 +165,9 @@ def test_every_bad_setting_is_listed_at_once(runflow: LocalRunflow) -> None:
         "idempotency_keys": "maybe",
         "rate_limit_headers": "all",
         "retry_after_s": "1",
+        "outputs_per_run": 20,
+        "processing": "fast",
+        "instant_output_bytes": 1.5,
         "typo": 1,
         "create_429": 0.5,
     }
@@ -169,6 +179,9 @@ def test_every_bad_setting_is_listed_at_once(runflow: LocalRunflow) -> None:
         "idempotency_keys": "literal_error",
         "rate_limit_headers": "literal_error",
         "retry_after_s": "float_type",
+        "outputs_per_run": "value_error",
+        "processing": "literal_error",
+        "instant_output_bytes": "int_type",
         "typo": "extra_forbidden",
     }
 
@@ -183,10 +196,13 @@ def test_new_settings_show_their_defaults_and_accept_their_values(runflow: Local
         "retry_after_s": 7,
         "get_429": 0.5,
         "list_4xx": 1,
+        "outputs_per_run": 8,
+        "processing": "instant",
+        "instant_output_bytes": 200_000_000,
     }
     body = _set_faults(runflow, **changed)
     assert {key: body[key] for key in changed} == changed
-    assert isinstance(body["retry_after_s"], float) and isinstance(body["list_4xx"], float)
+    assert isinstance(body["retry_after_s"], float) and isinstance(body["outputs_per_run"], int)
     assert runflow.faults == FaultSettings(**changed)
     assert _set_faults(runflow) == {**shown, "seed": None}  # an empty body restores every default
 
@@ -198,6 +214,9 @@ DEFAULTS = {
     "retry_after_s": 1.0,
     "get_429": 0.0,
     "list_4xx": 0.0,
+    "outputs_per_run": 1,
+    "processing": "real",
+    "instant_output_bytes": 0,
 }
 
 

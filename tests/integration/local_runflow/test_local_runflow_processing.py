@@ -26,7 +26,7 @@ from local_runflow_support import (
 )
 from PIL import Image
 
-from backdrop_local.runflow import LocalRunflow
+from backdrop_local.runflow import FaultSettings, LocalRunflow
 
 COLOUR = (30, 120, 220)
 
@@ -169,3 +169,20 @@ def test_runs_that_wait_show_running_then_finish(
     gate.set()
     assert wait_terminal(client, run_id)["status_code"] == "succeeded"
     assert runflow.wait_idle(30)
+
+
+def test_several_outputs_are_one_picture_in_distinct_files(
+    runflow: LocalRunflow, client: httpx.Client, photo_url: str
+) -> None:
+    runflow.set_faults(FaultSettings(outputs_per_run=3))
+    run = _succeeded_run(client, photo_url)
+    items = run["output"]["outputs"]
+    assert len(items) == 3 and all(item["content_type"] == "image/png" for item in items)
+    contents = [httpx.get(item["url"], trust_env=False).content for item in items]
+    assert len(set(contents)) == 3  # distinct files...
+    images = [Image.open(io.BytesIO(content)) for content in contents]
+    for image in images:
+        image.load()
+    assert all(image.tobytes() == images[0].tobytes() for image in images)  # ...of the same picture
+    assert [image.info.get("Comment") for image in images] == [None, "output 1", "output 2"]
+    assert images[0].size == (400, 300)

@@ -15,7 +15,8 @@ from backdrop_local.runflow.store import summarise
 def test_new_settings_have_their_documented_defaults() -> None:
     settings = FaultSettings()
     assert settings.idempotency_keys == "honour" and settings.rate_limit_headers == "none"
-    assert settings.retry_after_s == 1.0
+    assert settings.retry_after_s == 1.0 and settings.outputs_per_run == 1
+    assert settings.processing == "real" and settings.instant_output_bytes == 0
     assert settings.create_answer_reset == settings.get_429 == settings.list_4xx == 0.0
 
 
@@ -27,6 +28,8 @@ def test_from_mapping_types_values_and_lists_every_problem() -> None:
         FaultSettings.from_mapping(
             {
                 "idempotency_keys": "HONOUR",
+                "outputs_per_run": 1.0,
+                "instant_output_bytes": 2**40,
                 "rate_limit_headers": ["both"],
                 "retry_after_s": True,
                 "get_429": 7,
@@ -34,6 +37,8 @@ def test_from_mapping_types_values_and_lists_every_problem() -> None:
         )
     assert {p["loc"][-1]: p["type"] for p in caught.value.problems} == {
         "idempotency_keys": "literal_error",
+        "outputs_per_run": "int_type",
+        "instant_output_bytes": "value_error",
         "rate_limit_headers": "literal_error",
         "retry_after_s": "float_type",
         "get_429": "value_error",
@@ -44,7 +49,15 @@ def test_from_mapping_types_values_and_lists_every_problem() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"idempotency_keys": "never"}, {"retry_after_s": 3601.0}, {"rate_limit_headers": "x-ratelimit"}],
+    [
+        {"idempotency_keys": "never"},
+        {"retry_after_s": 3601.0},
+        {"rate_limit_headers": "x-ratelimit"},
+        {"outputs_per_run": 0},
+        {"outputs_per_run": 9},
+        {"instant_output_bytes": -5},
+        {"processing": "fast"},
+    ],
 )
 def test_constructing_bad_settings_in_python_raises(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
