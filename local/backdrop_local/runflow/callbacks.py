@@ -2,7 +2,9 @@
 
 Payload keys, in this order: ``event, run_id, status, output, duration_ms, created_at,
 completed_at, metadata``; timestamps are ``datetime.isoformat()`` of aware UTC datetimes
-(``+00:00``); ``output`` is null for failed runs. The body is serialised once, when the delivery is
+(``+00:00``); ``event``, ``status`` and ``output`` follow the run's terminal status as ``outcomes``
+describes (``output`` is null for failed and canceled runs unless ``failure_output_envelope``
+struck). The body is serialised once, when the delivery is
 created, and every attempt sends exactly those bytes; ``Runflow-Signature`` is the lowercase hex
 HMAC-SHA256 of those bytes under the current signing secret's plain string (absent when there is
 no current secret), and ``Runflow-Request-Id`` identifies the delivery (the same on each attempt).
@@ -33,14 +35,8 @@ import httpx
 
 from backdrop_local.runflow.ids import iso, new_id, utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
-from backdrop_local.runflow.store import (
-    FAILED,
-    SUCCEEDED,
-    AttemptOutcome,
-    Delivery,
-    Run,
-    Store,
-)
+from backdrop_local.runflow.outcomes import EVENTS, callback_output
+from backdrop_local.runflow.store import TERMINAL, AttemptOutcome, Delivery, Run, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +46,12 @@ USER_AGENT = "Runflow-Callbacks/1.0 (local emulator)"
 
 
 def payload(run: Run, output: dict[str, Any] | None) -> dict[str, Any]:
+    """The callback body of a terminal ``run`` whose run-object ``output`` is ``output``."""
     return {
-        "event": "run.completed" if run.status_code == SUCCEEDED else "run.failed",
+        "event": EVENTS[run.status_code],
         "run_id": run.id,
         "status": run.status_code,
-        "output": output if run.status_code == SUCCEEDED else None,
+        "output": callback_output(run, output),
         "duration_ms": run.duration_ms,
         "created_at": iso(run.created_at),
         "completed_at": iso(run.completed_at),
@@ -81,7 +78,7 @@ def build_delivery(
     body: bytes | None = None,
 ) -> Delivery:
     """A pending delivery of ``run``'s terminal state (``body`` reuses already serialised bytes)."""
-    if run.callback_url is None or run.status_code not in (SUCCEEDED, FAILED):
+    if run.callback_url is None or run.status_code not in TERMINAL:
         raise ValueError("only terminal runs with a callback_url have callbacks")
     raw = body if body is not None else serialise(payload(run, output))
     secret = store.current_secret()

@@ -13,13 +13,14 @@ so a test can move time on instead of sleeping.
 ``idempotent_replays``, ``idempotency_keys_ignored`` (POSTs whose key the ``ignore`` setting
 disregarded), ``create_rate_limited``, ``create_server_errors``, ``create_answers_lost``,
 ``create_answers_reset``, ``get_rate_limited`` (get and list 429s), ``list_refused`` (list 403s),
-``unauthorized_requests``, the callback counters (``callbacks_sent``,
-``callback_attempts_failed``, ``callbacks_delivered``, ``callback_deliveries_created``,
-``callback_deliveries_failed``, ``callbacks_dropped``, ``callbacks_duplicated``,
-``callback_redeliveries``, ``callback_deliveries_pending``), ``callback_answer_ms`` and
-``callback_attempts_by_status`` (see ``store``), the output counters
+``admin_cancellations`` (cancellations that changed a run), ``late_results_dropped`` (results of
+runs canceled while they ran), ``unauthorized_requests``, the callback counters
+(``callbacks_sent``, ``callback_attempts_failed``, ``callbacks_delivered``,
+``callback_deliveries_created``, ``callback_deliveries_failed``, ``callbacks_dropped``,
+``callbacks_duplicated``, ``callback_redeliveries``, ``callback_deliveries_pending``),
+``callback_answer_ms`` and ``callback_attempts_by_status`` (see ``store``), the output counters
 (``output_fetches``, ``output_fetch_errors``, ``output_url_rejections``), ``callback_secrets``,
-``runs_by_status`` and ``faults_fired`` (per rate).
+``runs_by_status`` (every status a run can have, 0 included) and ``faults_fired`` (per rate).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class LocalRunflow:
         return self._service.stats()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once no run is queued or running and no callback delivery is pending."""
+        """True once no run is queued, dispatching or running, no worker is still finishing a run
+        (one canceled while it ran) and no callback delivery is pending."""
         return self.store.wait_idle(timeout)
 
     def restart_callback_sender(self) -> None:

@@ -21,11 +21,19 @@ Rates: probabilities in 0..1, default 0.
 - ``callback_duplicate``: the run's callback is delivered twice (two deliveries, same bytes).
 - ``output_fetch_error``: a GET of an output URL answers 500.
 - ``processing_failure``: the run ends ``failed`` with ``PROCESSING_FAILED`` (before fetching).
+- ``outcome_canceled``, ``outcome_timed_out``, ``outcome_expired``, ``outcome_partial``,
+  ``outcome_no_outputs``: terminal outcomes of a run that would otherwise succeed, decided when
+  it finishes; tried in that order and at most one applies (see ``outcomes``).
+- ``failure_output_envelope``: the callback of a run ending ``failed``, ``timed_out`` or ``expired``
+  carries ``output: {"error": {"code", "message"}}`` instead of ``null`` (decided when it ends).
 
 Numbers:
 
 - ``callback_delay_s`` (seconds, 0..3600, default 0): added before the first attempt of every
   automatic callback delivery.
+- ``dispatch_delay_s`` (seconds, 0..3600, default 0): how long a run stays ``dispatching`` before
+  it turns ``running``. The run keeps its worker meanwhile; a change of the setting applies to runs
+  already waiting.
 - ``retry_after_s`` (seconds, 0..3600, default 1): the ``Retry-After`` value (rounded up to whole
   seconds) and the offset of ``X-RateLimit-Reset`` from now; see ``rate_limit_headers``.
 - ``outputs_per_run`` (integer, 1..8, default 1): how many outputs a succeeded run has.
@@ -40,6 +48,8 @@ Choices:
 - ``rate_limit_headers``: ``"none"`` (default; newest docs: 429s carry no headers),
   ``"retry_after"`` (429s carry ``Retry-After``), ``"x_ratelimit"`` (every answer of the create,
   get and list routes carries ``X-RateLimit-Limit/-Remaining/-Reset``) or ``"both"``.
+- ``cancel_spelling``: ``"canceled"`` (default, newest docs) or ``"cancelled"`` (older crawl):
+  the ``status_code`` and callback ``status`` of canceled runs.
 - ``processing``: ``"real"`` (default; u2netp segmentation) or ``"instant"`` (fetch the input as
   usual, then answer a precomputed flat-colour PNG; see ``instant``).
 
@@ -52,7 +62,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -64,6 +75,7 @@ MAX_INSTANT_OUTPUT_BYTES = 1024**3
 
 IdempotencyMode = Literal["honour", "ignore"]
 RateLimitHeaderMode = Literal["none", "retry_after", "x_ratelimit", "both"]
+CancelSpelling = Literal["canceled", "cancelled"]
 ProcessingMode = Literal["real", "instant"]
 
 
@@ -124,6 +136,22 @@ class FaultSettings:
     retry_after_s: float = field(default=1.0, metadata=_seconds("Retry-After and X-RateLimit-Reset offset"))
     get_429: float = field(default=0.0, metadata=_rate("GET /v1/runs/{id} and GET /v1/runs answer 429"))
     list_4xx: float = field(default=0.0, metadata=_rate("GET /v1/runs answers 403 PERMISSION_DENIED"))
+    outcome_canceled: float = field(default=0.0, metadata=_rate("a run that would succeed ends canceled"))
+    cancel_spelling: CancelSpelling = field(
+        default="canceled", metadata=_choice("status of canceled runs", "canceled", "cancelled")
+    )
+    outcome_partial: float = field(
+        default=0.0, metadata=_rate("a run that would succeed ends partial_succeeded")
+    )
+    outcome_timed_out: float = field(default=0.0, metadata=_rate("a run that would succeed ends timed_out"))
+    outcome_expired: float = field(default=0.0, metadata=_rate("a run that would succeed ends expired"))
+    outcome_no_outputs: float = field(
+        default=0.0, metadata=_rate("a succeeded run's callback lists no outputs")
+    )
+    failure_output_envelope: float = field(
+        default=0.0, metadata=_rate("a failed run's callback output is an error envelope")
+    )
+    dispatch_delay_s: float = field(default=0.0, metadata=_seconds("seconds a run stays dispatching"))
     outputs_per_run: int = field(default=1, metadata=_int("outputs of a succeeded run", 1, MAX_OUTPUTS))
     processing: ProcessingMode = field(
         default="real", metadata=_choice("real (u2netp) or instant (precomputed) results", "real", "instant")
@@ -205,6 +233,7 @@ class FaultInjector:
 
     def __init__(self, settings: FaultSettings, seed: int | None) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._settings = settings
         self._seed = seed
         self._rng = random.Random(seed)
@@ -221,11 +250,12 @@ class FaultInjector:
             return self._seed
 
     def configure(self, settings: FaultSettings, seed: int | None = None, *, reseed: bool = False) -> None:
-        with self._lock:
+        with self._changed:
             self._settings = settings
             if reseed:
                 self._seed = seed
                 self._rng = random.Random(seed)
+            self._changed.notify_all()
 
     def roll(self, name: str) -> bool:
         """True if the fault ``name`` fires this time."""
@@ -239,6 +269,28 @@ class FaultInjector:
             if fired:
                 self._fired[name] += 1
             return fired
+
+    def first(self, names: tuple[str, ...]) -> str | None:
+        """The first of ``names`` (tried in order) that fires, or None; later ones are not rolled."""
+        for name in names:
+            if self.roll(name):
+                return name
+        return None
+
+    def wait_dispatch(self, since: float, keep_waiting: Callable[[], bool]) -> bool:
+        """Wait until ``dispatch_delay_s`` (as currently set) has passed since ``since`` (a
+        ``time.monotonic()`` value); False as soon as ``keep_waiting()`` turns false."""
+        while True:
+            # keep_waiting() may take the store's lock, which is held around rolls: never call it
+            # while holding this one.
+            if not keep_waiting():
+                return False
+            with self._changed:
+                left = since + self._settings.dispatch_delay_s - time.monotonic()
+                if left <= 0:
+                    return True
+                # Woken early by a settings change; the short cap notices cancels and stops.
+                self._changed.wait(min(left, 0.1))
 
     def fired(self) -> dict[str, int]:
         with self._lock:

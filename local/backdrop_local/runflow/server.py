@@ -6,6 +6,11 @@ storage bucket behind presigned URLs (the signature is the credential; files are
 ``/_emulator/...`` controls faults and reports counters without auth: neither exists on the real
 API.
 
+``POST /v1/admin/runs/{run_id}/cancellation`` (body ``{"reason": str | null}``, 3 to 500
+characters, optional; any accepted API key may call it, the emulator has no admin scope) cancels a
+non-terminal run: 201 with the canceled run and a ``run.cancelled`` callback queued; 200 with the
+run unchanged when it is terminal already; 404 ``RUN_NOT_FOUND`` otherwise.
+
 Answers of the create, get-run and list-runs routes carry the rate-limit headers the
 ``rate_limit_headers`` setting asks for (see ``ratelimit``). A create that the
 ``create_answer_reset`` fault strikes gets no answer: its connection is shut down unanswered.
@@ -46,6 +51,7 @@ _ROUTES = Map(
         Rule("/v1/runs/<run_id>", endpoint="get_run", methods=["GET"]),
         Rule("/v1/runs/<run_id>/callback", endpoint="deliveries", methods=["GET"]),
         Rule("/v1/runs/<run_id>/callback-redeliveries", endpoint="redeliver", methods=["POST"]),
+        Rule("/v1/admin/runs/<run_id>/cancellation", endpoint="cancel_run", methods=["POST"]),
         Rule("/v1/callback-secrets", endpoint="secrets", methods=["GET", "POST"]),
         Rule("/v1/callback-secrets/<secret_id>", endpoint="secret", methods=["GET", "PATCH", "DELETE"]),
         Rule("/outputs/<run_id>/<int:index>.png", endpoint="output", methods=["GET"]),
@@ -196,6 +202,9 @@ class RunflowApp:
 
     def _on_get_run(self, request: Request, run_id: str) -> Reply:
         return self._service.get_run(run_id)
+
+    def _on_cancel_run(self, request: Request, run_id: str) -> Reply:
+        return self._service.cancel_run(run_id, self._json_body(request, optional=True))
 
     def _on_deliveries(self, request: Request, run_id: str) -> Reply:
         return self._service.list_deliveries(run_id)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from backdrop_local.runflow import views
+from backdrop_local.runflow import outcomes, views
 from backdrop_local.runflow.callbacks import build_delivery
 from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.faults import FaultInjector, FaultSettings, FaultSettingsInvalid
@@ -25,6 +25,7 @@ from backdrop_local.runflow.store import TERMINAL, Delivery, Run, Store
 from backdrop_local.runflow.validation import validate_run_request
 
 MAX_LABEL_LENGTH = 255
+REASON_LENGTH = (3, 500)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,23 @@ class RunflowService:
         self._read_faults()
         with self.store.lock:
             return Reply(200, self._render_run(self._run(run_id)))
+
+    def cancel_run(self, run_id: str, body: Any) -> Reply:
+        """Admin cancellation: 201 with the canceled run on a transition, 200 with the run as it is
+        when it was terminal already (no callback then)."""
+        reason = _reason(body)
+        spelling = self.faults.settings.cancel_spelling
+        message = reason or outcomes.ADMIN_CANCEL_MESSAGE
+        with self.store.changing():
+            self._run(run_id)
+            deliveries = self.store.cancel_run(
+                run_id, lambda run: outcomes.settle_canceled(run, spelling, message), self.plan_deliveries
+            )
+            view = self._render_run(self._run(run_id))
+        if deliveries is None:
+            return Reply(200, view)
+        self.schedule(deliveries)
+        return Reply(201, view)
 
     def list_runs(self, args: Mapping[str, str]) -> Reply:
         self._read_faults()
@@ -326,6 +344,28 @@ class RunflowService:
 
 def _rate_limited() -> ApiError:
     return ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")
+
+
+def _reason(body: Any) -> str | None:
+    """The optional ``reason`` of a cancellation body (``{}`` or no body at all is fine)."""
+    if not isinstance(body, dict):
+        raise validation_error([field_error(["body"], "Input should be a valid dictionary", "dict_type")])
+    problems = [
+        field_error(["body", key], "Extra inputs are not permitted", "extra_forbidden")
+        for key in body
+        if key != "reason"
+    ]
+    reason = body.get("reason")
+    low, high = REASON_LENGTH
+    if reason is not None and (not isinstance(reason, str) or not low <= len(reason) <= high):
+        problems.append(
+            field_error(
+                ["body", "reason"], f"reason must be a string of {low} to {high} characters", "value_error"
+            )
+        )
+    if problems:
+        raise validation_error(problems)
+    return reason if isinstance(reason, str) else None
 
 
 def _label(body: Any, *, required: bool) -> str | None:

@@ -31,7 +31,15 @@ from backdrop_local.runflow import LocalRunflow
 API_KEY = "rf_live_local"
 MODEL_RUNS = "/v1/models/runflow/background-color/runs"
 DISC_COLOUR = (150, 20, 30)
-TERMINAL = ("succeeded", "failed")
+TERMINAL = (
+    "succeeded",
+    "partial_succeeded",
+    "failed",
+    "timed_out",
+    "expired",
+    "canceled",
+    "cancelled",
+)
 GATE_LIMIT_S = 60.0  # a gated GET is released by the test; this only bounds a test that forgot
 
 

@@ -58,8 +58,6 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         "1.0",
         "--idempotency-keys",
         "ignore",
-        "--get-429",
-        "0.25",
         "--outputs-per-run",
         "3",
         "--processing",
@@ -82,10 +80,9 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         assert httpx.get(f"{ready['url']}/v1/runs", headers=headers, trust_env=False).status_code == 200
         faults = httpx.get(f"{ready['url']}/_emulator/faults", trust_env=False).json()
         assert faults["create_429"] == 1.0 and faults["seed"] == 7
-        assert faults["idempotency_keys"] == "ignore" and faults["get_429"] == 0.25
-        assert faults["rate_limit_headers"] == "x_ratelimit" and faults["retry_after_s"] == 2.5
-        assert faults["list_4xx"] == 0.0 and faults["outputs_per_run"] == 3
-        assert faults["processing"] == "instant" and faults["instant_output_bytes"] == 0
+        assert faults["idempotency_keys"] == "ignore" and faults["outputs_per_run"] == 3
+        assert faults["processing"] == "instant" and faults["rate_limit_headers"] == "x_ratelimit"
+        assert faults["retry_after_s"] == 2.5 and faults["cancel_spelling"] == "canceled"
         secrets = httpx.get(f"{ready['url']}/v1/callback-secrets", headers=headers, trust_env=False).json()
         assert [s["is_current"] for s in secrets["items"]] == [True]
 
@@ -117,13 +114,11 @@ def test_cli_refuses_to_bind_beyond_loopback() -> None:
         ["--processing-failure", "1.5"],
         ["--callback-retry-delays", "1,-2"],
         ["--idempotency-keys", "sometimes"],
-        ["--rate-limit-headers", "all"],
-        ["--retry-after-s", "soon"],
-        ["--get-429", "2"],
         ["--outputs-per-run", "9"],
         ["--outputs-per-run", "1.5"],
         ["--instant-output-bytes", "-1"],
-        ["--processing", "fake"],
+        ["--rate-limit-headers", "all"],
+        ["--dispatch-delay-s", "soon"],
     ],
 )
 def test_cli_refuses_bad_settings_before_starting(
@@ -149,6 +144,14 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
             "--retry-after-s=3",
             "--get-429=0.25",
             "--list-4xx=1",
+            "--outcome-canceled=0.1",
+            "--cancel-spelling=cancelled",
+            "--outcome-partial=0.2",
+            "--outcome-timed-out=0.3",
+            "--outcome-expired=0.4",
+            "--outcome-no-outputs=0.5",
+            "--failure-output-envelope=0.6",
+            "--dispatch-delay-s=1.5",
             "--outputs-per-run=4",
             "--processing=instant",
             "--instant-output-bytes=1000000",
@@ -162,6 +165,14 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
         retry_after_s=3.0,
         get_429=0.25,
         list_4xx=1.0,
+        outcome_canceled=0.1,
+        cancel_spelling="cancelled",
+        outcome_partial=0.2,
+        outcome_timed_out=0.3,
+        outcome_expired=0.4,
+        outcome_no_outputs=0.5,
+        failure_output_envelope=0.6,
+        dispatch_delay_s=1.5,
         outputs_per_run=4,
         processing="instant",
         instant_output_bytes=1_000_000,
