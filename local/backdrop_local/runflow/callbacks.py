@@ -2,14 +2,18 @@
 
 Payload keys, in this order: ``event, run_id, status, output, duration_ms, created_at,
 completed_at, metadata``; timestamps are ``datetime.isoformat()`` of aware UTC datetimes
-(``+00:00``); ``output`` is null for failed runs. The body is serialised once, when the delivery is
+(``+00:00``); ``event``, ``status`` and ``output`` follow the run's terminal status as ``outcomes``
+describes (``output`` is null for failed and canceled runs unless ``failure_output_envelope``
+struck). The body is serialised once, when the delivery is
 created, and every attempt sends exactly those bytes; ``Runflow-Signature`` is the lowercase hex
 HMAC-SHA256 of those bytes under the current signing secret's plain string (absent when there is
 no current secret), and ``Runflow-Request-Id`` identifies the delivery (the same on each attempt).
 
 A delivery makes up to ``len(retry_delays) + 1`` attempts (3 with the documented 1 s, 2 s), each
 with a 10 s timeout; only 5xx answers and network errors/timeouts are retried, any other status
-ends the delivery. Redirects are not followed. Deliveries wait in a due-time queue; the store is
+ends the delivery. Redirects are not followed: a 3xx answer ends the delivery like a 4xx. Each
+attempt that gets an HTTP answer is timed from sending the POST to having read the status line and
+the body (``callback_answer_ms`` in the stats). Deliveries wait in a due-time queue; the store is
 the source of truth, so the sender threads can be stopped and restarted (``restart``) at any
 moment: pending deliveries are rebuilt from the store and nothing is lost.
 """
@@ -31,14 +35,8 @@ import httpx
 
 from backdrop_local.runflow.ids import iso, new_id, utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
-from backdrop_local.runflow.store import (
-    FAILED,
-    SUCCEEDED,
-    AttemptOutcome,
-    Delivery,
-    Run,
-    Store,
-)
+from backdrop_local.runflow.outcomes import EVENTS, callback_output
+from backdrop_local.runflow.store import TERMINAL, AttemptOutcome, Delivery, Run, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +46,12 @@ USER_AGENT = "Runflow-Callbacks/1.0 (local emulator)"
 
 
 def payload(run: Run, output: dict[str, Any] | None) -> dict[str, Any]:
+    """The callback body of a terminal ``run`` whose run-object ``output`` is ``output``."""
     return {
-        "event": "run.completed" if run.status_code == SUCCEEDED else "run.failed",
+        "event": EVENTS[run.status_code],
         "run_id": run.id,
         "status": run.status_code,
-        "output": output if run.status_code == SUCCEEDED else None,
+        "output": callback_output(run, output),
         "duration_ms": run.duration_ms,
         "created_at": iso(run.created_at),
         "completed_at": iso(run.completed_at),
@@ -79,7 +78,7 @@ def build_delivery(
     body: bytes | None = None,
 ) -> Delivery:
     """A pending delivery of ``run``'s terminal state (``body`` reuses already serialised bytes)."""
-    if run.callback_url is None or run.status_code not in (SUCCEEDED, FAILED):
+    if run.callback_url is None or run.status_code not in TERMINAL:
         raise ValueError("only terminal runs with a callback_url have callbacks")
     raw = body if body is not None else serialise(payload(run, output))
     secret = store.current_secret()
@@ -220,13 +219,15 @@ class CallbackSender:
             return AttemptOutcome(None, None, 0, "callback sender is stopped", False, True)
         started = time.perf_counter()
         try:
+            # post() returns once the status line and the whole body are in: the answer time.
             response = client.post(delivery.callback_url, content=delivery.payload_bytes, headers=headers)
         except httpx.HTTPError as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
             return AttemptOutcome(None, None, elapsed, f"{type(exc).__name__}: {exc}", False, True)
-        elapsed = round((time.perf_counter() - started) * 1000)
+        answer_ms = (time.perf_counter() - started) * 1000
+        elapsed = round(answer_ms)
         status = response.status_code
         text = response.text[:RESPONSE_BODY_LIMIT]
         if 200 <= status < 300:
-            return AttemptOutcome(status, text, elapsed, None, True, False)
-        return AttemptOutcome(status, text, elapsed, f"HTTP {status}", False, status >= 500)
+            return AttemptOutcome(status, text, elapsed, None, True, False, answer_ms)
+        return AttemptOutcome(status, text, elapsed, f"HTTP {status}", False, status >= 500, answer_ms)

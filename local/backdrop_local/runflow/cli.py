@@ -5,6 +5,11 @@
 
 The JSON line carries ``url`` and, with ``--create-callback-secret``, ``callback_secret`` (the plain
 ``whsec_...`` string) so a wrapper script can configure its receiver from it.
+
+Every ``FaultSettings`` field is a flag of the same name with dashes (``--idempotency-keys ignore``,
+``--outputs-per-run 3``, ``--processing instant``, ...), typed, bounded and defaulted as the field
+is (see ``faults``); ``add_fault_arguments`` and ``faults_from_args`` give another command line
+(the local stack's) the same flags.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from types import FrameType
+from typing import Any
 
 from backdrop_local.runflow.emulator import DEFAULT_RETRY_DELAYS, LocalRunflow
-from backdrop_local.runflow.faults import FaultSettings
+from backdrop_local.runflow.faults import RULES, FaultSettings, coerce, problem
 
 
 def _delays(raw: str) -> tuple[float, ...]:
@@ -69,11 +76,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_type(name: str) -> Callable[[str], Any]:
+    """Parse a flag's text as the setting ``name`` and check it as FaultSettings does."""
+    kind = RULES[name].kind
+
+    def parse(raw: str) -> Any:
+        try:
+            value: Any = raw if kind == "choice" else int(raw) if kind == "int" else float(raw)
+        except ValueError as exc:
+            expected = "an integer" if kind == "int" else "a number"
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {expected}") from exc
+        found = problem(name, value)
+        if found is not None:
+            raise argparse.ArgumentTypeError(found["msg"])
+        return coerce(name, value)
+
+    return parse
+
+
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per FaultSettings field (``--create-429``, ``--callback-delay-s``, ...)."""
-    faults = parser.add_argument_group("fault injection (rates 0..1; callback-delay-s in seconds)")
+    """One flag per FaultSettings field (``--create-429``, ``--outputs-per-run``, ...)."""
+    faults = parser.add_argument_group("fault injection and test modes (rates 0..1; *-s in seconds)")
     for item in fields(FaultSettings):
-        faults.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=float, default=0.0)
+        rule = RULES[item.name]
+        faults.add_argument(
+            f"--{item.name.replace('_', '-')}",
+            dest=item.name,
+            type=_setting_type(item.name),
+            default=item.default,
+            choices=rule.choices or None,
+            metavar="|".join(rule.choices) if rule.choices else None,
+            help=f"{rule.help} (default {item.default})",
+        )
 
 
 def faults_from_args(args: argparse.Namespace) -> FaultSettings:

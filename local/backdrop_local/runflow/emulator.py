@@ -4,11 +4,30 @@ It wires the HTTP server, the run workers and the callback sender to one in-memo
 offers the controls tests and the local stack need (faults, stats, ``wait_idle``, restarting the
 callback sender). It binds only to loopback and only ever contacts loopback hosts or the origins
 it is told to allow.
+
+Settings that change behaviour at run time are ``FaultSettings`` (see ``faults``). ``clock``
+(keyword, default ``time.time``) is the wall clock of output URL expiry and ``X-RateLimit-Reset``,
+so a test can move time on instead of sleeping.
+
+``stats()`` (also ``GET /_emulator/stats``) reports counters: ``runs_created``,
+``idempotent_replays``, ``idempotency_keys_ignored`` (POSTs whose key the ``ignore`` setting
+disregarded), ``create_rate_limited``, ``create_server_errors``, ``create_answers_lost``,
+``create_answers_reset``, ``get_rate_limited`` (get and list 429s), ``list_refused`` (list 403s),
+``admin_cancellations`` (cancellations that changed a run), ``late_results_dropped`` (results of
+runs canceled while they ran), ``unauthorized_requests``, the callback counters
+(``callbacks_sent``, ``callback_attempts_failed``, ``callbacks_delivered``,
+``callback_deliveries_created``, ``callback_deliveries_failed``, ``callbacks_dropped``,
+``callbacks_duplicated``, ``callback_redeliveries``, ``callback_deliveries_pending``),
+``callback_answer_ms`` and ``callback_attempts_by_status`` (see ``store``), the output counters
+(``output_fetches``, ``output_fetch_errors``, ``output_url_rejections``), ``callback_secrets``,
+``runs_by_status`` (every status a run can have, 0 included) and ``faults_fired`` (per rate).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +38,7 @@ from backdrop_local.runflow.faults import FaultInjector, FaultSettings
 from backdrop_local.runflow.ids import utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy, format_origin, is_loopback_host
 from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
+from backdrop_local.runflow.ratelimit import RateLimitHeaders
 from backdrop_local.runflow.server import QuietRequestHandler, RunflowApp
 from backdrop_local.runflow.service import RunflowService
 from backdrop_local.runflow.store import Delivery, Store
@@ -43,6 +63,7 @@ class LocalRunflow:
         callback_threads: int = 4,
         callback_timeout_seconds: float = ATTEMPT_TIMEOUT_S,
         output_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not is_loopback_host(host):
             raise ValueError(f"the local Runflow only binds to loopback addresses, not {host!r}")
@@ -58,7 +79,7 @@ class LocalRunflow:
         self.store = Store()
         self._faults = FaultInjector(faults or FaultSettings(), seed)
         self._outputs = OutputDirectory(output_dir)
-        self._signer = OutputSigner(lambda: self.url, output_ttl_seconds)
+        self._signer = OutputSigner(lambda: self.url, output_ttl_seconds, clock=clock)
         self._service = RunflowService(
             self.store,
             self._faults,
@@ -67,6 +88,7 @@ class LocalRunflow:
             self._outputs,
             lambda: self.url,
             self._retry_delays,
+            RateLimitHeaders(clock),
         )
         self._due = DueQueue()
         self._sender = self._new_sender()
@@ -150,7 +172,8 @@ class LocalRunflow:
         return self._service.stats()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once no run is queued or running and no callback delivery is pending."""
+        """True once no run is queued, dispatching or running, no worker is still finishing a run
+        (one canceled while it ran) and no callback delivery is pending."""
         return self.store.wait_idle(timeout)
 
     def restart_callback_sender(self) -> None:

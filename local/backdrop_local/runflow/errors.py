@@ -25,3 +25,7 @@ def field_error(loc: list[str | int], msg: str, kind: str) -> FieldError:
 
 def validation_error(errors: list[FieldError], message: str = "Request validation failed") -> ApiError:
     return ApiError(422, "VALIDATION_ERROR", message, errors)
+
+
+class DropConnection(Exception):
+    """The server closes the client's connection without sending any HTTP answer."""

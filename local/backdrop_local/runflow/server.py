@@ -2,15 +2,27 @@
 
 Everything under ``/v1`` except ``/v1/health`` needs ``Authorization: Bearer <api key>``; errors
 use Runflow's envelope ``{"code", "message", "errors"}``. ``/outputs/...`` stands in for the
-storage bucket behind presigned URLs (the signature is the credential), and ``/_emulator/...``
-controls faults and reports counters without auth: neither exists on the real API.
+storage bucket behind presigned URLs (the signature is the credential; files are streamed), and
+``/_emulator/...`` controls faults and reports counters without auth: neither exists on the real
+API.
+
+``POST /v1/admin/runs/{run_id}/cancellation`` (body ``{"reason": str | null}``, 3 to 500
+characters, optional; any accepted API key may call it, the emulator has no admin scope) cancels a
+non-terminal run: 201 with the canceled run and a ``run.cancelled`` callback queued; 200 with the
+run unchanged when it is terminal already; 404 ``RUN_NOT_FOUND`` otherwise.
+
+Answers of the create, get-run and list-runs routes carry the rate-limit headers the
+``rate_limit_headers`` setting asks for (see ``ratelimit``). A create that the
+``create_answer_reset`` fault strikes gets no answer: its connection is shut down unanswered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,8 +31,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from backdrop_local.runflow.errors import ApiError, field_error, validation_error
+from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.ids import new_id
+from backdrop_local.runflow.outputs import FileStream
 from backdrop_local.runflow.service import FileReply, Reply, RunflowService, dumps
 from backdrop_local.runflow.views import ORG_ID, USER_ID
 
@@ -38,6 +51,7 @@ _ROUTES = Map(
         Rule("/v1/runs/<run_id>", endpoint="get_run", methods=["GET"]),
         Rule("/v1/runs/<run_id>/callback", endpoint="deliveries", methods=["GET"]),
         Rule("/v1/runs/<run_id>/callback-redeliveries", endpoint="redeliver", methods=["POST"]),
+        Rule("/v1/admin/runs/<run_id>/cancellation", endpoint="cancel_run", methods=["POST"]),
         Rule("/v1/callback-secrets", endpoint="secrets", methods=["GET", "POST"]),
         Rule("/v1/callback-secrets/<secret_id>", endpoint="secret", methods=["GET", "PATCH", "DELETE"]),
         Rule("/outputs/<run_id>/<int:index>.png", endpoint="output", methods=["GET"]),
@@ -47,6 +61,7 @@ _ROUTES = Map(
     strict_slashes=False,
 )
 _OPEN_ENDPOINTS = frozenset({"health", "readiness", "output", "faults", "stats"})
+_RATE_LIMITED_ENDPOINTS = frozenset({"create_run", "get_run", "list_runs"})
 
 
 class QuietRequestHandler(WSGIRequestHandler):
@@ -68,6 +83,18 @@ def _error_response(error: ApiError) -> Response:
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def _drop(request: Request) -> Response:
+    """Shut the connection down with no answer. The server's later attempt to write the response
+    below fails on the closed socket, which werkzeug treats as a dropped connection."""
+    connection = request.environ.get("werkzeug.socket")
+    if not isinstance(connection, socket.socket):
+        # Only werkzeug's server hands the socket over; elsewhere say what would have happened.
+        return _error_response(ApiError(502, "BAD_GATEWAY", "The connection was reset (injected fault)"))
+    with contextlib.suppress(OSError):  # the client went away first: nothing is left to drop
+        connection.shutdown(socket.SHUT_RDWR)
+    return Response(status=204)
 
 
 class RunflowApp:
@@ -92,22 +119,40 @@ class RunflowApp:
             return _error_response(ApiError(404, "NOT_FOUND", "Not found"))
         except HTTPException as exc:  # e.g. a redirect for a non-canonical path
             return _error_response(ApiError(exc.code or 400, "BAD_REQUEST", exc.description or "Bad request"))
+        authenticated = False
         try:
             if endpoint not in _OPEN_ENDPOINTS:
                 self._authenticate(request)
+                authenticated = True
             handler = getattr(self, f"_on_{endpoint}")
             result: Reply | FileReply | Response = handler(request, **values)
+            response = self._response(result)
         except ApiError as error:
-            return _error_response(error)
+            response = _error_response(error)
         except RequestEntityTooLarge:
-            return _error_response(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large"))
+            response = _error_response(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large"))
+        except DropConnection:
+            return _drop(request)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return _error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
+            response = _error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
+        if authenticated and endpoint in _RATE_LIMITED_ENDPOINTS:
+            response.headers.update(self._service.rate_limit_headers(response.status_code == 429))
+        return response
+
+    @staticmethod
+    def _response(result: Reply | FileReply | Response) -> Response:
         if isinstance(result, Response):
             return result
         if isinstance(result, FileReply):
-            return Response(result.content, status=result.status, content_type=result.content_type)
+            response = Response(
+                FileStream(result.handle),
+                status=result.status,
+                content_type=result.content_type,
+                direct_passthrough=True,
+            )
+            response.content_length = result.size
+            return response
         return _json_response(result.status, result.data, result.body)
 
     def _authenticate(self, request: Request) -> None:
@@ -157,6 +202,9 @@ class RunflowApp:
 
     def _on_get_run(self, request: Request, run_id: str) -> Reply:
         return self._service.get_run(run_id)
+
+    def _on_cancel_run(self, request: Request, run_id: str) -> Reply:
+        return self._service.cancel_run(run_id, self._json_body(request, optional=True))
 
     def _on_deliveries(self, request: Request, run_id: str) -> Reply:
         return self._service.list_deliveries(run_id)

@@ -10,20 +10,22 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from backdrop_local.runflow import views
+from backdrop_local.runflow import outcomes, views
 from backdrop_local.runflow.callbacks import build_delivery
-from backdrop_local.runflow.errors import ApiError, field_error, validation_error
+from backdrop_local.runflow.errors import ApiError, DropConnection, field_error, validation_error
 from backdrop_local.runflow.faults import FaultInjector, FaultSettings, FaultSettingsInvalid
 from backdrop_local.runflow.ids import new_id, utc_now
 from backdrop_local.runflow.netpolicy import NetPolicy
 from backdrop_local.runflow.outputs import OutputDirectory, OutputSigner
 from backdrop_local.runflow.query import Cursor, parse_filter, parse_limit
+from backdrop_local.runflow.ratelimit import RateLimitHeaders
 from backdrop_local.runflow.store import TERMINAL, Delivery, Run, Store
 from backdrop_local.runflow.validation import validate_run_request
 
 MAX_LABEL_LENGTH = 255
+REASON_LENGTH = (3, 500)
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,11 @@ class Reply:
 
 @dataclass(frozen=True)
 class FileReply:
+    """A file to stream (the server closes ``handle`` once sent)."""
+
     status: int
-    content: bytes
+    handle: BinaryIO
+    size: int
     content_type: str
 
 
@@ -61,6 +66,7 @@ class RunflowService:
         outputs: OutputDirectory,
         base_url: Callable[[], str],
         retry_delays: tuple[float, ...],
+        rate_limits: RateLimitHeaders,
     ) -> None:
         self.store = store
         self.faults = faults
@@ -69,6 +75,7 @@ class RunflowService:
         self.outputs = outputs
         self._base_url = base_url
         self.max_attempts = len(retry_delays) + 1
+        self._rate_limits = rate_limits
         self.submit_run: Callable[[str], None] = lambda run_id: None
         self.schedule: Callable[[list[Delivery]], None] = lambda deliveries: None
 
@@ -79,10 +86,13 @@ class RunflowService:
     def create_run(self, model: str, body: Any, idempotency_key: str | None, request_id: str) -> Reply:
         if model != views.MODEL:
             raise ApiError(404, "MODEL_NOT_FOUND", f"Model {model!r} was not found")
+        if idempotency_key is not None and self.faults.settings.idempotency_keys == "ignore":
+            self.store.bump("idempotency_keys_ignored")
+            idempotency_key = None
         # Injected faults answer before anything is looked at or created, like a gateway would.
         if self.faults.roll("create_429"):
             self.store.bump("create_rate_limited")
-            raise ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")
+            raise _rate_limited()
         if self.faults.roll("create_5xx"):
             self.store.bump("create_server_errors")
             raise ApiError(503, "MODEL_UNAVAILABLE", "The model is temporarily unavailable (injected fault)")
@@ -110,7 +120,21 @@ class RunflowService:
             raise ApiError(
                 504, "GATEWAY_TIMEOUT", "The gateway timed out waiting for an answer (injected fault)"
             )
+        if self.faults.roll("create_answer_reset"):
+            # The run exists; the connection drops before any answer, as when a proxy dies.
+            self.store.bump("create_answers_reset")
+            raise DropConnection()
         return Reply(201, body=response)
+
+    def rate_limit_headers(self, limited: bool) -> dict[str, str]:
+        """Headers the create, get and list routes add to an answer (see ``ratelimit``)."""
+        settings = self.faults.settings
+        return self._rate_limits.headers(settings.rate_limit_headers, settings.retry_after_s, limited)
+
+    def _read_faults(self) -> None:
+        if self.faults.roll("get_429"):
+            self.store.bump("get_rate_limited")
+            raise _rate_limited()
 
     def _run(self, run_id: str) -> Run:
         run = self.store.get_run(run_id)
@@ -119,10 +143,36 @@ class RunflowService:
         return run
 
     def get_run(self, run_id: str) -> Reply:
+        self._read_faults()
         with self.store.lock:
             return Reply(200, self._render_run(self._run(run_id)))
 
+    def cancel_run(self, run_id: str, body: Any) -> Reply:
+        """Admin cancellation: 201 with the canceled run on a transition, 200 with the run as it is
+        when it was terminal already (no callback then)."""
+        reason = _reason(body)
+        spelling = self.faults.settings.cancel_spelling
+        message = reason or outcomes.ADMIN_CANCEL_MESSAGE
+        with self.store.changing():
+            self._run(run_id)
+            deliveries = self.store.cancel_run(
+                run_id, lambda run: outcomes.settle_canceled(run, spelling, message), self.plan_deliveries
+            )
+            view = self._render_run(self._run(run_id))
+        if deliveries is None:
+            return Reply(200, view)
+        self.schedule(deliveries)
+        return Reply(201, view)
+
     def list_runs(self, args: Mapping[str, str]) -> Reply:
+        self._read_faults()
+        if self.faults.roll("list_4xx"):
+            self.store.bump("list_refused")
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                "Your account is not authorized to access this resource. (injected fault)",
+            )
         limit = parse_limit(args.get("limit"))
         keep = parse_filter(args.get("q"))
         cursor = Cursor.decode(args.get("pq"))
@@ -261,11 +311,12 @@ class RunflowService:
         if self.faults.roll("output_fetch_error"):
             self.store.bump("output_fetch_errors")
             raise ApiError(500, "INTERNAL_ERROR", "We encountered an internal error. Please try again.")
-        content = self.outputs.read(run_id, index)
-        if content is None:
+        opened = self.outputs.open(run_id, index)
+        if opened is None:
             raise ApiError(404, "NO_SUCH_KEY", "The specified key does not exist.")
         self.store.bump("output_fetches")
-        return FileReply(200, content, "image/png")
+        handle, size = opened
+        return FileReply(200, handle, size, "image/png")
 
     # ------------------------------------------------------------------ emulator controls
     def faults_view(self) -> dict[str, Any]:
@@ -289,6 +340,32 @@ class RunflowService:
 
     def stats(self) -> dict[str, Any]:
         return {**self.store.stats(), "faults_fired": self.faults.fired()}
+
+
+def _rate_limited() -> ApiError:
+    return ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")
+
+
+def _reason(body: Any) -> str | None:
+    """The optional ``reason`` of a cancellation body (``{}`` or no body at all is fine)."""
+    if not isinstance(body, dict):
+        raise validation_error([field_error(["body"], "Input should be a valid dictionary", "dict_type")])
+    problems = [
+        field_error(["body", key], "Extra inputs are not permitted", "extra_forbidden")
+        for key in body
+        if key != "reason"
+    ]
+    reason = body.get("reason")
+    low, high = REASON_LENGTH
+    if reason is not None and (not isinstance(reason, str) or not low <= len(reason) <= high):
+        problems.append(
+            field_error(
+                ["body", "reason"], f"reason must be a string of {low} to {high} characters", "value_error"
+            )
+        )
+    if problems:
+        raise validation_error(problems)
+    return reason if isinstance(reason, str) else None
 
 
 def _label(body: Any, *, required: bool) -> str | None:

@@ -4,11 +4,23 @@ One re-entrant lock guards everything; a condition on it wakes ``wait_idle`` whe
 changes. Anything that must look atomic to a client (idempotent create, a run turning terminal
 together with its callback deliveries appearing) happens under that lock. Callers render JSON
 under the lock too, so no response mixes two states of one run.
+
+Run statuses: ``queued → dispatching → running`` and then one terminal status: ``succeeded``,
+``partial_succeeded``, ``failed``, ``timed_out``, ``expired``, or ``canceled`` / ``cancelled``
+(spelling chosen by the ``cancel_spelling`` setting). A run can be canceled from any non-terminal
+status; once terminal, nothing changes it again (late results of a canceled run are dropped and
+counted in ``late_results_dropped``).
+
+``stats()`` also reports, over every callback attempt that got an HTTP answer,
+``callback_answer_ms`` (``{"count", "p50", "p99", "max"}``: milliseconds from sending the POST to
+having the status line and body; nearest-rank percentiles, null while the count is 0) and
+``callback_attempts_by_status`` (HTTP status as a string → attempts).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import secrets as secrets_module
 import threading
 from collections import Counter
@@ -22,11 +34,32 @@ from backdrop_local.runflow.errors import ApiError
 from backdrop_local.runflow.ids import new_id, utc_now
 
 QUEUED = "queued"
+DISPATCHING = "dispatching"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
+PARTIAL_SUCCEEDED = "partial_succeeded"
 FAILED = "failed"
-RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
-TERMINAL = frozenset({SUCCEEDED, FAILED})
+TIMED_OUT = "timed_out"
+EXPIRED = "expired"
+CANCELED = "canceled"
+CANCELLED = "cancelled"
+RUN_STATUSES = (
+    QUEUED,
+    DISPATCHING,
+    RUNNING,
+    SUCCEEDED,
+    PARTIAL_SUCCEEDED,
+    FAILED,
+    TIMED_OUT,
+    EXPIRED,
+    CANCELED,
+    CANCELLED,
+)
+ACTIVE = frozenset({QUEUED, DISPATCHING, RUNNING})
+TERMINAL = frozenset(RUN_STATUSES) - ACTIVE
+WITH_OUTPUT = frozenset({SUCCEEDED, PARTIAL_SUCCEEDED})  # statuses whose run carries outputs
+FAILURES = frozenset({FAILED, TIMED_OUT, EXPIRED})  # statuses whose callback event is run.failed
+CANCELATIONS = frozenset({CANCELED, CANCELLED})
 
 DELIVERY_PENDING = "pending"
 DELIVERY_SUCCEEDED = "succeeded"
@@ -57,6 +90,9 @@ class Run:
     failure_code: str | None = None
     failure_message: str | None = None
     failure_stage_code: str | None = None
+    # How this run's callbacks differ from its run object (decided once, when it turns terminal).
+    callback_hides_outputs: bool = False
+    callback_error_envelope: bool = False
 
     @property
     def duration_ms(self) -> int | None:
@@ -132,6 +168,7 @@ class AttemptOutcome:
     error_message: str | None
     succeeded: bool
     retryable: bool
+    answer_ms: float | None = None  # set when an HTTP answer (status line and body) arrived
 
 
 class Store:
@@ -145,6 +182,9 @@ class Store:
         self._deliveries_by_run: dict[str, list[str]] = {}
         self._secrets: dict[str, CallbackSecret] = {}
         self.counters: Counter[str] = Counter()
+        self._answer_ms: list[float] = []
+        self._held: set[str] = set()  # runs a worker has taken and not yet let go (see wait_idle)
+        self._attempts_by_status: Counter[int] = Counter()
 
     @contextmanager
     def changing(self) -> Iterator[None]:
@@ -197,31 +237,78 @@ class Store:
             return self._runs.get(run_id)
 
     def start_run(self, run_id: str) -> Run | None:
-        """queued → running; None if the run is not queued (so it is never run twice)."""
+        """queued → dispatching; None if the run is not queued (so it is never run twice)."""
         with self.changing():
             run = self._runs.get(run_id)
             if run is None or run.status_code != QUEUED:
                 return None
+            run.status_code = DISPATCHING
+            self._held.add(run_id)
+            return run
+
+    def release_run(self, run_id: str) -> None:
+        """The worker is done with the run, whatever became of it (canceled runs included)."""
+        with self.changing():
+            self._held.discard(run_id)
+
+    def begin_running(self, run_id: str) -> Run | None:
+        """dispatching → running; None if the run left dispatching meanwhile (it was canceled)."""
+        with self.changing():
+            run = self._runs.get(run_id)
+            if run is None or run.status_code != DISPATCHING:
+                return None
             run.status_code = RUNNING
             run.started_at = utc_now()
             return run
+
+    def is_dispatching(self, run_id: str) -> bool:
+        with self.lock:
+            run = self._runs.get(run_id)
+            return run is not None and run.status_code == DISPATCHING
 
     def finish_run(
         self,
         run_id: str,
         settle: Callable[[Run], None],
         make_deliveries: Callable[[Run], list[Delivery]],
-    ) -> list[Delivery]:
-        """Make the run terminal and add its callback deliveries in one step (see wait_idle)."""
+    ) -> list[Delivery] | None:
+        """Make the run terminal and add its callback deliveries in one step (see wait_idle).
+
+        None if the run is terminal already (canceled while it ran): its late result is dropped.
+        """
         with self.changing():
             run = self._runs[run_id]
-            settle(run)
-            if run.completed_at is None:
-                run.completed_at = utc_now()
-            deliveries = make_deliveries(run)
-            for delivery in deliveries:
-                self._add_delivery(delivery)
-            return deliveries
+            if run.status_code in TERMINAL:
+                self.counters["late_results_dropped"] += 1
+                return None
+            return self._settle(run, settle, make_deliveries)
+
+    def cancel_run(
+        self,
+        run_id: str,
+        settle: Callable[[Run], None],
+        make_deliveries: Callable[[Run], list[Delivery]],
+    ) -> list[Delivery] | None:
+        """Cancel a non-terminal run, adding its deliveries; None if it was terminal already."""
+        with self.changing():
+            run = self._runs[run_id]
+            if run.status_code in TERMINAL:
+                return None
+            self.counters["admin_cancellations"] += 1
+            return self._settle(run, settle, make_deliveries)
+
+    def _settle(
+        self, run: Run, settle: Callable[[Run], None], make_deliveries: Callable[[Run], list[Delivery]]
+    ) -> list[Delivery]:
+        settle(run)
+        if run.status_code not in TERMINAL:
+            raise ValueError(f"settling left run {run.id} {run.status_code}")
+        if run.completed_at is None:
+            run.completed_at = utc_now()
+        deliveries = make_deliveries(run)
+        for delivery in deliveries:
+            self._add_delivery(delivery)
+        return deliveries
 
     def runs_page(
         self, anchor: str | None, newer: bool, limit: int, keep: Callable[[Run], bool]
@@ -299,6 +386,10 @@ class Store:
             )
             delivery.updated_at = now
             self.counters["callbacks_sent"] += 1
+            if outcome.status_code is not None:
+                self._attempts_by_status[outcome.status_code] += 1
+                if outcome.answer_ms is not None:
+                    self._answer_ms.append(outcome.answer_ms)
             if outcome.succeeded:
                 delivery.status_code = DELIVERY_SUCCEEDED
                 delivery.completed_at = now
@@ -384,7 +475,8 @@ class Store:
     # ------------------------------------------------------------------ idleness and stats
     def is_idle(self) -> bool:
         with self.lock:
-            busy_runs = any(r.status_code in (QUEUED, RUNNING) for r in self._runs.values())
+            # A canceled run is terminal while its worker may still be finishing it: busy too.
+            busy_runs = bool(self._held) or any(r.status_code in ACTIVE for r in self._runs.values())
             busy_deliveries = any(d.status_code == DELIVERY_PENDING for d in self._deliveries.values())
             return not busy_runs and not busy_deliveries
 
@@ -416,9 +508,32 @@ class Store:
                 "create_server_errors",
                 "create_answers_lost",
                 "unauthorized_requests",
+                "create_answers_reset",
+                "idempotency_keys_ignored",
+                "get_rate_limited",
+                "list_refused",
+                "admin_cancellations",
+                "late_results_dropped",
             )
             result: dict[str, Any] = {key: self.counters[key] for key in keys}
             result["runs_by_status"] = by_status
             result["callback_deliveries_pending"] = deliveries[DELIVERY_PENDING]
             result["callback_secrets"] = len(self._secrets)
+            result["callback_answer_ms"] = summarise(self._answer_ms)
+            result["callback_attempts_by_status"] = {
+                str(status): count for status, count in sorted(self._attempts_by_status.items())
+            }
             return result
+
+
+def summarise(samples: list[float]) -> dict[str, Any]:
+    """Count, nearest-rank p50 and p99, and maximum of ``samples`` (ms, to 3 decimals)."""
+    if not samples:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def rank(percent: int) -> float:
+        # Nearest rank: the smallest sample with at least ``percent`` % of samples at or below it.
+        return round(ordered[max(0, math.ceil(percent * len(ordered) / 100) - 1)], 3)
+
+    return {"count": len(ordered), "p50": rank(50), "p99": rank(99), "max": round(ordered[-1], 3)}

@@ -2,7 +2,9 @@
 
 The run object carries every field of Runflow's OpenAPI run schema (ids of things this emulator
 does not have are null), plus what the official SDK reads besides: ``model`` (owner/slug),
-``error: {code, message}`` on failed runs and ``finished_at``.
+``error: {code, message}`` on runs that carry a failure code (failed, timed out, expired,
+canceled) and ``finished_at``. ``output`` is set for ``succeeded`` and ``partial_succeeded`` runs
+(one item per output, each URL freshly signed), null otherwise; so is ``cost``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backdrop_local.runflow.ids import iso
-from backdrop_local.runflow.store import FAILED, SUCCEEDED, CallbackSecret, Delivery, Run
+from backdrop_local.runflow.store import WITH_OUTPUT, CallbackSecret, Delivery, Run
 
 MODEL = "runflow/background-color"
 PRICE = "0.12"
@@ -26,8 +28,8 @@ OutputUrl = Callable[[str, int], str]
 
 
 def run_output(run: Run, output_url: OutputUrl) -> dict[str, Any] | None:
-    """Family-A output with freshly signed URLs; None unless the run succeeded."""
-    if run.status_code != SUCCEEDED:
+    """Family-A output with freshly signed URLs; None unless the run (partially) succeeded."""
+    if run.status_code not in WITH_OUTPUT:
         return None
     return {
         "outputs": [
@@ -41,7 +43,7 @@ def run_output(run: Run, output_url: OutputUrl) -> dict[str, Any] | None:
 
 
 def run_view(run: Run, output_url: OutputUrl, base_url: str) -> dict[str, Any]:
-    failed = run.status_code == FAILED
+    billed = run.status_code in WITH_OUTPUT
     terminal = run.completed_at is not None
     return {
         "id": run.id,
@@ -62,8 +64,8 @@ def run_view(run: Run, output_url: OutputUrl, base_url: str) -> dict[str, Any]:
         "output": run_output(run, output_url),
         "context": {},
         "duration_ms": run.duration_ms,
-        "cost": PRICE if run.status_code == SUCCEEDED else None,
-        "cost_breakdown": {"base": PRICE} if run.status_code == SUCCEEDED else None,
+        "cost": PRICE if billed else None,
+        "cost_breakdown": {"base": PRICE} if billed else None,
         "nodes_total": 1,
         "nodes_completed": 1 if terminal else 0,
         "client_ref": run.client_ref,
@@ -84,7 +86,11 @@ def run_view(run: Run, output_url: OutputUrl, base_url: str) -> dict[str, Any]:
         "failure_code": run.failure_code,
         "failure_message": run.failure_message,
         "failure_stage_code": run.failure_stage_code,
-        "error": {"code": run.failure_code, "message": run.failure_message} if failed else None,
+        "error": (
+            {"code": run.failure_code, "message": run.failure_message}
+            if run.failure_code is not None
+            else None
+        ),
     }
 
 

@@ -1,8 +1,11 @@
-"""Worker threads that take queued runs through running to succeeded or failed.
+"""Worker threads that take queued runs through dispatching and running to a terminal status.
 
-Each worker handles one run at a time (so one image in memory per worker). Whatever goes wrong
-inside a run (bad input, a model error, a bug) ends that run as failed with a code and message;
-it never takes the worker or the server down.
+Each worker handles one run at a time (so one image in memory per worker): it moves the run to
+``dispatching``, keeps it there for ``dispatch_delay_s``, moves it to ``running``, fetches and
+processes the image (``processing`` real or instant), writes ``outputs_per_run`` outputs and ends
+the run as ``outcomes`` decides. Whatever goes wrong inside a run (bad input, a model error, a bug)
+ends that run as failed with a code and message; it never takes the worker or the server down.
+A run canceled meanwhile is left alone: its late result is dropped and its files deleted.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from backdrop_local.runflow import outcomes, pngfile
 from backdrop_local.runflow.faults import FaultInjector
+from backdrop_local.runflow.instant import InstantResults
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
 from backdrop_local.runflow.outputs import OutputDirectory
 from backdrop_local.runflow.processing import Colour, ProcessingFailed, fetch_image, render
-from backdrop_local.runflow.store import FAILED, SUCCEEDED, Delivery, OutputFile, Run, Store
+from backdrop_local.runflow.store import Delivery, OutputFile, Run, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class RunExecutor:
         self._outputs = outputs
         self._plan = plan_deliveries
         self._schedule = schedule_deliveries
+        self._instant = InstantResults(outputs)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stopping = threading.Event()
         self._threads = [
@@ -79,11 +85,20 @@ class RunExecutor:
                 self._execute(run_id)
             except Exception:  # the run is already failed below; this guards the thread itself
                 log.exception("worker crashed on run %s", run_id)
+            finally:
+                self._store.release_run(run_id)
 
     def _execute(self, run_id: str) -> None:
-        run = self._store.start_run(run_id)
+        if self._store.start_run(run_id) is None:
+            return
+        dispatched = self._faults.wait_dispatch(
+            time.monotonic(),
+            lambda: not self._stopping.is_set() and self._store.is_dispatching(run_id),
+        )
+        run = self._store.begin_running(run_id) if dispatched else None
         if run is None:
             return
+        settings = self._faults.settings
         started = time.perf_counter()
         try:
             if self._faults.roll("processing_failure"):
@@ -96,9 +111,23 @@ class RunExecutor:
             colour = Colour(
                 int(run.input["color_red"]), int(run.input["color_green"]), int(run.input["color_blue"])
             )
-            png, timing = render(data, colour)
-            del data
-            self._outputs.write(run_id, 0, png)
+            count = settings.outputs_per_run
+            if settings.processing == "instant":
+                step = time.perf_counter()
+                files = self._instant.produce(run_id, data, colour, count, settings.instant_output_bytes)
+                timing = {"instant_ms": round((time.perf_counter() - step) * 1000)}
+            else:
+                png, timing = render(data, colour)
+                del data
+                files = [
+                    OutputFile(
+                        index=index,
+                        content_type="image/png",
+                        size=self._outputs.write_parts(run_id, index, pngfile.with_variant(png, index)),
+                    )
+                    for index in range(count)
+                ]
+                del png
         except ProcessingFailed as failure:
             self._fail(run_id, failure.code, failure.message, failure.stage)
             return
@@ -107,20 +136,28 @@ class RunExecutor:
             self._fail(run_id, "PROCESSING_FAILED", f"internal error: {type(exc).__name__}", "processing")
             return
         timing = {"fetch_ms": fetch_ms, **timing, "total_ms": round((time.perf_counter() - started) * 1000)}
-        output = OutputFile(index=0, content_type="image/png", size=len(png))
+        self._succeed(run_id, files, timing)
+
+    def _succeed(self, run_id: str, files: list[OutputFile], timing: dict[str, int]) -> None:
+        kept: list[OutputFile] = []
 
         def settle(target: Run) -> None:
-            target.status_code = SUCCEEDED
-            target.outputs = [output]
-            target.timing = timing
+            outcome = outcomes.choose_success_outcome(self._faults)
+            outcomes.settle_success(target, outcome, files, timing, self._faults)
+            kept.extend(target.outputs)
 
-        self._schedule(self._store.finish_run(run_id, settle, self._plan))
+        self._finish(run_id, settle, lambda: len(kept))
 
     def _fail(self, run_id: str, code: str, message: str, stage: str) -> None:
         def settle(target: Run) -> None:
-            target.status_code = FAILED
-            target.failure_code = code
-            target.failure_message = message
-            target.failure_stage_code = stage
+            outcomes.settle_failed(target, code, message, stage, self._faults)
 
-        self._schedule(self._store.finish_run(run_id, settle, self._plan))
+        self._finish(run_id, settle, lambda: 0)
+
+    def _finish(self, run_id: str, settle: Callable[[Run], None], keep: Callable[[], int]) -> None:
+        deliveries = self._store.finish_run(run_id, settle, self._plan)
+        # Files of outputs the run does not keep (or of a run canceled meanwhile) are never handed
+        # out; delete them so disk use follows what clients can fetch.
+        self._outputs.remove(run_id, keep=keep() if deliveries is not None else 0)
+        if deliveries:
+            self._schedule(deliveries)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from local_runflow_support import API_KEY, Upstream, api, photo, running
+from local_runflow_support import API_KEY, ManualClock, SilentReceiver, Upstream, api, photo, running
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
 
@@ -22,7 +22,19 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def runflow(upstream: Upstream) -> Iterator[LocalRunflow]:
+def silent() -> Iterator[SilentReceiver]:
+    receiver = SilentReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def runflow(upstream: Upstream, clock: ManualClock) -> Iterator[LocalRunflow]:
     with running(
         host="127.0.0.1",
         port=0,
@@ -33,6 +45,7 @@ def runflow(upstream: Upstream) -> Iterator[LocalRunflow]:
         faults=FaultSettings(),
         seed=None,
         callback_retry_delays=TEST_RETRY_DELAYS,
+        clock=clock,
     ) as instance:
         yield instance
 

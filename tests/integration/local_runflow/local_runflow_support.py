@@ -2,14 +2,19 @@
 
 The upstream plays both other parties a Runflow client deals with: the store that serves input
 images (as an S3 presigned GET would) and the receiver of callbacks, whose answers a test can
-script (e.g. 500, 500, 200).
+script (e.g. 500, 500, 200). A file can be gated: its GET is recorded as started and then held
+until the test opens the gate, so a test sees a run in ``running`` without racing a timer.
+``SilentReceiver`` accepts connections and never answers (for the callback attempt timeout).
 """
 
 from __future__ import annotations
 
 import io
+import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +31,16 @@ from backdrop_local.runflow import LocalRunflow
 API_KEY = "rf_live_local"
 MODEL_RUNS = "/v1/models/runflow/background-color/runs"
 DISC_COLOUR = (150, 20, 30)
-TERMINAL = ("succeeded", "failed")
+TERMINAL = (
+    "succeeded",
+    "partial_succeeded",
+    "failed",
+    "timed_out",
+    "expired",
+    "canceled",
+    "cancelled",
+)
+GATE_LIMIT_S = 60.0  # a gated GET is released by the test; this only bounds a test that forgot
 
 
 def photo(width: int = 400, height: int = 300, fmt: str = "JPEG") -> bytes:
@@ -57,12 +71,28 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+@dataclass
+class _File:
+    data: bytes
+    content_type: str
+    delay_s: float
+    gate: threading.Event | None
+    started: threading.Event  # set when a GET of the file arrives
+
+
+@dataclass
+class _Receiver:
+    answers: list[int]
+    location: str | None
+    answer_delay_s: float
+
+
 class Upstream:
     """Serves ``GET /files/...`` and records ``POST /callbacks/<name>`` on a free loopback port."""
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[bytes, str, float]] = {}
-        self._scripts: dict[str, list[int]] = {}
+        self._files: dict[str, _File] = {}
+        self._receivers: dict[str, _Receiver] = {}
         self._received: list[Received] = []
         self._cond = threading.Condition()
         self._server: BaseWSGIServer | None = None
@@ -84,23 +114,43 @@ class Upstream:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def add_file(self, name: str, data: bytes, content_type: str = "image/jpeg", delay_s: float = 0.0) -> str:
-        self._files[name] = (data, content_type, delay_s)
+    def add_file(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str = "image/jpeg",
+        delay_s: float = 0.0,
+        gate: threading.Event | None = None,
+    ) -> str:
+        """Serve ``data``; with ``gate``, each GET waits until the gate is set before answering."""
+        self._files[name] = _File(data, content_type, delay_s, gate, threading.Event())
         return f"{self.origin}/files/{name}"
+
+    def fetch_started(self, name: str) -> threading.Event:
+        """Set once a GET of the file ``name`` has arrived."""
+        return self._files[name].started
 
     def missing_file_url(self) -> str:
         return f"{self.origin}/files/does-not-exist.jpg"
 
-    def callback_url(self, name: str = "hook", *, answers: list[int] | None = None) -> str:
-        """URL of a receiver answering ``answers`` in turn, then 200 for ever."""
-        self._scripts[name] = list(answers or [])
+    def callback_url(
+        self,
+        name: str = "hook",
+        *,
+        answers: list[int] | None = None,
+        location: str | None = None,
+        answer_delay_s: float = 0.0,
+    ) -> str:
+        """URL of a receiver answering ``answers`` in turn, then 200 for ever; scripted answers
+        carry ``Location: location`` when given; every answer waits ``answer_delay_s`` first."""
+        self._receivers[name] = _Receiver(list(answers or []), location, answer_delay_s)
         return f"{self.origin}/callbacks/{name}"
 
     def received(self, name: str = "hook") -> list[Received]:
         with self._cond:
             return [r for r in self._received if r.path == f"/callbacks/{name}"]
 
-    def wait_for(self, count: int, name: str = "hook", timeout: float = 10.0) -> list[Received]:
+    def wait_for(self, count: int, name: str = "hook", timeout: float = 60.0) -> list[Received]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while len([r for r in self._received if r.path == f"/callbacks/{name}"]) < count:
@@ -120,10 +170,12 @@ class Upstream:
             entry = self._files.get(request.path.removeprefix("/files/"))
             if entry is None:
                 return Response("not found", status=404)
-            data, content_type, delay_s = entry
-            if delay_s:
-                time.sleep(delay_s)
-            return Response(data, content_type=content_type)
+            entry.started.set()
+            if entry.gate is not None:
+                entry.gate.wait(GATE_LIMIT_S)
+            if entry.delay_s:
+                time.sleep(entry.delay_s)
+            return Response(entry.data, content_type=entry.content_type)
         if request.method == "POST" and request.path.startswith("/callbacks/"):
             name = request.path.removeprefix("/callbacks/")
             with self._cond:
@@ -132,11 +184,71 @@ class Upstream:
                         request.path, dict(request.headers), request.get_data(), time.monotonic(), time.time()
                     )
                 )
-                script = self._scripts.setdefault(name, [])
-                status = script.pop(0) if script else 200
+                receiver = self._receivers.setdefault(name, _Receiver([], None, 0.0))
+                scripted = bool(receiver.answers)
+                status = receiver.answers.pop(0) if scripted else 200
                 self._cond.notify_all()
-            return Response(f"answer {status}", status=status)
+            if receiver.answer_delay_s:
+                time.sleep(receiver.answer_delay_s)
+            response = Response(f"answer {status}", status=status)
+            if scripted and receiver.location is not None:
+                response.headers["Location"] = receiver.location
+            return response
         return Response("no such route", status=404)
+
+
+class SilentReceiver:
+    """A loopback port that accepts connections and never answers; records when each arrived."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each accepted connection
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        port: int = self._listener.getsockname()[1]
+        return f"http://127.0.0.1:{port}/callbacks/silent"
+
+    def start(self) -> SilentReceiver:
+        self._listener.settimeout(0.1)
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.arrivals.append(time.monotonic())
+            self._held.append(connection)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+class ManualClock:
+    """A wall clock for the emulator (output URL expiry, X-RateLimit-Reset) that moves only when
+    told to."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
 
 
 @contextmanager
@@ -171,10 +283,35 @@ def create(client: httpx.Client, body: dict[str, Any]) -> str:
     return run_id
 
 
-def wait_terminal(client: httpx.Client, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
+def wait_terminal(client: httpx.Client, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    return wait_status(client, run_id, TERMINAL, timeout)
+
+
+def wait_status(
+    client: httpx.Client, run_id: str, statuses: tuple[str, ...], timeout: float = 60.0
+) -> dict[str, Any]:
+    """The run once its status is one of ``statuses`` (or as it is when ``timeout`` runs out)."""
     deadline = time.monotonic() + timeout
     while True:
         run: dict[str, Any] = client.get(f"/v1/runs/{run_id}").json()
-        if run["status_code"] in TERMINAL or time.monotonic() > deadline:
+        if run["status_code"] in statuses or time.monotonic() > deadline:
             return run
-        time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, int]]:
+    """(type, data length) of each chunk of a PNG, checking the signature, every CRC and that
+    ``IEND`` ends the file exactly."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    chunks: list[tuple[bytes, int]] = []
+    offset = 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
+        assert crc == zlib.crc32(body, zlib.crc32(kind)), f"bad CRC on {kind!r} at {offset}"
+        chunks.append((kind, length))
+        offset += 12 + length
+    assert offset == len(data) and chunks[-1] == (b"IEND", 0)
+    return chunks

@@ -40,4 +40,4 @@ def test_second_attempt_with_fresh_url_conflicts_and_finds_the_first_run(
         assert [run.run_id for run in client.find_runs("job-a")] == [first.run_id]
         assert client.find_runs("job-never-submitted") == []
     assert runflow.stats()["runs_created"] == 2
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)

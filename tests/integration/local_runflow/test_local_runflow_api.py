@@ -122,7 +122,7 @@ def test_create_answers_201_with_a_queued_run_and_uuid7_id(
     assert run["created_at"].endswith("+00:00") and created.utcoffset() is not None
     fetched = client.get(f"/v1/runs/{run['id']}")
     assert fetched.status_code == 200 and fetched.json()["id"] == run["id"]
-    assert runflow.wait_idle(15)
+    assert runflow.wait_idle(30)
 
 
 def test_unknown_run_is_404(client: httpx.Client) -> None:
@@ -142,7 +142,7 @@ def test_idempotency_key_replays_the_same_run_and_refuses_another_body(
     assert first.json()["id"] == second.json()["id"]
     conflict = client.post(MODEL_RUNS, json=run_body(junk_url, (1, 2, 3)), headers=headers)
     _assert_envelope(conflict, 409, "CONFLICT")
-    assert runflow.wait_idle(15)
+    assert runflow.wait_idle(30)
     stats = runflow.stats()
     assert stats["runs_created"] == 1
     assert stats["idempotent_replays"] == 1
@@ -150,7 +150,7 @@ def test_idempotency_key_replays_the_same_run_and_refuses_another_body(
     # Without the header every POST is a new run.
     third = client.post(MODEL_RUNS, json=body)
     assert third.status_code == 201 and third.json()["id"] != first.json()["id"]
-    assert runflow.wait_idle(15)
+    assert runflow.wait_idle(30)
 
 
 def test_concurrent_retries_with_one_idempotency_key_create_one_run(
@@ -170,7 +170,7 @@ def test_concurrent_retries_with_one_idempotency_key_create_one_run(
     for thread in threads:
         thread.join(10)
     assert len(ids) == 8 and len(set(ids)) == 1
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
     assert runflow.stats()["runs_created"] == 1 and runflow.stats()["idempotent_replays"] == 7
 
 
@@ -179,7 +179,7 @@ def test_list_runs_newest_first_with_cursors_and_filters(
 ) -> None:
     refs = ["a", "a", "b", "b", "b"]
     created = [create(client, run_body(junk_url, client_ref=ref)) for ref in refs]
-    assert runflow.wait_idle(15)
+    assert runflow.wait_idle(30)
     newest_first = list(reversed(created))
 
     seen: list[str] = []

@@ -6,13 +6,24 @@ import hashlib
 import hmac
 import json
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from local_runflow_support import MODEL_RUNS, Upstream, api, create, run_body, running, wait_terminal
+from local_runflow_support import (
+    MODEL_RUNS,
+    ManualClock,
+    SilentReceiver,
+    Upstream,
+    api,
+    create,
+    run_body,
+    running,
+    wait_terminal,
+)
 
 from backdrop.signatures import verify
 from backdrop_local.runflow import FaultSettings, LocalRunflow
@@ -50,7 +61,7 @@ def test_succeeded_callback_body_headers_and_signature(
     secret = created["plain_secret"]
     body = run_body(photo_url, callback_url=upstream.callback_url(), metadata={"job": "j-1", "note": "crème"})
     run_id = create(client, body)
-    [callback] = upstream.wait_for(1, timeout=15)
+    [callback] = upstream.wait_for(1, timeout=60)
 
     assert callback.headers["Content-Type"] == "application/json"
     assert callback.headers["Runflow-Request-Id"]
@@ -69,7 +80,7 @@ def test_succeeded_callback_body_headers_and_signature(
     output_url = payload["output"]["outputs"][0]["url"]
     assert httpx.get(output_url, trust_env=False).status_code == 200
 
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
     [record] = _deliveries(client, run_id)
     assert record["payload_bytes"] == callback.body.decode("utf-8")
     assert record["payload"] == payload
@@ -91,7 +102,7 @@ def test_failed_run_callback_has_null_output_and_no_signature_without_a_secret(
     assert payload["event"] == "run.failed" and payload["status"] == "failed"
     assert payload["output"] is None and payload["metadata"] is None and payload["run_id"] == run_id
     assert "Runflow-Signature" not in callback.headers
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
     assert _deliveries(client, run_id)[0]["signing_secret_id"] is None
 
 
@@ -102,8 +113,8 @@ def test_5xx_is_retried_with_the_same_bytes_until_success(
     url = upstream.callback_url("flaky", answers=[500, 502])
     run_id = create(client, run_body(junk_url, callback_url=url))
     attempts = upstream.wait_for(3, "flaky")
-    assert runflow.wait_idle(10)
-    time.sleep(0.3)
+    # Idle means no delivery is pending: every attempt there will be has been answered.
+    assert runflow.wait_idle(30)
     assert len(upstream.received("flaky")) == 3
     assert len({a.body for a in attempts}) == 1
     assert len({a.headers["Runflow-Signature"] for a in attempts}) == 1
@@ -124,8 +135,7 @@ def test_gives_up_after_three_attempts(
     url = upstream.callback_url("down", answers=[503] * 10)
     run_id = create(client, run_body(junk_url, callback_url=url))
     upstream.wait_for(3, "down")
-    assert runflow.wait_idle(10)
-    time.sleep(0.4)
+    assert runflow.wait_idle(30)
     assert len(upstream.received("down")) == 3
     [record] = _deliveries(client, run_id)
     assert record["status_code"] == "failed" and record["attempt_count"] == 3
@@ -138,8 +148,7 @@ def test_4xx_ends_the_delivery_without_retry(
     url = upstream.callback_url("strict", answers=[400])
     run_id = create(client, run_body(junk_url, callback_url=url))
     upstream.wait_for(1, "strict")
-    assert runflow.wait_idle(10)
-    time.sleep(0.4)
+    assert runflow.wait_idle(30)
     assert len(upstream.received("strict")) == 1
     [record] = _deliveries(client, run_id)
     assert record["status_code"] == "failed"
@@ -149,20 +158,20 @@ def test_4xx_ends_the_delivery_without_retry(
 def test_network_errors_are_retried(runflow: LocalRunflow, client: httpx.Client, junk_url: str) -> None:
     closed = f"http://127.0.0.1:{_free_port()}/hook"
     run_id = create(client, run_body(junk_url, callback_url=closed))
-    assert runflow.wait_idle(15)
+    assert runflow.wait_idle(30)
     [record] = _deliveries(client, run_id)
     assert record["status_code"] == "failed" and record["attempt_count"] == 3
     assert all(a["status_code"] is None and a["error_message"] for a in record["attempts"])
 
 
 def test_redelivery_sends_a_fresh_payload_and_shows_in_history(
-    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, photo_url: str
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, photo_url: str, clock: ManualClock
 ) -> None:
     runflow.create_callback_secret()
     run_id = create(client, run_body(photo_url, callback_url=upstream.callback_url()))
-    [first] = upstream.wait_for(1, timeout=15)
-    assert runflow.wait_idle(10)
-    time.sleep(1.05)  # output URLs carry whole-second expiries: let the clock move on
+    [first] = upstream.wait_for(1, timeout=60)
+    assert runflow.wait_idle(30)
+    clock.advance(5.0)  # output URLs carry whole-second expiries: move the emulator's clock on
 
     response = client.post(f"/v1/runs/{run_id}/callback-redeliveries")
     assert response.status_code == 201, response.text
@@ -175,10 +184,10 @@ def test_redelivery_sends_a_fresh_payload_and_shows_in_history(
     old_url, new_url = old["output"]["outputs"][0]["url"], new["output"]["outputs"][0]["url"]
     assert new_url != old_url
     expiry = {u: int(parse_qs(urlsplit(u).query)["expires"][0]) for u in (old_url, new_url)}
-    assert expiry[new_url] > expiry[old_url]
+    assert expiry[new_url] == expiry[old_url] + 5
     assert httpx.get(new_url, trust_env=False).status_code == 200
 
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
     history = _deliveries(client, run_id)
     assert [r["is_automatic"] for r in history] == [True, False]
     assert [r["status_code"] for r in history] == ["succeeded", "succeeded"]
@@ -188,10 +197,13 @@ def test_redelivery_sends_a_fresh_payload_and_shows_in_history(
 def test_redelivery_refused_for_unfinished_runs_and_runs_without_callback(
     runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
 ) -> None:
-    slow = upstream.add_file("slow.jpg", b"not an image", delay_s=1.0)
-    pending = create(client, run_body(slow, callback_url=upstream.callback_url()))
+    gate = threading.Event()
+    held = upstream.add_file("held.jpg", b"not an image", gate=gate)
+    pending = create(client, run_body(held, callback_url=upstream.callback_url()))
+    assert upstream.fetch_started("held.jpg").wait(30)  # the run is running, held on its input
     refused = client.post(f"/v1/runs/{pending}/callback-redeliveries")
     assert refused.status_code == 409 and refused.json()["code"] == "CONFLICT"
+    gate.set()
     silent = create(client, run_body(junk_url))
     assert wait_terminal(client, silent)["status_code"] == "failed"
     no_url = client.post(f"/v1/runs/{silent}/callback-redeliveries")
@@ -199,20 +211,22 @@ def test_redelivery_refused_for_unfinished_runs_and_runs_without_callback(
     assert _deliveries(client, silent) == []
     missing = client.post("/v1/runs/01900000-0000-7000-8000-000000000000/callback-redeliveries")
     assert missing.status_code == 404
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
 
 
 def test_restarting_the_sender_loses_no_pending_delivery(upstream: Upstream, junk_url: str) -> None:
-    options: dict[str, Any] = {"allow_http_origins": (upstream.origin,), "callback_retry_delays": (0.8, 0.8)}
+    options: dict[str, Any] = {"allow_http_origins": (upstream.origin,), "callback_retry_delays": (2.0, 2.0)}
     with running(**options) as runflow, api(runflow) as client:
         # A delivery waiting for its first attempt survives a restart...
-        runflow.set_faults(FaultSettings(callback_delay_s=1.0))
+        runflow.set_faults(FaultSettings(callback_delay_s=2.0))
         waiting = client.post(MODEL_RUNS, json=run_body(junk_url, callback_url=upstream.callback_url("a")))
         assert wait_terminal(client, waiting.json()["id"])["status_code"] == "failed"
         [pending] = _deliveries(client, waiting.json()["id"])
         assert pending["status_code"] == "pending" and pending["attempt_count"] == 0
         runflow.restart_callback_sender()
-        upstream.wait_for(1, "a")
+        [arrived] = upstream.wait_for(1, "a")
+        # ...and is still sent at its recorded time, not at once by the new threads.
+        assert arrived.wall >= datetime.fromisoformat(pending["next_attempt_at"]).timestamp() - 0.05
 
         # ...and so does one between a failed attempt and its retry.
         runflow.set_faults(FaultSettings())
@@ -220,7 +234,7 @@ def test_restarting_the_sender_loses_no_pending_delivery(upstream: Upstream, jun
         retried = client.post(MODEL_RUNS, json=run_body(junk_url, callback_url=url)).json()
         upstream.wait_for(1, "b")
         # The receiver sees the attempt before the emulator records its outcome: wait for the record.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while (between := _deliveries(client, retried["id"])[0])["attempt_count"] == 0:
             assert time.monotonic() < deadline, between
             time.sleep(0.01)
@@ -228,8 +242,7 @@ def test_restarting_the_sender_loses_no_pending_delivery(upstream: Upstream, jun
         runflow.restart_callback_sender()
         upstream.wait_for(2, "b")
 
-        assert runflow.wait_idle(10)
-        time.sleep(0.3)
+        assert runflow.wait_idle(30)
         assert len(upstream.received("a")) == 1 and len(upstream.received("b")) == 2
         assert _deliveries(client, waiting.json()["id"])[0]["status_code"] == "succeeded"
         assert [a["status_code"] for a in _deliveries(client, retried["id"])[0]["attempts"]] == [500, 200]
@@ -246,6 +259,75 @@ def test_callbacks_are_signed_with_the_current_secret_after_a_promotion(
     signature = callback.headers["Runflow-Signature"]
     assert verify(callback.body, signature, [new["plain_secret"]])
     assert not verify(callback.body, signature, [old["plain_secret"]])
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
     assert _deliveries(client, run_id)[0]["signing_secret_id"] == new["id"]
     assert client.get(f"/v1/callback-secrets/{new['id']}").json()["last_used_at"] is not None
+
+
+# ---------------------------------------------------------------------------- the documented defaults
+def test_default_schedule_is_three_attempts_one_then_two_seconds_apart(
+    upstream: Upstream, junk_url: str
+) -> None:
+    url = upstream.callback_url("down", answers=[500, 500, 500])
+    with running(allow_http_origins=(upstream.origin,)) as runflow, api(runflow) as client:
+        run_id = create(client, run_body(junk_url, callback_url=url))
+        first, second, third = upstream.wait_for(3, "down", timeout=60)
+        assert runflow.wait_idle(30)
+        [record] = _deliveries(client, run_id)
+    # The documented 1 s then 2 s; generous upper bounds tell the two apart on a loaded machine.
+    assert 0.95 <= second.at - first.at < 1.9
+    assert 1.95 <= third.at - second.at < 3.9
+    assert len(upstream.received("down")) == 3
+    assert record["max_attempts"] == 3 and [a["status_code"] for a in record["attempts"]] == [500] * 3
+    assert record["status_code"] == "failed" and record["failure_reason_code"] == "MAX_ATTEMPTS_EXCEEDED"
+
+
+def test_an_unanswered_attempt_times_out_after_ten_seconds(
+    upstream: Upstream, silent: SilentReceiver, junk_url: str
+) -> None:
+    # One attempt only (no retry delays), with the default attempt timeout.
+    with running(allow_http_origins=(upstream.origin,), callback_retry_delays=()) as runflow:
+        with api(runflow) as client:
+            run_id = create(client, run_body(junk_url, callback_url=silent.url))
+            assert runflow.wait_idle(60)
+            [record] = _deliveries(client, run_id)
+        stats = runflow.stats()
+    [attempt] = record["attempts"]
+    assert attempt["status_code"] is None and "timeout" in attempt["error_message"].lower()
+    assert 9_900 <= attempt["response_time_ms"] < 20_000
+    assert len(silent.arrivals) == 1
+    assert record["status_code"] == "failed" and record["max_attempts"] == 1
+    # A timed-out attempt got no HTTP answer: it is not in the answer-time figures.
+    assert stats["callback_answer_ms"]["count"] == 0 and stats["callback_attempts_by_status"] == {}
+
+
+def test_redirects_are_not_followed(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    target = upstream.callback_url("target")
+    url = upstream.callback_url("redirecting", answers=[302], location=target)
+    run_id = create(client, run_body(junk_url, callback_url=url))
+    assert runflow.wait_idle(30)
+    assert len(upstream.received("redirecting")) == 1
+    assert upstream.received("target") == []
+    [record] = _deliveries(client, run_id)
+    assert [a["status_code"] for a in record["attempts"]] == [302]
+    assert record["status_code"] == "failed" and record["failure_reason_code"] == "NON_RETRYABLE_STATUS"
+
+
+def test_answer_times_and_statuses_of_attempts_are_counted(
+    runflow: LocalRunflow, client: httpx.Client, upstream: Upstream, junk_url: str
+) -> None:
+    slow = upstream.callback_url("slow", answers=[503], answer_delay_s=0.2)
+    create(client, run_body(junk_url, callback_url=slow))
+    closed = f"http://127.0.0.1:{_free_port()}/hook"
+    create(client, run_body(junk_url, callback_url=closed))  # three attempts, none answered
+    assert runflow.wait_idle(30)
+    stats = runflow.stats()
+    assert stats["callback_attempts_by_status"] == {"200": 1, "503": 1}
+    timing = stats["callback_answer_ms"]
+    assert set(timing) == {"count", "p50", "p99", "max"}
+    assert timing["count"] == 2
+    # Each answer took the receiver's 0.2 s at least; of two samples p50 is the faster, p99 the slower.
+    assert 200.0 <= timing["p50"] <= timing["p99"] == timing["max"] < 10_000
+    assert stats["callbacks_sent"] == 5 and stats["callback_attempts_failed"] == 4

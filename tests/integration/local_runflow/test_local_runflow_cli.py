@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -15,7 +16,8 @@ from typing import IO
 import httpx
 import pytest
 
-from backdrop_local.runflow.cli import main
+from backdrop_local.runflow import FaultSettings
+from backdrop_local.runflow.cli import add_fault_arguments, faults_from_args, main
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -54,6 +56,16 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         "--create-callback-secret",
         "--create-429",
         "1.0",
+        "--idempotency-keys",
+        "ignore",
+        "--outputs-per-run",
+        "3",
+        "--processing",
+        "instant",
+        "--rate-limit-headers",
+        "x_ratelimit",
+        "--retry-after-s",
+        "2.5",
     ]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
@@ -68,6 +80,9 @@ def test_cli_starts_prints_its_url_and_stops_on_sigterm() -> None:
         assert httpx.get(f"{ready['url']}/v1/runs", headers=headers, trust_env=False).status_code == 200
         faults = httpx.get(f"{ready['url']}/_emulator/faults", trust_env=False).json()
         assert faults["create_429"] == 1.0 and faults["seed"] == 7
+        assert faults["idempotency_keys"] == "ignore" and faults["outputs_per_run"] == 3
+        assert faults["processing"] == "instant" and faults["rate_limit_headers"] == "x_ratelimit"
+        assert faults["retry_after_s"] == 2.5 and faults["cancel_spelling"] == "canceled"
         secrets = httpx.get(f"{ready['url']}/v1/callback-secrets", headers=headers, trust_env=False).json()
         assert [s["is_current"] for s in secrets["items"]] == [True]
 
@@ -94,7 +109,17 @@ def test_cli_refuses_to_bind_beyond_loopback() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--host", "192.168.1.10"], ["--processing-failure", "1.5"], ["--callback-retry-delays", "1,-2"]],
+    [
+        ["--host", "192.168.1.10"],
+        ["--processing-failure", "1.5"],
+        ["--callback-retry-delays", "1,-2"],
+        ["--idempotency-keys", "sometimes"],
+        ["--outputs-per-run", "9"],
+        ["--outputs-per-run", "1.5"],
+        ["--instant-output-bytes", "-1"],
+        ["--rate-limit-headers", "all"],
+        ["--dispatch-delay-s", "soon"],
+    ],
 )
 def test_cli_refuses_bad_settings_before_starting(
     arguments: list[str], capsys: pytest.CaptureFixture[str]
@@ -103,3 +128,53 @@ def test_cli_refuses_bad_settings_before_starting(
         main(["--port", "0", *arguments])
     assert exited.value.code == 2
     assert capsys.readouterr().out == ""
+
+
+def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
+    # As another command line (the local stack's) uses them: its own parser, the shared flags.
+    parser = argparse.ArgumentParser()
+    add_fault_arguments(parser)
+    # faults_from_args reads one flag per field: this fails if any field has no flag.
+    assert faults_from_args(parser.parse_args([])) == FaultSettings()
+    args = parser.parse_args(
+        [
+            "--idempotency-keys=ignore",
+            "--create-answer-reset=0.5",
+            "--rate-limit-headers=both",
+            "--retry-after-s=3",
+            "--get-429=0.25",
+            "--list-4xx=1",
+            "--outcome-canceled=0.1",
+            "--cancel-spelling=cancelled",
+            "--outcome-partial=0.2",
+            "--outcome-timed-out=0.3",
+            "--outcome-expired=0.4",
+            "--outcome-no-outputs=0.5",
+            "--failure-output-envelope=0.6",
+            "--dispatch-delay-s=1.5",
+            "--outputs-per-run=4",
+            "--processing=instant",
+            "--instant-output-bytes=1000000",
+            "--create-429=0.05",
+        ]
+    )
+    assert faults_from_args(args) == FaultSettings(
+        idempotency_keys="ignore",
+        create_answer_reset=0.5,
+        rate_limit_headers="both",
+        retry_after_s=3.0,
+        get_429=0.25,
+        list_4xx=1.0,
+        outcome_canceled=0.1,
+        cancel_spelling="cancelled",
+        outcome_partial=0.2,
+        outcome_timed_out=0.3,
+        outcome_expired=0.4,
+        outcome_no_outputs=0.5,
+        failure_output_envelope=0.6,
+        dispatch_delay_s=1.5,
+        outputs_per_run=4,
+        processing="instant",
+        instant_output_bytes=1_000_000,
+        create_429=0.05,
+    )

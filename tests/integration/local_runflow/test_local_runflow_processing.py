@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
-import time
+import threading
 import zlib
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -15,6 +15,7 @@ import pytest
 from local_runflow_support import (
     DISC_COLOUR,
     MODEL_RUNS,
+    ManualClock,
     Upstream,
     api,
     create,
@@ -25,7 +26,7 @@ from local_runflow_support import (
 )
 from PIL import Image
 
-from backdrop_local.runflow import LocalRunflow
+from backdrop_local.runflow import FaultSettings, LocalRunflow
 
 COLOUR = (30, 120, 220)
 
@@ -122,8 +123,9 @@ def test_https_image_urls_off_the_machine_are_never_fetched(client: httpx.Client
 
 def test_output_urls_expire_refuse_tampering_and_are_resigned(upstream: Upstream) -> None:
     url = upstream.add_file("small.jpg", photo(120, 90))
+    clock = ManualClock()
     with (
-        running(allow_http_origins=(upstream.origin,), output_ttl_seconds=1.0) as runflow,
+        running(allow_http_origins=(upstream.origin,), output_ttl_seconds=60.0, clock=clock) as runflow,
         api(runflow) as client,
     ):
         run = _succeeded_run(client, url)
@@ -141,7 +143,9 @@ def test_output_urls_expire_refuse_tampering_and_are_resigned(upstream: Upstream
         for forged in (forged_expiry, forged_signature, other_index, base):
             assert httpx.get(forged, trust_env=False).status_code == 403, forged
 
-        time.sleep(max(0.0, int(query["expires"]) - time.time()) + 0.2)
+        clock.advance(int(query["expires"]) - clock() - 0.5)
+        assert httpx.get(signed, trust_env=False).status_code == 200  # still valid just before
+        clock.advance(1.0)
         expired = httpx.get(signed, trust_env=False)
         assert expired.status_code == 403 and "expired" in expired.json()["message"].lower()
 
@@ -153,14 +157,32 @@ def test_output_urls_expire_refuse_tampering_and_are_resigned(upstream: Upstream
 def test_runs_that_wait_show_running_then_finish(
     runflow: LocalRunflow, client: httpx.Client, upstream: Upstream
 ) -> None:
-    slow = upstream.add_file("slow.jpg", photo(80, 60), delay_s=0.6)
-    run_id = create(client, run_body(slow))
-    deadline = time.monotonic() + 5
-    while client.get(f"/v1/runs/{run_id}").json()["status_code"] == "queued" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    gate = threading.Event()
+    held = upstream.add_file("held.jpg", photo(80, 60), gate=gate)
+    run_id = create(client, run_body(held))
+    assert upstream.fetch_started("held.jpg").wait(30)  # the run is fetching its input
     running_run = client.get(f"/v1/runs/{run_id}").json()
     assert running_run["status_code"] == "running" and running_run["started_at"] is not None
     assert running_run["completed_at"] is None
     assert runflow.stats()["runs_by_status"]["running"] == 1
+    assert not runflow.wait_idle(0)
+    gate.set()
     assert wait_terminal(client, run_id)["status_code"] == "succeeded"
-    assert runflow.wait_idle(10)
+    assert runflow.wait_idle(30)
+
+
+def test_several_outputs_are_one_picture_in_distinct_files(
+    runflow: LocalRunflow, client: httpx.Client, photo_url: str
+) -> None:
+    runflow.set_faults(FaultSettings(outputs_per_run=3))
+    run = _succeeded_run(client, photo_url)
+    items = run["output"]["outputs"]
+    assert len(items) == 3 and all(item["content_type"] == "image/png" for item in items)
+    contents = [httpx.get(item["url"], trust_env=False).content for item in items]
+    assert len(set(contents)) == 3  # distinct files...
+    images = [Image.open(io.BytesIO(content)) for content in contents]
+    for image in images:
+        image.load()
+    assert all(image.tobytes() == images[0].tobytes() for image in images)  # ...of the same picture
+    assert [image.info.get("Comment") for image in images] == [None, "output 1", "output 2"]
+    assert images[0].size == (400, 300)

@@ -188,37 +188,99 @@ def test_signed_output_urls_expire_and_resist_tampering() -> None:
 
 
 # ---------------------------------------------------------------------------- compositing
-def test_composite_follows_the_documented_formula() -> None:
-    height, width = 40, 60
-    original = np.full((height, width, 3), 200, dtype=np.uint8)
-    original[:, :10] = 100  # a darker band of background: s = 100 / 200 = 0.5
-    original[15:25, 25:35] = (10, 200, 30)  # the subject
+def _composite(
+    original: np.ndarray[Any, Any], alpha: np.ndarray[Any, Any], colour: Colour
+) -> np.ndarray[Any, Any]:
+    image = Image.fromarray(original.astype(np.uint8))
+    mask = Image.fromarray(alpha.astype(np.uint8), mode="L")
+    return np.asarray(composite(image, mask, colour)).astype(int)
+
+
+def _square_subject(height: int, width: int, side: int) -> tuple[np.ndarray[Any, Any], slice, slice]:
     alpha = np.zeros((height, width), dtype=np.uint8)
-    alpha[15:25, 25:35] = 255
-    colour = Colour(100, 150, 250)
-    result = np.asarray(
-        composite(Image.fromarray(original), Image.fromarray(alpha, mode="L"), colour)
-    ).astype(int)
-
-    target = np.array([100, 150, 250])
-    assert np.abs(result[5, 40] - target).max() <= 1  # evenly lit background: the colour itself
-    shaded = np.clip(target * (0.7 + 0.3 * 0.5), 0, 255)
-    assert np.abs(result[5, 5] - shaded).max() <= 1  # darker band keeps 30 % of its shading
-    assert (result[20, 30] == (10, 200, 30)).all()  # subject untouched
+    rows = slice(height // 2 - side // 2, height // 2 + side // 2)
+    cols = slice(width // 2 - side // 2, width // 2 + side // 2)
+    alpha[rows, cols] = 255
+    return alpha, rows, cols
 
 
-def test_composite_blends_soft_edges_and_caps_bright_backgrounds() -> None:
-    original = np.full((4, 4, 3), 100, dtype=np.uint8)
-    original[0, 0] = 250  # s = 2.5 → clipped to 2 → factor 1.3, and 255 caps the channel
-    alpha = np.zeros((4, 4), dtype=np.uint8)
-    alpha[3, 3] = 128
-    result = np.asarray(
-        composite(Image.fromarray(original), Image.fromarray(alpha, mode="L"), Colour(250, 10, 0))
+def test_an_evenly_lit_background_becomes_the_colour_and_the_subject_does_not_bleed() -> None:
+    original = np.full((120, 160, 3), 200)
+    alpha, rows, cols = _square_subject(120, 160, 60)
+    original[rows, cols] = (0, 0, 0)  # a black subject: a blur including it would darken around it
+    result = _composite(original, alpha, Colour(100, 150, 250))
+    background = alpha == 0
+    assert np.abs(result[background] - (100, 150, 250)).max() <= 1
+    assert (result[rows, cols] == 0).all()  # the subject is untouched
+
+
+@pytest.mark.parametrize(("height", "width"), [(180, 240), (900, 1200)])
+@pytest.mark.parametrize("pattern", ["checker", "stripes"])
+def test_background_texture_does_not_ghost_through(height: int, width: int, pattern: str) -> None:
+    y, x = np.mgrid[0:height, 0:width]
+    patterns = {
+        "checker": ((x // 2 + y // 2) % 2) * 140 + 80,  # 2 px squares of 80 and 220
+        "stripes": ((x // 3) % 2) * 140 + 80,  # 3 px vertical stripes, like a flag or wood grain
+    }
+    busy = patterns[pattern]
+    original = np.repeat(busy[..., np.newaxis], 3, axis=2)
+    alpha, rows, cols = _square_subject(height, width, height // 3)
+    original[rows, cols] = (10, 200, 30)
+    result = _composite(original, alpha, Colour(100, 150, 200))
+
+    background = alpha == 0
+    # Per pixel the old luminance swung the colour by +-14 % (28 levels of blue); now it is flat:
+    # the colour itself away from edges, and within a smooth +-2 % next to the image border and the
+    # subject, where the blur window is cut off and holds more of the nearest stripe.
+    margin = round(0.15 * min(height, width))  # three sigmas
+    far = np.zeros_like(background)
+    far[margin:-margin, margin:-margin] = True
+    far[rows.start - margin : rows.stop + margin, cols.start - margin : cols.stop + margin] = False
+    assert far.sum() > 0.1 * far.size
+    assert np.abs(result[far] - (100, 150, 200)).max() <= 1
+    assert np.abs(result[background] - (100, 150, 200)).max() <= 4
+    both_h = background[:, 1:] & background[:, :-1]
+    both_v = background[1:, :] & background[:-1, :]
+    steps = np.concatenate(
+        [
+            (result[:, 1:] - result[:, :-1])[both_h].ravel(),
+            (result[1:, :] - result[:-1, :])[both_v].ravel(),
+        ]
     )
-    assert tuple(result[0, 0]) == (255, 13, 0)
-    weight = 128 / 255
-    expected = weight * 100 + (1 - weight) * np.array([250, 10, 0])
-    assert np.abs(result[3, 3].astype(int) - np.rint(expected)).max() <= 1
+    assert steps.std() < 0.25  # neighbouring background pixels hardly ever differ at all
+
+
+def test_a_smooth_light_gradient_shows_at_thirty_percent() -> None:
+    height, width = 200, 400
+    ramp = 100.0 + 100.0 * np.arange(width) / (width - 1)  # light grows left to right, 100 to 200
+    original = np.repeat(np.broadcast_to(ramp, (height, width))[..., np.newaxis], 3, axis=2).round()
+    alpha, _, _ = _square_subject(height, width, 40)
+    result = _composite(original, alpha, Colour(100, 150, 200))
+    # Luminance 125 and 175 against the median 150: 0.7 + 0.3 * (125 / 150) = 0.95, and 1.05.
+    assert np.abs(result[20, 100] - (95, 142.5, 190)).max() <= 1
+    assert np.abs(result[20, 300] - (105, 157.5, 210)).max() <= 1
+    assert np.abs(result[180, 300] - (105, 157.5, 210)).max() <= 1
+
+
+def test_shading_is_capped_and_soft_edges_blend() -> None:
+    height, width = 120, 300
+    original = np.full((height, width, 3), 60)
+    original[:, :100] = 240  # a bright third: 240 / median 60 = 4, capped at 2
+    alpha = np.zeros((height, width), dtype=np.uint8)
+    alpha[60, 250] = 128  # one half-covered pixel of an otherwise absent subject
+    result = _composite(original, alpha, Colour(250, 10, 0))
+    assert tuple(result[60, 20]) == (255, 13, 0)  # factor 1.3, and 255 caps the red channel
+    assert tuple(result[60, 200]) == (250, 10, 0)  # the median region is the colour itself
+    # alpha 128/255 of the original grey 60 over the colour: 0.502 * 60 + 0.498 * colour.
+    assert np.abs(result[60, 250] - (155, 35, 30)).max() <= 1
+
+
+def test_without_background_the_colour_is_flat() -> None:
+    original = np.full((30, 40, 3), 90)
+    alpha = np.full((30, 40), 200, dtype=np.uint8)  # every pixel is subject: no shading to take
+    result = _composite(original, alpha, Colour(0, 0, 255))
+    weight = 200 / 255
+    assert np.abs(result[5, 5] - np.rint(weight * 90 + (1 - weight) * np.array([0, 0, 255]))).max() <= 1
 
 
 # ---------------------------------------------------------------------------- decoding
