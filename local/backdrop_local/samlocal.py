@@ -367,7 +367,7 @@ def sam_environment(
             "AWS_EC2_METADATA_DISABLED": "true",
             "SAM_CLI_TELEMETRY": "0",
             # SAM CLI's own state (telemetry id, last version check) in a folder of ours, so that
-            # its weekly PyPI version check can be marked done (see _prepare_app_dir).
+            # its weekly PyPI version check can be marked done (see prepare_sam_app_dir).
             "__SAM_CLI_APP_DIR": str(app_dir),
         }
     )
@@ -386,7 +386,7 @@ def sam_environment(
     return env
 
 
-def _prepare_app_dir(app_dir: Path) -> None:
+def prepare_sam_app_dir(app_dir: Path) -> None:
     app_dir.mkdir(parents=True, exist_ok=True)
     path = app_dir / "metadata.json"
     try:
@@ -469,11 +469,11 @@ class SamLocal:
         self.env_vars = env_vars
         self.state_dir = state_dir
         self.region = region
-        self.sam = sam or _default_sam()
+        self.sam = sam or sam_executable()
         self.trap = trap
         self.parameter_overrides = dict(parameter_overrides or {})
         app_dir = state_dir / "sam-cli"
-        _prepare_app_dir(app_dir)
+        prepare_sam_app_dir(app_dir)
         endpoint_host = endpoint_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
         self.env = sam_environment(
             endpoint_url,
@@ -621,7 +621,7 @@ def _wait_until_answers(api: LocalApi, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _default_sam() -> Path:
+def sam_executable() -> Path:
     venv_sam = Path(sys.executable).with_name("sam")
     if venv_sam.exists():
         return venv_sam
