@@ -36,7 +36,8 @@ from backdrop_local.samlocal import (
 )
 from backdrop_local.template import Template
 
-pytestmark = pytest.mark.samlocal
+# The first test may install Docker and build the image (a minute or two, each step bounded).
+pytestmark = [pytest.mark.samlocal, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
