@@ -636,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ensure", help="make the Docker engine and the Lambda image available; print the image")
     sub.add_parser("bridge-address", help="print the Docker bridge's host address")
+    app_dir = sub.add_parser(
+        "sam-cli-dir",
+        help="prepare a SAM CLI state folder whose version check is done (use it as __SAM_CLI_APP_DIR)",
+    )
+    app_dir.add_argument("path", type=Path)
     invoke = sub.add_parser("invoke", help="sam local invoke one function against a local endpoint")
     invoke.add_argument("function")
     invoke.add_argument("--event", type=Path)
@@ -645,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     try:
+        if args.command == "sam-cli-dir":
+            prepare_sam_app_dir(args.path)
+            print(args.path)
+            return 0
         if args.command == "bridge-address":
             ensure_engine()
             print(bridge_host_address())

@@ -99,12 +99,14 @@ apt_install() {
     fi
 }
 
-image_label() { docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
+# Every docker call is bounded: a wedged engine must fail the build, not hang it.
+dk() { timeout 60 docker "$@"; }
+image_label() { dk image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
 
 # ---------------------------------------------------------------------------------------------- engine
 "$HERE/docker-engine.sh" || exit $?
 
-if docker image inspect "$OFFICIAL_IMAGE" >/dev/null 2>&1; then
+if dk image inspect "$OFFICIAL_IMAGE" >/dev/null 2>&1; then
     log "using the official image $OFFICIAL_IMAGE (present on this engine)"
     echo "$OFFICIAL_IMAGE"
     exit 0
@@ -151,7 +153,7 @@ HASH=$(sha256sum <<<"$INPUTS" | cut -c1-32)
 exec 9>"$LOCK_FILE"
 flock -w "$STEP_TIMEOUT" 9 || die "another build holds $LOCK_FILE for more than ${STEP_TIMEOUT}s"
 
-previous=$(docker image inspect --format '{{ .Id }}' "$IMAGE" 2>/dev/null || true)
+previous=$(dk image inspect --format '{{ .Id }}' "$IMAGE" 2>/dev/null || true)
 if [[ $(image_label "$IMAGE" "$LABEL.inputs") == "$HASH" ]]; then
     log "stand-in $IMAGE is up to date (inputs $HASH)"
     echo "$IMAGE"
@@ -322,8 +324,8 @@ tar --numeric-owner -C "$ROOTFS" -cf - . | timeout "$STEP_TIMEOUT" docker import
 
 if [[ -n $previous ]]; then
     # The superseded stand-in; still in use (e.g. by images SAM CLI built on it) means it stays.
-    docker image rm "$previous" >/dev/null 2>&1 || true
+    dk image rm "$previous" >/dev/null 2>&1 || true
 fi
-size=$(docker image inspect --format '{{ .Size }}' "$IMAGE")
+size=$(dk image inspect --format '{{ .Size }}' "$IMAGE")
 log "built $IMAGE in $((SECONDS - started))s, $((size / 1000000)) MB (inputs $HASH)"
 echo "$IMAGE"
