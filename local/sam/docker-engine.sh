@@ -59,8 +59,31 @@ install_egress_guard() {
     fi
 }
 
+alive() {
+    # Process $1 is a live $2 (not a zombie awaiting its reaper, not a reused pid).
+    local pid=$1 name=$2
+    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/comm && $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] &&
+        [[ $(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) != Z ]]
+}
+dockerd_alive() { alive "$1" dockerd; }
+
+our_dockerd() {
+    [[ -f $DOCKERD_PIDFILE ]] && dockerd_alive "$(cat "$DOCKERD_PIDFILE")"
+}
+
 start_dockerd() {
     mkdir -p "$(dirname "$DOCKERD_LOG")"
+    # A killed dockerd leaves its own and its containerd's pid files; while those pids are zombies
+    # (this machine's init reaps late) a new dockerd refuses to start or waits for a dead containerd.
+    local pidfile name
+    for pidfile in /var/run/docker.pid:dockerd /var/run/docker/containerd/containerd.pid:containerd; do
+        name=${pidfile##*:}
+        pidfile=${pidfile%:*}
+        if [[ -f $pidfile ]] && ! alive "$(cat "$pidfile")" "$name"; then
+            log "removing the stale $pidfile of a $name that is gone"
+            rm -f "$pidfile"
+        fi
+    done
     log "starting dockerd (log: $DOCKERD_LOG)"
     # setsid: the daemon must outlive this script and the caller's process group (Ctrl-C in a test
     # run must not take the engine down with it).
@@ -69,7 +92,7 @@ start_dockerd() {
     echo "$pid" >"$DOCKERD_PIDFILE"
     local deadline=$((SECONDS + WAIT_SECONDS))
     until engine_answers; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! dockerd_alive "$pid"; then
             tail -n 5 "$DOCKERD_LOG" >&2 || true
             unavailable "dockerd exited during start-up (see $DOCKERD_LOG)"
         fi
@@ -87,7 +110,7 @@ main() {
     if engine_answers; then
         log "engine answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null || echo unknown))"
         # An engine this script started earlier keeps its guard (re-added if the rule was flushed).
-        if [[ $(id -u) -eq 0 && -f $DOCKERD_PIDFILE ]] && kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
+        if [[ $(id -u) -eq 0 ]] && our_dockerd; then
             install_egress_guard
         fi
         return 0
@@ -100,16 +123,20 @@ main() {
         log "installing docker.io from the Debian archive"
         apt_install docker.io || unavailable "apt-get install docker.io failed"
     fi
-    if [[ -f $DOCKERD_PIDFILE ]] && kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
+    if our_dockerd; then
         # Started earlier but not answering yet (or wedged): wait for it rather than start a second one.
-        log "dockerd (pid $(cat "$DOCKERD_PIDFILE")) is running; waiting for it to answer"
-        local deadline=$((SECONDS + WAIT_SECONDS))
-        until engine_answers; do
-            ((SECONDS < deadline)) || unavailable "dockerd (pid $(cat "$DOCKERD_PIDFILE")) runs but does not answer within ${WAIT_SECONDS}s"
+        local pid deadline=$((SECONDS + WAIT_SECONDS))
+        pid=$(cat "$DOCKERD_PIDFILE")
+        log "dockerd (pid $pid) is running; waiting for it to answer"
+        while dockerd_alive "$pid"; do
+            if engine_answers; then
+                install_egress_guard
+                return 0
+            fi
+            ((SECONDS < deadline)) || unavailable "dockerd (pid $pid) runs but does not answer within ${WAIT_SECONDS}s"
             sleep 0.5
         done
-        install_egress_guard
-        return 0
+        log "dockerd (pid $pid) exited; starting a new one"
     fi
     start_dockerd
 }
