@@ -37,22 +37,20 @@ from typing import Any
 
 from cfnlint.decode import cfn_yaml
 
-from backdrop_local.aws import Resources
+from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "local" / "sam"
 BUILT_TEMPLATE = ROOT / ".aws-sam" / "build" / "template.yaml"
 UNAVAILABLE_EXIT = 3  # what local/sam/*.sh exit with when Docker or the image cannot be had here
 REGION = "us-east-1"
-ACCESS_KEY_ID = "backdrop-local"
-SECRET_ACCESS_KEY = "backdrop-local-secret"  # noqa: S105 - the local endpoint accepts any credentials
 # Variables the local stack gives the functions that template.yaml does not declare (so that
 # --env-vars cannot set them). Declared empty in the local copy of the template; botocore ignores
 # an empty AWS_ENDPOINT_URL and the core treats an empty insecure origin as none.
 LOCAL_ONLY_VARIABLES = ("AWS_ENDPOINT_URL", "BACKDROP_INSECURE_OUTPUT_ORIGIN")
 # Prefixes of this machine's variables that must not reach the SAM CLI: SAM hands a shell variable
 # to a function whenever the template declares its name, and AWS_* would redirect SAM itself.
-_SCRUBBED_PREFIXES = ("AWS_", "BACKDROP_", "POWERTOOLS_", "SAM_CLI_")
+_SCRUBBED_PREFIXES = ("AWS_", "BACKDROP_", "POWERTOOLS_")
 _SCRUBBED_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"}
 _CONTAINER_ID = re.compile(r"SAM_CONTAINER_ID: ([0-9a-f]{12,64})")
 
@@ -70,26 +68,30 @@ class SamLocalError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- engine
-def _run_script(name: str, timeout: float, env: Mapping[str, str] | None = None) -> str:
-    script = SCRIPTS / name
+def _run_script(name: str, timeout: float) -> str:
+    # Its own process group, so that a timeout also ends what it runs (apt-get, debootstrap, pip);
+    # a dockerd it starts has a session of its own and stays.
+    process = subprocess.Popen(
+        ["bash", str(SCRIPTS / name)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        result = subprocess.run(
-            ["bash", str(script)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=dict(env) if env is not None else None,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise SamLocalError(f"{name} did not finish within {timeout:.0f}s") from exc
-    if result.returncode == UNAVAILABLE_EXIT:
-        lines = [line for line in result.stderr.splitlines() if "UNAVAILABLE:" in line]
-        reason = lines[-1].split("UNAVAILABLE:", 1)[1].strip() if lines else result.stderr.strip()[-300:]
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(process, grace=5.0)
+        process.communicate()
+        raise SamLocalError(f"{name} did not finish within {timeout:.0f}s") from None
+    if process.returncode == UNAVAILABLE_EXIT:
+        lines = [line for line in stderr.splitlines() if "UNAVAILABLE:" in line]
+        reason = lines[-1].split("UNAVAILABLE:", 1)[1].strip() if lines else stderr.strip()[-300:]
         raise SamLocalUnavailable(f"{name}: {reason}")
-    if result.returncode != 0:
-        raise SamLocalError(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.stdout
+    if process.returncode != 0:
+        raise SamLocalError(f"{name} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return stdout
 
 
 def ensure_engine(timeout: float = 900.0) -> None:
@@ -434,7 +436,7 @@ def _parse_response(stdout: str) -> Any:
     return text
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+def _stop_group(process: subprocess.Popen[Any], grace: float = 20.0) -> None:
     """SIGINT (what Ctrl-C sends, SAM's clean stop), then SIGTERM, then SIGKILL, each bounded."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         if process.poll() is not None:
