@@ -153,7 +153,6 @@ HASH=$(sha256sum <<<"$INPUTS" | cut -c1-32)
 exec 9>"$LOCK_FILE"
 flock -w "$STEP_TIMEOUT" 9 || die "another build holds $LOCK_FILE for more than ${STEP_TIMEOUT}s"
 
-previous=$(dk image inspect --format '{{ .Id }}' "$IMAGE" 2>/dev/null || true)
 if [[ $(image_label "$IMAGE" "$LABEL.inputs") == "$HASH" ]]; then
     log "stand-in $IMAGE is up to date (inputs $HASH)"
     echo "$IMAGE"
@@ -322,10 +321,12 @@ tar --numeric-owner -C "$ROOTFS" -cf - . | timeout "$STEP_TIMEOUT" docker import
     --change "LABEL $LABEL.versions=\"debian-$SUITE python-$PYVERSION awslambdaric-$RIC_VERSION boto3-$BOTO3_VERSION botocore-$BOTOCORE_VERSION\"" \
     - "$IMAGE" >/dev/null || die "docker import failed"
 
-if [[ -n $previous ]]; then
-    # The superseded stand-in; still in use (e.g. by images SAM CLI built on it) means it stays.
-    dk image rm "$previous" >/dev/null 2>&1 || true
-fi
+# Superseded stand-ins and the images SAM CLI built on them (they inherit the label) are untagged
+# now; remove those (children before parents, hence two passes) unless a container still uses them.
+for _ in 1 2; do
+    # shellcheck disable=SC2046 # one id per word
+    dk image rm $(dk images -q --filter dangling=true --filter "label=$LABEL.inputs") >/dev/null 2>&1 || true
+done
 size=$(dk image inspect --format '{{ .Size }}' "$IMAGE")
 log "built $IMAGE in $((SECONDS - started))s, $((size / 1000000)) MB (inputs $HASH)"
 echo "$IMAGE"
