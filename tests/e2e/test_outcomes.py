@@ -1,0 +1,203 @@
+"""Every run outcome Runflow's contract allows, through the whole local stack over real HTTP: the
+local Runflow produces it (by a fault setting), and the job ends the way an operator expects.
+
+The stack's Runflow processes instantly here: these tests are about what happens after a run."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from backdrop.jobs import TERMINAL
+from backdrop_local.aws import scan_items
+from backdrop_local.runflow import FaultSettings
+from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+
+_names = count()
+
+
+@pytest.fixture(scope="module")
+def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    options = StackOptions(
+        stack_name="outcomes-stack",
+        state_dir=tmp_path_factory.mktemp("outcomes"),
+        reconcile_every_seconds=2.0,
+        reconcile_min_age_seconds=5,
+        runflow_callback_delays=(0.2, 0.4),
+    )
+    with LocalStack(options) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def instant(stack: LocalStack) -> Iterator[None]:
+    assert stack.runflow is not None
+    stack.runflow.set_faults(FaultSettings(processing="instant"))
+    yield
+    stack.runflow.set_faults(FaultSettings(processing="instant"))
+
+
+def faults(stack: LocalStack, **settings: Any) -> None:
+    assert stack.runflow is not None
+    stack.runflow.set_faults(FaultSettings(processing="instant", **settings))
+
+
+def photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 32), (120, 60, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def upload(stack: LocalStack, **metadata: str) -> str:
+    assert stack.resources is not None
+    key = f"uploads/outcomes/{next(_names):03d}.jpg"
+    stack.s3().put_object(Bucket=stack.resources.uploads_bucket, Key=key, Body=photo(), Metadata=metadata)
+    return key
+
+
+def job_of(stack: LocalStack, key: str) -> dict[str, Any] | None:
+    assert stack.resources is not None
+    found = [j for j in scan_items(stack.dynamodb(), stack.resources.jobs_table) if j["source_key"] == key]
+    return found[0] if found else None
+
+
+def finished(stack: LocalStack, key: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The job once terminal (a long bound against a hang, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = job_of(stack, key)
+        if job is not None and job["status"] in TERMINAL:
+            return job
+        assert time.monotonic() < deadline, f"{key} not finished: {job}"
+        time.sleep(0.3)
+
+
+def run_object(stack: LocalStack, run_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(
+        f"{stack.info['runflow_url']}/v1/runs/{run_id}",
+        headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
+    ).json()
+    return answer
+
+
+def deliveries(stack: LocalStack, run_id: str) -> list[dict[str, Any]]:
+    answer: list[dict[str, Any]] = httpx.get(
+        f"{stack.info['runflow_url']}/v1/runs/{run_id}/callback",
+        headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
+    ).json()
+    return answer
+
+
+@pytest.mark.parametrize("spelling", ["canceled", "cancelled"])
+def test_canceled_run_ends_the_job_canceled(stack: LocalStack, spelling: str) -> None:
+    faults(stack, outcome_canceled=1.0, cancel_spelling=spelling)
+    job = finished(stack, upload(stack))
+    assert job["status"] == "canceled" and job["run_status"] == "canceled"
+    assert job["error_code"] == spelling.upper() and job["error_message"]
+    payload = deliveries(stack, job["run_id"])[0]["payload"]
+    assert payload["event"] == "run.cancelled" and payload["status"] == spelling
+
+
+def test_partial_success_copies_the_outputs_there_are(stack: LocalStack) -> None:
+    assert stack.resources is not None
+    faults(stack, outcome_partial=1.0, outputs_per_run=3)
+    key = upload(stack)
+    job = finished(stack, key)
+    assert job["status"] == "succeeded" and job["run_status"] == "partial_succeeded"
+    stem = key.removeprefix("uploads/").removesuffix(".jpg")
+    assert job["result_keys"] == [f"results/{stem}.png", f"results/{stem}-2.png"]
+    for result in job["result_keys"]:
+        stack.s3().head_object(Bucket=stack.resources.results_bucket, Key=result)
+
+
+def test_several_outputs_each_get_a_key(stack: LocalStack) -> None:
+    faults(stack, outputs_per_run=3)
+    key = upload(stack)
+    job = finished(stack, key)
+    stem = key.removeprefix("uploads/").removesuffix(".jpg")
+    assert job["result_keys"] == [f"results/{stem}.png", f"results/{stem}-2.png", f"results/{stem}-3.png"]
+
+
+@pytest.mark.parametrize("envelope", [0.0, 1.0], ids=["output-null", "output-error-envelope"])
+def test_failed_run_records_runflows_reason_either_way(stack: LocalStack, envelope: float) -> None:
+    faults(stack, processing_failure=1.0, failure_output_envelope=envelope)
+    job = finished(stack, upload(stack))
+    assert job["status"] == "failed" and job["error_code"] == "PROCESSING_FAILED"
+    assert job["error_message"] == "the model failed to process the image"
+    payload = deliveries(stack, job["run_id"])[0]["payload"]
+    assert (payload["output"] is None) == (envelope == 0.0)
+
+
+@pytest.mark.parametrize("status", ["timed_out", "expired"])
+def test_terminal_status_backdrop_does_not_know_ends_the_job_at_once(stack: LocalStack, status: str) -> None:
+    faults(stack, **{f"outcome_{status}": 1.0})
+    job = finished(stack, upload(stack))
+    assert job["status"] == "failed" and job["run_status"] == status
+    assert job["error_code"] == status.upper()
+
+
+def test_success_reported_without_outputs_is_read_back_then_copied(stack: LocalStack) -> None:
+    faults(stack, outcome_no_outputs=1.0)
+    job = finished(stack, upload(stack))
+    assert job["status"] == "succeeded" and len(job["result_keys"]) == 1
+    assert deliveries(stack, job["run_id"])[0]["payload"]["output"]["outputs"] == []
+
+
+def test_dispatching_runs_are_waited_for(stack: LocalStack) -> None:
+    faults(stack, dispatch_delay_s=2.0)
+    key = upload(stack)
+    deadline = time.monotonic() + 60
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        job = job_of(stack, key)
+        if job and job.get("run_id"):
+            seen.add(run_object(stack, job["run_id"])["status_code"])
+            if job["status"] in TERMINAL:
+                break
+        time.sleep(0.2)
+    assert "dispatching" in seen
+    assert finished(stack, key)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("headers", ["none", "retry_after", "x_ratelimit", "both"])
+def test_rate_limited_creates_back_off_and_get_through(stack: LocalStack, headers: str) -> None:
+    assert stack.runflow is not None
+    before = stack.runflow.stats()["create_rate_limited"]
+    faults(stack, create_429=1.0, rate_limit_headers=headers, retry_after_s=1.0)
+    key = upload(stack)
+    deadline = time.monotonic() + 60
+    while stack.runflow.stats()["create_rate_limited"] < before + 2:  # refused at least twice
+        assert time.monotonic() < deadline, "Runflow never saw the rate-limited creates"
+        time.sleep(0.2)
+    job = job_of(stack, key)
+    assert job is not None and job["status"] == "received" and not job.get("run_id")
+    faults(stack)  # the limit lifts
+    done = finished(stack, key)
+    assert done["status"] == "succeeded"
+    assert stack.runflow.stats()["runs_by_status"]["succeeded"] >= 1
+
+
+def test_lost_create_answers_with_keys_ignored_bill_one_run(stack: LocalStack) -> None:
+    assert stack.runflow is not None
+    faults(stack, create_answer_reset=1.0, idempotency_keys="ignore")
+    key = upload(stack)
+    deadline = time.monotonic() + 60
+    while job_of(stack, key) is None or not job_of(stack, key).get("run_id"):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the lost create was never adopted"
+        time.sleep(0.2)
+    faults(stack, idempotency_keys="ignore")
+    job = finished(stack, key)
+    runs = httpx.get(
+        f"{stack.info['runflow_url']}/v1/runs",
+        params={"q": f"client_ref:'{job['job_id']}'"},
+        headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
+    ).json()["items"]
+    assert job["status"] == "succeeded" and [r["id"] for r in runs] == [job["run_id"]]
