@@ -10,6 +10,9 @@ SAM := $(VENV)/bin/sam
 export SAM_CLI_TELEMETRY := 0
 export PYTHONPATH := $(CURDIR)/local:$(CURDIR)/layers/core
 N ?= 2000
+# `make local PARAMETER_OVERRIDES='DailyRunBudget=5 ColorRules={"uploads/a/":"#FFFFFF"}'`: handed to
+# the local stack through the environment, so JSON values reach it exactly as typed.
+export PARAMETER_OVERRIDES
 
 .PHONY: help venv build lint test test-fast demo local chaos bench clean
 

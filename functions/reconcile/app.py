@@ -17,6 +17,8 @@ NEEDS = (
     "runflow_api_key_secret",
     "callback_url",
     "copy_queue_url",
+    "uploads_queue_url",
+    "ledger_table",
 )
 # Stop starting new jobs this long before the function's timeout.
 SAFETY_MARGIN_SECONDS = 30.0

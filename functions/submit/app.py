@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -23,14 +24,16 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.observability import logger, metrics, tracer
 from backdrop.outcomes import RetryLater
+from backdrop.queues import JobMessage
 from backdrop.services import Services, get_services
-from backdrop.submission import submit_upload
+from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef, decode_event_key
 from backdrop.visibility import retry_after
 
 NEEDS = (
     "jobs_table",
     "idempotency_table",
+    "ledger_table",
     "uploads_bucket",
     "runflow_api_key_secret",
     "callback_url",
@@ -39,10 +42,23 @@ NEEDS = (
 
 processor = BatchProcessor(event_type=EventType.SQS)
 idempotency = IdempotencyConfig(
-    event_key_jmespath="[bucket, key, version_id, etag]",
+    event_key_jmespath="[upload.bucket, upload.key, upload.version_id, upload.etag, colour]",
     expires_after_seconds=3600,
     raise_on_no_idempotency_key=True,
 )
+resume_idempotency = IdempotencyConfig(
+    event_key_jmespath="[job_id, attempt, sent_at]",
+    expires_after_seconds=3600,
+    raise_on_no_idempotency_key=True,
+)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One object-created record: the upload, and the colour a backfill asked for (if any)."""
+
+    upload: UploadRef
+    colour: str | None
 
 
 def services() -> Services:
@@ -50,22 +66,46 @@ def services() -> Services:
 
 
 @functools.cache
-def submit_once() -> Callable[..., dict[str, Any]]:
+def persistence() -> DynamoDBPersistenceLayer:
     """Built on first use: the idempotency table's name is a setting, read at cold start."""
-    persistence = DynamoDBPersistenceLayer(table_name=services().settings.idempotency_table)
+    return DynamoDBPersistenceLayer(table_name=services().settings.idempotency_table)
 
-    @idempotent_function(data_keyword_argument="upload", persistence_store=persistence, config=idempotency)  # type: ignore[untyped-decorator]
-    def submit(upload: UploadRef) -> dict[str, Any]:
-        return submit_upload(upload, services()).as_dict()
+
+@functools.cache
+def submit_once() -> Callable[..., dict[str, Any]]:
+    @idempotent_function(data_keyword_argument="notice", persistence_store=persistence(), config=idempotency)  # type: ignore[untyped-decorator]
+    def submit(notice: Notification) -> dict[str, Any]:
+        return submit_upload(notice.upload, services(), colour=notice.colour).as_dict()
 
     return submit  # type: ignore[no-any-return]
 
 
+@functools.cache
+def resume_once() -> Callable[..., dict[str, Any]]:
+    @idempotent_function(
+        data_keyword_argument="message", persistence_store=persistence(), config=resume_idempotency
+    )  # type: ignore[untyped-decorator]
+    def resume(message: JobMessage) -> dict[str, Any]:
+        return submit_job(message.job_id, services()).as_dict()
+
+    return resume  # type: ignore[no-any-return]
+
+
 def record_handler(record: SQSRecord) -> None:
-    if record.json_body.get("Event") == "s3:TestEvent":  # sent once when the notification is configured
+    body = record.json_body
+    if body.get("Event") == "s3:TestEvent":  # sent once when the notification is configured
         logger.info("S3 test event ignored")
         return
-    for s3_record in record.decoded_nested_s3_event.records:
+    message = JobMessage.parse(body)
+    if message is not None:  # a retry, or a held job resumed
+        with logger.append_context_keys(job_id=message.job_id):
+            try:
+                resume_once()(message=message)
+            except RetryLater as exc:
+                retry_after(services(), services().settings.uploads_queue_url, record, exc)
+                raise
+        return
+    for raw, s3_record in zip(body.get("Records", []), record.decoded_nested_s3_event.records, strict=True):
         if not s3_record.event_name.startswith("ObjectCreated:"):
             continue
         obj = s3_record.s3.get_object
@@ -76,9 +116,13 @@ def record_handler(record: SQSRecord) -> None:
             etag=obj.etag or None,
             size=obj.get("size"),
         )
+        # A backfill may ask for a colour: Backdrop's own field beside S3's record.
+        colour = (raw.get("backdrop") or {}).get("color")
         with logger.append_context_keys(source_key=upload.key):
             try:
-                result = submit_once()(upload=upload)
+                result = submit_once()(
+                    notice=Notification(upload, colour if isinstance(colour, str) else None)
+                )
             except RetryLater as exc:
                 retry_after(services(), services().settings.uploads_queue_url, record, exc)
                 raise

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
+from backdrop.config import ConfigError
 from backdrop_local.runflow.cli import add_fault_arguments, faults_from_args
-from backdrop_local.stack import LocalStack, StackOptions
+from backdrop_local.stack import ROOT, LocalStack, StackOptions
+from backdrop_local.template import ParameterError, Template, parse_parameter_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     add_fault_arguments(parser)
     parser.add_argument("--state-dir", type=Path, default=None, help="where local-stack.json and logs go")
     parser.add_argument("--seed", type=int, default=None, help="seed of the local Runflow's fault dice")
+    parser.add_argument(
+        "--parameter-overrides",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameters, as `sam deploy --parameter-overrides` takes them "
+        "(also from the PARAMETER_OVERRIDES environment variable, which `make local` passes on)",
+    )
     args = parser.parse_args(argv)
     faults = faults_from_args(args)
+    try:
+        overrides = parse_parameter_overrides(os.environ.get("PARAMETER_OVERRIDES", ""))
+        overrides.update(parse_parameter_overrides(" ".join(args.parameter_overrides)))
+        Template(ROOT / "template.yaml", stack_name="check", region="us-east-1", parameters=overrides)
+    except ParameterError as exc:
+        parser.error(str(exc))
     stack = LocalStack(
         StackOptions(
             code=args.code,
@@ -52,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             reconcile_min_age_seconds=args.reconcile_min_age,
             runflow_faults=faults,
             runflow_seed=args.seed,
+            parameter_overrides=overrides,
         )
     )
     stopping = threading.Event()
@@ -61,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    info = stack.start()
+    try:
+        info = stack.start()
+    except ConfigError as exc:
+        stack.stop()
+        print(f"backdrop_local: {exc}", file=sys.stderr)
+        return 2
     try:
         print(json.dumps(info, indent=2))
         print(

@@ -77,6 +77,8 @@ class Resources:
     copy_dlq_url: str
     api_key_secret: str
     callback_secret_name: str
+    # Where the stack's completion events arrive (a rule on the bus the template names; local only).
+    events_queue_url: str = ""
     # Every queue of the template by logical id: (url, arn).
     queues: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -179,6 +181,8 @@ def provision(
         Bucket=uploads["BucketName"], NotificationConfiguration={"QueueConfigurations": queue_configs}
     )
 
+    events_queue_url = _route_completion_events(template, sqs, client("events", endpoint_url, region))
+
     api_key_name = template.physical_id("RunflowApiKeySecret")
     callback_name = template.physical_id("CallbackSigningSecret")
     sm.create_secret(Name=api_key_name, SecretString=api_key)
@@ -204,5 +208,22 @@ def provision(
         copy_dlq_url=queues["CopyDeadLetterQueue"][0],
         api_key_secret=api_key_name,
         callback_secret_name=callback_name,
+        events_queue_url=events_queue_url,
         queues=queues,
     )
+
+
+def _route_completion_events(template: Template, sqs: Any, events: Any) -> str:
+    """A queue that receives every event the stack publishes on its bus, so users and tests see
+    them (in AWS a user writes such a rule for their own systems)."""
+    bus = template.parameters.get("EventBusName", "default")
+    if bus != "default":
+        events.create_event_bus(Name=bus)
+    name = f"{template.stack_name}-completion-events"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(
+        Name=name, EventBusName=bus, EventPattern=json.dumps({"source": ["backdrop"]}), State="ENABLED"
+    )
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "events-queue", "Arn": arn}])
+    return str(url)

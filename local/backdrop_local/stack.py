@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backdrop.config import load_settings
 from backdrop_local.apigateway import LocalHttpApi
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
 from backdrop_local.eventsources import Schedule, SqsEventSource
@@ -57,6 +58,8 @@ class StackOptions:
     max_output_bytes: int | None = None
     max_input_bytes: int | None = None
     log_level: str = "INFO"
+    # Template parameters, as ``sam deploy --parameter-overrides`` would set them.
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -70,6 +73,7 @@ class LocalStack:
         self.sqs_sources: list[SqsEventSource] = []
         self.schedule: Schedule | None = None
         self.resources: Resources | None = None
+        self.template: Template | None = None
         self.callback_secret = ""
         self.info: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
@@ -95,7 +99,13 @@ class LocalStack:
         self.runflow.start()
         self.callback_secret = self.runflow.create_callback_secret(label="backdrop-local")
 
-        template = Template(opts.root / "template.yaml", stack_name=opts.stack_name, region=REGION)
+        template = Template(
+            opts.root / "template.yaml",
+            stack_name=opts.stack_name,
+            region=REGION,
+            parameters=opts.parameter_overrides,
+        )
+        self.template = template
         self.resources = provision(
             template,
             endpoint,
@@ -136,6 +146,8 @@ class LocalStack:
             env = {**spec.environment, **overrides}
             if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
                 env["BACKDROP_CALLBACK_URL"] = callback_url
+            # As a function's start would: a bad setting (a colour rule, a number) stops the stack.
+            load_settings(env).require()
             if logical == "CopyFunction" and opts.crash_mid_copy_rate > 0:
                 env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
                 env["BACKDROP_LOCAL_FAULT_SEED"] = str(opts.fault_seed)
@@ -197,6 +209,9 @@ class LocalStack:
             "copy_queue_url": self.resources.copy_queue_url,
             "copy_dead_letter_queue_url": self.resources.copy_dlq_url,
             "ledger_table": self.resources.ledger_table,
+            "events_queue_url": self.resources.events_queue_url,
+            "idempotency_table": self.resources.idempotency_table,
+            "parameters": dict(template.parameters),
             "logs_dir": str(self.state_dir / "logs"),
             "pid": os.getpid(),
         }
@@ -221,7 +236,11 @@ class LocalStack:
         (self.state_dir / "local-stack.json").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalStack:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,6 +27,24 @@ class FunctionDef:
     events: dict[str, dict[str, Any]]
 
 
+class ParameterError(ValueError):
+    """A parameter override CloudFormation would refuse (unknown name, or a value out of bounds)."""
+
+
+def parse_parameter_overrides(text: str) -> dict[str, str]:
+    """``Name=value Other=value`` as ``sam deploy --parameter-overrides`` takes them. Values may be
+    JSON with spaces; a value wholly in quotes loses them. A new pair starts at ``Name=``."""
+    pairs: dict[str, str] = {}
+    for token in re.split(r"\s+(?=[A-Za-z0-9]+=)", text.strip()) if text.strip() else []:
+        name, sep, value = token.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise ParameterError(f"parameter override {token!r} is not Name=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        pairs[name] = value
+    return pairs
+
+
 class Template:
     def __init__(
         self,
@@ -43,9 +61,31 @@ class Template:
         self.parameters = {
             name: str(spec.get("Default", "")) for name, spec in self.doc.get("Parameters", {}).items()
         }
-        self.parameters.update(parameters or {})
+        for name, value in (parameters or {}).items():
+            self._check_parameter(name, value)
+            self.parameters[name] = value
         self._physical = dict(physical_ids or {})
         self._refs: dict[str, str] = {}
+
+    def _check_parameter(self, name: str, value: str) -> None:
+        """Refuse what CloudFormation would refuse, naming the parameter."""
+        spec = self.doc.get("Parameters", {}).get(name)
+        if spec is None:
+            raise ParameterError(f"{name} is not a parameter of template.yaml")
+        if "AllowedValues" in spec and value not in [str(v) for v in spec["AllowedValues"]]:
+            raise ParameterError(f"{name}: {value!r} is not one of {[str(v) for v in spec['AllowedValues']]}")
+        if "AllowedPattern" in spec and not re.fullmatch(str(spec["AllowedPattern"]), value, re.DOTALL):
+            reason = spec.get("ConstraintDescription", f"must match {spec['AllowedPattern']}")
+            raise ParameterError(f"{name}: {value!r} {reason}")
+        if spec.get("Type") == "Number":
+            try:
+                number = float(value)
+            except ValueError as exc:
+                raise ParameterError(f"{name}: {value!r} is not a number") from exc
+            if "MinValue" in spec and number < float(spec["MinValue"]):
+                raise ParameterError(f"{name}: {value} is below the minimum {spec['MinValue']}")
+            if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                raise ParameterError(f"{name}: {value} is above the maximum {spec['MaxValue']}")
 
     # ------------------------------------------------------------------ evaluation
     def pseudo(self, name: str) -> str:

@@ -43,3 +43,69 @@ def test_rejected_forms_name_the_bad_value(text: str) -> None:
 def test_out_of_range_channel_says_so() -> None:
     with pytest.raises(ValueError, match=r"outside 0\.\.255"):
         parse_colour("256,0,0")
+
+
+# --- colour rules and the choice of colour ------------------------------------------------------
+
+from backdrop.colours import choose_colour, parse_colour_rules  # noqa: E402
+
+RULES = parse_colour_rules(
+    '{"uploads/amazon/": "#FFFFFF", "uploads/amazon/fr/": "0,0,0", "uploads/brand/": "241,241,241"}',
+    "uploads/",
+)
+
+
+def test_rules_are_read_longest_prefix_first() -> None:
+    assert (
+        ("uploads/amazon/fr/", Colour(0, 0, 0)),
+        ("uploads/amazon/", Colour(255, 255, 255)),
+        ("uploads/brand/", Colour(241, 241, 241)),
+    ) == RULES
+    assert parse_colour_rules("", "uploads/") == () == parse_colour_rules("{}", "uploads/")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["uploads/a/", "#FFFFFF"]', "must be a JSON object"),
+        ('{"uploads/a/": "blue"}', "colour rule 'uploads/a/': colour 'blue' is not"),
+        ('{"uploads/a/": "300,0,0"}', "outside 0..255"),
+        ('{"incoming/a/": "#FFFFFF"}', "'incoming/a/' is not under the upload prefix 'uploads/'"),
+        ('{"uploads/a/": 255}', "must be a string"),
+    ],
+)
+def test_bad_rules_are_refused_naming_the_entry(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        parse_colour_rules(text, "uploads/")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "key", "override", "colour", "source"),
+    [
+        ({}, "uploads/amazon/fr/x.jpg", None, Colour(0, 0, 0), "rule:uploads/amazon/fr/"),
+        ({}, "uploads/amazon/de/x.jpg", None, Colour(255, 255, 255), "rule:uploads/amazon/"),
+        ({}, "uploads/other/x.jpg", None, Colour(10, 20, 30), "default"),
+        ({"background-color": "#1E90FF"}, "uploads/amazon/x.jpg", None, Colour(30, 144, 255), "metadata"),
+        (
+            {"background-color": "#1E90FF"},
+            "uploads/amazon/x.jpg",
+            Colour(1, 2, 3),
+            Colour(1, 2, 3),
+            "override",
+        ),
+    ],
+)
+def test_choice_metadata_then_longest_rule_then_default(
+    metadata: dict[str, str], key: str, override: Colour | None, colour: Colour, source: str
+) -> None:
+    choice = choose_colour(metadata, key, default=Colour(10, 20, 30), rules=RULES, override=override)
+    assert (choice.colour, choice.source, choice.tag) == (colour, source, str(colour))
+
+
+def test_invalid_metadata_is_never_replaced_by_a_rule() -> None:
+    choice = choose_colour(
+        {"background-color": "teal"}, "uploads/amazon/x.jpg", default=Colour(0, 0, 0), rules=RULES
+    )
+    assert choice.colour is None and choice.source == "metadata" and choice.tag == "invalid:teal"
+    assert choice.recorded == "teal"

@@ -224,3 +224,20 @@ def test_get_settings_fails_on_first_use_naming_the_variable(monkeypatch: pytest
     monkeypatch.setenv("BACKDROP_MAX_INPUT_BYTES", "fifty megabytes")
     with pytest.raises(ConfigError, match="BACKDROP_MAX_INPUT_BYTES"):
         get_settings()
+
+
+def test_colour_rules_read_and_bad_ones_named() -> None:
+    s = load_settings(env(BACKDROP_COLOR_RULES='{"uploads/amazon/": "#FFFFFF"}'))
+    assert s.colour_rules == (("uploads/amazon/", Colour(255, 255, 255)),)
+    with pytest.raises(ConfigError, match="BACKDROP_COLOR_RULES: colour rule 'uploads/x/'"):
+        load_settings(env(BACKDROP_COLOR_RULES='{"uploads/x/": "nope"}'))
+    with pytest.raises(ConfigError, match=r"BACKDROP_COLOR_RULES: .*not under the upload prefix"):
+        load_settings(env(BACKDROP_COLOR_RULES='{"other/": "#FFFFFF"}', BACKDROP_UPLOAD_PREFIX="uploads/"))
+
+
+def test_budget_and_bus() -> None:
+    s = load_settings(env(BACKDROP_DAILY_RUN_BUDGET="25", BACKDROP_EVENT_BUS="shop"))
+    assert (s.daily_run_budget, s.event_bus) == (25, "shop")
+    assert load_settings(env()).daily_run_budget == 0
+    with pytest.raises(ConfigError, match="BACKDROP_DAILY_RUN_BUDGET"):
+        load_settings(env(BACKDROP_DAILY_RUN_BUDGET="-1"))

@@ -217,13 +217,6 @@ def test_copy_failing_past_the_deadline_times_out(world: World) -> None:
     assert "HTTP 500" in str(world.item(job_id)["error_message"])
 
 
-def test_held_jobs_are_left_to_the_budget(world: World) -> None:
-    job_id = never_created(world)
-    world.store.try_transition(job_id, Status.HELD, changes={"error_code": "BUDGET_EXHAUSTED"})
-    world.clock.advance(MIN_AGE + 1)
-    assert run_pass(world)["held"] == 1 and world.runflow.creates == 1
-
-
 def test_oldest_first_and_bounded_by_the_batch_size(world: World) -> None:
     ids = []
     for name in ("a", "b", "c"):

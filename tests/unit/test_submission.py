@@ -11,13 +11,14 @@ from dataclasses import replace
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
-from world import World, metric_total
+from world import OutputServer, World, build_world, metric_total
 
 from backdrop.jobs import Status
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.runs import RunResult
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from backdrop_local.aws import Resources
 
 
 def jpeg(size: tuple[int, int] = (8, 6)) -> bytes:
@@ -345,3 +346,38 @@ def test_object_deleted_after_the_version_was_notified(world: World) -> None:
     job = only_job(world)
     assert job["error_code"] == "SOURCE_DELETED" and "superseded_by" not in job
     assert world.runflow.creates == 0
+
+
+# --- colour rules and requested colours ---------------------------------------------------------
+
+
+def test_prefix_rule_chooses_the_colour_and_is_recorded(
+    resources: Resources, output_server: OutputServer
+) -> None:
+    world = build_world(
+        resources,
+        output_server,
+        BACKDROP_COLOR_RULES='{"uploads/amazon/": "#FFFFFF", "uploads/brand/": "241,241,241"}',
+    )
+    submit_upload(upload(world, "uploads/brand/shoe.jpg"), world.services)
+    job = only_job(world)
+    assert job["color"] == "241,241,241" and job["color_source"] == "rule:uploads/brand/"
+    (run,) = world.runflow.runs.values()
+    assert (run.request.red, run.request.green, run.request.blue) == (241, 241, 241)
+
+
+def test_requested_colour_makes_its_own_job_of_the_same_version(world: World) -> None:
+    ref = upload(world, **{"background-color": "#000000"})
+    first = submit_upload(ref, world.services)
+    again = submit_upload(ref, world.services, colour="#FF0000")
+    assert again.outcome is Outcome.SUBMITTED and again.job_id != first.job_id
+    item = world.item(str(again.job_id))
+    assert item["color"] == "255,0,0" and item["color_source"] == "override"
+    assert item["source_version_id"] == world.item(str(first.job_id))["source_version_id"]
+    assert submit_upload(ref, world.services, colour="255,0,0").outcome is Outcome.ALREADY_DONE
+    assert world.runflow.billed == 2
+
+
+def test_requested_colour_that_is_no_colour_is_ignored(world: World) -> None:
+    result = submit_upload(upload(world), world.services, colour="sky")
+    assert result.outcome is Outcome.IGNORED and job_count(world) == 0

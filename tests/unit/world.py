@@ -245,6 +245,7 @@ def settings_for(resources: Resources, output_origin: str, **env: str) -> Settin
             "BACKDROP_ALLOWED_OUTPUT_HOSTS": "*.runflow.io",
             "BACKDROP_INSECURE_OUTPUT_ORIGIN": output_origin,
             "BACKDROP_CREATE_SETTLE_SECONDS": "60",
+            "BACKDROP_EVENT_BUS": "default",
             **env,
         }
     )
@@ -297,6 +298,16 @@ class World:
                     QueueUrl=self.resources.copy_queue_url, ReceiptHandle=message["ReceiptHandle"]
                 )
 
+    def events(self) -> list[dict[str, Any]]:
+        """Drain the completion events the stack's bus delivered so far (EventBridge envelopes)."""
+        found: list[dict[str, Any]] = []
+        url = self.resources.events_queue_url
+        while got := self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in got:
+                found.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return found
+
     def results(self) -> dict[str, bytes]:
         listed = self.s3.list_objects_v2(Bucket=self.resources.results_bucket).get("Contents", [])
         return {
@@ -306,6 +317,7 @@ class World:
 
 
 def build_world(resources: Resources, outputs: OutputServer, **env: str) -> World:
+    """The use cases' world; ``env`` changes settings (e.g. ``BACKDROP_DAILY_RUN_BUDGET``)."""
     clock = Clock()
     session = boto3.session.Session(
         aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY, region_name=resources.region
@@ -325,7 +337,10 @@ def build_world(resources: Resources, outputs: OutputServer, **env: str) -> Worl
         presign_s3=s3,
         sqs=sqs,
         jobs=JobStore(
-            dynamodb.Table(resources.jobs_table), retention_days=settings.retention_days, clock=clock
+            dynamodb.Table(resources.jobs_table),
+            retention_days=settings.retention_days,
+            clock=clock,
+            announce=bool(settings.event_bus),
         ),
         ledger=ResultLedger(dynamodb.Table(resources.ledger_table), clock=clock),
         secrets=secrets,  # type: ignore[arg-type]

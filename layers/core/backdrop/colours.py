@@ -3,6 +3,7 @@ colour an upload gets (its own metadata, else the longest matching prefix rule, 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def parse_colour(text: str) -> Colour:
 class ColourChoice:
     colour: Colour | None  # None: the object's metadata names no valid colour
     tag: str  # what the job's identity is made of: "R,G,B", or "invalid:<text>"
-    source: str  # "metadata", "rule:<prefix>" or "default"
+    source: str  # "override", "metadata", "rule:<prefix>" or "default"
     problem: str | None = None
 
     @property
@@ -55,10 +56,18 @@ class ColourChoice:
 
 
 def choose_colour(
-    metadata: Mapping[str, str], key: str, *, default: Colour, rules: Sequence[tuple[str, Colour]] = ()
+    metadata: Mapping[str, str],
+    key: str,
+    *,
+    default: Colour,
+    rules: Sequence[tuple[str, Colour]] = (),
+    override: Colour | None = None,
 ) -> ColourChoice:
-    """The colour for an object: its ``background-color`` metadata, else the longest prefix rule
-    that matches its key, else ``default``. Invalid metadata is never replaced by a rule or default."""
+    """The colour for an object: an operator's explicit ``override`` (a backfill with --color), else
+    its ``background-color`` metadata, else the longest prefix rule that matches its key, else
+    ``default``. Invalid metadata is never replaced by a rule or the default."""
+    if override is not None:
+        return ColourChoice(override, str(override), "override")
     text = metadata.get(COLOUR_METADATA_KEY)
     if text is not None:
         try:
@@ -70,3 +79,32 @@ def choose_colour(
         if key.startswith(prefix):
             return ColourChoice(colour, str(colour), f"rule:{prefix}")
     return ColourChoice(default, str(default), "default")
+
+
+ColourRules = tuple[tuple[str, Colour], ...]
+
+
+def parse_colour_rules(text: str, upload_prefix: str) -> ColourRules:
+    """``{"uploads/amazon/": "#FFFFFF", ...}``: key prefixes under the upload prefix → colours in any
+    form the metadata accepts. Raises ValueError naming the first bad entry; never guesses."""
+    if not text.strip():
+        return ()
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"colour rules are not valid JSON ({exc.args[0]}): {text[:200]!r}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"colour rules must be a JSON object of prefix to colour, got {text[:200]!r}")
+    rules: list[tuple[str, Colour]] = []
+    for prefix, value in raw.items():
+        if not isinstance(prefix, str) or not prefix.startswith(upload_prefix):
+            raise ValueError(
+                f"colour rule prefix {prefix!r} is not under the upload prefix {upload_prefix!r}"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"colour rule {prefix!r}: the colour must be a string, got {value!r}")
+        try:
+            rules.append((prefix, parse_colour(value)))
+        except ValueError as exc:
+            raise ValueError(f"colour rule {prefix!r}: {exc}") from exc
+    return tuple(sorted(rules, key=lambda rule: len(rule[0]), reverse=True))

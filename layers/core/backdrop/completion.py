@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backdrop.events import end_job
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -101,7 +102,8 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
 
 def finish(services: Services, job: Job, run: RunResult, status: Status, code: str, message: str) -> Result:
     """End the job without a result, recording Runflow's reason."""
-    move = services.jobs.try_transition(
+    move = end_job(
+        services,
         job.job_id,
         status,
         changes={

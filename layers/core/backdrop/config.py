@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from backdrop.colours import Colour, parse_colour
+from backdrop.colours import Colour, ColourRules, parse_colour, parse_colour_rules
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,9 @@ class Settings:
     callback_secret_name: str
     callback_url: str
     default_colour: Colour
+    colour_rules: ColourRules
+    daily_run_budget: int  # runs per UTC day; 0 = unlimited
+    event_bus: str  # EventBridge bus for completion events; empty: none published
     presign_expiry_seconds: int
     max_input_bytes: int
     max_output_bytes: int
@@ -154,13 +157,18 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}")
         insecure = _origin(insecure)
+    upload_prefix = _prefix(env, "BACKDROP_UPLOAD_PREFIX", "uploads/")
+    try:
+        rules = parse_colour_rules(env.get("BACKDROP_COLOR_RULES", ""), upload_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"BACKDROP_COLOR_RULES: {exc}") from exc
     settings = Settings(
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         jobs_table=env.get("BACKDROP_JOBS_TABLE", "").strip(),
         idempotency_table=env.get("BACKDROP_IDEMPOTENCY_TABLE", "").strip(),
         ledger_table=env.get("BACKDROP_LEDGER_TABLE", "").strip(),
         uploads_bucket=env.get("BACKDROP_UPLOADS_BUCKET", "").strip(),
-        upload_prefix=_prefix(env, "BACKDROP_UPLOAD_PREFIX", "uploads/"),
+        upload_prefix=upload_prefix,
         results_bucket=env.get("BACKDROP_RESULTS_BUCKET", "").strip(),
         results_prefix=_prefix(env, "BACKDROP_RESULTS_PREFIX", "results/"),
         copy_queue_url=_optional_url(env, "BACKDROP_COPY_QUEUE_URL"),
@@ -171,6 +179,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         # The callback function cannot know its own URL without a template cycle, and needs none.
         callback_url=_optional_url(env, "BACKDROP_CALLBACK_URL"),
         default_colour=default_colour,
+        colour_rules=rules,
+        daily_run_budget=_int(env, "BACKDROP_DAILY_RUN_BUDGET", 0, minimum=0),
+        event_bus=env.get("BACKDROP_EVENT_BUS", "").strip(),
         presign_expiry_seconds=_int(env, "BACKDROP_PRESIGN_EXPIRY_SECONDS", 3600, minimum=60),
         max_input_bytes=_int(env, "BACKDROP_MAX_INPUT_BYTES", 50 * 1024 * 1024, minimum=1),
         max_output_bytes=_int(env, "BACKDROP_MAX_OUTPUT_BYTES", 256 * 1024 * 1024, minimum=1),

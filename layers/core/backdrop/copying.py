@@ -23,6 +23,7 @@ from dataclasses import replace
 from botocore.exceptions import ClientError
 
 from backdrop.completion import apply_run_report, belongs_to
+from backdrop.events import end_job
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger
@@ -75,7 +76,8 @@ def _read_run(services: Services, run_id: str) -> RunResult | None:
 
 
 def _run_gone(services: Services, job: Job, run_id: str) -> Result:
-    move = services.jobs.try_transition(
+    move = end_job(
+        services,
         job.job_id,
         Status.FAILED,
         changes={"error_code": "RUN_NOT_FOUND", "error_message": f"Runflow does not know run {run_id}"},
@@ -133,8 +135,11 @@ def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = 
         return _succeed(services, job, keys, copied)
     except OutputRefused as exc:
         logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
-        move = services.jobs.try_transition(
-            job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
+        move = end_job(
+            services,
+            job.job_id,
+            Status.FAILED,
+            changes={"error_code": exc.code, "error_message": exc.message},
         )
         if move.moved:
             count("JobsFailed")
@@ -227,7 +232,8 @@ def _fresh_outputs(services: Services, job: Job) -> Job | None:
 
 def _superseded_by_later_job(services: Services, job: Job, published: Published) -> Result:
     message = f"job {published.job_id}, created later for the same version, already wrote the result"
-    move = services.jobs.try_transition(
+    move = end_job(
+        services,
         job.job_id,
         Status.SUPERSEDED,
         changes={"error_code": "SUPERSEDED", "error_message": message, "superseded_by": published.job_id},
@@ -239,7 +245,8 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
 
 
 def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Result:
-    move = services.jobs.try_transition(
+    move = end_job(
+        services,
         job.job_id,
         Status.SUCCEEDED,
         changes={

@@ -129,6 +129,7 @@ class Job:
     runflow_request_id: str | None = None
     retryable_errors: int = 0
     create_pending_since: str | None = None
+    reserved_on: str | None = None  # the UTC day one run of the budget was reserved for this attempt
     superseded_by: str | None = None
     attempt: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -177,6 +178,7 @@ class Job:
             "runflow_duration_ms": self.runflow_duration_ms,
             "runflow_request_id": self.runflow_request_id,
             "create_pending_since": self.create_pending_since,
+            "reserved_on": self.reserved_on,
             "superseded_by": self.superseded_by,
             "history": self.history or None,
         }
@@ -220,6 +222,7 @@ class Job:
             runflow_request_id=opt_str("runflow_request_id"),
             retryable_errors=int(item.get("retryable_errors", 0)),
             create_pending_since=opt_str("create_pending_since"),
+            reserved_on=opt_str("reserved_on"),
             superseded_by=opt_str("superseded_by"),
             attempt=int(item.get("attempt", 1)),
             history=[dict(h) for h in item.get("history", [])],

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]  # seconds since the epoch
 
+# Jobs whose completion event is still to be published carry this in the sparse PendingEvents index.
+EVENT_PENDING = "pending"
+# A republisher that claimed an event and then died is replaced after this long.
+ANNOUNCE_CLAIM_SECONDS = 300
+
 
 @dataclass(frozen=True)
 class Move:
@@ -43,10 +48,12 @@ def _old_item(exc: ClientError) -> Job | None:
 
 
 class JobStore:
-    def __init__(self, table: Table, *, retention_days: int, clock: Clock) -> None:
+    def __init__(self, table: Table, *, retention_days: int, clock: Clock, announce: bool = False) -> None:
         self._table = table
         self._retention_seconds = retention_days * 86400
         self._clock = clock
+        # Whether terminal moves mark a completion event pending (a bus is configured).
+        self._announce = announce
 
     def _now(self) -> str:
         return iso_from_epoch(self._clock())
@@ -115,6 +122,9 @@ class JobStore:
             values[":expires"] = int(self._clock()) + self._retention_seconds
             names["#shard"] = "open_shard"
             removes.append("#shard")
+            if self._announce:
+                sets.append("event_shard = :event")
+                values[":event"] = EVENT_PENDING
         else:
             sets.append("open_shard = :shard")
             values[":shard"] = OPEN_SHARD
@@ -254,11 +264,13 @@ class JobStore:
                     "retryable_errors = :zero "
                     "REMOVE run_id, run_status, output_urls, result_bucket, result_keys, error_code, "
                     "error_message, completed_at, submitted_at, runflow_duration_ms, expires_at, "
-                    "create_pending_since, superseded_by"
+                    "create_pending_since, superseded_by, event_published_at, reserved_on"
                 ),
                 ConditionExpression=(
                     f"#status IN ({', '.join(f':a{i}' for i in range(len(allowed)))}) "
-                    "AND (attempt = :attempt OR (attribute_not_exists(attempt) AND :attempt = :one))"
+                    "AND (attempt = :attempt OR (attribute_not_exists(attempt) AND :attempt = :one)) "
+                    # The finished attempt's completion event goes out before a new attempt starts.
+                    "AND attribute_not_exists(event_shard)"
                 ),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={**values, ":one": 1},
@@ -271,15 +283,64 @@ class JobStore:
             return Move(False, _old_item(exc))
         return Move(True, Job.from_item(dict(resp["Attributes"])))
 
-    def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
-        """Open jobs, oldest first, created before the given timestamp; at most ``limit``."""
+    def mark_announced(self, job_id: str, attempt: int) -> bool:
+        """The attempt's completion event was published: it leaves the PendingEvents index."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET event_published_at = :now REMOVE event_shard, event_claimed_at",
+                ConditionExpression="event_shard = :pending AND attempt = :attempt",
+                ExpressionAttributeValues={
+                    ":now": self._now(),
+                    ":pending": EVENT_PENDING,
+                    ":attempt": attempt,
+                },
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def claim_announcement(self, job_id: str, attempt: int) -> bool:
+        """Claim a pending event to republish it, unless another republisher has it now."""
+        now = self._clock()
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET event_claimed_at = :now",
+                ConditionExpression="event_shard = :pending AND attempt = :attempt AND "
+                "(attribute_not_exists(event_claimed_at) OR event_claimed_at < :stale)",
+                ExpressionAttributeValues={
+                    ":now": int(now),
+                    ":stale": int(now - ANNOUNCE_CLAIM_SECONDS),
+                    ":pending": EVENT_PENDING,
+                    ":attempt": attempt,
+                },
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def pending_announcements(self, *, completed_before: str, limit: int) -> Iterator[Job]:
+        """Terminal jobs whose completion event is not published yet, oldest first."""
+        yield from self._query_index(
+            "PendingEvents",
+            "event_shard = :s AND completed_at < :c",
+            {":s": EVENT_PENDING, ":c": completed_before},
+            limit,
+        )
+
+    def _query_index(self, index: str, condition: str, values: dict[str, Any], limit: int) -> Iterator[Job]:
         remaining = limit
         start: dict[str, Any] | None = None
         while remaining > 0:
             kwargs: dict[str, Any] = {
-                "IndexName": "OpenJobs",
-                "KeyConditionExpression": "open_shard = :s AND created_at < :c",
-                "ExpressionAttributeValues": {":s": OPEN_SHARD, ":c": created_before},
+                "IndexName": index,
+                "KeyConditionExpression": condition,
+                "ExpressionAttributeValues": values,
                 "ScanIndexForward": True,
                 "Limit": min(remaining, 100),
             }
@@ -294,6 +355,12 @@ class JobStore:
             start = resp.get("LastEvaluatedKey")
             if not start:
                 return
+
+    def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
+        """Open jobs, oldest first, created before the given timestamp; at most ``limit``."""
+        yield from self._query_index(
+            "OpenJobs", "open_shard = :s AND created_at < :c", {":s": OPEN_SHARD, ":c": created_before}, limit
+        )
 
     def jobs_for_source(self, bucket: str, key: str) -> list[Job]:
         """Every job of one object (all versions, colours and attempts), newest first."""

@@ -1,5 +1,9 @@
 """The ledger table: small records that serialise work across functions with conditional writes.
 
+Run budget (one item per UTC day, ``budget#<YYYY-MM-DD>``): before a run is created, one is
+reserved from the day's counter with a conditional ``ADD``, so however many submitters race, no
+more than the day's budget is ever reserved.
+
 Result leases (one item per source object, ``result#<bucket>/<key>``): whoever writes a result of
 that object holds the lease while it checks that its version is still the newest and copies. The
 item also remembers which job and source version last published a result there. A copier that
@@ -12,6 +16,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -151,3 +156,69 @@ def _published(item: dict[str, Any]) -> Published | None:
         job_created_at=str(item.get("published_job_created_at", "")),
         result_keys=tuple(str(k) for k in item.get("published_keys", [])),
     )
+
+
+def budget_day(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%d")
+
+
+class RunBudget:
+    """Runs reserved per UTC day against ``daily`` (0: unlimited, still counted)."""
+
+    def __init__(self, table: Table, *, daily: int, clock: Clock) -> None:
+        self._table = table
+        self._clock = clock
+        self.daily = daily
+
+    @staticmethod
+    def key_for(day: str) -> str:
+        return f"budget#{day}"
+
+    def today(self) -> str:
+        return budget_day(self._clock())
+
+    def reserve(self) -> tuple[str, int] | None:
+        """Reserve one run today: (the day, runs reserved that day so far), or None if today's
+        budget is spent."""
+        day = self.today()
+        kwargs: dict[str, Any] = {
+            "Key": {"pk": self.key_for(day)},
+            "UpdateExpression": "ADD reserved :one",
+            "ExpressionAttributeValues": {":one": 1},
+            "ReturnValues": "UPDATED_NEW",
+        }
+        if self.daily > 0:
+            kwargs["ConditionExpression"] = "attribute_not_exists(reserved) OR reserved < :budget"
+            kwargs["ExpressionAttributeValues"][":budget"] = self.daily
+        try:
+            answer = self._table.update_item(**kwargs)
+        except ClientError as exc:
+            if _conditional(exc):
+                return None
+            raise
+        return day, int(answer["Attributes"]["reserved"])  # type: ignore[arg-type]
+
+    def release(self, day: str) -> None:
+        """Give back a reservation no run was created for."""
+        try:
+            self._table.update_item(
+                Key={"pk": self.key_for(day)},
+                UpdateExpression="ADD reserved :minus",
+                ConditionExpression="reserved > :zero",
+                ExpressionAttributeValues={":minus": -1, ":zero": 0},
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+
+    def reserved(self, day: str | None = None) -> int:
+        item = self._table.get_item(Key={"pk": self.key_for(day or self.today())}, ConsistentRead=True).get(
+            "Item"
+        )
+        return int(item.get("reserved", 0)) if item else 0  # type: ignore[arg-type]
+
+    def remaining(self) -> int | None:
+        """Runs left today; None when the budget is unlimited."""
+        if self.daily <= 0:
+            return None
+        return max(0, self.daily - self.reserved())

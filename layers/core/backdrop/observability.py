@@ -19,4 +19,8 @@ def count_bytes(name: str, value: int) -> None:
     metrics.add_metric(name=name, unit=MetricUnit.Bytes, value=value)
 
 
-__all__ = ["count", "count_bytes", "logger", "metrics", "tracer"]
+def gauge_percent(name: str, value: float) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Percent, value=value)
+
+
+__all__ = ["count", "count_bytes", "gauge_percent", "logger", "metrics", "tracer"]

@@ -32,6 +32,33 @@ class CopyRequest:
         return cls(data["job_id"], run_id)
 
 
+@dataclass(frozen=True)
+class JobMessage:
+    """Ask the submit function to create the run of an open job (a retry, a held job resumed).
+    Sent on the uploads queue beside S3's notifications; ``sent_at`` makes each request distinct."""
+
+    job_id: str
+    attempt: int
+    sent_at: str
+    kind: str = "submit_job"
+
+    def body(self) -> str:
+        return json.dumps(
+            {"backdrop": self.kind, "job_id": self.job_id, "attempt": self.attempt, "sent_at": self.sent_at},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def parse(cls, data: Any) -> JobMessage | None:
+        """The message if ``data`` (a decoded body) is one, else None (an S3 notification)."""
+        if not isinstance(data, dict) or data.get("backdrop") != "submit_job":
+            return None
+        job_id, attempt = data.get("job_id"), data.get("attempt")
+        if not isinstance(job_id, str) or not job_id or not isinstance(attempt, int):
+            raise ValueError("a submit_job message needs a job_id and an attempt")
+        return cls(job_id, attempt, str(data.get("sent_at", "")))
+
+
 class WorkQueue:
     def __init__(self, sqs: SQSClient, url: str) -> None:
         self._sqs = sqs
@@ -39,3 +66,14 @@ class WorkQueue:
 
     def send(self, body: str) -> None:
         self._sqs.send_message(QueueUrl=self._url, MessageBody=body)
+
+    def send_many(self, bodies: list[str]) -> list[str]:
+        """Send in batches of ten; returns the bodies SQS did not take."""
+        refused: list[str] = []
+        for start in range(0, len(bodies), 10):
+            chunk = bodies[start : start + 10]
+            answer = self._sqs.send_message_batch(
+                QueueUrl=self._url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)]
+            )
+            refused += [chunk[int(f["Id"])] for f in answer.get("Failed", [])]
+        return refused

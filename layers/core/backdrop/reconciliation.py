@@ -7,7 +7,10 @@ Runs on a schedule over the sparse OpenJobs index, oldest first and bounded per 
 - a job that never got a run (crash or outage between claim and create): create it, through the
   same guarded path as the submit (an earlier create whose answer was lost is looked up first);
 - a job still open past the run deadline: ``timed_out``, counted (and alarmed on); one without a
-  run is first looked up at Runflow, in case a create whose answer was lost made one.
+  run is first looked up at Runflow, in case a create whose answer was lost made one;
+- jobs ``held`` for the daily run budget, oldest first, as far as today's budget allows: handed to
+  the submit function again (they never time out: they wait for the budget, not for Runflow);
+- completion events still pending (their publish failed): published again.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from backdrop.completion import apply_run_report, requeue_copy
-from backdrop.jobs import Job, Status, format_iso, parse_iso
+from backdrop.events import end_job, republish_pending
+from backdrop.jobs import Job, Status, format_iso, iso_from_epoch, parse_iso
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, RetryLater
+from backdrop.queues import JobMessage
 from backdrop.runs import RunflowError, RunflowRejected
 from backdrop.services import Services
 from backdrop.submission import adopt_earlier_run, resubmit
@@ -35,11 +40,23 @@ class ReconcileReport:
         return {"examined": self.examined, **dict(self.outcomes)}
 
 
+# Events whose publisher is (probably) still at it are left alone for this long.
+EVENT_GRACE_SECONDS = 60
+
+
 def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
     settings = services.settings
     now = datetime.fromtimestamp(services.clock(), UTC)
     cutoff = format_iso(now - timedelta(seconds=settings.reconcile_min_age_seconds))
     report = ReconcileReport()
+    republished = republish_pending(
+        services,
+        older_than=format_iso(now - timedelta(seconds=EVENT_GRACE_SECONDS)),
+        limit=settings.reconcile_batch_size,
+    )
+    if republished:
+        report.outcomes["events_republished"] = republished
+    resumable = _Resumable(services)
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
         if time.monotonic() >= deadline:
             report.outcomes["deferred_for_time"] += 1
@@ -47,7 +64,9 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
         report.examined += 1
         logger.append_keys(job_id=job.job_id, run_id=job.run_id)
         try:
-            outcome = _reconcile_one(services, job, now)
+            outcome = (
+                resumable.resume(job) if job.status is Status.HELD else _reconcile_one(services, job, now)
+            )
         except (RunflowError, RetryLater) as exc:
             outcome = "retry_later"
             logger.warning("Reconciler could not finish a job now", extra={"reason": str(exc)})
@@ -69,8 +88,6 @@ def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
                     return f"adopted_{adopted.outcome.value}"
             reason = job.error_message or "no Runflow run could be created before the run deadline"
             return _time_out(services, job, f"no run before the run deadline: {reason}")
-        if job.status is Status.HELD:
-            return "held"
         result = resubmit(services, job)
         if result.outcome is Outcome.SUBMITTED:
             count("JobsRecovered")
@@ -93,8 +110,11 @@ def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
         if exc.http_status != 404:
             raise
         # Runflow does not know the run: it can never call back or finish.
-        move = services.jobs.try_transition(
-            job.job_id, Status.FAILED, changes={"error_code": exc.code, "error_message": exc.message}
+        move = end_job(
+            services,
+            job.job_id,
+            Status.FAILED,
+            changes={"error_code": exc.code, "error_message": exc.message},
         )
         if not move.moved:
             return Outcome.ALREADY_DONE.value
@@ -110,9 +130,34 @@ def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
     return f"completed_{applied.outcome.value}"
 
 
+class _Resumable:
+    """Held jobs go back to the submit function, oldest first, as many as today's budget has."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._left: int | object | None = _UNREAD
+
+    def resume(self, job: Job) -> str:
+        if self._left is _UNREAD:
+            self._left = self._services.budget.remaining()
+        if isinstance(self._left, int) and self._left <= 0:
+            return "held"
+        message = JobMessage(job.job_id, job.attempt, iso_from_epoch(self._services.clock()))
+        self._services.uploads_queue().send(message.body())
+        if isinstance(self._left, int):
+            self._left -= 1
+        return "held_resumed"
+
+
+_UNREAD = object()
+
+
 def _time_out(services: Services, job: Job, message: str) -> str:
-    move = services.jobs.try_transition(
-        job.job_id, Status.TIMED_OUT, changes={"error_code": "TIMED_OUT", "error_message": message[:1000]}
+    move = end_job(
+        services,
+        job.job_id,
+        Status.TIMED_OUT,
+        changes={"error_code": "TIMED_OUT", "error_message": message[:1000]},
     )
     if not move.moved:
         return Outcome.ALREADY_DONE.value

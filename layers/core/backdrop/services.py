@@ -19,7 +19,7 @@ from botocore.config import Config
 
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
-from backdrop.ledger import ResultLedger
+from backdrop.ledger import ResultLedger, RunBudget
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
 from backdrop.runs import RetryPolicy, RunflowClient
@@ -27,6 +27,7 @@ from backdrop.secrets import SecretReader
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
+    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
@@ -46,6 +47,8 @@ class Services:
         sqs: SQSClient | None = None,
         jobs: JobStore | None = None,
         ledger: ResultLedger | None = None,
+        budget: RunBudget | None = None,
+        eventbridge: EventBridgeClient | None = None,
         secrets: SecretReader | None = None,
         http: httpx.Client | None = None,
         runflow: RunflowClient | None = None,
@@ -63,6 +66,8 @@ class Services:
                 "sqs": sqs,
                 "jobs": jobs,
                 "ledger": ledger,
+                "budget": budget,
+                "eventbridge": eventbridge,
                 "secrets": secrets,
                 "http": http,
                 "runflow": runflow,
@@ -116,6 +121,7 @@ class Services:
                 self._dynamodb().Table(self.settings.jobs_table),
                 retention_days=self.settings.retention_days,
                 clock=self.clock,
+                announce=bool(self.settings.event_bus),
             ),
         )
         return store
@@ -127,6 +133,25 @@ class Services:
             lambda: ResultLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
         )
         return ledger
+
+    @property
+    def budget(self) -> RunBudget:
+        budget: RunBudget = self._get(
+            "budget",
+            lambda: RunBudget(
+                self._dynamodb().Table(self.settings.ledger_table),
+                daily=self.settings.daily_run_budget,
+                clock=self.clock,
+            ),
+        )
+        return budget
+
+    @property
+    def eventbridge(self) -> EventBridgeClient:
+        client: EventBridgeClient = self._get(
+            "eventbridge", lambda: self.session.client("events", config=_boto_config())
+        )
+        return client
 
     @property
     def secrets(self) -> SecretReader:
@@ -165,6 +190,12 @@ class Services:
 
         client: RunflowClient = self._get("runflow", build)
         return client
+
+    def uploads_queue(self) -> WorkQueue:
+        queue: WorkQueue = self._get(
+            "uploads_queue", lambda: WorkQueue(self.sqs, self.settings.uploads_queue_url)
+        )
+        return queue
 
     def copy_queue(self) -> WorkQueue:
         queue: WorkQueue = self._get("copy_queue", lambda: WorkQueue(self.sqs, self.settings.copy_queue_url))

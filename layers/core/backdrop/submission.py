@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import quote
 
-from backdrop.colours import ColourChoice, choose_colour, parse_colour
+from backdrop.colours import Colour, ColourChoice, choose_colour, parse_colour
+from backdrop.events import end_job
 from backdrop.jobs import Job, Status, iso_from_epoch, parse_iso
-from backdrop.observability import count, logger
+from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.runs import (
     RunflowConflict,
@@ -44,8 +45,15 @@ from backdrop.uploads import (
 )
 
 
-def colour_of(source: SourceObject, services: Services) -> ColourChoice:
-    return choose_colour(source.metadata, source.upload.key, default=services.settings.default_colour)
+def colour_of(source: SourceObject, services: Services, override: Colour | None = None) -> ColourChoice:
+    settings = services.settings
+    return choose_colour(
+        source.metadata,
+        source.upload.key,
+        default=settings.default_colour,
+        rules=settings.colour_rules,
+        override=override,
+    )
 
 
 def job_id_of(source: SourceObject, services: Services) -> str:
@@ -53,8 +61,9 @@ def job_id_of(source: SourceObject, services: Services) -> str:
     return job_id_for(source.upload, colour_of(source, services).tag)
 
 
-def submit_upload(upload: UploadRef, services: Services) -> Result:
-    """Handle one object-created notification (or a backfill message shaped like one)."""
+def submit_upload(upload: UploadRef, services: Services, *, colour: str | None = None) -> Result:
+    """Handle one object-created notification (or a backfill message shaped like one, which may
+    name the ``colour`` an operator asked for, overriding the object's own)."""
     settings = services.settings
     if upload.bucket != settings.uploads_bucket or not in_upload_prefix(upload.key, settings.upload_prefix):
         logger.info("Object outside the upload prefix ignored", extra={"key": upload.key})
@@ -72,7 +81,12 @@ def submit_upload(upload: UploadRef, services: Services) -> Result:
         logger.warning("Uploaded object vanished before it could be read", extra={"key": upload.key})
         return Result(Outcome.IGNORED, detail="object no longer exists")
 
-    choice = colour_of(source, services)
+    try:
+        override = parse_colour(colour) if colour is not None else None
+    except ValueError as exc:
+        logger.warning("Backfill message names no colour; ignored", extra={"reason": str(exc)})
+        return Result(Outcome.IGNORED, detail=f"requested colour: {exc}")
+    choice = colour_of(source, services, override)
     job_id = job_id_for(source.upload, choice.tag)
     logger.append_keys(job_id=job_id)
     job, created = services.jobs.claim(_new_job(job_id, source, choice, iso_from_epoch(services.clock())))
@@ -130,8 +144,8 @@ def _problem(source: SourceObject, services: Services) -> tuple[str, str] | None
 
 
 def _reject(services: Services, job: Job, code: str, message: str) -> Result:
-    move = services.jobs.try_transition(
-        job.job_id, Status.REJECTED, changes={"error_code": code, "error_message": message}
+    move = end_job(
+        services, job.job_id, Status.REJECTED, changes={"error_code": code, "error_message": message}
     )
     if not move.moved:
         return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was rejected")
@@ -156,7 +170,7 @@ def supersede(services: Services, job: Job, current: SourceObject | None) -> Res
             ),
             "superseded_by": newer,
         }
-    move = services.jobs.try_transition(job.job_id, Status.SUPERSEDED, changes=changes)
+    move = end_job(services, job.job_id, Status.SUPERSEDED, changes=changes)
     if not move.moved:
         return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on before it was superseded")
     count("JobsSuperseded")
@@ -196,6 +210,11 @@ def create_run(services: Services, job: Job) -> Result:
             "An earlier create made no run; creating again", extra={"pending_since": job.create_pending_since}
         )
 
+    if job.reserved_on is None:
+        reserved = _reserve(services, job)
+        if isinstance(reserved, Result):
+            return reserved
+        job = reserved
     marker = iso_from_epoch(services.clock())
     if not services.jobs.update_open(
         job.job_id,
@@ -245,13 +264,16 @@ def create_run(services: Services, job: Job) -> Result:
         logger.warning(
             "Runflow refused the run", extra={"http_status": exc.http_status, "error_code": exc.code}
         )
-        move = services.jobs.try_transition(
+        move = end_job(
+            services,
             job.job_id,
             Status.FAILED,
             changes={"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
         )
         if not move.moved:
             return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was failed")
+        if job.reserved_on:
+            services.budget.release(job.reserved_on)  # no run was made for it
         count("JobsFailed")
         return Result(Outcome.FAILED, job.job_id, detail=f"{exc.code}: {exc.message}")
     except RunflowUnavailable as exc:
@@ -269,6 +291,51 @@ def create_run(services: Services, job: Job) -> Result:
         count("SubmitRetries")
         raise RetryLater(str(exc), after_seconds=exc.retry_after) from exc
     return _record_run(services, job, run)
+
+
+def _reserve(services: Services, job: Job) -> Job | Result:
+    """Reserve this attempt's one run from today's budget, or hold the job until it allows."""
+    budget = services.budget
+    reserved = budget.reserve()
+    if reserved is None:
+        move = services.jobs.try_transition(
+            job.job_id,
+            Status.HELD,
+            changes={
+                "error_code": "BUDGET_EXHAUSTED",
+                "error_message": f"today's run budget ({budget.daily} runs, UTC) is spent; "
+                "resumed oldest first when it allows again",
+            },
+        )
+        if not move.moved:
+            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was held")
+        count("JobsHeld")
+        logger.info("Job held: the daily run budget is spent", extra={"budget": budget.daily})
+        return Result(Outcome.HELD, job.job_id, detail="BUDGET_EXHAUSTED")
+    day, used = reserved
+    if not services.jobs.update_open(
+        job.job_id, job.status, {"reserved_on": day}, only_if={"reserved_on": None}
+    ):
+        budget.release(day)  # another attempt reserved this job's run meanwhile
+        current = services.jobs.get(job.job_id)
+        if current is None or current.status is not job.status:
+            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was reserved")
+        raise RetryLater("another attempt is creating this job's run", after_seconds=5)
+    count("RunsReserved")
+    if budget.daily > 0:
+        gauge_percent("RunBudgetUsedPercent", 100.0 * used / budget.daily)
+    return replace(job, reserved_on=day)
+
+
+def submit_job(job_id: str, services: Services) -> Result:
+    """Create the run of an open job on request (a retry, a held job resumed)."""
+    job = services.jobs.get(job_id)
+    if job is None:
+        return Result(Outcome.UNKNOWN_JOB, job_id)
+    logger.append_keys(job_id=job_id)
+    if job.status not in (Status.RECEIVED, Status.HELD) or job.run_id:
+        return Result(Outcome.ALREADY_DONE, job_id, job.run_id, f"job is {job.status.value}")
+    return resubmit(services, job)
 
 
 def adopt_earlier_run(services: Services, job: Job) -> Result | None:
