@@ -48,6 +48,7 @@ class _Worker:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=dict(env), bufsize=0
         )
         self._buffer = b""
+        self.generation = 0  # which configuration of the function it was started with
 
     def read_line(self, timeout: float) -> bytes | None:
         """One protocol line, or None on timeout or exit."""
@@ -106,18 +107,16 @@ class LocalFunction:
         ]
         for p in paths:
             self._command += ["--path", str(p)]
-        self._env = {
+        self._base_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "AWS_LAMBDA_FUNCTION_NAME": name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory),
             "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
             "LAMBDA_TASK_ROOT": str(paths[0]) if paths else "",
             "TZ": "UTC",
-            **env,
         }
-        # Lambda sets both; some SDK paths read only the older name.
-        self._env.setdefault("AWS_DEFAULT_REGION", self._env.get("AWS_REGION", "us-east-1"))
-        self._env.setdefault("AWS_REGION", self._env["AWS_DEFAULT_REGION"])
+        self._env = self._with_base(env)
+        self._generation = 0
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the function
         self._idle: list[_Worker] = []
@@ -125,8 +124,26 @@ class LocalFunction:
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._closed = False
 
+    def _with_base(self, env: Mapping[str, str]) -> dict[str, str]:
+        full = {**self._base_env, **env}
+        # Lambda sets both; some SDK paths read only the older name.
+        full.setdefault("AWS_DEFAULT_REGION", full.get("AWS_REGION", "us-east-1"))
+        full.setdefault("AWS_REGION", full["AWS_DEFAULT_REGION"])
+        return full
+
+    def update_environment(self, env: Mapping[str, str]) -> None:
+        """New configuration, as Lambda applies it: idle execution environments are discarded, so
+        the next invocations start fresh ones with it."""
+        with self._lock:
+            self._env = self._with_base(env)
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
+
     def _spawn(self) -> _Worker:
         worker = _Worker(self._command, self._env, self._log)
+        worker.generation = self._generation
         ready = worker.read_line(60.0)
         if ready is None:
             worker.kill()
@@ -162,8 +179,8 @@ class LocalFunction:
                 )
             answer = json.loads(line)
             with self._lock:
-                if self._closed:
-                    worker.kill()
+                if self._closed or worker.generation != self._generation:
+                    worker.kill()  # stopped, or started with a configuration since replaced
                 else:
                     self._idle.append(worker)
             if answer.get("ok"):

@@ -74,6 +74,8 @@ class LocalStack:
         self.schedule: Schedule | None = None
         self.resources: Resources | None = None
         self.template: Template | None = None
+        self._overrides: dict[str, str] = {}
+        self._callback_url = ""
         self.callback_secret = ""
         self.info: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
@@ -141,21 +143,15 @@ class LocalStack:
             overrides["BACKDROP_MAX_INPUT_BYTES"] = str(opts.max_input_bytes)
 
         runtime = runtime_dir(self.state_dir / "lambda-runtime")
+        self._overrides = overrides
+        self._callback_url = callback_url
         for logical in template.functions():
             spec = template.function(logical)
-            env = {**spec.environment, **overrides}
-            if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
-                env["BACKDROP_CALLBACK_URL"] = callback_url
-            # As a function's start would: a bad setting (a colour rule, a number) stops the stack.
-            load_settings(env).require()
-            if logical == "CopyFunction" and opts.crash_mid_copy_rate > 0:
-                env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
-                env["BACKDROP_LOCAL_FAULT_SEED"] = str(opts.fault_seed)
             self.functions[logical] = LocalFunction(
                 logical,
                 handler=spec.handler,
                 paths=self._code_paths(logical, spec.code_uri, runtime),
-                env=env,
+                env=self._function_env(template, logical),
                 timeout=spec.timeout,
                 max_concurrency=self._concurrency(logical),
                 log_path=self.state_dir / "logs" / f"{logical}.log",
@@ -246,7 +242,40 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def update_parameters(self, overrides: dict[str, str]) -> None:
+        """Change template parameters as a stack update would: the functions' new invocations
+        see the new environment (those in flight finish with the old one)."""
+        if self.template is None:
+            raise RuntimeError("the local stack is not started")
+        template = Template(
+            self.options.root / "template.yaml",
+            stack_name=self.options.stack_name,
+            region=REGION,
+            parameters={**self.template.parameters, **overrides},
+        )
+        for logical, (url, _arn) in self.resources.queues.items() if self.resources else ():
+            template.override_ref(logical, url)
+        envs = {logical: self._function_env(template, logical) for logical in self.functions}
+        for logical, env in envs.items():
+            self.functions[logical].update_environment(env)
+        self.template = template
+        self.info["parameters"] = dict(template.parameters)
+        (self.state_dir / "local-stack.json").write_text(json.dumps(self.info, indent=2) + "\n")
+
     # ------------------------------------------------------------------ helpers
+    def _function_env(self, template: Template, logical: str) -> dict[str, str]:
+        spec = template.function(logical)
+        env = {**spec.environment, **self._overrides}
+        if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
+            env["BACKDROP_CALLBACK_URL"] = self._callback_url
+        # As a function's start would: a bad setting (a colour rule, a number) stops the stack.
+        load_settings(env).require()
+        opts = self.options
+        if logical == "CopyFunction" and opts.crash_mid_copy_rate > 0:
+            env["BACKDROP_LOCAL_CRASH_MID_COPY_RATE"] = str(opts.crash_mid_copy_rate)
+            env["BACKDROP_LOCAL_FAULT_SEED"] = str(opts.fault_seed)
+        return env
+
     def _code_paths(self, logical: str, code_uri: str, runtime: Path) -> list[Path]:
         root = self.options.root
         if self.options.code == "source":

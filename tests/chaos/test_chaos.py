@@ -137,6 +137,21 @@ def duplicate_notification(stack: LocalStack, key: str, head: dict[str, Any]) ->
     )
 
 
+def drain_events(stack: LocalStack) -> list[dict[str, Any]]:
+    """Completion events the stack's bus delivered to the local events queue since the last drain."""
+    sqs = stack.sqs()
+    found: list[dict[str, Any]] = []
+    while got := sqs.receive_message(
+        QueueUrl=stack.info["events_queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+    ).get("Messages", []):
+        for message in got:
+            found.append(json.loads(message["Body"]))
+            sqs.delete_message(
+                QueueUrl=stack.info["events_queue_url"], ReceiptHandle=message["ReceiptHandle"]
+            )
+    return found
+
+
 def hostile_callbacks(stack: LocalStack, http: httpx.Client, jobs: list[dict[str, Any]]) -> Counter[int]:
     """Forged, tampered-replay and unsigned callbacks aimed at real jobs; returns answer codes."""
     answers: Counter[int] = Counter()
@@ -302,6 +317,22 @@ def test_nothing_lost_nothing_billed_twice(
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         assert len(keys) == len(set(keys)) == results, "exactly one result object per succeeded upload"
 
+        # Completion events: exactly one per finished job. One whose publish failed is republished by
+        # the reconciler a minute later, so stragglers are waited for (bounded against a hang).
+        events: Counter[str] = Counter()
+        deliveries: dict[str, list[str]] = {}  # event_id -> EventBridge ids of its deliveries
+        wait_until = time.monotonic() + 180
+        while True:
+            for event in drain_events(stack):
+                events[event["detail"]["event_id"]] += 1
+                deliveries.setdefault(event["detail"]["event_id"], []).append(event["id"])
+            if len(events) >= len(jobs) or time.monotonic() > wait_until:
+                break
+        events_per_job = sum(events.values()) / len(jobs)
+        assert set(events) == {f"{j['job_id']}:{j.get('attempt', 1)}" for j in jobs}, (
+            "a job without its event"
+        )
+
         stats = stack.runflow.stats()
         with_runs = [j for j in jobs if j.get("run_id")]
         billed = stats["runs_created"]
@@ -321,7 +352,8 @@ def test_nothing_lost_nothing_billed_twice(
             f"max_time_to_converge_s={converged_at - started:.1f} "
             f"idempotency={idempotency} callback_answer_p99_ms={answer_ms['p99']} "
             f"answers_reset={stats.get('create_answers_reset')} second_versions={len(second_versions)} "
-            f"superseded={statuses.get('superseded', 0)} callback_answer_p50_ms={answer_ms['p50']}"
+            f"superseded={statuses.get('superseded', 0)} callback_answer_p50_ms={answer_ms['p50']} "
+            f"events_per_job={events_per_job:.2f}"
         )
         print("\n" + figures)
         report_figures(figures)
@@ -329,4 +361,6 @@ def test_nothing_lost_nothing_billed_twice(
         assert stack.callback_secret not in logs and RUNFLOW_API_KEY not in logs
         assert lost == 0
         assert duplicate_runs == 0 and runs_per_upload == 1.0
+        twice = {k: v for k, v in deliveries.items() if len(v) > 1}
+        assert events_per_job == 1.0, f"events per finished job: {events_per_job}; sent twice: {twice}"
         assert hostile and set(hostile) == {401}, f"hostile callbacks answered {dict(hostile)}"

@@ -311,3 +311,71 @@ def test_python312_layer_and_runtime(template: dict[str, Any]) -> None:
         props = _function_props(template, function_id)
         assert props["Runtime"] == "python3.12", function_id
         assert {"Ref": "CoreLayer"} in props["Layers"], function_id
+
+
+# ---------------------------------------------------------------------------- the shop's systems
+
+
+def _statements_of(resources: dict[str, Any], function_id: str) -> list[dict[str, Any]]:
+    policies = _as_list(resources[function_id]["Properties"].get("Policies", []))
+    return [s for p in policies if isinstance(p, dict) for s in _as_list(p.get("Statement", []))]
+
+
+def test_completion_events_go_only_to_the_named_bus(resources: dict[str, Any]) -> None:
+    bus_arn = {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+    }
+    for function_id in _of_type(resources, "AWS::Serverless::Function"):
+        publishing = [
+            s for s in _statements_of(resources, function_id) if "events:PutEvents" in _as_list(s["Action"])
+        ]
+        assert publishing, f"{function_id} ends jobs, so it announces them"
+        for statement in publishing:
+            assert _as_list(statement["Action"]) == ["events:PutEvents"]
+            assert statement["Resource"] == bus_arn
+
+
+def test_parameters_for_rules_budget_and_bus(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    assert params["ColorRules"]["Default"] == "{}" and params["EventBusName"]["Default"] == "default"
+    assert int(params["DailyRunBudget"]["MinValue"]) == 0 and int(params["DailyRunBudget"]["Default"]) > 0
+    assert params["PricePerRunUsd"]["Default"] == "0.12"
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert shared["BACKDROP_COLOR_RULES"] == {"Ref": "ColorRules"}
+    assert shared["BACKDROP_DAILY_RUN_BUDGET"] == {"Ref": "DailyRunBudget"}
+    assert shared["BACKDROP_EVENT_BUS"] == {"Ref": "EventBusName"}
+
+
+def test_dashboard_shows_the_pipeline_and_is_an_output(template: dict[str, Any]) -> None:
+    dashboard = template["Resources"]["Dashboard"]
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    metrics = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"]}
+    assert {
+        "JobsSucceeded",
+        "JobsFailed",
+        "TimeToResult",
+        "RunflowRetries",
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "CallbacksRejected",
+        "BytesCopied",
+        "RunsReserved",
+        "RunBudgetUsedPercent",
+        "Throttles",
+        "5xx",
+    } <= metrics
+    assert template["Outputs"]["DashboardName"]["Value"] == {"Ref": "Dashboard"}
+
+
+def test_alarms_on_backlog_age_throttles_and_api_errors(resources: dict[str, Any]) -> None:
+    alarms = {name: res["Properties"] for name, res in _of_type(resources, "AWS::CloudWatch::Alarm").items()}
+    by_metric: dict[str, list[str]] = {}
+    for name, props in alarms.items():
+        by_metric.setdefault(props["MetricName"], []).append(name)
+    assert len(by_metric["ApproximateAgeOfOldestMessage"]) == 2
+    assert len(by_metric["Throttles"]) == 4
+    assert by_metric["5xx"] == ["CallbackApi5xxAlarm"]
+    budget = alarms["RunBudgetAlarm"]
+    assert (budget["MetricName"], budget["Threshold"]) == ("RunBudgetUsedPercent", 80)
+    assert resources["RunBudgetAlarm"]["Condition"] == "HasRunBudget"

@@ -24,9 +24,9 @@ from botocore.exceptions import ClientError
 
 from backdrop.completion import apply_run_report, belongs_to
 from backdrop.events import end_job
-from backdrop.jobs import Job, Status, outputs_to_item
+from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
-from backdrop.observability import count, count_bytes, logger
+from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused
 from backdrop.queues import CopyRequest
@@ -260,5 +260,8 @@ def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Resu
         return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on")
     count("JobsSucceeded")
     count_bytes("BytesCopied", copied)
+    if move.job and move.job.completed_at:
+        elapsed = parse_iso(move.job.completed_at) - parse_iso(move.job.created_at)
+        milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
     logger.info("Job succeeded", extra={"result_keys": keys, "bytes": copied})
     return Result(Outcome.SUCCEEDED, job.job_id, job.run_id, ",".join(keys))

@@ -19,8 +19,12 @@ def count_bytes(name: str, value: int) -> None:
     metrics.add_metric(name=name, unit=MetricUnit.Bytes, value=value)
 
 
+def milliseconds(name: str, value: float) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
+
+
 def gauge_percent(name: str, value: float) -> None:
     metrics.add_metric(name=name, unit=MetricUnit.Percent, value=value)
 
 
-__all__ = ["count", "count_bytes", "gauge_percent", "logger", "metrics", "tracer"]
+__all__ = ["count", "count_bytes", "gauge_percent", "logger", "metrics", "milliseconds", "tracer"]

@@ -148,8 +148,11 @@ class Services:
 
     @property
     def eventbridge(self) -> EventBridgeClient:
+        # No automatic retries: PutEvents is not idempotent, and a retry after a lost answer sends
+        # the event twice. A failed publish stays pending and the reconciler sends it once more.
+        config = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=10)
         client: EventBridgeClient = self._get(
-            "eventbridge", lambda: self.session.client("events", config=_boto_config())
+            "eventbridge", lambda: self.session.client("events", config=config)
         )
         return client
 
