@@ -14,7 +14,7 @@ N ?= 2000
 # the local stack through the environment, so JSON values reach it exactly as typed.
 export PARAMETER_OVERRIDES
 
-.PHONY: help venv build lint test test-fast demo local chaos bench clean
+.PHONY: help venv build lint test test-fast demo local chaos bench sam-local clean
 
 help:
 	@echo "make demo        set everything up and run the end-to-end demo (results in demo-output/)"
@@ -22,6 +22,7 @@ help:
 	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos N=2000  the fault-injection suite at a larger size"
 	@echo "make bench       benchmarks (output copy memory and throughput)"
+	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
 	@echo "make build       sam build"
 
 $(VENV)/.installed: pyproject.toml
@@ -59,6 +60,10 @@ local: venv build
 
 chaos: venv build
 	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider
+
+# Every event through `sam local invoke` and one job through `sam local start-api`, in Docker.
+sam-local: venv build
+	$(PY) -m backdrop_local.samcheck
 
 bench: venv
 	$(PY) benchmarks/copy_memory.py

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,8 +17,20 @@ from types import FrameType
 
 from backdrop.config import ConfigError
 from backdrop_local.runflow.cli import add_fault_arguments, faults_from_args
+from backdrop_local.samlocal import SamLocalError, bridge_host_address
 from backdrop_local.stack import ROOT, LocalStack, StackOptions
 from backdrop_local.template import ParameterError, Template, parse_parameter_overrides
+
+
+def listen_host(choice: str) -> str:
+    if choice == "loopback":
+        return "127.0.0.1"
+    try:
+        return bridge_host_address(timeout=5.0)
+    except (SamLocalError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        if choice == "bridge":
+            raise SystemExit(f"backdrop_local: no Docker bridge to listen on: {exc}") from exc
+        return "127.0.0.1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None, help="where local-stack.json and logs go")
     parser.add_argument("--seed", type=int, default=None, help="seed of the local Runflow's fault dice")
     parser.add_argument(
+        "--listen",
+        choices=["auto", "loopback", "bridge"],
+        default="auto",
+        help="where moto and the local Runflow listen: the Docker bridge's host address lets "
+        "`sam local` containers reach them (auto: the bridge when a Docker engine runs, else loopback)",
+    )
+    parser.add_argument(
         "--parameter-overrides",
         nargs="+",
         default=[],
@@ -63,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     stack = LocalStack(
         StackOptions(
+            listen_host=listen_host(args.listen),
             code=args.code,
             state_dir=args.state_dir,
             reconcile_every_seconds=args.reconcile_every,

@@ -136,6 +136,7 @@ def provision(
     *,
     api_key: str,
     callback_secret: str,
+    previous_callback_secret: str = "",
     visibility_timeout: int | None = None,
 ) -> Resources:
     """Create every stateful resource of the template in moto, with the template's names."""
@@ -187,7 +188,8 @@ def provision(
     callback_name = template.physical_id("CallbackSigningSecret")
     sm.create_secret(Name=api_key_name, SecretString=api_key)
     sm.create_secret(
-        Name=callback_name, SecretString=json.dumps({"current": callback_secret, "previous": ""})
+        Name=callback_name,
+        SecretString=json.dumps({"current": callback_secret, "previous": previous_callback_secret}),
     )
 
     return Resources(

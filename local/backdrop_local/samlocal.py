@@ -260,6 +260,49 @@ def function_environment(
     return env
 
 
+# Variables SAM sets in a container itself (from its own environment), never from --env-vars.
+_SAM_OWN = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def write_stack_files(
+    state_dir: Path,
+    endpoint_url: str,
+    function_envs: Mapping[str, Mapping[str, str]],
+    shell: Mapping[str, str],
+) -> dict[str, str]:
+    """What `sam local` and a terminal need to work against a running local stack:
+    ``sam/env-vars.json`` (each function's environment as the stack gives it, for ``--env-vars``),
+    ``local.env`` (for ``set -a; . .backdrop/local.env``: every AWS endpoint, STS included, at the
+    stack's, its credentials, SAM's own settings, and ``shell``'s names such as the buckets), and,
+    once ``sam build`` ran, the copy of the built template that declares what only local runs set."""
+    directory = state_dir / "sam"
+    directory.mkdir(parents=True, exist_ok=True)
+    env_vars = directory / "env-vars.json"
+    doc = {name: {k: v for k, v in env.items() if k not in _SAM_OWN} for name, env in function_envs.items()}
+    env_vars.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    app_dir = directory / "sam-cli"
+    prepare_sam_app_dir(app_dir)
+    local_env = state_dir / "local.env"
+    values = {**sam_environment(endpoint_url, app_dir=app_dir, base={}), **shell}
+    local_env.write_text("".join(f"{k}={_shell_quote(v)}\n" for k, v in sorted(values.items())))
+    files = {"sam_env_vars": str(env_vars), "local_env": str(local_env)}
+    if BUILT_TEMPLATE.is_file():
+        files["sam_template"] = str(local_template())
+    return files
+
+
+def _shell_quote(value: str) -> str:
+    return (
+        value if re.fullmatch(r"[A-Za-z0-9_./:@%+=,-]*", value) else "'" + value.replace("'", "'\\''") + "'"
+    )
+
+
 def write_env_vars(
     path: Path,
     functions: Iterable[str],

@@ -23,13 +23,18 @@ from backdrop_local.eventsources import Schedule, SqsEventSource
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import FaultSettings, LocalRunflow
 from backdrop_local.runflow.emulator import DEFAULT_RETRY_DELAYS
+from backdrop_local.samlocal import write_stack_files
 from backdrop_local.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
-STACK_NAME = "backdrop-local"
+# The name events/ and a first deployment use, so that the sample events match the local stack.
+STACK_NAME = "backdrop"
 RUNFLOW_API_KEY = "rf_live_backdrop_local"
 CALLBACK_PATH = "/runflow/callback"
+# The secret events/ is signed with (public, documented): accepted beside the local Runflow's own,
+# as a rotation's previous secret is, so the sample callbacks verify against a running local stack.
+SAMPLE_CALLBACK_SECRET = "whsec_backdrop_sample_secret_not_for_production"  # noqa: S105 - public sample
 
 
 @dataclass
@@ -58,6 +63,11 @@ class StackOptions:
     max_output_bytes: int | None = None
     max_input_bytes: int | None = None
     log_level: str = "INFO"
+    # Where moto and the local Runflow listen: loopback, or the Docker bridge's host address so that
+    # `sam local` containers can reach them (the only non-loopback address ever used).
+    listen_host: str = "127.0.0.1"
+    # The SQS event sources and the reconciler's schedule; off when `sam local` plays the functions.
+    event_sources: bool = True
     # Template parameters, as ``sam deploy --parameter-overrides`` would set them.
     parameter_overrides: dict[str, str] = field(default_factory=dict)
 
@@ -66,7 +76,7 @@ class LocalStack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
         self.state_dir = self.options.state_dir or self.options.root / ".backdrop"
-        self.moto = MotoServer()
+        self.moto = MotoServer(host=self.options.listen_host)
         self.runflow: LocalRunflow | None = None
         self.api: LocalHttpApi | None = None
         self.functions: dict[str, LocalFunction] = {}
@@ -87,8 +97,10 @@ class LocalStack:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         endpoint = self.moto.start()
+        loopback = opts.listen_host in ("127.0.0.1", "::1", "localhost")
         self.runflow = LocalRunflow(
-            host="127.0.0.1",
+            host=opts.listen_host,
+            bridge_host=None if loopback else opts.listen_host,
             port=0,
             api_keys=frozenset({RUNFLOW_API_KEY}),
             allow_http_origins=(endpoint,),
@@ -113,6 +125,7 @@ class LocalStack:
             endpoint,
             api_key=RUNFLOW_API_KEY,
             callback_secret=self.callback_secret,
+            previous_callback_secret=SAMPLE_CALLBACK_SECRET,
             visibility_timeout=opts.visibility_timeout_seconds,
         )
         routes: dict[tuple[str, str], Any] = {}
@@ -162,7 +175,7 @@ class LocalStack:
                     routes[(props["Method"].upper(), props["Path"])] = self.functions[logical].invoke
 
         arn_to_url = {arn: url for url, arn in self.resources.queues.values()}
-        for logical in template.functions():
+        for logical in template.functions() if opts.event_sources else ():
             for event in template.function(logical).events.values():
                 if event["Type"] != "SQS":
                     continue
@@ -178,13 +191,14 @@ class LocalStack:
                 )
                 source.start()
                 self.sqs_sources.append(source)
-        self.schedule = Schedule(
-            self.functions["ReconcileFunction"].invoke,
-            every_seconds=opts.reconcile_every_seconds,
-            region=REGION,
-            rule_name=f"{opts.stack_name}-reconcile",
-        )
-        self.schedule.start()
+        if opts.event_sources:
+            self.schedule = Schedule(
+                self.functions["ReconcileFunction"].invoke,
+                every_seconds=opts.reconcile_every_seconds,
+                region=REGION,
+                rule_name=f"{opts.stack_name}-reconcile",
+            )
+            self.schedule.start()
 
         self.info = {
             "region": REGION,
@@ -211,6 +225,19 @@ class LocalStack:
             "logs_dir": str(self.state_dir / "logs"),
             "pid": os.getpid(),
         }
+        self.info.update(
+            write_stack_files(
+                self.state_dir,
+                endpoint,
+                {logical: self._function_env(template, logical) for logical in self.functions},
+                {
+                    "UPLOADS_BUCKET": self.resources.uploads_bucket,
+                    "RESULTS_BUCKET": self.resources.results_bucket,
+                    "JOBS_TABLE": self.resources.jobs_table,
+                    "RUNFLOW_URL": self.runflow.url,
+                },
+            )
+        )
         path = self.state_dir / "local-stack.json"
         path.write_text(json.dumps(self.info, indent=2) + "\n")
         path.chmod(0o600)

@@ -262,17 +262,18 @@ def test_submit_event_creates_exactly_one_run(
     _template, resources, runflow = world
     runs_before = runflow.stats()["runs_created"]
     s3 = client("s3", resources.endpoint_url, "us-east-1")
-    s3.put_object(Bucket=resources.uploads_bucket, Key="uploads/samples/coffee.jpg", Body=image_bytes("JPEG"))
+    key = "uploads/samples/coffee.webp"
+    s3.put_object(Bucket=resources.uploads_bucket, Key=key, Body=image_bytes("WEBP"))
     first = functions["SubmitFunction"].invoke(event("submit-s3-put.json"))
     assert first.ok, first.error_message
     assert first.payload == {"batchItemFailures": []}
-    [job] = jobs_for_key(resources, "uploads/samples/coffee.jpg")
+    [job] = jobs_for_key(resources, "uploads/samples/coffee.webp")
     assert job["status"] == "submitted" and job["run_id"]
     assert job["color"] == "255,255,255"
     # S3 delivers at least once: the same event again bills nothing.
     again = functions["SubmitFunction"].invoke(event("submit-s3-put.json"))
     assert again.ok and again.payload == {"batchItemFailures": []}
-    assert len(jobs_for_key(resources, "uploads/samples/coffee.jpg")) == 1
+    assert len(jobs_for_key(resources, "uploads/samples/coffee.webp")) == 1
     assert runflow.stats()["runs_created"] == runs_before + 1
 
 

@@ -64,8 +64,11 @@ class LocalRunflow:
         callback_timeout_seconds: float = ATTEMPT_TIMEOUT_S,
         output_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        bridge_host: str | None = None,
     ) -> None:
-        if not is_loopback_host(host):
+        # Loopback, or the host's address on the Docker bridge this machine's run created (so that
+        # `sam local` containers can reach it): nothing else, ever.
+        if not is_loopback_host(host) and host != bridge_host:
             raise ValueError(f"the local Runflow only binds to loopback addresses, not {host!r}")
         if any(delay < 0 for delay in callback_retry_delays):
             raise ValueError("callback retry delays must not be negative")
