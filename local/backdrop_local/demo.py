@@ -2,10 +2,11 @@
 
 Starts the local stack (moto, the local Runflow with real segmentation, the built functions), uploads
 every photo in ``samples/`` under ``uploads/demo/``. Each photo goes up once with no colour metadata
-(the default colour) and once with a per-object ``background-color``. The demo then waits for every job
-to finish and downloads originals and results into ``demo-output/``, where it also writes a contact sheet
-(HTML and PNG). Last it prints a summary table. The exit status is 0 only if every job succeeded. The
-stack is always stopped, on Ctrl-C too.
+(the default colour) and once with a per-object ``background-color``; the first also goes under
+``uploads/demo/brand/``, where the stack's ``ColorRules`` parameter gives it the brand's grey.
+The demo then waits for every job to finish and downloads originals and results into
+``demo-output/``, where it also writes a contact sheet (HTML and PNG). Last it prints a summary
+table. The exit status is 0 only if every job succeeded. The stack is always stopped, on Ctrl-C too.
 
     PYTHONPATH=local:layers/core .venv/bin/python -m backdrop_local.demo [--timeout 300]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import mimetypes
 import shutil
 import signal
@@ -51,15 +53,20 @@ NO_JOB = "no job"  # status shown for an upload the jobs table has no record of
 @dataclass(frozen=True)
 class ColourChoice:
     name: str
-    metadata: str | None  # the object's background-color metadata; None: none, so the default colour
+    metadata: str | None  # the object's background-color metadata; None: none, so a rule or the default
+    folder: str = ""  # under uploads/demo/: where a prefix rule applies
+    rule: str | None = None  # the colour the stack's ColorRules give that folder
 
     @property
     def expected(self) -> RGB:
-        colour = parse_colour(self.metadata or "255,255,255")
+        colour = parse_colour(self.metadata or self.rule or "255,255,255")
         return colour.red, colour.green, colour.blue
 
 
 DEFAULT = ColourChoice("default", None)
+# A sales channel's prefix with its own background, set as the ColorRules template parameter.
+BRAND = ColourChoice("brand-rule", None, folder="brand/", rule="241,241,241")
+COLOR_RULES = json.dumps({f"uploads/{DEMO_FOLDER}/{BRAND.folder}": BRAND.rule})
 # Per-object colours, given in each of the notations users write.
 PER_OBJECT = (
     ColourChoice("dodger-blue", "#1E90FF"),
@@ -118,12 +125,14 @@ def find_samples(folder: Path) -> list[Path]:
 
 
 def plan_uploads(samples: Sequence[Path], upload_prefix: str) -> list[Upload]:
-    """Each sample twice: with the default colour, and with one of the per-object colours in turn."""
+    """Each sample twice: with the default colour, and with one of the per-object colours in turn;
+    the first sample once more under the brand's prefix, where a colour rule picks its colour."""
     uploads: list[Upload] = []
     for index, sample in enumerate(samples):
-        for colour in (DEFAULT, PER_OBJECT[index % len(PER_OBJECT)]):
-            key = f"{upload_prefix}{DEMO_FOLDER}/{sample.stem}-{colour.name}{sample.suffix.lower()}"
-            uploads.append(Upload(sample, key, colour))
+        choices = [DEFAULT, PER_OBJECT[index % len(PER_OBJECT)]] + ([BRAND] if index == 0 else [])
+        for colour in choices:
+            name = f"{colour.folder}{sample.stem}-{colour.name}{sample.suffix.lower()}"
+            uploads.append(Upload(sample, f"{upload_prefix}{DEMO_FOLDER}/{name}", colour))
     return uploads
 
 
@@ -356,7 +365,11 @@ def run(stack: LocalStack, samples: Sequence[Path], out_dir: Path, timeout: floa
         f"Uploading {len(uploads)} photos to s3://{info['uploads_bucket']}/{info['upload_prefix']}{DEMO_FOLDER}/"
     )
     for upload in uploads:
-        given = upload.colour.metadata or "no metadata: the default colour"
+        given = upload.colour.metadata or (
+            f"no metadata: the rule for its prefix ({upload.colour.rule})"
+            if upload.colour.rule
+            else "no metadata: the default colour"
+        )
         print(f"  {_relative(upload.key, info['upload_prefix']):40} background-color {given}")
     t_upload = time.monotonic()
     outcomes = upload_all(s3, info["uploads_bucket"], uploads)
@@ -427,7 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no photos ({', '.join(SAMPLE_SUFFIXES)}) in {args.samples}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)  # `kill` stops the stack as cleanly as Ctrl-C does
-    stack = LocalStack(StackOptions(reconcile_every_seconds=10, reconcile_min_age_seconds=30))
+    stack = LocalStack(
+        StackOptions(
+            reconcile_every_seconds=10,
+            reconcile_min_age_seconds=30,
+            parameter_overrides={"ColorRules": COLOR_RULES},
+        )
+    )
     try:
         return run(stack, samples, args.output.resolve(), args.timeout)
     except KeyboardInterrupt:

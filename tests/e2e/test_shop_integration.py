@@ -126,8 +126,6 @@ def test_every_finished_job_publishes_exactly_one_event(stack: LocalStack) -> No
     assert by_job[empty["job_id"]]["detail-type"] == "Job Rejected"
     assert by_job[empty["job_id"]]["detail"]["error"]["code"] == "EMPTY_OBJECT"
     assert all(e["source"] == "backdrop" and e["detail"]["schema_version"] == "1" for e in events)
-    # Nothing more arrives for them (the drain waits a second on an empty queue).
-    assert [e for e in drain_events(stack) if e["detail"]["job_id"] in by_job] == []
 
 
 def test_spent_budget_holds_jobs_until_an_operator_raises_it(stack: LocalStack) -> None:

@@ -144,6 +144,18 @@ def test_lost_callback_of_a_failed_run_records_runflows_reason(world: World) -> 
     assert item["error_code"] == "INPUT_FETCH_FAILED" and item["error_message"] == "HTTP 403"
 
 
+@pytest.mark.parametrize("spelling", ["canceled", "cancelled", "CANCELLED"])
+def test_lost_callback_of_a_canceled_run_ends_the_job_canceled(world: World, spelling: str) -> None:
+    job_id, run_id = submitted(world)
+    world.runflow.finish(
+        run_id, status=spelling, failure_code="CANCELED", failure_message="canceled by an admin"
+    )
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["completed_canceled"] == 1
+    item = world.item(job_id)
+    assert (item["status"], item["run_status"], item["error_code"]) == ("canceled", "canceled", "CANCELED")
+
+
 def test_run_object_without_outputs_or_reason_is_final(world: World) -> None:
     first, run1 = submitted(world, "uploads/a.jpg")
     second, run2 = submitted(world, "uploads/b.jpg")

@@ -24,12 +24,14 @@ from backdrop.jobstore import JobStore
 from backdrop.ledger import ResultLedger
 from backdrop.observability import metrics
 from backdrop.runs import (
+    OutputRef,
     RunflowConflict,
     RunflowOutcomeUnknown,
     RunflowRejected,
     RunflowUnavailable,
     RunRequest,
     RunResult,
+    run_result_from_run,
 )
 from backdrop.secrets import SigningSecrets
 from backdrop.services import Services
@@ -140,17 +142,32 @@ class RunflowStandIn:
             raise RunflowOutcomeUnknown("Runflow's answer to the create is unknown: ReadTimeout (stand-in)")
         return run
 
-    def finish(self, run_id: str, **changes: Any) -> RunResult:
-        """Make a run terminal (or change it) as Runflow would; returns the run object's view."""
+    def finish(
+        self,
+        run_id: str,
+        *,
+        status: str = "succeeded",
+        outputs: tuple[OutputRef, ...] = (),
+        failure_code: str | None = None,
+        failure_message: str | None = None,
+        finished: bool = True,
+    ) -> RunResult:
+        """Change a run as Runflow would; what ``get_run`` then answers is the run object as Runflow
+        sends it, read by Backdrop's own parser (status spellings and all)."""
         entry = self.runs[run_id]
-        changes.setdefault("finished", True)
-        entry.run = RunResult(
-            run_id=run_id,
-            status=changes.pop("status", "succeeded"),
-            metadata=entry.run.metadata,
-            created_at=entry.created_at,
-            **changes,
-        )
+        run_object = {
+            "id": run_id,
+            "status_code": status,
+            "output": {"outputs": [{"url": o.url, "content_type": o.content_type} for o in outputs]}
+            if outputs
+            else None,
+            "failure_code": failure_code,
+            "failure_message": failure_message,
+            "metadata": dict(entry.run.metadata),
+            "created_at": entry.created_at.isoformat(),
+            "completed_at": datetime.fromtimestamp(self.clock(), UTC).isoformat() if finished else None,
+        }
+        entry.run = run_result_from_run(run_object)
         return entry.run
 
     def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
