@@ -21,7 +21,7 @@ help:
 	@echo "make test        every test: lint, types, unit, integration, e2e, fault injection"
 	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos N=2000  the fault-injection suite at a larger size"
-	@echo "make bench       benchmarks (output copy memory and throughput)"
+	@echo "make bench       benchmarks: cold starts, warm invocations, throughput, copies, cost"
 	@echo "make build       sam build"
 
 $(VENV)/.installed: pyproject.toml
@@ -60,8 +60,10 @@ local: venv build
 chaos: venv build
 	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider
 
-bench: venv
-	$(PY) benchmarks/copy_memory.py
+# One BENCH line per figure on stdout (progress on stderr); bounded, and stops itself.
+BENCH_TIMEOUT ?= 1200
+bench: venv build
+	timeout --kill-after=30 $(BENCH_TIMEOUT) $(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .aws-sam .backdrop demo-output .pytest_cache .mypy_cache .ruff_cache
