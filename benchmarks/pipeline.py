@@ -241,12 +241,19 @@ def with_big_copies(images: int, warmup: int, output_mb: int, timeout: float) ->
 
 def report_throughput(burst: Burst) -> None:
     failed = [f for f in burst.finished if f.status != "succeeded"]
+    cores = os.cpu_count() or 1
+    per_image = (burst.cpu_ms + burst.stack_cpu_ms) / burst.images
     emit(
         "throughput",
         images_per_s=burst.images / burst.seconds,
         backdrop_cpu_ms_per_image=burst.cpu_ms / burst.images,
         # moto, the local Runflow, the HTTP API and the event sources: one Python process
         stack_cpu_ms_per_image=burst.stack_cpu_ms / burst.images,
+        # What this machine's cores could do if Backdrop and the local stack had them to themselves,
+        # and how busy the machine was (other tenants included) while the burst ran.
+        cpu_bound_images_per_s=cores * 1000 / per_image,
+        load_avg_1m=os.getloadavg()[0],
+        cores=cores,
         images=burst.images,
         seconds=burst.seconds,
         not_succeeded=len(failed),
