@@ -21,8 +21,12 @@ help:
 	@echo "make test        every test: lint, types, unit, integration, e2e, fault injection"
 	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos N=2000  the fault-injection suite at a larger size"
+<<<<<<< HEAD
 	@echo "make bench       benchmarks (output copy memory and throughput)"
 	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
+=======
+	@echo "make bench       benchmarks: cold starts, warm invocations, throughput, copies, cost"
+>>>>>>> bench
 	@echo "make build       sam build"
 
 $(VENV)/.installed: pyproject.toml
@@ -61,12 +65,19 @@ local: venv build
 chaos: venv build
 	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider
 
+<<<<<<< HEAD
 # Every event through `sam local invoke` and one job through `sam local start-api`, in Docker.
 sam-local: venv build
 	$(PY) -m backdrop_local.samcheck
 
 bench: venv
 	$(PY) benchmarks/copy_memory.py
+=======
+# One BENCH line per figure on stdout (progress on stderr); bounded, and stops itself.
+BENCH_TIMEOUT ?= 1200
+bench: venv build
+	timeout --kill-after=30 $(BENCH_TIMEOUT) $(PY) -m benchmarks.bench $(BENCH_ARGS)
+>>>>>>> bench
 
 clean:
 	rm -rf .aws-sam .backdrop demo-output .pytest_cache .mypy_cache .ruff_cache

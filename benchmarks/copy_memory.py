@@ -1,15 +1,19 @@
 """Benchmark: streaming a large Runflow output into the results bucket with bounded memory.
 
 Serves a generated output of ``--mb`` megabytes (default 200) from a separate process, copies it
-with ``backdrop.outputs.copy_output`` into moto's S3 (also a separate process, so its copy of the
-object does not count), and prints throughput and this process's peak memory.
+into moto's S3 (also a separate process, so its copy of the object does not count), and prints
+throughput and this process's peak memory. ``--peer backdrop`` copies with
+``backdrop.outputs.copy_output``; ``--peer naive`` as the handler in AWS's samples does: the whole
+body read into memory, then one ``put_object``. ``--json`` prints the figures as one JSON line.
 
-    make bench            # or: .venv/bin/python benchmarks/copy_memory.py --mb 200
+    .venv/bin/python benchmarks/copy_memory.py --mb 200 [--peer naive] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import resource
 import socket
 import subprocess
@@ -51,6 +55,30 @@ SOURCE = textwrap.dedent(
 )
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> float:
+    """This process's resident memory now, with the kernel's high-water mark reset to it. The
+    mark (VmHWM) is this process's own; getrusage's maximum is inherited from whoever forked it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    now = _status_mb("VmRSS")
+    return now if now is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,6 +99,8 @@ def wait_for(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--peer", choices=("backdrop", "naive"), default="backdrop")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     size = args.mb * 1024 * 1024
     moto_port, source_port = free_port(), free_port()
@@ -94,30 +124,49 @@ def main() -> None:
         )
         s3.create_bucket(Bucket="results")
         policy = OutputPolicy(allowed_hosts=(), max_bytes=size + 1, insecure_origin=origin)
-        baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        baseline_rss = reset_peak_rss()
         tracemalloc.start()
         started = time.perf_counter()
         with httpx.Client() as http:
-            copied = copy_output(
-                f"{origin}/out.png",
-                s3=s3,
-                destination=Destination("results", "results/big.png", {"job-id": "bench"}),
-                policy=policy,
-                http=http,
-                deadline=time.monotonic() + 600,
-            )
+            if args.peer == "backdrop":
+                copied = copy_output(
+                    f"{origin}/out.png",
+                    s3=s3,
+                    destination=Destination("results", "results/big.png", {"job-id": "bench"}),
+                    policy=policy,
+                    http=http,
+                    deadline=time.monotonic() + 600,
+                ).size
+            else:
+                body = http.get(f"{origin}/out.png").content
+                s3.put_object(Bucket="results", Key="results/big.png", Body=body, ContentType="image/png")
+                copied = len(body)
+                del body
         elapsed = time.perf_counter() - started
         _, peak_traced = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss()
         stored = s3.head_object(Bucket="results", Key="results/big.png")["ContentLength"]
-        assert stored == size == copied.size, (stored, size, copied.size)
-        print(
-            f"copy_output: {args.mb} MB in {elapsed:.2f} s ({args.mb / elapsed:.1f} MB/s); "
-            f"peak Python allocations {peak_traced / 2**20:.1f} MiB; "
-            f"process peak RSS {peak_rss:.0f} MiB (before the copy {baseline_rss:.0f} MiB); "
-            f"stored {stored} bytes"
-        )
+        assert stored == size == copied, (stored, size, copied)
+        if args.json:
+            figures = {
+                "peer": args.peer,
+                "mb": args.mb,
+                "seconds": elapsed,
+                "mb_per_s": args.mb / elapsed,
+                "peak_traced_mb": peak_traced / 2**20,
+                "peak_rss_mb": peak,
+                "baseline_rss_mb": baseline_rss,
+                "peak_extra_rss_mb": peak - baseline_rss,
+            }
+            print(json.dumps(figures))
+        else:
+            print(
+                f"{args.peer}: {args.mb} MB in {elapsed:.2f} s ({args.mb / elapsed:.1f} MB/s); "
+                f"peak Python allocations {peak_traced / 2**20:.1f} MiB; "
+                f"process peak RSS {peak:.0f} MiB (before the copy {baseline_rss:.0f} MiB); "
+                f"stored {stored} bytes"
+            )
     finally:
         for proc in (moto, source):
             proc.terminate()

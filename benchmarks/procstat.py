@@ -1,0 +1,64 @@
+"""CPU time of processes, to the nanosecond, from Linux's scheduler statistics.
+
+Backdrop's own time in an invocation is the CPU its worker process used: waiting on moto, on the
+local Runflow or on the network costs it no CPU, and what those peers do runs in other processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far (0 once it is gone)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def workers(function_name: str, parent: int | None = None) -> list[int]:
+    """Local Lambda worker processes of one function (``worker.py --name <function>``), children
+    of ``parent`` (this process by default)."""
+    parent = os.getpid() if parent is None else parent
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"--name" in argv and argv[argv.index(b"--name") + 1].decode() == function_name:
+            found.append(int(entry))
+    return found
+
+
+def all_workers(parent: int | None = None) -> list[int]:
+    """Every local Lambda worker process under ``parent``."""
+    parent = os.getpid() if parent is None else parent
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"worker.py" in argv:
+            found.append(int(entry))
+    return found
