@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-PART_SIZE = 8 * 1024 * 1024  # S3 multipart minimum is 5 MiB; one part is the memory bound.
+PART_SIZE = 5 * 1024 * 1024  # S3's multipart minimum: one part in memory is the memory bound.
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -172,12 +172,14 @@ class _BodyReader:
         self._chunks = chunks
         self._max = max_bytes
         self._deadline = deadline
-        self._buffer = bytearray()
+        # Chunks as received; a part is built with one join, so no byte is copied twice.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.total = 0
         self._done = False
 
     def read_part(self, size: int) -> bytes:
-        while len(self._buffer) < size and not self._done:
+        while self._pending_bytes < size and not self._done:
             if time.monotonic() > self._deadline:
                 raise OutputCopyFailed("copy deadline passed while downloading the output")
             try:
@@ -188,9 +190,17 @@ class _BodyReader:
             self.total += len(chunk)
             if self.total > self._max:
                 raise OutputRefused("OUTPUT_TOO_LARGE", f"output exceeds the {self._max}-byte limit")
-            self._buffer += chunk
-        part = bytes(self._buffer[:size])
-        del self._buffer[:size]
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+        if self._pending_bytes <= size:
+            part, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
+            return part
+        # Split only the last chunk: the part is exactly ``size`` bytes, the rest waits.
+        last = self._pending.pop()
+        overflow = self._pending_bytes - size
+        self._pending.append(last[: len(last) - overflow])
+        part = b"".join(self._pending)
+        self._pending, self._pending_bytes = [last[len(last) - overflow :]], overflow
         return part
 
 
@@ -325,8 +335,8 @@ def _upload(
             raise ResultChanged(f"s3://{bucket}/{key} changed while it was being written") from exc
         raise OutputCopyFailed(f"writing s3://{bucket}/{key} failed: {exc}") from exc
     parts: list[dict[str, Any]] = []
+    part, first = first, b""
     try:
-        part = first
         number = 1
         while part:
             etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part)[
@@ -334,6 +344,7 @@ def _upload(
             ]
             parts.append({"ETag": etag, "PartNumber": number})
             number += 1
+            part = b""  # let the uploaded part go before the next one is read
             keep_lease()
             part = reader.read_part(PART_SIZE)
         keep_lease()
