@@ -64,6 +64,22 @@ def s3_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def job_brief(job: Job) -> dict[str, Any]:
+    """A job in a long list (a backfill's or a retry's): what tells how it ended."""
+    return {
+        "job_id": job.job_id,
+        "key": job.source_key,
+        "version_id": job.source_version_id,
+        "color": job.color,
+        "status": job.status.value,
+        "attempt": job.attempt,
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "run_id": job.run_id,
+        "result_keys": list(job.result_keys),
+    }
+
+
 def job_doc(job: Job) -> dict[str, Any]:
     """A job as ``--json`` shows it: the table's attributes operators read, and derived timings."""
     return {

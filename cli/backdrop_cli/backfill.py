@@ -22,7 +22,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from backdrop.colours import Colour
 from backdrop.jobs import OPEN_SHARD, Status
 from backdrop.ledger import RunBudget
-from backdrop_cli.app import App, job_doc
+from backdrop_cli.app import App, job_brief
 from backdrop_cli.errors import FAILED, OK, BadUsage
 from backdrop_cli.inventory import Plan, Verdict, build_plan, plan_from_manifest
 from backdrop_cli.rules import usd
@@ -347,17 +347,9 @@ def summarise_wait(
     doc["outcomes"] = dict(sorted(counts.items()))
     doc["runs_created"] = runs
     doc["spent_usd"] = app.rules.cost(runs)
-    doc["jobs"] = [job_doc(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
-    doc["failures"] = [
-        {
-            "job_id": j["job_id"],
-            "key": j["source"]["key"],
-            "error_code": j["error_code"],
-            "error_message": j["error_message"],
-        }
-        for j in doc["jobs"]
-        if j["status"] in {s.value for s in FAILED_STATUSES}
-    ]
+    doc["jobs"] = [job_brief(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
+    failed = {s.value for s in FAILED_STATUSES}
+    doc["failures"] = [j for j in doc["jobs"] if j["status"] in failed]
     return outcome
 
 

@@ -185,7 +185,7 @@ def build_plan(
             plan.folder_markers += 1
             continue
         listed.append(item)
-        progress(0, None)
+        progress(len(listed), None)
     entries: list[Entry] = []
     for done, entry in enumerate(_read_all(stack, rules, listed, colour, workers), start=1):
         if entry is None:

@@ -141,7 +141,8 @@ def cli() -> None:
     "--color",
     "colour",
     type=ColourType(),
-    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object.",
+    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object: a new job per object "
+    "(the colour is part of its identity); its result replaces the object's earlier one.",
 )
 @click.option(
     "--manifest",
@@ -183,7 +184,8 @@ def plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | N
     "--color",
     "colour",
     type=ColourType(),
-    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object.",
+    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object: a new job per object "
+    "(the colour is part of its identity); its result replaces the object's earlier one.",
 )
 @click.option(
     "--max-runs",

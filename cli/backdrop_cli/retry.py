@@ -24,7 +24,7 @@ from backdrop.jobs import RETRYABLE, Job, Status, now_iso
 from backdrop.queues import JobMessage
 from backdrop.uploads import read_source
 from backdrop_cli import jobtable
-from backdrop_cli.app import App, job_doc
+from backdrop_cli.app import App, job_brief
 from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook
 from backdrop_cli.errors import FAILED, OK, BadUsage
 from backdrop_cli.rules import usd
@@ -124,9 +124,16 @@ def run_retry(
         raise BadUsage("which jobs? give JOB_IDs or --status failed|canceled|timed_out")
     if Status.REJECTED in statuses and not include_rejected:
         raise BadUsage("--status rejected needs --include-rejected (the same bytes fail again)")
-    candidates, refused = select(app, job_ids, statuses, error_code, since, prefix)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda job: eligibility(app, job, include_rejected), candidates))
+    with app.ui.progress() as bar:
+        bar.update("select", completed=0, total=None, description="Selecting jobs")
+        candidates, refused = select(app, job_ids, statuses, error_code, since, prefix)
+        reasons: list[str | None] = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for why in pool.map(lambda job: eligibility(app, job, include_rejected), candidates):
+                reasons.append(why)
+                bar.update(
+                    "check", completed=len(reasons), total=len(candidates), description="Checking sources"
+                )
     eligible = [job for job, why in zip(candidates, reasons, strict=True) if why is None]
     refused += [
         Refusal(job.job_id, job.source_key, why) for job, why in zip(candidates, reasons, strict=True) if why
@@ -194,7 +201,7 @@ def run_retry(
         doc["outcomes"] = dict(sorted(counts.items()))
         doc["runs_created"] = runs
         doc["spent_usd"] = app.rules.cost(runs)
-        doc["jobs"] = [job_doc(snapshot.jobs[t.job_id]) for t in tracked if t.job_id in snapshot.jobs]
+        doc["jobs"] = [job_brief(snapshot.jobs[t.job_id]) for t in tracked if t.job_id in snapshot.jobs]
     else:
         doc["wait"] = None
     if app.ui.as_json:

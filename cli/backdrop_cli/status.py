@@ -135,11 +135,13 @@ def _status_text(job: Job) -> str:
 
 
 def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -> int:
-    jobs = sorted(
-        jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, statuses=statuses)),
-        key=lambda j: (j.created_at, j.job_id),
-        reverse=True,
-    )
+    with app.ui.progress() as bar:
+        bar.update("scan", completed=0, total=None, description="Reading jobs")
+        jobs = sorted(
+            jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, statuses=statuses)),
+            key=lambda j: (j.created_at, j.job_id),
+            reverse=True,
+        )
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status.value] = counts.get(job.status.value, 0) + 1
