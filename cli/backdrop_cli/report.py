@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backdrop.jobs import TERMINAL, Job, Status, parse_iso
+from backdrop.jobs import TERMINAL, Job, Status, format_iso, parse_iso
 from backdrop.ledger import RunBudget
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
@@ -209,7 +209,7 @@ def run_report(app: App, *, since: str | None, prefix: str | None, csv_path: Pat
         bar.update("scan", completed=len(jobs), total=len(jobs), description="Reading jobs")
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
-        "window": {"since": since, "until": None, "prefix": prefix},
+        "window": {"since": since, "until": format_iso(now), "prefix": prefix},
         "price_per_run_usd": app.rules.price_per_run,
         **summarise(jobs, app.rules.price_per_run, top=top, now=now),
     }
@@ -294,7 +294,7 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
         ">budget",
         ">used",
         ">cost",
-        title="Spend (runs reserved per UTC day, from the ledger; days without runs left out)",
+        title="Spend: runs reserved per UTC day (ledger)",
     )
     today = now.date().isoformat()
     days = [row for row in doc["spend"]["days"] if row["runs_reserved"] or row["day"] == today]

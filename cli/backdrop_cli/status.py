@@ -160,12 +160,10 @@ def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -
         return FAILED
     grid = table(
         "~key",
-        "job",
         "status",
-        ">att",
         "colour",
         "reason",
-        "created (UTC)",
+        "job",
         ">took",
         title=f"{len(jobs)} job(s) under {prefix} ("
         + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
@@ -174,12 +172,10 @@ def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -
     for job in jobs[:limit]:
         grid.add_row(
             job.source_key,
-            job.job_id,
-            job.status.value,
-            str(job.attempt),
+            _status_text(job),
             job.color,
             job.error_code or "",
-            job.created_at[:19].replace("T", " "),
+            job.job_id,
             duration(seconds_between(job.created_at, job.completed_at)) if job.completed_at else "",
         )
     app.ui.print(grid)

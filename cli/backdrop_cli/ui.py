@@ -35,8 +35,8 @@ def _console(stderr: bool) -> Console:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return float(value)
+    if isinstance(value, Decimal):  # DynamoDB numbers and money: whole numbers stay whole
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, set | frozenset | tuple):
         return sorted(value) if isinstance(value, set | frozenset) else list(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
@@ -144,6 +144,7 @@ def table(*columns: str, title: str | None = None, **options: Any) -> Table:
             justify="right" if column.startswith(">") else "left",
             overflow="fold" if wraps else "ellipsis",
             no_wrap=not wraps,
+            min_width=16 if wraps else None,  # never squeezed away by the columns that do not wrap
         )
     return grid
 
