@@ -29,11 +29,14 @@ help:
 >>>>>>> bench
 	@echo "make build       sam build"
 
+# The dev group, then the project itself (editable, no other packages): that installs the `backdrop`
+# operator command as $(VENV)/bin/backdrop.
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PY312)" || { echo "python3.12 is required (Lambda's runtime); install it or set PY312=/path/to/python3.12"; exit 1; }
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
 	$(PY) -m pip install --quiet --group dev
+	$(PY) -m pip install --quiet --no-deps --editable .
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -48,7 +51,7 @@ build: .aws-sam/build/template.yaml
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks
+	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli
 
 test: venv build lint
 	$(PY) -m pytest

@@ -66,14 +66,18 @@ def services() -> Services:
 
 
 @functools.cache
-def persistence() -> DynamoDBPersistenceLayer:
-    """Built on first use: the idempotency table's name is a setting, read at cold start."""
+def persistence(kind: str) -> DynamoDBPersistenceLayer:
+    """Built on first use: the idempotency table's name is a setting, read at cold start. One per
+    kind of message: Powertools configures a persistence layer once, with the first config it is
+    used with, so a shared one would compute every later message's key with the wrong expression."""
     return DynamoDBPersistenceLayer(table_name=services().settings.idempotency_table)
 
 
 @functools.cache
 def submit_once() -> Callable[..., dict[str, Any]]:
-    @idempotent_function(data_keyword_argument="notice", persistence_store=persistence(), config=idempotency)  # type: ignore[untyped-decorator]
+    @idempotent_function(
+        data_keyword_argument="notice", persistence_store=persistence("upload"), config=idempotency
+    )  # type: ignore[untyped-decorator]
     def submit(notice: Notification) -> dict[str, Any]:
         return submit_upload(notice.upload, services(), colour=notice.colour).as_dict()
 
@@ -83,7 +87,7 @@ def submit_once() -> Callable[..., dict[str, Any]]:
 @functools.cache
 def resume_once() -> Callable[..., dict[str, Any]]:
     @idempotent_function(
-        data_keyword_argument="message", persistence_store=persistence(), config=resume_idempotency
+        data_keyword_argument="message", persistence_store=persistence("job"), config=resume_idempotency
     )  # type: ignore[untyped-decorator]
     def resume(message: JobMessage) -> dict[str, Any]:
         return submit_job(message.job_id, services()).as_dict()

@@ -97,7 +97,7 @@ def submit_upload(upload: UploadRef, services: Services, *, colour: str | None =
 
     if choice.colour is None:
         return _reject(services, job, "INVALID_COLOR", choice.problem or "invalid colour")
-    problem = _problem(source, services)
+    problem = rejection_of(source, services.settings.max_input_bytes)
     if problem:
         return _reject(services, job, *problem)
     if current is None or not current.upload.same_version(source.upload):
@@ -122,9 +122,11 @@ def _new_job(job_id: str, source: SourceObject, choice: ColourChoice, now: str) 
     )
 
 
-def _problem(source: SourceObject, services: Services) -> tuple[str, str] | None:
+def rejection_of(source: SourceObject, max_input_bytes: int) -> tuple[str, str] | None:
+    """Why an upload is rejected without a run (error code, message), or None. Public so that
+    operator tools (``backdrop plan``) predict exactly the rejections the submit path makes."""
     upload = source.upload
-    limit = services.settings.max_input_bytes
+    limit = max_input_bytes
     if any(part in (".", "..") for part in upload.key.split("/")):
         # HTTP clients resolve dot segments in a URL path, so the presigned URL would fetch a
         # different key (or none): such an object cannot be handed to Runflow by URL.

@@ -1,0 +1,1 @@
+"""``backdrop``: the operator command of a Backdrop stack (deployed, or the local stack)."""

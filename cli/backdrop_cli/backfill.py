@@ -1,0 +1,399 @@
+"""``backdrop plan`` and ``backdrop backfill``.
+
+A backfill hands objects to the pipeline the way an upload does: an S3 object-created message per
+object on the uploads queue. Every guarantee of the pipeline therefore holds for them (one job per
+object version and colour, claimed with a conditional write before any run; the same rejections;
+the run budget). Which objects still need it is computed from the jobs table each time, never
+from local state, so running it again after Ctrl-C or a crash sends only what has no job yet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr, Key
+
+from backdrop.colours import Colour
+from backdrop.jobs import OPEN_SHARD, Status
+from backdrop.ledger import RunBudget
+from backdrop_cli.app import App, job_brief
+from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.inventory import Plan, Verdict, build_plan, plan_from_manifest
+from backdrop_cli.rules import usd
+from backdrop_cli.sending import Sender, SendReport, StopFlag, object_created
+from backdrop_cli.times import duration
+from backdrop_cli.ui import facts, table
+from backdrop_cli.waiting import Snapshot, Tracked, WaitResult, wait_for
+
+# Time one submit invocation takes per message (S3 read, job claim, budget, Runflow create): the
+# basis of the time estimate, which then scales with SubmitMaxConcurrency.
+SECONDS_PER_SUBMIT = 1.0
+FAILED_STATUSES = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT})
+
+
+@dataclass(frozen=True)
+class BudgetOutlook:
+    daily: int  # 0: unlimited
+    reserved_today: int
+    held_now: int  # jobs already waiting for the budget (they go first)
+
+    @property
+    def remaining_today(self) -> int | None:
+        return None if self.daily <= 0 else max(0, self.daily - self.reserved_today)
+
+    def days_needed(self, runs: int) -> int:
+        """Further UTC days (after today) before ``runs`` new runs have all been created."""
+        remaining = self.remaining_today
+        if remaining is None:
+            return 0
+        beyond = self.held_now + runs - remaining
+        return 0 if beyond <= 0 else math.ceil(beyond / self.daily)
+
+    def doc(self, runs: int) -> dict[str, Any]:
+        return {
+            "daily_run_budget": self.daily,
+            "reserved_today": self.reserved_today,
+            "remaining_today": self.remaining_today,
+            "held_now": self.held_now,
+            "extra_days_needed": self.days_needed(runs),
+        }
+
+
+def budget_outlook(app: App) -> BudgetOutlook:
+    budget = RunBudget(app.stack.ledger, daily=app.rules.daily_run_budget, clock=time.time)
+    return BudgetOutlook(app.rules.daily_run_budget, budget.reserved(), count_held(app))
+
+
+def count_held(app: App) -> int:
+    """Jobs held for the budget now (the sparse OpenJobs index: open jobs only)."""
+    kwargs: dict[str, Any] = {
+        "IndexName": "OpenJobs",
+        "KeyConditionExpression": Key("open_shard").eq(OPEN_SHARD),
+        "FilterExpression": Attr("status").eq(Status.HELD.value),
+        "Select": "COUNT",
+    }
+    held = 0
+    while True:
+        answer = app.stack.jobs.query(**kwargs)
+        held += int(answer.get("Count", 0))
+        if not answer.get("LastEvaluatedKey"):
+            return held
+        kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def estimate_seconds(app: App, runs: int) -> float:
+    return math.ceil(runs / max(1, app.rules.submit_concurrency)) * SECONDS_PER_SUBMIT
+
+
+def make_plan(app: App, prefix: str | None, colour: Colour | None, workers: int) -> Plan:
+    with app.ui.progress() as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            if total is None:
+                bar.update("list", completed=done, total=None, description="Listing objects")
+            else:
+                bar.update("read", completed=done, total=total, description="Reading first bytes")
+
+        return build_plan(app.stack, app.rules, prefix, colour, workers=workers, progress=progress)
+
+
+def plan_doc(app: App, plan: Plan, outlook: BudgetOutlook) -> dict[str, Any]:
+    counts = plan.counts()
+    to_submit = counts[Verdict.SUBMIT]
+    return {
+        "stack": app.stack_doc(),
+        "prefix": plan.prefix,
+        "requested_color": plan.requested_color,
+        "objects": len(plan.planned),
+        "already_done": counts[Verdict.DONE],
+        "in_progress": counts[Verdict.OPEN],
+        "ended": counts[Verdict.ENDED],
+        "ended_by_status": dict(plan.ended_statuses()),
+        "would_reject": counts[Verdict.REJECT],
+        "reject_reasons": dict(plan.reject_reasons().most_common()),
+        "rejected_objects": [
+            {"key": p.entry.key, "error_code": p.entry.error_code, "reason": p.entry.reason}
+            for p in plan.of(Verdict.REJECT)
+        ],
+        "to_submit": to_submit,
+        "price_per_run_usd": app.rules.price_per_run,
+        "estimated_cost_usd": app.rules.cost(to_submit),
+        "estimated_seconds": estimate_seconds(app, to_submit),
+        "submit_concurrency": app.rules.submit_concurrency,
+        "budget": outlook.doc(to_submit),
+        "folder_markers_ignored": plan.folder_markers,
+        "vanished_while_reading": plan.vanished,
+    }
+
+
+def show_plan(app: App, doc: dict[str, Any]) -> None:
+    grid = facts(
+        f"Plan for s3://{app.stack.uploads_bucket}/{doc['prefix']}"
+        if "manifest" not in doc["prefix"]
+        else f"Plan from {doc['prefix']}"
+    )
+    colour = doc["requested_color"]
+    grid.add_row(
+        "colour", f"{colour} (--color)" if colour else "each object's own (metadata, colour rules, default)"
+    )
+    grid.add_row("objects", str(doc["objects"]))
+    grid.add_row(
+        "already done", f"{doc['already_done']}  (a succeeded job for this version and colour: skipped)"
+    )
+    if doc["in_progress"]:
+        grid.add_row("in progress", f"{doc['in_progress']}  (the pipeline is carrying them on)")
+    ended = dict(doc["ended_by_status"])
+    rejected_before = ended.pop(Status.REJECTED.value, 0)
+    if rejected_before:
+        grid.add_row("already rejected", f"{rejected_before}  (bad input, recorded: not sent again)")
+    if ended:
+        by_status = ", ".join(f"{s} {n}" for s, n in sorted(ended.items()))
+        grid.add_row(
+            "ended otherwise",
+            f"{sum(ended.values())}  ({by_status}: not sent again; `backdrop retry` runs them)",
+        )
+    reasons = ", ".join(f"{code} {n}" for code, n in doc["reject_reasons"].items())
+    grid.add_row(
+        "would reject",
+        f"{doc['would_reject']}" + (f"  ({reasons}; recorded, never billed)" if reasons else ""),
+    )
+    grid.add_row("to submit", str(doc["to_submit"]))
+    grid.add_row(
+        "estimated cost",
+        f"{usd(doc['estimated_cost_usd'])}  ({doc['to_submit']} runs at {usd(doc['price_per_run_usd'])})",
+    )
+    budget = doc["budget"]
+    grid.add_row(
+        "estimated time",
+        (
+            f"~{duration(doc['estimated_seconds'])} to submit"
+            f" at {doc['submit_concurrency']} concurrent submits"
+            + (
+                f", plus {budget['extra_days_needed']} more UTC day(s) of run budget"
+                if budget["extra_days_needed"]
+                else ""
+            )
+        )
+        if doc["to_submit"]
+        else "- (nothing to submit)",
+    )
+    if budget["daily_run_budget"]:
+        grid.add_row(
+            "run budget",
+            f"{budget['reserved_today']} of {budget['daily_run_budget']} runs reserved today (UTC)"
+            + (f", {budget['held_now']} jobs held" if budget["held_now"] else ""),
+        )
+    else:
+        grid.add_row("run budget", f"unlimited ({budget['reserved_today']} runs reserved today)")
+    if doc["folder_markers_ignored"]:
+        grid.add_row("ignored", f"{doc['folder_markers_ignored']} folder marker(s)")
+    if doc["vanished_while_reading"]:
+        grid.add_row("vanished", f"{doc['vanished_while_reading']} object(s) deleted while being read")
+    app.ui.print(grid)
+    rejected = doc["rejected_objects"]
+    if rejected:
+        grid = table("~key", "code", "~reason", title="Would be rejected")
+        for row in rejected[:20]:
+            grid.add_row(row["key"], row["error_code"], row["reason"])
+        app.ui.print(grid)
+        if len(rejected) > 20:
+            app.ui.print(f"… and {len(rejected) - 20} more (--json lists them all)")
+
+
+def run_plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | None, workers: int) -> int:
+    plan = make_plan(app, prefix, colour, workers)
+    doc = plan_doc(app, plan, budget_outlook(app))
+    if manifest is not None:
+        doc["manifest"] = {"path": str(manifest), "objects": plan.write_manifest(manifest)}
+    if app.ui.as_json:
+        app.ui.emit(doc)
+    else:
+        show_plan(app, doc)
+        if manifest is not None:
+            app.ui.print(f"Manifest: {manifest} ({doc['manifest']['objects']} objects to send)")
+    return OK
+
+
+# ---------------------------------------------------------------------- backfill
+def run_backfill(
+    app: App,
+    *,
+    prefix: str | None,
+    manifest: Path | None,
+    colour: Colour | None,
+    max_runs: int | None,
+    yes: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    workers: int,
+) -> int:
+    if manifest is not None and (prefix is not None or colour is not None):
+        raise BadUsage("--manifest fixes the objects and their colour: give no PREFIX or --color with it")
+    plan = plan_from_manifest(app.stack, manifest) if manifest else make_plan(app, prefix, colour, workers)
+    outlook = budget_outlook(app)
+    doc = plan_doc(app, plan, outlook)
+    submits = plan.of(Verdict.SUBMIT)
+    deferred = submits[max_runs:] if max_runs is not None else []
+    chosen = submits[: len(submits) - len(deferred)] + plan.of(Verdict.REJECT)
+    chosen.sort(key=lambda p: p.entry.key)
+    runs = len(chosen) - len(plan.of(Verdict.REJECT))
+    doc["max_runs"] = max_runs
+    doc["deferred_by_max_runs"] = len(deferred)
+    if not app.ui.as_json:
+        show_plan(app, doc)
+    if runs:
+        budget_note = ""
+        if outlook.remaining_today is not None and runs + outlook.held_now > outlook.remaining_today:
+            budget_note = (
+                f" Today's run budget has {outlook.remaining_today} left: the rest wait `held` "
+                "and resume on their own, oldest first."
+            )
+        app.ui.confirm_cost(
+            f"Backfill {runs} objects: {runs} runs, estimated {usd(app.rules.cost(runs))}.{budget_note}",
+            yes=yes,
+        )
+    messages = [(p.entry.job_id, object_created(p.entry, app.stack.region)) for p in chosen]
+    report = SendReport()
+    with StopFlag() as stop, app.ui.progress() as bar:
+        if messages:
+            sender = Sender(app.stack.sqs_once, app.stack.uploads_queue_url, stop=stop)
+            progress = SendReport()
+
+            def sent_so_far(batch: SendReport) -> None:
+                progress.merge(batch)
+                bar.update("send", completed=len(progress.sent), total=len(messages), description="Sending")
+
+            report = sender.send(messages, on_batch=sent_so_far)
+        sent_ids = set(report.sent) | set(report.unknown)
+        tracked = [Tracked(p.entry.job_id, 1, p.entry.upload) for p in chosen if p.entry.job_id in sent_ids]
+        result: WaitResult | None = None
+        if wait and tracked and not report.stopped:
+            result = _wait(app, bar, stop, tracked, wait_timeout)
+    doc["sent"] = {
+        "runs": sum(1 for p in chosen if p.verdict is Verdict.SUBMIT and p.entry.job_id in report.sent),
+        "rejects": sum(1 for p in chosen if p.verdict is Verdict.REJECT and p.entry.job_id in report.sent),
+        "total": len(report.sent),
+    }
+    doc["delivery_unknown"] = report.unknown
+    doc["refused_by_sqs"] = report.refused
+    doc["interrupted"] = report.stopped or bool(result and result.interrupted)
+    doc["not_sent"] = len(messages) - len(report.sent) - len(report.unknown) - len(report.refused)
+    outcome = summarise_wait(app, doc, tracked, result)
+    failed = (
+        bool(report.unknown or report.refused)
+        or doc["interrupted"]
+        or outcome.get("failed", 0) > 0
+        or bool(result and result.timed_out)
+    )
+    if app.ui.as_json:
+        app.ui.emit(doc)
+    else:
+        show_backfill(app, doc)
+    return FAILED if failed else OK
+
+
+def _wait(app: App, bar: Any, stop: StopFlag, tracked: list[Tracked], timeout: float | None) -> WaitResult:
+    price = app.rules.price_per_run
+
+    def on_poll(snapshot: Snapshot) -> None:
+        counts = snapshot.statuses()
+        ended = sum(1 for t in tracked if snapshot.finished(t))
+        failed = sum(counts[s.value] for s in FAILED_STATUSES)
+        spent = price * snapshot.runs_created(tracked)
+        detail = (
+            f"succeeded {counts['succeeded']} · failed {failed} · held {counts['held']} · spent {usd(spent)}"
+        )
+        bar.update("wait", completed=ended, total=len(tracked), description="Finished", detail=detail)
+
+    return wait_for(
+        app.stack,
+        tracked,
+        budget_per_day=app.rules.daily_run_budget,
+        stop=stop,
+        timeout=timeout,
+        on_poll=on_poll,
+    )
+
+
+def summarise_wait(
+    app: App, doc: dict[str, Any], tracked: list[Tracked], result: WaitResult | None
+) -> dict[str, int]:
+    """The jobs' outcomes into ``doc``; returns the outcome counts."""
+    if result is None:
+        doc["wait"] = None
+        doc["outcomes"] = {}
+        doc["runs_created"] = 0
+        doc["spent_usd"] = Decimal(0)
+        doc["jobs"] = []
+        return {}
+    snapshot = result.snapshot
+    counts: Counter[str] = snapshot.statuses()
+    outcome = {
+        "failed": sum(counts[s.value] for s in FAILED_STATUSES),
+    }
+    runs = snapshot.runs_created(tracked)
+    doc["wait"] = {
+        "all_ended": result.ended,
+        "held_for_budget": result.held_for_budget,
+        "timed_out": result.timed_out,
+        "interrupted": result.interrupted,
+    }
+    doc["outcomes"] = dict(sorted(counts.items()))
+    doc["runs_created"] = runs
+    doc["spent_usd"] = app.rules.cost(runs)
+    doc["jobs"] = [job_brief(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
+    failed = {s.value for s in FAILED_STATUSES}
+    doc["failures"] = [j for j in doc["jobs"] if j["status"] in failed]
+    return outcome
+
+
+def show_backfill(app: App, doc: dict[str, Any]) -> None:
+    sent = doc["sent"]
+    grid = facts("Backfill")
+    if sent["total"] or doc["delivery_unknown"] or doc["refused_by_sqs"] or doc["not_sent"]:
+        grid.add_row("sent", f"{sent['total']}  ({sent['runs']} to run, {sent['rejects']} to be rejected)")
+    else:
+        grid.add_row("sent", "nothing: every object under it already has a job for its version and colour")
+    if doc["deferred_by_max_runs"]:
+        grid.add_row(
+            "left for later",
+            f"{doc['deferred_by_max_runs']} (--max-runs {doc['max_runs']}): run it again to send them",
+        )
+    if doc["not_sent"]:
+        grid.add_row("not sent", f"{doc['not_sent']} (stopped): run it again to send them")
+    if doc["delivery_unknown"]:
+        grid.add_row(
+            "delivery unknown", f"{len(doc['delivery_unknown'])} (answer lost; never resent): run it again"
+        )
+    for job_id, why in doc["refused_by_sqs"].items():
+        grid.add_row("refused by SQS", f"{job_id}: {why}")
+    wait = doc.get("wait")
+    if wait:
+        outcomes = ", ".join(f"{status} {n}" for status, n in doc["outcomes"].items())
+        grid.add_row("outcomes", outcomes or "-")
+        grid.add_row("runs created", f"{doc['runs_created']}  (spent {usd(doc['spent_usd'])})")
+        if wait["held_for_budget"]:
+            grid.add_row(
+                "held", "today's run budget is spent: the held jobs resume on their own, oldest first"
+            )
+        if wait["timed_out"]:
+            grid.add_row(
+                "waiting", "stopped at --wait-timeout; the jobs go on (`backdrop status --prefix …`)"
+            )
+        if wait["interrupted"]:
+            grid.add_row("waiting", "stopped (Ctrl-C); the jobs go on (`backdrop status --prefix …`)")
+    elif sent["total"]:
+        grid.add_row("waiting", "not waited for (--no-wait): `backdrop status --prefix …` shows them")
+    app.ui.print(grid)
+    failures = doc.get("failures") or []
+    if failures:
+        grid = table("~key", "job", "code", "~message", title="Failed")
+        for f in failures[:20]:
+            grid.add_row(f["key"], f["job_id"], f["error_code"] or "", f["error_message"] or "")
+        app.ui.print(grid)

@@ -1,0 +1,396 @@
+"""The ``backdrop`` command: options, help and exit statuses of every subcommand."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backdrop.colours import Colour, parse_colour
+from backdrop.jobs import Status
+from backdrop_cli.app import App, Target
+from backdrop_cli.errors import FAILED, Failure
+from backdrop_cli.times import Since
+from backdrop_cli.ui import Ui
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class ColourType(click.ParamType):
+    name = "COLOUR"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Colour:
+        if isinstance(value, Colour):
+            return value
+        try:
+            return parse_colour(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def stack_command[F: Callable[..., Any]](function: F) -> F:
+    """The options every subcommand takes (which stack, --json), and its error handling: an error
+    is a message on stderr and an exit status (with --json, also a JSON document on stdout)."""
+
+    @click.option(
+        "--stack",
+        "stack_name",
+        metavar="NAME",
+        envvar="BACKDROP_STACK",
+        help="Talk to the deployed CloudFormation stack NAME (or set BACKDROP_STACK).",
+    )
+    @click.option("--profile", metavar="PROFILE", help="AWS profile for --stack (default: the usual chain).")
+    @click.option("--region", metavar="REGION", help="AWS region of --stack (default: the profile's).")
+    @click.option("--local", is_flag=True, help="Talk to the local stack (`make local`).")
+    @click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="With --local: the folder of local-stack.json (default: .backdrop).",
+    )
+    @click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else."
+    )
+    @functools.wraps(function)
+    def wrapper(
+        stack_name: str | None,
+        profile: str | None,
+        region: str | None,
+        local: bool,
+        state_dir: Path | None,
+        as_json: bool,
+        **kwargs: Any,
+    ) -> None:
+        ui = Ui(as_json=as_json)
+        source = click.get_current_context().get_parameter_source("stack_name")
+        if local and source is click.core.ParameterSource.ENVIRONMENT:
+            stack_name = None  # an explicit --local wins over BACKDROP_STACK
+        app = App(Target(stack_name, profile, region, local, state_dir), ui)
+        try:
+            code = function(app, **kwargs)
+        except click.ClickException as exc:
+            if as_json:
+                ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+            raise
+        except KeyboardInterrupt:
+            message = "Interrupted (Ctrl-C)."
+            if as_json:
+                ui.emit({"error": {"message": message, "exit_code": FAILED}})
+            raise Failure(message) from None
+        except (ClientError, BotoCoreError) as exc:
+            if as_json:
+                ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
+            raise Failure(f"AWS: {exc}") from exc
+        sys.exit(code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def workers_option[F: Callable[..., Any]](function: F) -> F:
+    return click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=16,
+        show_default=True,
+        help="Concurrent S3 and DynamoDB requests.",
+    )(function)
+
+
+def wait_options[F: Callable[..., Any]](function: F) -> F:
+    function = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Stop waiting after this long (exit status 1 if jobs are still open); default: no limit.",
+    )(function)
+    return click.option(
+        "--wait/--no-wait",
+        default=True,
+        help="Wait until every job it started has ended (default), or return once the messages are sent.",
+    )(function)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="backdrop", prog_name="backdrop")
+def cli() -> None:
+    """Operate a Backdrop stack: plan and run backfills, look jobs up, retry failures, report.
+
+    Every subcommand talks to a deployed stack (--stack NAME, with --profile and --region; its
+    resources and parameters come from CloudFormation) or to the local stack (--local). Add --json
+    for one JSON document on stdout. Exit status: 0 ok, 1 something failed (a job ended failed, a
+    refusal, an interruption), 2 bad usage. Nothing costly happens without --yes (or a yes at a
+    prompt that shows the cost).
+
+    \b
+    Examples:
+      backdrop plan --stack backdrop uploads/spring/
+      backdrop backfill --stack backdrop uploads/spring/ --max-runs 100 --yes
+      backdrop status --local uploads/shoes/red.jpg
+      backdrop retry --stack backdrop --status failed --error-code UNAUTHORIZED --yes
+      backdrop report --stack backdrop --since 7d --csv jobs.csv
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("prefix", required=False)
+@click.option(
+    "--color",
+    "colour",
+    type=ColourType(),
+    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object: a new job per object "
+    "(the colour is part of its identity); its result replaces the object's earlier one.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    help="Write every object the backfill would send to FILE (JSON lines).",
+)
+@workers_option
+@stack_command
+def plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | None, workers: int) -> int:
+    """Say what a backfill of PREFIX would do, before a cent is spent.
+
+    Walks the uploads bucket under PREFIX (default: the upload prefix; current versions only),
+    reads each object's metadata and first bytes with one ranged GET, and computes each object's
+    job exactly as the pipeline will: its colour (metadata, colour rules, default, or --color),
+    job id and rejection. Objects whose job already succeeded for this version and colour are
+    skipped (never billed twice). Prints the objects, what is already done, what would be rejected
+    and why, what would be submitted, the estimated cost at the stack's PricePerRunUsd, and the
+    time at its SubmitMaxConcurrency and DailyRunBudget. Sends nothing.
+
+    \b
+    Examples:
+      backdrop plan --stack backdrop uploads/spring/
+      backdrop plan --stack backdrop uploads/amazon/ --color '#FFFFFF' --manifest amazon.jsonl
+      backdrop plan --local --json
+    """
+    from backdrop_cli.backfill import run_plan
+
+    return run_plan(app, prefix, colour, manifest, workers)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("prefix", required=False)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Send the objects of a manifest `backdrop plan --manifest` wrote (instead of PREFIX).",
+)
+@click.option(
+    "--color",
+    "colour",
+    type=ColourType(),
+    help="Ask for this colour (#RRGGBB, RRGGBB or R,G,B) for every object: a new job per object "
+    "(the colour is part of its identity); its result replaces the object's earlier one.",
+)
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Send at most N objects that make a run this time (objects the pipeline will reject cost "
+    "nothing and are sent too).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
+@wait_options
+@workers_option
+@stack_command
+def backfill(
+    app: App,
+    prefix: str | None,
+    manifest: Path | None,
+    colour: Colour | None,
+    max_runs: int | None,
+    yes: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    workers: int,
+) -> int:
+    """Feed objects that never produced a notification into the pipeline.
+
+    Each object under PREFIX (or in --manifest) without a job for its version and colour goes on
+    the uploads queue as an S3 object-created message, the path an upload takes: one job per object
+    version and colour, no second run, the same rejections, and the daily run budget (jobs beyond
+    it wait `held` and resume on their own). Resumable: which objects still need it is computed
+    from the jobs table each time, so running it again after Ctrl-C or a crash sends only what is
+    missing. Ctrl-C stops sending after the batch in flight and prints what was sent. Then it shows
+    progress until every job it started has ended (or --no-wait), and a summary. Exit status 1 if
+    a job ended failed, canceled or timed out, or if not everything could be sent.
+
+    \b
+    Examples:
+      backdrop backfill --stack backdrop uploads/spring/ --yes
+      backdrop backfill --stack backdrop uploads/spring/ --max-runs 50 --yes --no-wait
+      backdrop backfill --stack backdrop --manifest amazon.jsonl --yes
+      backdrop backfill --local uploads/ --color 241,241,241 --yes --json
+    """
+    from backdrop_cli.backfill import run_backfill
+
+    return run_backfill(
+        app,
+        prefix=prefix,
+        manifest=manifest,
+        colour=colour,
+        max_runs=max_runs,
+        yes=yes,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        workers=workers,
+    )
+
+
+STATUS_CHOICE = click.Choice([s.value for s in Status])
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("target", metavar="KEY|JOB_ID", required=False)
+@click.option("--prefix", metavar="P", help="Every job under this key prefix instead (a table scan).")
+@click.option(
+    "--status",
+    "statuses",
+    type=STATUS_CHOICE,
+    multiple=True,
+    help="With --prefix: only jobs in this status (repeatable).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Rows shown (--json shows all).",
+)
+@stack_command
+def status(app: App, target: str | None, prefix: str | None, statuses: tuple[str, ...], limit: int) -> int:
+    """Show every job of an object, one job, or the jobs under a prefix.
+
+    KEY (or s3://bucket/KEY) lists every job of that object, newest first: all its versions and
+    colours, with status, reason, run id, result location, timings and earlier attempts (the
+    BySourceKey index). A 32-hex JOB_ID shows that job. Exit status 1 when there is no such job.
+
+    \b
+    Examples:
+      backdrop status --stack backdrop uploads/shoes/red.jpg
+      backdrop status --stack backdrop 3f1c0d0b8b7e4c55a2e0c3d1f6a9b2e4
+      backdrop status --local --prefix uploads/spring/ --status failed --json
+    """
+    from backdrop_cli.status import run_status
+
+    return run_status(app, target, prefix, frozenset(Status(s) for s in statuses), limit)
+
+
+RETRY_CHOICE = click.Choice(
+    [Status.FAILED.value, Status.CANCELED.value, Status.TIMED_OUT.value, Status.REJECTED.value]
+)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("job_ids", metavar="[JOB_ID]...", nargs=-1)
+@click.option(
+    "--status",
+    "statuses",
+    type=RETRY_CHOICE,
+    multiple=True,
+    help="Retry every job in this status (repeatable).",
+)
+@click.option(
+    "--error-code", metavar="CODE", help="With --status: only jobs that ended with this error code."
+)
+@click.option(
+    "--since", type=Since(), help="With --status: only jobs that ended since (30m, 24h, 7d, or an ISO time)."
+)
+@click.option("--prefix", metavar="P", help="With --status: only jobs under this key prefix.")
+@click.option(
+    "--include-rejected",
+    is_flag=True,
+    help="Also retry rejected jobs (only those the stack's rules now accept).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
+@wait_options
+@workers_option
+@stack_command
+def retry(
+    app: App,
+    job_ids: tuple[str, ...],
+    statuses: tuple[str, ...],
+    error_code: str | None,
+    since: str | None,
+    prefix: str | None,
+    include_rejected: bool,
+    yes: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    workers: int,
+) -> int:
+    """Run ended jobs again, on purpose: a new, recorded attempt of each.
+
+    Each retry is the next attempt of the same job (attempt number and the previous outcome are
+    kept in its history) and creates exactly one new run. Shows the cost (jobs x PricePerRunUsd)
+    before it starts. Refuses, with the reason: jobs that succeeded or are still open, jobs whose
+    source version no longer exists or is no longer the object's current version (billed for
+    nothing), jobs whose previous completion event is still pending, and rejected jobs (bad input:
+    the same bytes fail again) unless --include-rejected. Waits until the new attempts have ended
+    (or --no-wait). Exit status 1 if any job was refused or ended failed.
+
+    \b
+    Examples:
+      backdrop retry --stack backdrop --status failed --error-code UNAUTHORIZED --yes
+      backdrop retry --stack backdrop --status timed_out --since 24h --prefix uploads/spring/
+      backdrop retry --local 3f1c0d0b8b7e4c55a2e0c3d1f6a9b2e4 --yes --json
+    """
+    from backdrop_cli.retry import run_retry
+
+    return run_retry(
+        app,
+        job_ids=job_ids,
+        statuses=frozenset(Status(s) for s in statuses),
+        error_code=error_code,
+        since=since,
+        prefix=prefix,
+        include_rejected=include_rejected,
+        yes=yes,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        workers=workers,
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--since", type=Since(), help="Only jobs created since (30m, 24h, 7d, or an ISO time); default: all."
+)
+@click.option("--prefix", metavar="P", help="Only jobs under this key prefix.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path, dir_okay=False, writable=True),
+    help="Write one row per job to FILE.",
+)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=5, show_default=True, help="Prefixes shown in the backlog."
+)
+@stack_command
+def report(app: App, since: str | None, prefix: str | None, csv_path: Path | None, top: int) -> int:
+    """Counts, failures, cost, latency, backlog and the run budget's spend.
+
+    Counts jobs by status, ranks failure reasons, counts the runs billed and their cost (at the
+    stack's PricePerRunUsd; every run created counts), gives the time to result (p50/p95 of
+    succeeded jobs), the open jobs and the prefixes with the largest open backlog, the uploads
+    queues' depth, and the spend: runs reserved per UTC day in the ledger against DailyRunBudget.
+
+    \b
+    Examples:
+      backdrop report --stack backdrop --since 24h
+      backdrop report --stack backdrop --since 2025-06-01 --prefix uploads/spring/ --csv spring.csv
+      backdrop report --local --json
+    """
+    from backdrop_cli.report import run_report
+
+    return run_report(app, since=since, prefix=prefix, csv_path=csv_path, top=top)
+
+
+def main() -> None:
+    """Console-script entry point (click exits 2 on usage errors, as ours do)."""
+    cli.main(prog_name="backdrop")

@@ -1,0 +1,129 @@
+"""Waiting for jobs to end: the jobs table is polled (``batch_get_item``, strongly consistent) with
+backoff, only for jobs not finished yet. The wait ends when every job has ended, or when nothing
+more can happen today (every job left is ``held`` and the day's run budget is spent: they resume
+on their own), at the timeout, or at Ctrl-C (the jobs go on; only the waiting stops)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from backdrop.jobs import Job, Status
+from backdrop.ledger import RunBudget
+from backdrop.uploads import UploadRef, read_source
+from backdrop_cli import jobtable
+from backdrop_cli.sending import StopFlag
+from backdrop_cli.stack import Stack
+
+# A job still missing this long after its message was sent may have lost its object: check it.
+MISSING_GRACE_SECONDS = 30.0
+FIRST_POLL_SECONDS = 0.5
+MAX_POLL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Tracked:
+    job_id: str
+    attempt: int  # the attempt whose end is awaited
+    upload: UploadRef
+
+
+@dataclass
+class Snapshot:
+    """Where the awaited jobs are now."""
+
+    total: int
+    jobs: dict[str, Job] = field(default_factory=dict)
+    vanished: set[str] = field(default_factory=set)  # no job will come: the object version is gone
+
+    def finished(self, tracked: Tracked) -> bool:
+        job = self.jobs.get(tracked.job_id)
+        if job is None:
+            return tracked.job_id in self.vanished
+        return job.status.is_terminal and job.attempt >= tracked.attempt
+
+    def statuses(self) -> Counter[str]:
+        counts = Counter(job.status.value for job in self.jobs.values())
+        counts["not_started"] = self.total - len(self.jobs) - len(self.vanished)
+        if self.vanished:
+            counts["vanished"] = len(self.vanished)
+        return +counts
+
+    def runs_created(self, tracked: Sequence[Tracked]) -> int:
+        """Runs created for the awaited attempts (the ones this command paid for)."""
+        return sum(
+            1
+            for t in tracked
+            if (job := self.jobs.get(t.job_id)) is not None and job.attempt == t.attempt and job.run_id
+        )
+
+
+@dataclass
+class WaitResult:
+    snapshot: Snapshot
+    ended: bool = False  # every awaited job ended
+    held_for_budget: bool = False
+    timed_out: bool = False
+    interrupted: bool = False
+
+
+def wait_for(
+    stack: Stack,
+    tracked: Sequence[Tracked],
+    *,
+    budget_per_day: int,
+    stop: StopFlag,
+    timeout: float | None,
+    on_poll: Callable[[Snapshot], None] = lambda _snapshot: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> WaitResult:
+    snapshot = Snapshot(total=len(tracked))
+    result = WaitResult(snapshot)
+    if not tracked:
+        result.ended = True
+        return result
+    budget = RunBudget(stack.ledger, daily=budget_per_day, clock=time.time)
+    started = clock()
+    checked_at: dict[str, float] = {}
+    interval = FIRST_POLL_SECONDS
+    while True:
+        polled = [t for t in tracked if not snapshot.finished(t)]
+        before = {t.job_id: _state(snapshot.jobs.get(t.job_id)) for t in polled}
+        snapshot.jobs.update(jobtable.get_many(stack, [t.job_id for t in polled]))
+        now = clock()
+        for t in polled:
+            if t.job_id in snapshot.jobs or now - started < MISSING_GRACE_SECONDS:
+                continue
+            if now - checked_at.get(t.job_id, 0.0) >= MISSING_GRACE_SECONDS:
+                checked_at[t.job_id] = now
+                upload = t.upload
+                source = read_source(
+                    stack.s3, upload.bucket, upload.key, version_id=upload.version_id, sniff=False
+                )
+                if source is None:
+                    snapshot.vanished.add(t.job_id)  # the submit path ignores a vanished object
+        on_poll(snapshot)
+        waiting = [t for t in tracked if not snapshot.finished(t)]
+        if not waiting:
+            result.ended = True
+            return result
+        left = [snapshot.jobs.get(t.job_id) for t in waiting]
+        if all(job is not None and job.status is Status.HELD for job in left) and budget.remaining() == 0:
+            result.held_for_budget = True
+            return result
+        if timeout is not None and now - started >= timeout:
+            result.timed_out = True
+            return result
+        changed = any(before[t.job_id] != _state(snapshot.jobs.get(t.job_id)) for t in polled)
+        interval = FIRST_POLL_SECONDS if changed else min(interval * 1.5, MAX_POLL_SECONDS)
+        if timeout is not None:
+            interval = max(0.05, min(interval, timeout - (now - started)))
+        if stop.wait(interval):
+            result.interrupted = True
+            return result
+
+
+def _state(job: Job | None) -> tuple[str, int, str | None] | None:
+    return None if job is None else (job.status.value, job.attempt, job.run_id)
