@@ -21,12 +21,8 @@ help:
 	@echo "make test        every test: lint, types, unit, integration, e2e, fault injection"
 	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
 	@echo "make chaos N=2000  the fault-injection suite at a larger size"
-<<<<<<< HEAD
-	@echo "make bench       benchmarks (output copy memory and throughput)"
-	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
-=======
 	@echo "make bench       benchmarks: cold starts, warm invocations, throughput, copies, cost"
->>>>>>> bench
+	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
 	@echo "make build       sam build"
 
 # The dev group, then the project itself (editable, no other packages): that installs the `backdrop`
@@ -49,6 +45,7 @@ BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '
 build: .aws-sam/build/template.yaml
 
 lint: venv
+	@! grep -rnE '^(<<<<<<<|>>>>>>>)( |$$)' --exclude-dir=.venv --exclude-dir=.git --exclude-dir=.aws-sam . || { echo "merge conflict markers left in the files above"; exit 1; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli
@@ -68,19 +65,14 @@ local: venv build
 chaos: venv build
 	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider
 
-<<<<<<< HEAD
 # Every event through `sam local invoke` and one job through `sam local start-api`, in Docker.
 sam-local: venv build
 	$(PY) -m backdrop_local.samcheck
 
-bench: venv
-	$(PY) benchmarks/copy_memory.py
-=======
 # One BENCH line per figure on stdout (progress on stderr); bounded, and stops itself.
 BENCH_TIMEOUT ?= 1200
 bench: venv build
 	timeout --kill-after=30 $(BENCH_TIMEOUT) $(PY) -m benchmarks.bench $(BENCH_ARGS)
->>>>>>> bench
 
 clean:
 	rm -rf .aws-sam .backdrop demo-output .pytest_cache .mypy_cache .ruff_cache
