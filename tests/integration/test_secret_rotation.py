@@ -1,9 +1,13 @@
-"""Rotating the callback signing secret, against the real SecretReader over moto's Secrets Manager.
+"""Rotating the callback signing secret and the Runflow API key, against the real SecretReader over
+moto's Secrets Manager.
 
 The README's rotation: store ``{"current": new, "previous": old}`` while Runflow still signs with the
 old secret, promote the new one at Runflow. A running function must accept callbacks signed with
 either, picking the new one up without a cold start: a signature that matches none of the cached
 secrets costs exactly one fresh read, and a malformed one costs none.
+
+A rotated Runflow API key reaches a warm Runflow client the same way: the first request refused
+with 401 reads the key once afresh and is sent again with it; a key that did not change is final.
 
 Reads are counted where they arrive: the reader's Secrets Manager client talks to moto through a
 recording proxy, which logs every GetSecretValue it forwards.
@@ -25,6 +29,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from backdrop.callbacks import authenticate
+from backdrop.runs import RunflowClient, RunflowRejected
 from backdrop.secrets import SecretReader
 from backdrop.services import Services
 from backdrop_local.aws import Resources, client
@@ -205,3 +210,95 @@ def test_malformed_signature_costs_no_read(
     for _ in range(3):
         assert not authenticate(BODY, signature, services(reader))
     assert proxy.reads(resources.callback_secret_name) == 1
+
+
+# --- the Runflow API key ---------------------------------------------------------------------
+
+OLD_KEY = "rf_live_test_key"  # what the resources fixture stores
+NEW_KEY = "rf_live_rotated_9d31"
+
+
+class KeyCheckingRunflow(ThreadingHTTPServer):
+    """Answers GET /v1/runs/{id} for one accepted API key, 401 for any other, recording the keys."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Runs)
+        self.accepted = OLD_KEY
+        self.keys_seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Runs(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        server = cast(KeyCheckingRunflow, self.server)
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        server.keys_seen.append(key)
+        if key == server.accepted:
+            status, body = 200, {"id": self.path.rsplit("/", 1)[-1], "status_code": "running"}
+        else:
+            status, body = (
+                401,
+                {"code": "UNAUTHORIZED", "message": "Missing or invalid token", "errors": None},
+            )
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def runflow() -> Iterator[KeyCheckingRunflow]:
+    server = KeyCheckingRunflow()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def warm_client(reader: SecretReader, runflow: KeyCheckingRunflow) -> RunflowClient:
+    """Built the way Services builds it: the key comes from the reader, per request."""
+    return RunflowClient(
+        runflow.url, lambda refresh: reader.api_key(refresh=refresh), http=httpx.Client(trust_env=False)
+    )
+
+
+def test_rotated_api_key_reaches_a_warm_client_with_one_fresh_read(
+    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources, runflow: KeyCheckingRunflow
+) -> None:
+    rf = warm_client(reader, runflow)
+    assert rf.get_run("0193a1b2").status == "running"
+    assert proxy.reads(resources.api_key_secret) == 1
+
+    # The operator stores a new key and Runflow revokes the old one; the client's cache still has it.
+    store.put_secret_value(SecretId=resources.api_key_secret, SecretString=NEW_KEY)
+    runflow.accepted = NEW_KEY
+    assert rf.get_run("0193a1b3").status == "running"
+    assert runflow.keys_seen == [OLD_KEY, OLD_KEY, NEW_KEY]
+    assert proxy.reads(resources.api_key_secret) == 2
+
+    # The cache now holds the new key: no more reads, no more refusals.
+    assert rf.get_run("0193a1b4").status == "running"
+    assert runflow.keys_seen[-1] == NEW_KEY
+    assert proxy.reads(resources.api_key_secret) == 2
+
+
+def test_wrong_api_key_that_was_not_rotated_is_refused_after_one_fresh_read(
+    reader: SecretReader, proxy: RecordingProxy, resources: Resources, runflow: KeyCheckingRunflow
+) -> None:
+    runflow.accepted = NEW_KEY  # Runflow wants a key the secret does not hold
+    rf = warm_client(reader, runflow)
+    with pytest.raises(RunflowRejected) as info:
+        rf.get_run("0193a1b2")
+    assert (info.value.http_status, info.value.code) == (401, "UNAUTHORIZED")
+    assert runflow.keys_seen == [OLD_KEY]  # never sent twice with the same key
+    assert proxy.reads(resources.api_key_secret) == 2

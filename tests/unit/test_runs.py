@@ -397,6 +397,74 @@ def test_non_json_success_of_a_read_is_retried_then_unavailable() -> None:
         rf.get_run(RUN_ID)
 
 
+# --- the API key ----------------------------------------------------------------------------
+
+
+class RotatingKey:
+    """The secret as a warm function sees it: a cached key until a forced read returns the new one."""
+
+    def __init__(self, cached: str, stored: str) -> None:
+        self.cached, self.stored = cached, stored
+        self.reads: list[bool] = []
+
+    def __call__(self, refresh: bool) -> str:
+        self.reads.append(refresh)
+        if refresh:
+            self.cached = self.stored
+        return self.cached
+
+
+def keyed_client(script: Script, key: RotatingKey) -> RunflowClient:
+    return RunflowClient(
+        BASE, key, http=httpx.Client(transport=httpx.MockTransport(script)), sleep=lambda _s: None
+    )
+
+
+def test_401_with_a_stale_key_is_sent_once_more_with_the_rotated_key() -> None:
+    script = Script(error(401, "UNAUTHORIZED", "Missing or invalid token"), httpx.Response(201, json=QUEUED))
+    key = RotatingKey(cached="rf_live_old", stored="rf_live_new")
+    result = keyed_client(script, key).create_run(REQUEST, idempotency_key="job-1")
+
+    assert result.run_id == RUN_ID
+    assert [r.headers["Authorization"] for r in script.requests] == [
+        "Bearer rf_live_old",
+        "Bearer rf_live_new",
+    ]
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == ["job-1", "job-1"]
+    assert key.reads == [False, True]
+
+
+def test_401_when_the_stored_key_is_the_same_is_final_after_one_request() -> None:
+    script = Script(error(401, "UNAUTHORIZED", "Missing or invalid token"))
+    key = RotatingKey(cached="rf_live_wrong", stored="rf_live_wrong")
+    with pytest.raises(RunflowRejected) as info:
+        keyed_client(script, key).create_run(REQUEST, idempotency_key="job-1")
+    assert (info.value.http_status, info.value.code) == (401, "UNAUTHORIZED")
+    assert len(script.requests) == 1
+    assert key.reads == [False, True]
+
+
+def test_other_refusals_never_read_the_key_again() -> None:
+    script = Script(error(402, "INSUFFICIENT_CREDIT", "Your balance is too low"))
+    key = RotatingKey(cached="rf_live_old", stored="rf_live_new")
+    with pytest.raises(RunflowRejected):
+        keyed_client(script, key).create_run(REQUEST, idempotency_key="job-1")
+    assert key.reads == [False]
+
+
+def test_every_request_reads_the_key_through_the_cache() -> None:
+    script = Script(
+        httpx.Response(200, json={"id": RUN_ID, "status_code": "running"}), httpx.Response(201, json=QUEUED)
+    )
+    key = RotatingKey(cached="rf_live_a", stored="rf_live_a")
+    rf = keyed_client(script, key)
+    rf.get_run(RUN_ID)
+    key.cached = "rf_live_b"  # the cache expired and the next read found the rotated key
+    rf.create_run(REQUEST, idempotency_key="job-1")
+    assert [r.headers["Authorization"] for r in script.requests] == ["Bearer rf_live_a", "Bearer rf_live_b"]
+    assert key.reads == [False, False]
+
+
 # --- get_run --------------------------------------------------------------------------------
 
 

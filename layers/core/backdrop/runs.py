@@ -254,11 +254,16 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+# Where the API key comes from: called with ``refresh=False`` for every request (a cached read) and
+# once with ``refresh=True`` after a 401, so a rotated key reaches a warm function at once.
+ApiKeySource = Callable[[bool], str]
+
+
 class RunflowClient:
     def __init__(
         self,
         base_url: str,
-        api_key: str,
+        api_key: str | ApiKeySource,
         *,
         http: httpx.Client,
         retry: RetryPolicy | None = None,
@@ -268,7 +273,7 @@ class RunflowClient:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._api_key: ApiKeySource = api_key if callable(api_key) else (lambda _refresh: api_key)
         self._http = http
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -325,8 +330,37 @@ class RunflowClient:
         repeatable: bool = True,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        extra = kwargs.pop("headers", {})
+        key = self._api_key(False)
+        try:
+            return self._attempts(
+                method, url, key, extra, budget=budget, repeatable=repeatable, kwargs=kwargs
+            )
+        except RunflowRejected as refusal:
+            # A 401 did nothing at Runflow (not even a create), so after a key rotation the request
+            # is sent once more with the key read afresh; with the same key the refusal is final.
+            if refusal.http_status != 401:
+                raise
+            fresh = self._api_key(True)
+            if fresh == key:
+                raise
+            return self._attempts(
+                method, url, fresh, extra, budget=budget, repeatable=repeatable, kwargs=kwargs
+            )
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        key: str,
+        extra: Mapping[str, str],
+        *,
+        budget: float | None,
+        repeatable: bool,
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + (self._retry.budget_seconds if budget is None else budget)
-        headers = {**self._headers, **kwargs.pop("headers", {})}
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json", **extra}
         for attempt in range(1, self._retry.max_attempts + 1):
             try:
                 return self._once(method, url, headers, kwargs)

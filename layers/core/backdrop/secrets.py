@@ -69,8 +69,9 @@ class SecretReader:
         self._signing_secret = signing_secret
         self._max_age = max_age
 
-    def api_key(self) -> str:
-        return parse_api_key(parameters.get_secret(self._api_key_secret, max_age=self._max_age))
+    def api_key(self, *, refresh: bool = False) -> str:
+        raw = parameters.get_secret(self._api_key_secret, max_age=self._max_age, force_fetch=refresh)
+        return parse_api_key(raw)
 
     def signing_secrets(self, *, refresh: bool = False) -> SigningSecrets:
         raw = parameters.get_secret(self._signing_secret, max_age=self._max_age, force_fetch=refresh)

@@ -189,14 +189,14 @@ class Services:
         return client
 
     def runflow(self) -> RunflowClient:
-        """The Runflow client; the API key is fetched (and cached) on first use only."""
+        """The Runflow client; it reads the API key through the secrets cache for every request."""
 
         def build() -> RunflowClient:
             from backdrop.observability import count
 
             return RunflowClient(
                 self.settings.runflow_base_url,
-                self.secrets.api_key(),
+                lambda refresh: self.secrets.api_key(refresh=refresh),
                 http=self.http,
                 retry=RetryPolicy(budget_seconds=self.settings.submit_retry_budget_seconds),
                 on_retry=lambda _problem: count("RunflowRetries"),
