@@ -14,9 +14,9 @@ from PIL import Image
 from world import OutputServer, World, build_world, metric_total
 
 from backdrop.jobs import Status
-from backdrop.outcomes import Outcome, RetryLater
+from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.runs import RunResult
-from backdrop.submission import submit_upload
+from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
 
@@ -115,6 +115,39 @@ def test_too_large_is_rejected_by_size_alone(world: World) -> None:
     assert result.outcome is Outcome.REJECTED
     job = only_job(world)
     assert job["error_code"] == "TOO_LARGE" and "100-byte limit" in str(job["error_message"])
+    assert world.runflow.creates == 0
+
+
+def retried(world: World) -> Result:
+    """An operator's retry of the only job: a new attempt at received, then the submit path's turn."""
+    job = world.job(str(only_job(world)["job_id"]))
+    assert world.store.begin_retry(job, include_rejected=True).moved
+    return submit_job(job.job_id, world.services)
+
+
+def test_retry_of_a_rejected_upload_applies_the_rules_again(world: World) -> None:
+    world.services.settings = replace(world.services.settings, max_input_bytes=100)
+    submit_upload(upload(world, body=jpeg((64, 64))), world.services)
+
+    # Still over the limit: rejected again by its size, attempt 2 recorded, nothing billed.
+    assert retried(world).outcome is Outcome.REJECTED
+    job = only_job(world)
+    assert (job["status"], job["error_code"], job["attempt"]) == ("rejected", "TOO_LARGE", 2)
+    assert world.runflow.creates == 0
+
+    # The limit raised: the same bytes pass now and get exactly one run.
+    world.services.settings = replace(world.services.settings, max_input_bytes=52_428_800)
+    assert retried(world).outcome is Outcome.SUBMITTED
+    job = only_job(world)
+    assert (job["status"], job["attempt"]) == ("submitted", 3)
+    assert world.runflow.creates == 1
+
+
+def test_retry_of_an_upload_that_is_not_an_image_is_rejected_again(world: World) -> None:
+    submit_upload(upload(world, "uploads/notes.jpg", b"%PDF-1.7 not a photo"), world.services)
+    assert retried(world).outcome is Outcome.REJECTED
+    job = only_job(world)
+    assert (job["error_code"], job["attempt"]) == ("UNSUPPORTED_TYPE", 2)
     assert world.runflow.creates == 0
 
 

@@ -186,12 +186,17 @@ def presign(services: Services, upload: UploadRef) -> str:
     )
 
 
-def resubmit(services: Services, job: Job) -> Result:
+def resubmit(services: Services, job: Job, *, recheck: bool = False) -> Result:
     """Create the run of an open job that has none yet (the reconciler's and a retry's path): only
-    while its version is still the object's newest."""
-    current = read_source(services.s3, job.source_bucket, job.source_key, sniff=False)
+    while its version is still the object's newest. With ``recheck``, the upload's rejection rules
+    are applied again first."""
+    current = read_source(services.s3, job.source_bucket, job.source_key, sniff=recheck)
     if current is None or not current.upload.same_version(job.upload()):
         return supersede(services, job, current)
+    if recheck:
+        problem = rejection_of(current, services.settings.max_input_bytes)
+        if problem:
+            return _reject(services, job, *problem)
     return create_run(services, job)
 
 
@@ -337,7 +342,9 @@ def submit_job(job_id: str, services: Services) -> Result:
     logger.append_keys(job_id=job_id)
     if job.status not in (Status.RECEIVED, Status.HELD) or job.run_id:
         return Result(Outcome.ALREADY_DONE, job_id, job.run_id, f"job is {job.status.value}")
-    return resubmit(services, job)
+    # A retried attempt starts over at received: its upload is checked again, since the rules may
+    # have changed (a raised MaxInputBytes lets a rejected upload through). Held jobs passed already.
+    return resubmit(services, job, recheck=job.status is Status.RECEIVED)
 
 
 def adopt_earlier_run(services: Services, job: Job) -> Result | None:
