@@ -102,7 +102,7 @@ def record_handler(record: SQSRecord) -> None:
         return
     message = JobMessage.parse(body)
     if message is not None:  # a retry, or a held job resumed
-        with logger.append_context_keys(job_id=message.job_id):
+        with logger.append_context_keys(job_id=message.job_id, run_id=None):
             try:
                 resume_once()(message=message)
             except RetryLater as exc:
@@ -122,7 +122,8 @@ def record_handler(record: SQSRecord) -> None:
         )
         # A backfill may ask for a colour: Backdrop's own field beside S3's record.
         colour = (raw.get("backdrop") or {}).get("color")
-        with logger.append_context_keys(source_key=upload.key):
+        # job_id and run_id, which the core adds once it knows them, end with the record too.
+        with logger.append_context_keys(source_key=upload.key, job_id=None, run_id=None):
             try:
                 result = submit_once()(
                     notice=Notification(upload, colour if isinstance(colour, str) else None)

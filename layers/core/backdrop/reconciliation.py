@@ -62,16 +62,15 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
             report.outcomes["deferred_for_time"] += 1
             break
         report.examined += 1
-        logger.append_keys(job_id=job.job_id, run_id=job.run_id)
-        try:
-            outcome = (
-                resumable.resume(job) if job.status is Status.HELD else _reconcile_one(services, job, now)
-            )
-        except (RunflowError, RetryLater) as exc:
-            outcome = "retry_later"
-            logger.warning("Reconciler could not finish a job now", extra={"reason": str(exc)})
+        with logger.append_context_keys(job_id=job.job_id, run_id=job.run_id):
+            try:
+                outcome = (
+                    resumable.resume(job) if job.status is Status.HELD else _reconcile_one(services, job, now)
+                )
+            except (RunflowError, RetryLater) as exc:
+                outcome = "retry_later"
+                logger.warning("Reconciler could not finish a job now", extra={"reason": str(exc)})
         report.outcomes[outcome] += 1
-    logger.remove_keys(["job_id", "run_id"])
     logger.info("Reconciler pass finished", extra={"report": report.as_dict()})
     return report
 
