@@ -253,19 +253,21 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_sends_nothing_twice(cli: Cli, stack: L
         assert runs_at_runflow(stack, job.job_id) == 1
 
 
-def _rotate_api_key(stack: LocalStack, value: str) -> None:
-    """Store another Runflow API key, and let the submit function start over with it (a function
-    reads the key when its execution environment first creates a run, and keeps it)."""
+def _rotate_api_key(stack: LocalStack, value: str, *, cold: bool) -> None:
+    """Store another Runflow API key. A wrong key only shows once the submit function starts cold
+    (a warm one keeps the key it cached, which Runflow still accepts); the right key reaches a warm
+    function by itself: its first 401 reads the key afresh."""
     queue_drained(stack)
     secrets = client("secretsmanager", stack.moto.endpoint_url, resources(stack).region)
     secrets.put_secret_value(SecretId=resources(stack).api_key_secret, SecretString=value)
-    recycle_workers(stack, "SubmitFunction")
+    if cold:
+        recycle_workers(stack, "SubmitFunction")
 
 
 def test_retry_after_a_wrong_api_key_makes_one_new_run_each(cli: Cli, stack: LocalStack) -> None:
     prefix = "uploads/retry/"
     names = ["a.jpg", "b.jpg", "superseded.jpg", "deleted.jpg"]
-    _rotate_api_key(stack, "rf_live_wrong_key")
+    _rotate_api_key(stack, "rf_live_wrong_key", cold=True)
     with no_notifications(stack):
         versions = {name: put(stack, prefix + name, photo()) for name in names}
     failed = cli("backfill", prefix, "--yes", "--json", WAIT)
@@ -274,7 +276,7 @@ def test_retry_after_a_wrong_api_key_makes_one_new_run_each(cli: Cli, stack: Loc
     assert doc["outcomes"] == {"failed": 4} and doc["runs_created"] == 0
     assert {f["error_code"] for f in doc["failures"]} == {"UNAUTHORIZED"}
 
-    _rotate_api_key(stack, RUNFLOW_API_KEY)
+    _rotate_api_key(stack, RUNFLOW_API_KEY, cold=False)
     bucket = resources(stack).uploads_bucket
     with no_notifications(stack):
         put(stack, prefix + "superseded.jpg", photo(colour=(0, 0, 200)))  # a newer version
