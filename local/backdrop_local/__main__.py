@@ -20,6 +20,7 @@ from backdrop_local.runflow.cli import add_fault_arguments, faults_from_args
 from backdrop_local.samlocal import SamLocalError, bridge_host_address
 from backdrop_local.stack import ROOT, LocalStack, StackOptions
 from backdrop_local.template import ParameterError, Template, parse_parameter_overrides
+from backdrop_local.update import answer_path, request_path, write_atomically
 
 
 def listen_host(choice: str) -> str:
@@ -31,6 +32,23 @@ def listen_host(choice: str) -> str:
         if choice == "bridge":
             raise SystemExit(f"backdrop_local: no Docker bridge to listen on: {exc}") from exc
         return "127.0.0.1"
+
+
+def apply_update(stack: LocalStack) -> None:
+    """``python -m backdrop_local.update``'s request: new template parameters, as a stack update."""
+    try:
+        request = json.loads(request_path(stack.state_dir).read_text())
+    except (OSError, ValueError):
+        return
+    answer: dict[str, object] = {"id": request.get("id")}
+    try:
+        stack.update_parameters({str(k): str(v) for k, v in dict(request.get("parameters") or {}).items()})
+    except (ParameterError, ConfigError) as exc:
+        answer["error"] = str(exc)
+    else:
+        answer["parameters"] = stack.info["parameters"]
+        print(f"Parameters updated: {request.get('parameters')}", file=sys.stderr, flush=True)
+    write_atomically(answer_path(stack.state_dir), answer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     stopping = threading.Event()
+    updating = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
 
+    def request_update(signum: int, _frame: FrameType | None) -> None:
+        updating.set()
+        stopping.set()  # wakes the loop below, which tells the two apart
+
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGHUP, request_update)
     try:
         info = stack.start()
     except ConfigError as exc:
@@ -113,8 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        while not stopping.wait(1.0):
-            pass
+        while True:
+            stopping.wait(1.0)
+            if updating.is_set():
+                updating.clear()
+                stopping.clear()
+                apply_update(stack)
+            elif stopping.is_set():
+                break
     finally:
         print("Stopping the local stack...", file=sys.stderr, flush=True)
         stack.stop()

@@ -1,5 +1,5 @@
 """`make local` as a stranger uses it: start, read local-stack.json, upload with any S3 client,
-watch the result appear, stop with SIGTERM."""
+watch the result appear, update a parameter as a stack update would, stop with SIGTERM."""
 
 from __future__ import annotations
 
@@ -37,7 +37,19 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'local'}:{ROOT / 'layers' / 'core'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backdrop_local", "--state-dir", str(state), "--reconcile-every", "5"],
+        [
+            sys.executable,
+            "-m",
+            "backdrop_local",
+            "--state-dir",
+            str(state),
+            "--reconcile-every",
+            "2",
+            "--reconcile-min-age",
+            "0",
+            "--parameter-overrides",
+            "DailyRunBudget=1",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -60,19 +72,63 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
             aws_access_key_id=info["aws_access_key_id"],
             aws_secret_access_key=info["aws_secret_access_key"],
         )
-        buffer = io.BytesIO()
-        Image.new("RGB", (80, 60), (240, 240, 240)).save(buffer, format="JPEG")
-        s3.put_object(
-            Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}hello.jpg", Body=buffer.getvalue()
-        )
-        result_key = f"{info['results_prefix']}hello.png"
+        ddb = boto3.resource(
+            "dynamodb",
+            endpoint_url=info["aws_endpoint_url"],
+            region_name=info["region"],
+            aws_access_key_id=info["aws_access_key_id"],
+            aws_secret_access_key=info["aws_secret_access_key"],
+        ).Table(info["jobs_table"])
+
+        def upload(name: str) -> str:
+            buffer = io.BytesIO()
+            Image.new("RGB", (80, 60), (240, 240, 240)).save(buffer, format="JPEG")
+            s3.put_object(
+                Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}{name}", Body=buffer.getvalue()
+            )
+            return f"{info['results_prefix']}{Path(name).stem}.png"
+
+        def wait_for_result(result_key: str) -> None:
+            deadline = time.monotonic() + 60
+            while True:
+                listed = s3.list_objects_v2(Bucket=info["results_bucket"]).get("Contents", [])
+                if any(o["Key"] == result_key for o in listed):
+                    return
+                assert time.monotonic() < deadline, f"no result {result_key} appeared"
+                time.sleep(0.5)
+
+        def statuses() -> list[str]:
+            return sorted(str(item["status"]) for item in ddb.scan()["Items"])
+
+        wait_for_result(upload("hello.jpg"))  # the day's one run
+
+        second = upload("second.jpg")
         deadline = time.monotonic() + 60
-        while True:
-            listed = s3.list_objects_v2(Bucket=info["results_bucket"]).get("Contents", [])
-            if any(o["Key"] == result_key for o in listed):
-                break
-            assert time.monotonic() < deadline, "no result appeared"
+        while statuses() != ["held", "succeeded"]:
+            assert time.monotonic() < deadline, f"the second upload was not held: {statuses()}"
             time.sleep(0.5)
+
+        def update(*pairs: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "backdrop_local.update", "--state-dir", str(state), *pairs],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        refused = update("DailyRunBudget=-1")
+        assert refused.returncode == 2 and "DailyRunBudget" in refused.stderr
+        assert update("NoSuchParameter=1").returncode == 2
+        assert json.loads(info_path.read_text())["parameters"]["DailyRunBudget"] == "1"
+
+        raised = update("DailyRunBudget=5")
+        assert raised.returncode == 0, raised.stderr
+        assert json.loads(raised.stdout)["parameters"]["DailyRunBudget"] == "5"
+        assert json.loads(info_path.read_text())["parameters"]["DailyRunBudget"] == "5"
+        wait_for_result(second)  # the reconciler resumed the held job under the raised budget
+        assert statuses() == ["succeeded", "succeeded"]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
