@@ -14,12 +14,13 @@ N ?= 2000
 # the local stack through the environment, so JSON values reach it exactly as typed.
 export PARAMETER_OVERRIDES
 
-.PHONY: help venv build lint test test-fast demo local chaos bench sam-local clean
+.PHONY: help venv build lint test test-fast demo local local-update chaos bench sam-local clean
 
 help:
 	@echo "make demo        set everything up and run the end-to-end demo (results in demo-output/)"
 	@echo "make test        every test: lint, types, unit, integration, e2e, fault injection"
 	@echo "make local       run the local stack in the foreground (Ctrl-C stops it)"
+	@echo "make local-update PARAMETER_OVERRIDES='DailyRunBudget=50'  change parameters of the running local stack"
 	@echo "make chaos N=2000  the fault-injection suite at a larger size"
 	@echo "make bench       benchmarks: cold starts, warm invocations, throughput, copies, cost"
 	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
@@ -61,6 +62,10 @@ demo: venv build
 
 local: venv build
 	$(PY) -m backdrop_local
+
+# A stack update of the running local stack: `make local-update PARAMETER_OVERRIDES='DailyRunBudget=50'`.
+local-update: venv
+	$(PY) -m backdrop_local.update
 
 chaos: venv build
 	BACKDROP_CHAOS_UPLOADS=$(N) $(PY) -m pytest tests/chaos -m slow -s -p no:cacheprovider

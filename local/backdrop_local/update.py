@@ -1,4 +1,5 @@
-"""``python -m backdrop_local.update Name=value ...``: a stack update of the running local stack.
+"""``make local-update PARAMETER_OVERRIDES='Name=value ...'`` (``python -m backdrop_local.update
+Name=value ...``): a stack update of the running local stack.
 
 The local stack's answer to ``sam deploy --parameter-overrides``: the running stack (``make
 local``) applies the new template parameters to its functions, as CloudFormation would update the
@@ -48,14 +49,23 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("overrides", nargs="+", metavar="NAME=VALUE", help="template parameters to change")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="template parameters to change (default: the PARAMETER_OVERRIDES environment variable)",
+    )
     parser.add_argument("--state-dir", type=Path, default=Path(".backdrop"), help="the local stack's folder")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_parameter_overrides(" ".join(args.overrides))
+        overrides = parse_parameter_overrides(
+            " ".join(args.overrides) if args.overrides else os.environ.get("PARAMETER_OVERRIDES", "")
+        )
     except ParameterError as exc:
         parser.error(str(exc))
+    if not overrides:
+        parser.error("name at least one parameter (NAME=VALUE, or PARAMETER_OVERRIDES)")
     info_file = args.state_dir / "local-stack.json"
     try:
         pid = int(json.loads(info_file.read_text())["pid"])
