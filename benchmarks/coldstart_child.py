@@ -45,7 +45,7 @@ def function_builders(module: Any) -> dict[str, Callable[[], object]]:
         "s3": lambda: services.s3,
         "presign_s3": lambda: services.presign_s3,
         "dynamodb": lambda: (services.jobs, services.ledger),
-        "idempotency": lambda: module.persistence(),
+        "idempotency": lambda: module.persistence("upload"),
         "sqs": lambda: services.sqs,
         "events": lambda: services.eventbridge,
         "secrets": secrets,

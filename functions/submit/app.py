@@ -69,8 +69,11 @@ def services() -> Services:
 def persistence(kind: str) -> DynamoDBPersistenceLayer:
     """Built on first use: the idempotency table's name is a setting, read at cold start. One per
     kind of message: Powertools configures a persistence layer once, with the first config it is
-    used with, so a shared one would compute every later message's key with the wrong expression."""
-    return DynamoDBPersistenceLayer(table_name=services().settings.idempotency_table)
+    used with, so a shared one would compute every later message's key with the wrong expression.
+    Both share the services' boto3 session (building another costs cold-start time)."""
+    return DynamoDBPersistenceLayer(
+        table_name=services().settings.idempotency_table, boto3_session=services().session
+    )
 
 
 @functools.cache
