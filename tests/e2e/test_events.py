@@ -563,6 +563,20 @@ def test_forged_callback_event_is_refused_and_changes_nothing(
     assert job_item(resources, job_id) == before
 
 
+def test_callback_function_answers_only_its_route(
+    functions: dict[str, LocalFunction], world: tuple[Template, Resources, LocalRunflow]
+) -> None:
+    _template, resources, _runflow = world
+    ev = event("callback-run-completed.json")
+    job_id = _seed_submitted_job(resources, ev)
+    before = job_item(resources, job_id)
+    for route in ("GET /runflow/callback", "POST /something/else"):
+        other = {**ev, "routeKey": route, "requestContext": {**ev["requestContext"], "routeKey": route}}
+        result = functions["CallbackFunction"].invoke(other)
+        assert result.ok and result.payload["statusCode"] == 404, result.payload
+    assert job_item(resources, job_id) == before
+
+
 def test_reconcile_schedule_event(functions: dict[str, LocalFunction]) -> None:
     result = functions["ReconcileFunction"].invoke(event("reconcile-schedule.json"))
     assert result.ok, result.error_message
