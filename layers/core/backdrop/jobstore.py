@@ -30,6 +30,36 @@ class Move:
     job: Job | None  # None: there is no such job
 
 
+def _changes(
+    changes: Mapping[str, Any],
+    names: dict[str, str],
+    values: dict[str, Any],
+    sets: list[str],
+    removes: list[str],
+) -> None:
+    """Attribute changes as SET clauses; a change to None removes the attribute."""
+    for i, (name, value) in enumerate(changes.items()):
+        names[f"#c{i}"] = name
+        if value is None:
+            removes.append(f"#c{i}")
+        else:
+            values[f":c{i}"] = value
+            sets.append(f"#c{i} = :c{i}")
+
+
+def _guards(only_if: Mapping[str, Any], names: dict[str, str], values: dict[str, Any]) -> list[str]:
+    """Conditions that each attribute still holds exactly this value (None: is absent)."""
+    conditions = []
+    for i, (name, value) in enumerate(only_if.items()):
+        names[f"#q{i}"] = name
+        if value is None:
+            conditions.append(f"attribute_not_exists(#q{i})")
+        else:
+            values[f":q{i}"] = value
+            conditions.append(f"#q{i} = :q{i}")
+    return conditions
+
+
 def _is_conditional_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
@@ -110,13 +140,7 @@ class JobStore:
         values: dict[str, Any] = {":target": target.value, ":now": now}
         sets = ["#status = :target", "updated_at = :now"]
         removes: list[str] = []
-        for i, (name, value) in enumerate((changes or {}).items()):
-            names[f"#c{i}"] = name
-            if value is None:
-                removes.append(f"#c{i}")
-                continue
-            values[f":c{i}"] = value
-            sets.append(f"#c{i} = :c{i}")
+        _changes(changes or {}, names, values, sets, removes)
         if target in TERMINAL:
             sets += ["completed_at = :now", "expires_at = :expires"]
             values[":expires"] = int(self._clock()) + self._retention_seconds
@@ -133,13 +157,7 @@ class JobStore:
             values[f":a{i}"] = status.value
             placeholders.append(f":a{i}")
         conditions = [f"attribute_exists(job_id) AND #status IN ({', '.join(placeholders)})"]
-        for i, (name, value) in enumerate((only_if or {}).items()):
-            names[f"#q{i}"] = name
-            if value is None:
-                conditions.append(f"attribute_not_exists(#q{i})")
-            else:
-                values[f":q{i}"] = value
-                conditions.append(f"#q{i} = :q{i}")
+        conditions += _guards(only_if or {}, names, values)
         expression = "SET " + ", ".join(sets)
         if removes:
             expression += " REMOVE " + ", ".join(dict.fromkeys(removes))
@@ -173,21 +191,8 @@ class JobStore:
         values: dict[str, Any] = {":expected": expected.value, ":now": self._now()}
         sets = ["updated_at = :now"]
         removes: list[str] = []
-        for i, (name, value) in enumerate(changes.items()):
-            names[f"#c{i}"] = name
-            if value is None:
-                removes.append(f"#c{i}")
-            else:
-                values[f":c{i}"] = value
-                sets.append(f"#c{i} = :c{i}")
-        conditions = ["#status = :expected"]
-        for i, (name, value) in enumerate((only_if or {}).items()):
-            names[f"#q{i}"] = name
-            if value is None:
-                conditions.append(f"attribute_not_exists(#q{i})")
-            else:
-                values[f":q{i}"] = value
-                conditions.append(f"#q{i} = :q{i}")
+        _changes(changes, names, values, sets, removes)
+        conditions = ["#status = :expected", *_guards(only_if or {}, names, values)]
         expression = "SET " + ", ".join(sets)
         if removes:
             expression += " REMOVE " + ", ".join(removes)
