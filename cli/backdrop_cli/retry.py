@@ -24,8 +24,8 @@ from backdrop.jobs import RETRYABLE, Job, Status, now_iso
 from backdrop.queues import JobMessage
 from backdrop.uploads import read_source
 from backdrop_cli import jobtable
-from backdrop_cli.app import App, job_brief
-from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook
+from backdrop_cli.app import App
+from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook, summarise_wait
 from backdrop_cli.errors import FAILED, OK, BadUsage
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, StopFlag
@@ -186,24 +186,9 @@ def run_retry(
     doc["refused"] = [{"job_id": r.job_id, "key": r.key, "reason": r.reason} for r in refused]
     doc["left_to_reconciler"] = unsent
     doc["interrupted"] = interrupted or bool(result and result.interrupted)
-    failed_count = 0
-    if result is not None:
-        snapshot = result.snapshot
-        counts: Counter[str] = snapshot.statuses()
-        failed_count = sum(counts[s.value] for s in FAILED_STATUSES) + counts["rejected"]
-        runs = snapshot.runs_created(tracked)
-        doc["wait"] = {
-            "all_ended": result.ended,
-            "held_for_budget": result.held_for_budget,
-            "timed_out": result.timed_out,
-            "interrupted": result.interrupted,
-        }
-        doc["outcomes"] = dict(sorted(counts.items()))
-        doc["runs_created"] = runs
-        doc["spent_usd"] = app.rules.cost(runs)
-        doc["jobs"] = [job_brief(snapshot.jobs[t.job_id]) for t in tracked if t.job_id in snapshot.jobs]
-    else:
-        doc["wait"] = None
+    summarise_wait(app, doc, tracked, result)
+    counts = Counter[str](doc["outcomes"])
+    failed_count = sum(counts[s.value] for s in FAILED_STATUSES) + counts["rejected"]
     if app.ui.as_json:
         app.ui.emit(doc)
     else:
