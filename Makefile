@@ -70,13 +70,16 @@ BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '
 
 build: .aws-sam/build/template.yaml
 
-# The lock check is offline: it reads only pyproject.toml and the lock files.
+# Offline, every step: the lock check reads only pyproject.toml and the lock files, and checkov
+# fetches nothing (skip-download in .checkov.yaml).
 lint: venv
 	@! grep -rnE '^(<<<<<<<|>>>>>>>)( |$$)' --exclude-dir=.venv --exclude-dir=$(LINT_VENV) --exclude-dir=.git --exclude-dir=.aws-sam . || { echo "merge conflict markers left in the files above"; exit 1; }
 	UV=$(VENV)/bin/uv requirements/lock.sh --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli
+	$(VENV)/bin/cfn-lint --config-file .cfn-lint.yaml
+	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
 test: venv build lint
 	$(PY) -m pytest
