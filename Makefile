@@ -14,7 +14,7 @@ N ?= 2000
 # the local stack through the environment, so JSON values reach it exactly as typed.
 export PARAMETER_OVERRIDES
 
-.PHONY: help venv build lint test test-fast demo local local-update chaos bench sam-local clean
+.PHONY: help venv lock build lint test test-fast demo local local-update chaos bench sam-local clean
 
 help:
 	@echo "make demo        set everything up and run the end-to-end demo (results in demo-output/)"
@@ -25,18 +25,44 @@ help:
 	@echo "make bench       benchmarks: cold starts, warm invocations, throughput, copies, cost"
 	@echo "make sam-local   every event through sam local invoke, one job through sam local start-api (Docker)"
 	@echo "make build       sam build"
+	@echo "make lock        lock files from pyproject.toml (uv.lock, requirements/*.txt, the layer's requirements)"
 
-# The dev group, then the project itself (editable, no other packages): that installs the `backdrop`
-# operator command as $(VENV)/bin/backdrop.
-$(VENV)/.installed: pyproject.toml
+# The environments are installed from the hashed lock files only (`make lock` writes them from
+# pyproject.toml), so a fresh clone gets exactly what CI tested. A changed lock recreates the
+# environment: packages dropped from the lock must not linger.
+DEV_LOCK := requirements/dev.txt
+LINT_LOCK := requirements/lint.txt
+LINT_VENV := .venv-lint
+BOOTSTRAP_LOCK := requirements/bootstrap.txt
+define make_venv
 	@test -n "$(PY312)" || { echo "python3.12 is required (Lambda's runtime); install it or set PY312=/path/to/python3.12"; exit 1; }
-	$(PY312) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet --group dev
-	$(PY) -m pip install --quiet --no-deps --editable .
+	rm -rf $(1)
+	$(PY312) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes -r $(BOOTSTRAP_LOCK)
+	$(1)/bin/python -m pip install --quiet --require-hashes -r $(2)
+endef
+
+$(VENV)/.installed: $(DEV_LOCK) $(BOOTSTRAP_LOCK)
+	$(call make_venv,$(VENV),$(DEV_LOCK))
 	@touch $@
 
-venv: $(VENV)/.installed
+# The project itself, editable and without dependencies (the lock has them), built by the locked
+# hatchling: that installs the `backdrop` operator command as $(VENV)/bin/backdrop.
+$(VENV)/.project: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	@touch $@
+
+# checkov pins packages older than the dev group's, so it has an environment of its own.
+$(LINT_VENV)/.installed: $(LINT_LOCK) $(BOOTSTRAP_LOCK)
+	$(call make_venv,$(LINT_VENV),$(LINT_LOCK))
+	@touch $@
+
+venv: $(VENV)/.project $(LINT_VENV)/.installed
+
+# uv.lock and the hashed requirements files, from pyproject.toml. Versions already locked are kept
+# while pyproject.toml allows them; `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+lock: $(VENV)/.installed
+	UV=$(VENV)/bin/uv UV_PYTHON=$(PY312) requirements/lock.sh $(LOCK_ARGS)
 
 BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '*/__pycache__/*' 2>/dev/null)
 .aws-sam/build/template.yaml: $(VENV)/.installed $(BUILD_INPUTS)
@@ -45,11 +71,16 @@ BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '
 
 build: .aws-sam/build/template.yaml
 
+# Offline, every step: the lock check reads only pyproject.toml and the lock files, and checkov
+# fetches nothing (skip-download in .checkov.yaml).
 lint: venv
-	@! grep -rnE '^(<<<<<<<|>>>>>>>)( |$$)' --exclude-dir=.venv --exclude-dir=.git --exclude-dir=.aws-sam . || { echo "merge conflict markers left in the files above"; exit 1; }
+	@! grep -rnE '^(<<<<<<<|>>>>>>>)( |$$)' --exclude-dir=.venv --exclude-dir=$(LINT_VENV) --exclude-dir=.git --exclude-dir=.aws-sam . || { echo "merge conflict markers left in the files above"; exit 1; }
+	UV=$(VENV)/bin/uv requirements/lock.sh --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli
+	$(VENV)/bin/cfn-lint --config-file .cfn-lint.yaml
+	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
 test: venv build lint
 	$(PY) -m pytest
