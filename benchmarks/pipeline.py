@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class Burst:
     requests: Counter[str]
     deliveries: dict[str, dict[str, Any]]
     job_item_kb: float = 0.0
+    # Milliseconds each job spent in each stage (see ``phases``), for finding what bounds throughput.
+    phases: dict[str, list[float]] = field(default_factory=dict)
 
 
 def item_size(item: dict[str, Any]) -> int:
@@ -175,6 +177,7 @@ class Pipeline:
         stack_before = cpu_ns(os.getpid())
         counts = self.moto.counts()
         started = time.monotonic()
+        started_at = time.time()
         self.upload(self.keys(images, label))
         finished = self.wait_finished(images, timeout)
         seconds = time.monotonic() - started
@@ -183,6 +186,7 @@ class Pipeline:
         cpu = sum(after[pid] - before.get(pid, 0) for pid in after) / 1e6
         requests = self.moto.counts()
         requests.subtract(counts)
+        deliveries = self.deliveries(finished)
         return Burst(
             images,
             seconds,
@@ -190,9 +194,46 @@ class Pipeline:
             stack_cpu,
             finished,
             +requests,
-            self.deliveries(finished),
+            deliveries,
             self.job_item_kb(),
+            self.phases(finished, deliveries, started_at),
         )
+
+    def phases(
+        self, finished: list[Finished], deliveries: dict[str, dict[str, Any]], started_at: float
+    ) -> dict[str, list[float]]:
+        """Where each job's time went, from the jobs table's and the local Runflow's timestamps:
+        ``queued`` (burst start to job created: waiting for a submit worker), ``submit`` (created to
+        run created), ``runflow`` (to the run finished), ``callback`` (to its delivery answered) and
+        ``copy`` (to the result written and the job finished)."""
+        from backdrop_local.stack import RUNFLOW_API_KEY
+
+        resources = self.stack.resources
+        assert resources is not None and self.stack.runflow is not None
+        ddb = self.stack.dynamodb()
+        stages: dict[str, list[float]] = {
+            name: [] for name in ("queued", "submit", "runflow", "callback", "copy")
+        }
+        with httpx.Client(
+            base_url=self.stack.runflow.url, headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"}
+        ) as http:
+            for job in finished:
+                delivery = deliveries.get(job.run_id)
+                if job.status != "succeeded" or delivery is None:
+                    continue
+                item = ddb.get_item(TableName=resources.jobs_table, Key={"job_id": {"S": job.job_id}})["Item"]
+                run = http.get(f"/v1/runs/{job.run_id}").json()
+                marks = [
+                    started_at,
+                    _parse(item["created_at"]["S"]),
+                    _parse(item["submitted_at"]["S"]),
+                    _parse(run["completed_at"]),
+                    _parse(delivery["completed_at"]),
+                    _parse(item["completed_at"]["S"]),
+                ]
+                for name, begin, end in zip(stages, marks, marks[1:], strict=False):
+                    stages[name].append((end - begin) * 1000)
+        return stages
 
     def job_item_kb(self, sample: int = 20) -> float:
         """The largest finished job item among a few, in DynamoDB's own size units (KB)."""
@@ -258,6 +299,15 @@ def report_throughput(burst: Burst) -> None:
         seconds=burst.seconds,
         not_succeeded=len(failed),
         target_images_per_s=20,
+    )
+    emit(
+        "throughput_phases",
+        **{
+            f"{name}_{label}_ms": percentile(samples, rank)
+            for name, samples in burst.phases.items()
+            for label, rank in (("p50", 50), ("p90", 90))
+        },
+        jobs=len(next(iter(burst.phases.values()), [])),
     )
 
 
