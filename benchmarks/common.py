@@ -94,11 +94,11 @@ def runtime_packages(target: Path) -> Path:
 
 
 def lambda_copy(target: Path, functions: Sequence[str] = FUNCTIONS) -> Path:
-    """The function folders and the layer as ``sam build`` made them, without any ``__pycache__``
-    (Lambda's ``/var/task`` and ``/opt`` are read-only, so nothing compiled is kept between cold
-    starts: every start compiles the modules it imports, as it does in AWS)."""
+    """The function folders and the layer exactly as ``sam build`` made them: the layer with the
+    bytecode its build compiled, the functions without any (Lambda's ``/var/task`` and ``/opt`` are
+    read-only, so what is not shipped compiled is compiled again at every cold start, as here)."""
+    shutil.copytree(LAYER, target / "opt" / "python", dirs_exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(LAYER, target / "opt" / "python", ignore=ignore, dirs_exist_ok=True)
     for name in functions:
         shutil.copytree(BUILD / name, target / "task" / name, ignore=ignore, dirs_exist_ok=True)
     return target
