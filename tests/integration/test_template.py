@@ -305,7 +305,11 @@ def test_every_config_variable_is_set_for_every_function(template: dict[str, Any
 def test_python312_layer_and_runtime(template: dict[str, Any]) -> None:
     layer = template["Resources"]["CoreLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    # Built by layers/core/Makefile: Lambda's python3.12 wheels from the hashed lock, then compiled.
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    recipe = (ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    assert "build-CoreLayer:" in recipe
+    assert "--python-version 3.12" in recipe and "--require-hashes" in recipe
     assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
     for function_id in _of_type(template["Resources"], "AWS::Serverless::Function"):
         props = _function_props(template, function_id)
