@@ -25,40 +25,33 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def workers(function_name: str, parent: int | None = None) -> list[int]:
-    """Local Lambda worker processes of one function (``worker.py --name <function>``), children
-    of ``parent`` (this process by default)."""
+def _children(parent: int | None) -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process whose parent is ``parent`` (this process by default)."""
     parent = os.getpid() if parent is None else parent
-    found: list[int] = []
+    found: list[tuple[int, list[bytes]]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
                 continue
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            found.append((int(entry), Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")))
         except (OSError, ValueError, IndexError):
             continue
-        if b"--name" in argv and argv[argv.index(b"--name") + 1].decode() == function_name:
-            found.append(int(entry))
     return found
+
+
+def workers(function_name: str, parent: int | None = None) -> list[int]:
+    """Local Lambda worker processes of one function (``worker.py --name <function>``), children
+    of ``parent`` (this process by default)."""
+    return [
+        pid
+        for pid, argv in _children(parent)
+        if b"--name" in argv[:-1] and argv[argv.index(b"--name") + 1].decode() == function_name
+    ]
 
 
 def all_workers(parent: int | None = None) -> list[int]:
     """Every local Lambda worker process under ``parent``."""
-    parent = os.getpid() if parent is None else parent
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"worker.py" in argv:
-            found.append(int(entry))
-    return found
+    return [pid for pid, argv in _children(parent) if any(b"worker.py" in arg for arg in argv)]
