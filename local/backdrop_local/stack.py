@@ -143,6 +143,8 @@ class LocalStack:
             # Exactly the local Runflow's origin may be plain http on loopback; nothing else.
             "BACKDROP_INSECURE_OUTPUT_ORIGIN": self.runflow.url,
             "BACKDROP_RECONCILE_MIN_AGE_SECONDS": str(opts.reconcile_min_age_seconds),
+            # The local queues' visibility timeout, as the template sets CopyQueue's.
+            "BACKDROP_COPY_REQUEUE_AFTER_SECONDS": str(opts.visibility_timeout_seconds),
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": opts.log_level,
         }

@@ -20,6 +20,7 @@ from backdrop.uploads import UploadRef
 
 MIN_AGE = 120  # BACKDROP_RECONCILE_MIN_AGE_SECONDS's default
 DEADLINE = 60 * 60  # BACKDROP_RUN_DEADLINE_MINUTES's default, in seconds
+REQUEUE_AFTER = 1800  # BACKDROP_COPY_REQUEUE_AFTER_SECONDS's default
 
 
 def upload(world: World, key: str = "uploads/shoes/red.jpg") -> UploadRef:
@@ -213,6 +214,60 @@ def test_copy_that_went_quiet_is_queued_again(world: World) -> None:
     world.store.update_open(job_id, Status.COPYING, {"run_status": "succeeded"})  # touched recently
     world.clock.advance(20)
     assert run_pass(world)["copy_in_progress"] == 1 and world.copy_requests() == []
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["copy_requeued"] == 1
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
+
+
+def test_a_quiet_copy_is_queued_again_once_per_copy_queue_visibility_timeout(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["copy_requeued"] == 1
+    assert world.item(job_id)["copy_requeued_at"]
+    # Its copy may still be waiting or running: passes within the window queue nothing more.
+    for _ in range(5):
+        world.clock.advance(REQUEUE_AFTER / 5 - 1)
+        assert run_pass(world)["copy_in_progress"] == 1
+    assert len(world.copy_requests()) == 1
+    world.clock.advance(10)
+    assert run_pass(world)["copy_requeued"] == 1
+    assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]
+
+
+def test_no_copy_is_queued_again_while_the_copy_queue_has_a_backlog(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    world.services.copy_queue().send('{"job_id": "another", "run_id": "run"}')
+    world.clock.advance(MIN_AGE + 1)
+    assert run_pass(world)["copy_queue_busy"] == 1
+    assert "copy_requeued_at" not in world.item(job_id)
+    # Past the run deadline a backlog no longer defers it: a job must not stay open for ever.
+    world.clock.advance(DEADLINE)
+    assert run_pass(world)["copy_requeued"] == 1
+    assert {"job_id": job_id, "run_id": run_id} in world.copy_requests()
+
+
+def test_a_requeue_that_could_not_be_sent_is_tried_again_at_the_next_pass(world: World) -> None:
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    world.clock.advance(MIN_AGE + 1)
+    queue = world.services.copy_queue()
+    real_send = queue.send
+
+    def refused(body: str) -> None:
+        raise RetryLater("the copy queue refused the message")
+
+    queue.send = refused  # type: ignore[method-assign]
+    assert run_pass(world)["retry_later"] == 1
+    assert "copy_requeued_at" not in world.item(job_id)
+    queue.send = real_send  # type: ignore[method-assign]
     world.clock.advance(MIN_AGE + 1)
     assert run_pass(world)["copy_requeued"] == 1
     assert world.copy_requests() == [{"job_id": job_id, "run_id": run_id}]

@@ -62,6 +62,9 @@ class Settings:
     run_deadline_minutes: int
     reconcile_batch_size: int
     reconcile_min_age_seconds: int
+    # The copy queue's visibility timeout: a copy message neither finished nor returned within it
+    # may be lost, so the reconciler queues the copy again at most once per this window.
+    copy_requeue_after_seconds: int
     secrets_max_age_seconds: int
 
     @property
@@ -194,6 +197,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         run_deadline_minutes=_int(env, "BACKDROP_RUN_DEADLINE_MINUTES", 60, minimum=1),
         reconcile_batch_size=_int(env, "BACKDROP_RECONCILE_BATCH_SIZE", 100, minimum=1),
         reconcile_min_age_seconds=_int(env, "BACKDROP_RECONCILE_MIN_AGE_SECONDS", 120, minimum=0),
+        copy_requeue_after_seconds=_int(env, "BACKDROP_COPY_REQUEUE_AFTER_SECONDS", 1800, minimum=1),
         secrets_max_age_seconds=_int(env, "BACKDROP_SECRETS_MAX_AGE_SECONDS", 300, minimum=0),
     )
     if not settings.allowed_output_hosts and not settings.insecure_output_origin:

@@ -129,6 +129,7 @@ class Job:
     runflow_request_id: str | None = None
     retryable_errors: int = 0
     create_pending_since: str | None = None
+    copy_requeued_at: str | None = None  # when the reconciler last queued this job's copy again
     reserved_on: str | None = None  # the UTC day one run of the budget was reserved for this attempt
     superseded_by: str | None = None
     attempt: int = 1
@@ -178,6 +179,7 @@ class Job:
             "runflow_duration_ms": self.runflow_duration_ms,
             "runflow_request_id": self.runflow_request_id,
             "create_pending_since": self.create_pending_since,
+            "copy_requeued_at": self.copy_requeued_at,
             "reserved_on": self.reserved_on,
             "superseded_by": self.superseded_by,
             "history": self.history or None,
@@ -222,6 +224,7 @@ class Job:
             runflow_request_id=opt_str("runflow_request_id"),
             retryable_errors=int(item.get("retryable_errors", 0)),
             create_pending_since=opt_str("create_pending_since"),
+            copy_requeued_at=opt_str("copy_requeued_at"),
             reserved_on=opt_str("reserved_on"),
             superseded_by=opt_str("superseded_by"),
             attempt=int(item.get("attempt", 1)),

@@ -269,7 +269,7 @@ class JobStore:
                     "retryable_errors = :zero "
                     "REMOVE run_id, run_status, output_urls, result_bucket, result_keys, error_code, "
                     "error_message, completed_at, submitted_at, runflow_duration_ms, expires_at, "
-                    "create_pending_since, superseded_by, event_published_at, reserved_on"
+                    "create_pending_since, copy_requeued_at, superseded_by, event_published_at, reserved_on"
                 ),
                 ConditionExpression=(
                     f"#status IN ({', '.join(f':a{i}' for i in range(len(allowed)))}) "

@@ -67,6 +67,13 @@ class WorkQueue:
     def send(self, body: str) -> None:
         self._sqs.send_message(QueueUrl=self._url, MessageBody=body)
 
+    def waiting(self) -> int:
+        """Messages waiting to be received (SQS's approximate count: in flight ones not included)."""
+        answer = self._sqs.get_queue_attributes(
+            QueueUrl=self._url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", "0"))
+
     def send_many(self, bodies: list[str]) -> list[str]:
         """Send in batches of ten; returns the bodies SQS did not take."""
         refused: list[str] = []

@@ -3,7 +3,8 @@
 Runs on a schedule over the sparse OpenJobs index, oldest first and bounded per run:
 - a job with a run whose callback never came: read the run; a finished run goes through the very
   same path as a callback (``apply_run_report``), which queues the copy;
-- a job stuck in ``copying`` (its copy message used up or lost): queue the copy again;
+- a job stuck in ``copying`` (its copy message used up or lost): queue the copy again, at most
+  once per copy-queue visibility timeout and not while the copy queue has a backlog;
 - a job that never got a run (crash or outage between claim and create): create it, through the
   same guarded path as the submit (an earlier create whose answer was lost is looked up first);
 - a job still open past the run deadline: ``timed_out``, counted (and alarmed on); one without a
@@ -57,6 +58,7 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
     if republished:
         report.outcomes["events_republished"] = republished
     resumable = _Resumable(services)
+    copies = _CopyRequeues(services)
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
         if time.monotonic() >= deadline:
             report.outcomes["deferred_for_time"] += 1
@@ -65,7 +67,9 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
         with logger.append_context_keys(job_id=job.job_id, run_id=job.run_id):
             try:
                 outcome = (
-                    resumable.resume(job) if job.status is Status.HELD else _reconcile_one(services, job, now)
+                    resumable.resume(job)
+                    if job.status is Status.HELD
+                    else _reconcile_one(services, job, now, copies)
                 )
             except (RunflowError, RetryLater) as exc:
                 outcome = "retry_later"
@@ -75,7 +79,7 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
     return report
 
 
-def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
+def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyRequeues) -> str:
     settings = services.settings
     overdue = now - parse_iso(job.created_at) > timedelta(minutes=settings.run_deadline_minutes)
     if job.run_id is None:
@@ -93,15 +97,11 @@ def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
         return f"resubmitted_{result.outcome.value}"
 
     if job.status is Status.COPYING:
-        stale = now - parse_iso(job.updated_at) > timedelta(seconds=settings.reconcile_min_age_seconds)
         if overdue and job.retryable_errors > 0:
             return _time_out(
                 services, job, f"the output could not be copied before the run deadline: {job.error_message}"
             )
-        if not stale:
-            return "copy_in_progress"
-        requeue_copy(services, job)
-        return "copy_requeued"
+        return copies.requeue(job, now, overdue=overdue)
 
     try:
         run = services.runflow().get_run(job.run_id)
@@ -127,6 +127,58 @@ def _reconcile_one(services: Services, job: Job, now: datetime) -> str:
     if applied.outcome not in (Outcome.ALREADY_DONE, Outcome.RUN_MISMATCH):
         count("JobsRecovered")
     return f"completed_{applied.outcome.value}"
+
+
+class _CopyRequeues:
+    """Copies queued again, without flooding the copy queue with copies it still holds.
+
+    A job in ``copying`` whose message was lost or used up looks exactly like one whose message
+    waits in a backlog or is being copied, so each job's copy is queued again at most once per
+    window: first ``reconcile_min_age_seconds`` after its last change, then once per copy-queue
+    visibility timeout (``copy_requeue_after_seconds``) after the last requeue, recorded on the
+    job with a conditional write. While messages wait in the copy queue, none is added (the job's
+    own may be among them) unless the job is past its run deadline.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._waiting: int | None = None
+
+    def requeue(self, job: Job, now: datetime, *, overdue: bool) -> str:
+        settings = self._services.settings
+        if job.copy_requeued_at is None:
+            since, window = job.updated_at, settings.reconcile_min_age_seconds
+        else:
+            since = job.copy_requeued_at
+            window = max(settings.copy_requeue_after_seconds, settings.reconcile_min_age_seconds)
+        if now - parse_iso(since) <= timedelta(seconds=window):
+            return "copy_in_progress"
+        if not overdue:
+            if self._waiting is None:
+                self._waiting = self._services.copy_queue().waiting()
+            if self._waiting > 0:
+                return "copy_queue_busy"
+        stamp = format_iso(now)
+        jobs = self._services.jobs
+        if not jobs.update_open(
+            job.job_id,
+            Status.COPYING,
+            {"copy_requeued_at": stamp},
+            only_if={"copy_requeued_at": job.copy_requeued_at},
+        ):
+            return Outcome.ALREADY_DONE.value  # finished, or queued again by another pass meanwhile
+        try:
+            requeue_copy(self._services, job)
+        except RetryLater:
+            # Not queued after all: the next pass may try again instead of a whole window later.
+            jobs.update_open(
+                job.job_id,
+                Status.COPYING,
+                {"copy_requeued_at": job.copy_requeued_at},
+                only_if={"copy_requeued_at": stamp},
+            )
+            raise
+        return "copy_requeued"
 
 
 class _Resumable:
