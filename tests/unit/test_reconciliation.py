@@ -36,6 +36,15 @@ def submitted(world: World, key: str = "uploads/shoes/red.jpg") -> tuple[str, st
     return result.job_id, result.run_id
 
 
+def copying(world: World) -> tuple[str, str]:
+    """A job whose run succeeded and whose copy was queued (the queue drained: the message is gone)."""
+    job_id, run_id = submitted(world)
+    world.store.try_transition(
+        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
+    )
+    return job_id, run_id
+
+
 def never_created(world: World, key: str = "uploads/shoes/red.jpg") -> str:
     """A job whose create failed with nothing created (Runflow unavailable all along)."""
     world.runflow.create_faults = ["unavailable"]
@@ -206,10 +215,7 @@ def test_run_unknown_to_runflow_fails_the_job(world: World) -> None:
 
 
 def test_copy_that_went_quiet_is_queued_again(world: World) -> None:
-    job_id, run_id = submitted(world)
-    world.store.try_transition(
-        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
-    )
+    job_id, run_id = copying(world)
     world.clock.advance(MIN_AGE - 10)
     world.store.update_open(job_id, Status.COPYING, {"run_status": "succeeded"})  # touched recently
     world.clock.advance(20)
@@ -220,10 +226,7 @@ def test_copy_that_went_quiet_is_queued_again(world: World) -> None:
 
 
 def test_a_quiet_copy_is_queued_again_once_per_copy_queue_visibility_timeout(world: World) -> None:
-    job_id, run_id = submitted(world)
-    world.store.try_transition(
-        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
-    )
+    job_id, run_id = copying(world)
     world.clock.advance(MIN_AGE + 1)
     assert run_pass(world)["copy_requeued"] == 1
     assert world.item(job_id)["copy_requeued_at"]
@@ -238,10 +241,7 @@ def test_a_quiet_copy_is_queued_again_once_per_copy_queue_visibility_timeout(wor
 
 
 def test_no_copy_is_queued_again_while_the_copy_queue_has_a_backlog(world: World) -> None:
-    job_id, run_id = submitted(world)
-    world.store.try_transition(
-        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
-    )
+    job_id, run_id = copying(world)
     world.services.copy_queue().send('{"job_id": "another", "run_id": "run"}')
     world.clock.advance(MIN_AGE + 1)
     assert run_pass(world)["copy_queue_busy"] == 1
@@ -253,10 +253,7 @@ def test_no_copy_is_queued_again_while_the_copy_queue_has_a_backlog(world: World
 
 
 def test_a_requeue_that_could_not_be_sent_is_tried_again_at_the_next_pass(world: World) -> None:
-    job_id, run_id = submitted(world)
-    world.store.try_transition(
-        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
-    )
+    job_id, run_id = copying(world)
     world.clock.advance(MIN_AGE + 1)
     queue = world.services.copy_queue()
     real_send = queue.send
@@ -274,10 +271,7 @@ def test_a_requeue_that_could_not_be_sent_is_tried_again_at_the_next_pass(world:
 
 
 def test_copy_failing_past_the_deadline_times_out(world: World) -> None:
-    job_id, run_id = submitted(world)
-    world.store.try_transition(
-        job_id, Status.COPYING, changes={"run_id": run_id, "output_urls": [{"url": "u"}]}
-    )
+    job_id, _ = copying(world)
     world.store.record_error(job_id, Status.COPYING, "COPY_FAILED", "output URL answered HTTP 500")
     world.clock.advance(DEADLINE + 1)
     assert run_pass(world)["timed_out"] == 1
