@@ -206,17 +206,13 @@ class Pipeline:
         ``queued`` (burst start to job created: waiting for a submit worker), ``submit`` (created to
         run created), ``runflow`` (to the run finished), ``callback`` (to its delivery answered) and
         ``copy`` (to the result written and the job finished)."""
-        from backdrop_local.stack import RUNFLOW_API_KEY
-
         resources = self.stack.resources
-        assert resources is not None and self.stack.runflow is not None
+        assert resources is not None
         ddb = self.stack.dynamodb()
         stages: dict[str, list[float]] = {
             name: [] for name in ("queued", "submit", "runflow", "callback", "copy")
         }
-        with httpx.Client(
-            base_url=self.stack.runflow.url, headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"}
-        ) as http:
+        with self.runflow_client() as http:
             for job in finished:
                 delivery = deliveries.get(job.run_id)
                 if job.status != "succeeded" or delivery is None:
@@ -235,6 +231,15 @@ class Pipeline:
                     stages[name].append((end - begin) * 1000)
         return stages
 
+    def runflow_client(self) -> httpx.Client:
+        """An HTTP client for the local Runflow's API, with the stack's API key."""
+        from backdrop_local.stack import RUNFLOW_API_KEY
+
+        assert self.stack.runflow is not None
+        return httpx.Client(
+            base_url=self.stack.runflow.url, headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"}
+        )
+
     def job_item_kb(self, sample: int = 20) -> float:
         """The largest finished job item among a few, in DynamoDB's own size units (KB)."""
         resources = self.stack.resources
@@ -244,13 +249,8 @@ class Pipeline:
 
     def deliveries(self, finished: list[Finished]) -> dict[str, dict[str, Any]]:
         """Each run's successful callback delivery, as the local Runflow recorded it."""
-        from backdrop_local.stack import RUNFLOW_API_KEY
-
-        assert self.stack.runflow is not None
         found: dict[str, dict[str, Any]] = {}
-        with httpx.Client(
-            base_url=self.stack.runflow.url, headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"}
-        ) as http:
+        with self.runflow_client() as http:
             for job in finished:
                 if not job.run_id:
                     continue
