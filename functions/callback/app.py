@@ -19,7 +19,8 @@ from backdrop.callbacks import handle_callback
 from backdrop.observability import logger, metrics, tracer
 from backdrop.services import Services, get_services
 
-NEEDS = ("jobs_table", "callback_secret_name", "copy_queue_url")
+# The Runflow API key: a run the job has not recorded is read from Runflow before it is adopted.
+NEEDS = ("jobs_table", "callback_secret_name", "copy_queue_url", "runflow_api_key_secret")
 ROUTE = "POST /runflow/callback"
 
 

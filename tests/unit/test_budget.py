@@ -142,3 +142,23 @@ def test_unlimited_budget_still_counts_runs(resources: Resources, output_server:
         assert submit_upload(upload(world, f"u{i}"), world.services).outcome is Outcome.SUBMITTED
     assert world.services.budget.reserved() == 3 and world.services.budget.remaining() is None
     assert metric_total("RunBudgetUsedPercent") == 0
+
+
+def test_a_create_whose_outcome_is_unknown_spends_its_reservation(world: World) -> None:
+    # The answer is lost and Runflow's list never shows the run: it may exist and be billed, so it
+    # counts against the day's budget, and is never created a second time.
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"] * 40
+    lost = upload(world, "lost")
+    with pytest.raises(RetryLater):
+        submit_upload(lost, world.services)
+    assert world.services.budget.reserved() == 1
+    world.clock.advance(61)  # past the settle window
+    assert submit_upload(lost, world.services).outcome is Outcome.WAITING
+    world.clock.advance(3601)  # past the run deadline: the job ends unconfirmed
+    assert reconcile_now(world)["timed_out"] == 1
+    assert world.runflow.creates == 1 and world.services.budget.reserved() == 1
+    # One run of the budget of two is left today.
+    results = [submit_upload(upload(world, f"p{i}"), world.services) for i in range(2)]
+    assert [r.outcome for r in results] == [Outcome.SUBMITTED, Outcome.HELD]
+    assert metric_total("RunsReserved") == 2

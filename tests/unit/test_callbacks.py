@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 from world import World, metric_total
 
-from backdrop.callbacks import MAX_BODY_BYTES, handle_callback
+from backdrop.callbacks import MAX_BODY_BYTES, MalformedBody, handle_callback, load_envelope
 from backdrop.jobs import Job, Status
+from backdrop.runs import OutputRef, RunflowRejected, RunflowUnavailable, RunRequest
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
@@ -167,10 +168,21 @@ def test_redelivered_success_refreshes_the_urls_and_queues_the_copy_again(world:
     assert len(world.copy_requests()) == 2
 
 
-def test_a_run_that_is_not_the_jobs_never_writes(world: World) -> None:
+def test_a_run_runflow_does_not_know_never_writes(world: World) -> None:
     job_id, _run_id = submitted(world)
     before = world.item(job_id)
-    assert deliver(world, envelope(job_id, "some-other-run"))[1]["result"] == "run_mismatch"
+    assert deliver(world, envelope(job_id, "some-other-run"))[1]["result"] == "run_refused"
+    assert world.item(job_id) == before and metric_total("AdoptionsRefused") == 1
+    assert world.runflow.reads == ["some-other-run"]
+
+
+def test_a_second_run_of_the_same_attempt_never_writes(world: World) -> None:
+    job_id, run_id = submitted(world)
+    first = world.runflow.runs[run_id]
+    second = world.runflow.create_run(first.request, idempotency_key="another-key")  # billed twice
+    world.runflow.finish(second.run_id, outputs=(OutputRef("https://cdn.runflow.io/o/2.png"),))
+    before = world.item(job_id)
+    assert deliver(world, envelope(job_id, second.run_id))[1]["result"] == "run_mismatch"
     assert world.item(job_id) == before and metric_total("RunsMismatched") == 1
 
 
@@ -185,22 +197,92 @@ def test_late_callback_of_an_earlier_attempt_is_not_this_attempts(world: World) 
     assert world.item(job_id)["status"] == "received"
 
 
-def test_callback_overtaking_the_submit_record(world: World) -> None:
-    # The run exists, but the submit has not recorded it yet: the job is still ``received``.
+def waiting_job(world: World, job_id: str, key: str) -> None:
+    """A job claimed and still waiting for its run (``received``, no run id), as a 429 leaves it."""
     world.store.claim(
         Job(
-            job_id="job-overtaken",
+            job_id=job_id,
             status=Status.RECEIVED,
             source_bucket=world.resources.uploads_bucket,
-            source_key="uploads/overtaken.jpg",
+            source_key=key,
             color="255,255,255",
             created_at="2026-06-01T12:00:00.000Z",
             updated_at="2026-06-01T12:00:00.000Z",
         )
     )
-    assert deliver(world, envelope("job-overtaken", "run-x"))[1]["result"] == "copy_queued"
+
+
+def run_at_runflow(world: World, client_ref: str, output: str) -> str:
+    """A finished run Runflow holds under ``client_ref``, with one output."""
+    request = RunRequest(
+        image_url="https://uploads.example/x.jpg",
+        red=1,
+        green=2,
+        blue=3,
+        callback_url="https://hooks.example.com/runflow/callback",
+        metadata={"job_id": client_ref, "attempt": "1"},
+        client_ref=client_ref,
+    )
+    run = world.runflow.create_run(request, idempotency_key=client_ref)
+    world.runflow.finish(run.run_id, outputs=(OutputRef(output),))
+    return run.run_id
+
+
+def test_callback_overtaking_the_submit_record(world: World) -> None:
+    # The run exists, but the submit has not recorded it yet: the job is still ``received``.
+    waiting_job(world, "job-overtaken", "uploads/overtaken.jpg")
+    run_id = run_at_runflow(world, "job-overtaken", "https://cdn.runflow.io/o/overtaken.png")
+    # What is recorded is the run as Runflow has it, whatever the callback's body says.
+    body = envelope("job-overtaken", run_id, output={"outputs": [{"url": "https://elsewhere.example/x.png"}]})
+    assert deliver(world, body)[1]["result"] == "copy_queued"
     item = world.item("job-overtaken")
-    assert item["status"] == "copying" and item["run_id"] == "run-x"
+    assert item["status"] == "copying" and item["run_id"] == run_id
+    assert item["output_urls"] == [{"url": "https://cdn.runflow.io/o/overtaken.png"}]
+    assert world.runflow.reads == [run_id] and metric_total("AdoptionsRefused") == 0
+
+
+def test_signed_callback_carrying_another_jobs_run_is_refused(world: World) -> None:
+    # Seen: a job held in ``received`` (Runflow answered 429) got a correctly signed callback that
+    # named it in metadata but carried another finished job's run and output.
+    other_job, other_run = submitted(world, "uploads/shoes/blue.jpg")
+    world.runflow.finish(other_run, outputs=(OutputRef("https://cdn.runflow.io/o/blue.png"),))
+    deliver(
+        world,
+        envelope(other_job, other_run, output={"outputs": [{"url": "https://cdn.runflow.io/o/blue.png"}]}),
+    )
+    waiting_job(world, "job-waiting", "uploads/shoes/red.jpg")
+    before = world.item("job-waiting")
+    forged = envelope(
+        "job-waiting", other_run, output={"outputs": [{"url": "https://cdn.runflow.io/o/blue.png"}]}
+    )
+    assert deliver(world, forged) == (200, {"result": "run_refused", "job_id": "job-waiting"})
+    assert world.item("job-waiting") == before
+    assert metric_total("AdoptionsRefused") == 1 and metric_total("CallbacksRejected") == 0
+    assert [r["job_id"] for r in world.copy_requests()] == [other_job]  # the other job's own copy only
+
+
+def test_callback_whose_run_cannot_be_read_now_is_retried_and_changes_nothing(world: World) -> None:
+    waiting_job(world, "job-waiting", "uploads/shoes/red.jpg")
+    run_id = run_at_runflow(world, "job-waiting", "https://cdn.runflow.io/o/red.png")
+    before = world.item("job-waiting")
+    world.runflow.get_faults = [
+        RunflowUnavailable("HTTP 503 (stand-in)"),
+        RunflowRejected(401, "UNAUTHORIZED", "Missing or invalid token"),
+    ]
+    for _ in range(2):
+        status, body = deliver(world, envelope("job-waiting", run_id))
+        assert status == 503 and body["result"] == "retry"
+        assert world.item("job-waiting") == before
+    assert deliver(world, envelope("job-waiting", run_id))[1]["result"] == "copy_queued"
+
+
+def test_callback_of_a_run_runflow_shows_unfinished_is_retried(world: World) -> None:
+    waiting_job(world, "job-waiting", "uploads/shoes/red.jpg")
+    run_id = run_at_runflow(world, "job-waiting", "https://cdn.runflow.io/o/red.png")
+    world.runflow.finish(run_id, status="running", finished=False)
+    status, body = deliver(world, envelope("job-waiting", run_id))
+    assert status == 503 and body["result"] == "retry"
+    assert world.item("job-waiting")["status"] == "received"
 
 
 def test_copy_queue_unavailable_answers_503_so_runflow_retries(world: World) -> None:
@@ -263,6 +345,30 @@ def test_oversized_body_is_413_before_anything(world: World) -> None:
 @pytest.mark.parametrize("body", [b"not json", b"{", b"[1, 2, 3]", b'"a string"', b""])
 def test_malformed_body_is_400(world: World, body: bytes) -> None:
     assert deliver(world, body)[0] == 400
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_signed_body_with_nan_or_infinity_is_400_and_changes_nothing(world: World, constant: str) -> None:
+    job_id, run_id = submitted(world)
+    before = world.item(job_id)
+    body = envelope(job_id, run_id).replace(b'"duration_ms": 4200', f'"duration_ms": {constant}'.encode())
+    assert constant.encode() in body
+    status, answer = deliver(world, body)
+    assert status == 400 and "strict JSON" in answer["error"]
+    assert world.item(job_id) == before and world.copy_requests() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"a": [Infinity]}', b'{"a": {"b": -Infinity}}', b'{"a": 1e400}', b"NaN"],
+)
+def test_load_envelope_refuses_what_strict_json_has_no_value_for(body: bytes) -> None:
+    with pytest.raises(MalformedBody, match="not strict JSON"):
+        load_envelope(body)
+
+
+def test_load_envelope_keeps_ordinary_numbers() -> None:
+    assert load_envelope(b'{"a": 1.5e3, "b": -0.0, "c": 10}') == {"a": 1500.0, "b": -0.0, "c": 10}
 
 
 def test_missing_run_id_is_400(world: World) -> None:

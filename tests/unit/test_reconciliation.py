@@ -131,7 +131,29 @@ def test_overdue_job_whose_lookup_is_refused_times_out_saying_so(world: World) -
     world.clock.advance(DEADLINE + 1)
     assert run_pass(world)["timed_out"] == 1
     (item,) = world.ddb.scan(TableName=world.resources.jobs_table)["Items"]
+    assert item["error_code"]["S"] == "RUN_UNCONFIRMED"
     assert "refused" in item["error_message"]["S"] and world.runflow.creates == 1
+
+
+def test_unconfirmed_create_is_never_repeated_and_ends_run_unconfirmed_at_the_deadline(world: World) -> None:
+    # The create's answer was lost and Runflow's list never shows a run (it lags, or none was made):
+    # no pass creates again, and the job ends saying the run was never confirmed.
+    world.runflow.idempotency = "ignore"
+    world.runflow.create_faults = ["answer_lost"]
+    world.runflow.list_faults = ["empty"] * 40
+    with pytest.raises(RetryLater):
+        submit_upload(upload(world), world.services)
+    (job_id,) = [i["job_id"]["S"] for i in world.ddb.scan(TableName=world.resources.jobs_table)["Items"]]
+    for _ in range(5):
+        world.clock.advance(DEADLINE / 6)
+        assert run_pass(world) == {"examined": 1, "resubmitted_waiting": 1}
+    assert world.runflow.creates == 1
+    world.clock.advance(DEADLINE / 6 + 1)
+    assert run_pass(world)["timed_out"] == 1
+    item = world.item(job_id)
+    assert item["status"] == "timed_out" and item["error_code"] == "RUN_UNCONFIRMED"
+    assert "may have made one" in str(item["error_message"])
+    assert world.runflow.creates == 1 and metric_total("JobsTimedOut") == 1
 
 
 def test_lost_callback_of_a_finished_run_queues_the_copy(world: World) -> None:

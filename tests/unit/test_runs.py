@@ -163,7 +163,8 @@ def test_backoff_is_capped_at_32_seconds() -> None:
 @pytest.mark.parametrize(
     "failure",
     [
-        httpx.Response(503, json={"code": "MODEL_UNAVAILABLE", "message": "provider down"}),
+        httpx.Response(503, text="busy"),
+        httpx.Response(503, json={"code": "INTERNAL_ERROR", "message": "try again"}),
         httpx.Response(502, text="bad gateway"),
         httpx.Response(504, text="gateway timeout"),
         httpx.ReadTimeout("slow"),
@@ -190,6 +191,31 @@ def test_create_that_never_left_is_retried(failure: Exception) -> None:
     rf, delays = client(script)
     assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
     assert len(script.requests) == 2 and delays == [1.25]
+
+
+def test_create_refused_as_model_unavailable_made_nothing_and_is_retried() -> None:
+    # Runflow's errors page: 503 MODEL_UNAVAILABLE is answered before a run is made.
+    down = httpx.Response(503, json={"code": "MODEL_UNAVAILABLE", "message": "provider down"})
+    script = Script(down, httpx.Response(201, json=QUEUED))
+    rf, delays = client(script)
+    assert rf.create_run(REQUEST, idempotency_key="job-1").run_id == RUN_ID
+    assert len(script.requests) == 2 and delays == [1.25]
+    script = Script(*[httpx.Response(503, json={"code": "MODEL_UNAVAILABLE", "message": "down"})] * 5)
+    rf, _ = client(script)
+    with pytest.raises(RunflowUnavailable, match="MODEL_UNAVAILABLE"):
+        rf.create_run(REQUEST, idempotency_key="job-1")
+
+
+def test_a_read_with_a_budget_bounds_each_request_too() -> None:
+    seen: list[dict[str, float | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={"id": RUN_ID, "status_code": "running", "client_ref": "job-1"})
+
+    rf = RunflowClient(BASE, "rf_live_secret", http=httpx.Client(transport=httpx.MockTransport(answer)))
+    assert rf.get_run(RUN_ID, budget_seconds=3.0).client_ref == "job-1"
+    assert seen[0]["read"] == 3.0 and seen[0]["connect"] == 3.0
 
 
 def test_connection_refused_every_time_is_unavailable_not_unknown() -> None:

@@ -6,6 +6,7 @@ documented Idempotency-Key semantics (honoured, or ignored as the single-run rou
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 
 import pytest
@@ -13,9 +14,11 @@ from botocore.exceptions import ClientError
 from PIL import Image
 from world import OutputServer, World, build_world, metric_total
 
+from backdrop.callbacks import handle_callback
 from backdrop.jobs import Status
 from backdrop.outcomes import Outcome, Result, RetryLater
-from backdrop.runs import RunResult
+from backdrop.runs import OutputRef, RunRequest, RunResult
+from backdrop.signatures import sign
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
@@ -230,26 +233,43 @@ def test_lost_answer_is_adopted_by_looking_the_run_up(world: World, idempotency:
     assert world.runflow.creates == 1 and metric_total("RunsAdopted") == 1
 
 
-def test_unlisted_run_is_waited_for_then_created_again_only_after_it_settled(world: World) -> None:
+def test_lost_answer_with_keys_ignored_and_an_empty_list_never_creates_again(world: World) -> None:
+    # Seen: the create's answer was lost, Idempotency-Key was ignored, and the run list stayed empty
+    # past the settle window (it lags behind creates); a second create was sent and billed.
+    world.runflow.idempotency = "ignore"
     ref = upload(world)
-    # The create is sent and its answer lost; this time Runflow made no run at all.
     world.runflow.create_faults = ["answer_lost"]
-    world.runflow.list_faults = ["empty"]
+    world.runflow.list_faults = ["empty"] * 20
     with pytest.raises(RetryLater):
         submit_upload(ref, world.services)
-    world.runflow.runs.clear()
-    world.runflow.keys.clear()
     job = only_job(world)
     assert job["status"] == "received" and job["create_pending_since"]
     assert job["error_code"] == "RUNFLOW_CREATE_UNKNOWN"
-    world.clock.advance(30)  # inside the settle window: no delivery may create
+    world.clock.advance(30)  # inside the settle window: looked up, and retried soon
     with pytest.raises(RetryLater, match="may still be in flight"):
         submit_upload(ref, world.services)
+    for _ in range(3):  # past it: the list is still empty, which proves nothing
+        world.clock.advance(600)
+        result = submit_upload(ref, world.services)
+        assert result.outcome is Outcome.WAITING and "callback" in result.detail
+    assert world.runflow.creates == 1 and world.runflow.billed == 1
+    assert only_job(world)["status"] == "received"
+    # The run's callback, checked against Runflow, completes the job with that one run.
+    (run_id,) = world.runflow.runs
+    world.runflow.finish(run_id, outputs=(OutputRef("https://cdn.runflow.io/o/red.png"),))
+    body = json.dumps(
+        {
+            "event": "run.completed",
+            "run_id": run_id,
+            "status": "succeeded",
+            "output": None,
+            "metadata": {"job_id": job["job_id"], "attempt": "1"},
+        }
+    ).encode()
+    assert handle_callback(body, sign(body, "whsec_current"), world.services).body["result"] == "copy_queued"
+    job = only_job(world)
+    assert job["status"] == "copying" and job["run_id"] == run_id and "create_pending_since" not in job
     assert world.runflow.creates == 1
-    world.clock.advance(31)
-    result = submit_upload(ref, world.services)
-    assert result.outcome is Outcome.SUBMITTED
-    assert world.runflow.creates == 2 and world.runflow.billed == 1
 
 
 def test_second_delivery_while_a_create_is_pending_never_creates(world: World) -> None:
@@ -275,22 +295,25 @@ def test_lookup_unavailable_is_retried_and_then_adopts(world: World) -> None:
     assert world.runflow.creates == 1 and world.runflow.billed == 1
 
 
-def test_conflict_on_a_reused_key_adopts_the_earlier_attempts_run(world: World) -> None:
+def test_conflict_on_a_reused_key_adopts_the_run_the_key_made(world: World) -> None:
     ref = upload(world)
-    world.runflow.create_faults = ["answer_lost"]
-    world.runflow.list_faults = ["empty", "empty"]  # the search index lags behind the create
-    with pytest.raises(RetryLater):
-        submit_upload(ref, world.services)
-    world.clock.advance(61)
-    # The next attempt presigns a fresh URL, so its body differs from the first one's (made
-    # explicit here: presigned URLs only change by the second).
-    ((key, (_body, run_id)),) = world.runflow.keys.items()
-    world.runflow.keys[key] = ("the first attempt's body", run_id)
-    # Runflow answers 409, and the run the first attempt made is found and adopted.
+    original = world.runflow.create_run
+
+    def key_used_before(request: RunRequest, *, idempotency_key: str) -> RunResult:
+        # The key already made a run, with another body (an earlier create presigned another URL).
+        world.runflow.create_run = original  # type: ignore[method-assign]
+        original(
+            replace(request, image_url="https://earlier.example/red.jpg"), idempotency_key=idempotency_key
+        )
+        return original(request, idempotency_key=idempotency_key)
+
+    world.runflow.create_run = key_used_before  # type: ignore[method-assign]
+    # Runflow answers 409, and the run the key made is found and adopted.
     result = submit_upload(ref, world.services)
+    (run_id,) = world.runflow.runs
     assert result.outcome is Outcome.SUBMITTED and result.run_id == run_id
     assert world.runflow.creates == 2 and world.runflow.billed == 1
-    assert metric_total("CreateOutcomesUnknown") == 2 and metric_total("RunsAdopted") == 1
+    assert metric_total("CreateOutcomesUnknown") == 1 and metric_total("RunsAdopted") == 1
 
 
 def test_lookup_refused_leaves_the_job_open_and_never_creates_again(world: World) -> None:

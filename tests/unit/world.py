@@ -134,7 +134,12 @@ class RunflowStandIn:
             if fingerprint != _fingerprint(body):
                 raise RunflowConflict(409, "CONFLICT", "Idempotency-Key was used with another body")
             return self.runs[run_id].run
-        run = RunResult(run_id=str(uuid.uuid4()), status="queued", metadata=dict(request.metadata))
+        run = RunResult(
+            run_id=str(uuid.uuid4()),
+            status="queued",
+            metadata=dict(request.metadata),
+            client_ref=request.client_ref,
+        )
         created = datetime.fromtimestamp(self.clock(), UTC)
         self.runs[run.run_id] = StandInRun(run, request, created)
         self.keys.setdefault(idempotency_key, (_fingerprint(body), run.run_id))
@@ -164,6 +169,7 @@ class RunflowStandIn:
             "failure_code": failure_code,
             "failure_message": failure_message,
             "metadata": dict(entry.run.metadata),
+            "client_ref": entry.request.client_ref,
             "created_at": entry.created_at.isoformat(),
             "completed_at": datetime.fromtimestamp(self.clock(), UTC).isoformat() if finished else None,
         }

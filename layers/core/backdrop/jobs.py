@@ -142,7 +142,11 @@ class Job:
     @property
     def run_ref(self) -> str:
         """What Runflow knows this attempt by (``client_ref`` and ``Idempotency-Key``): one run each."""
-        return self.job_id if self.attempt <= 1 else f"{self.job_id}-{self.attempt}"
+        return self.ref_of(self.job_id, self.attempt)
+
+    @staticmethod
+    def ref_of(job_id: str, attempt: int) -> str:
+        return job_id if attempt <= 1 else f"{job_id}-{attempt}"
 
     def upload(self) -> UploadRef:
         """The object version this job processes."""

@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # not a job: outside the upload prefix, a folder marker, a vanished object
     UNKNOWN_JOB = "unknown_job"
     RUN_MISMATCH = "run_mismatch"  # a run that is not the job's (a duplicate run): never writes
+    RUN_REFUSED = "run_refused"  # Runflow does not say the run is this attempt's: never adopted
     ALREADY_DONE = "already_done"  # the job was already past this point (duplicate, late or replayed)
 
 

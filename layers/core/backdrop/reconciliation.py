@@ -8,7 +8,8 @@ Runs on a schedule over the sparse OpenJobs index, oldest first and bounded per 
 - a job that never got a run (crash or outage between claim and create): create it, through the
   same guarded path as the submit (an earlier create whose answer was lost is looked up first);
 - a job still open past the run deadline: ``timed_out``, counted (and alarmed on); one without a
-  run is first looked up at Runflow, in case a create whose answer was lost made one;
+  run is first looked up at Runflow, in case a create whose answer was lost made one, and ends
+  ``RUN_UNCONFIRMED`` when a create was sent and no run was ever confirmed;
 - jobs ``held`` for the daily run budget, oldest first, as far as today's budget allows: handed to
   the submit function again (they never time out: they wait for the budget, not for Runflow);
 - completion events still pending (their publish failed): published again.
@@ -89,6 +90,14 @@ def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyReq
                 adopted = adopt_earlier_run(services, job)
                 if adopted is not None and adopted.outcome is not Outcome.WAITING:
                     return f"adopted_{adopted.outcome.value}"
+                # A create was sent and Runflow never confirmed a run: one may exist (and be billed).
+                return _time_out(
+                    services,
+                    job,
+                    f"no run confirmed before the run deadline: a create sent at {job.create_pending_since} "
+                    f"may have made one ({job.error_message or 'its answer was lost'})",
+                    code="RUN_UNCONFIRMED",
+                )
             reason = job.error_message or "no Runflow run could be created before the run deadline"
             return _time_out(services, job, f"no run before the run deadline: {reason}")
         result = resubmit(services, job)
@@ -203,12 +212,12 @@ class _Resumable:
 _UNREAD = object()
 
 
-def _time_out(services: Services, job: Job, message: str) -> str:
+def _time_out(services: Services, job: Job, message: str, *, code: str = "TIMED_OUT") -> str:
     move = end_job(
         services,
         job.job_id,
         Status.TIMED_OUT,
-        changes={"error_code": "TIMED_OUT", "error_message": message[:1000]},
+        changes={"error_code": code, "error_message": message[:1000]},
     )
     if not move.moved:
         return Outcome.ALREADY_DONE.value

@@ -5,11 +5,12 @@ object (``status_code: queued``); ``GET /v1/runs/{id}`` reads one; ``GET /v1/run
 (cursor pages); errors carry ``{code, message, errors}``.
 
 Creating a run costs money, so the client never repeats a create whose outcome it cannot know:
-only a 429 (refused before anything is done) and a connection that was never made are retried.
-Any other failure after the request may have been sent (5xx, timeout, reset, an answer without an
-id) raises ``RunflowOutcomeUnknown``; the caller then looks the run up by ``client_ref`` before it
-may create again. ``Idempotency-Key`` is still sent, but nothing depends on Runflow honouring it
-(it is documented for the batch route only).
+only a 429 and a 503 ``MODEL_UNAVAILABLE`` (both refused before anything is done, per Runflow's
+error docs) and a connection that was never made are retried. Any other failure after the request
+may have been sent (another 5xx, timeout, reset, an answer without an id) raises
+``RunflowOutcomeUnknown``; the caller then never creates again for that attempt (it looks the run
+up by ``client_ref``, or waits for its callback). ``Idempotency-Key`` is still sent, but nothing
+depends on Runflow honouring it (it is documented for the batch route only).
 
 Reads (GET) are safe to repeat: 429, 5xx and network errors are retried inside a time budget.
 Backoff: 1 s, 2 s, 4 s, ... capped at 32 s, each plus up to half again of random jitter;
@@ -104,6 +105,8 @@ class RunResult:
     duration_ms: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    # The caller's reference Runflow stores on the run (run objects only: a callback does not carry it).
+    client_ref: str | None = None
     # A run object with completed_at, or any callback (Runflow calls back only at a terminal state).
     finished: bool = False
 
@@ -189,6 +192,7 @@ def run_result_from_run(run: Mapping[str, Any]) -> RunResult:
         metadata=metadata if isinstance(metadata, Mapping) else {},
         created_at=parse_timestamp(run.get("created_at")),
         finished=bool(run.get("completed_at") or run.get("finished_at")),
+        client_ref=run["client_ref"] if isinstance(run.get("client_ref"), str) else None,
     )
 
 
@@ -295,7 +299,12 @@ class RunflowClient:
         return result
 
     def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult:
-        return run_result_from_run(self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds))
+        """One run object. ``budget_seconds`` bounds the whole read, each request's timeout included
+        (a caller that must answer quickly, the callback, sets it)."""
+        kwargs: dict[str, Any] = {} if budget_seconds is None else {"timeout": budget_seconds}
+        return run_result_from_run(
+            self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds, **kwargs)
+        )
 
     def find_runs(self, client_ref: str) -> list[RunResult]:
         """Every run tagged with ``client_ref``, oldest first by creation time (all pages)."""
@@ -410,7 +419,10 @@ class RunflowClient:
             # Rate limited: refused before anything was done, so even a create may be repeated.
             raise _Retryable(problem, sent=False, retry_after=self._wait_hint(response))
         if response.status_code >= 500:
-            raise _Retryable(problem, sent=True, retry_after=self._wait_hint(response))
+            # 503 MODEL_UNAVAILABLE is Runflow's documented refusal before anything is created (the
+            # model's provider is down); any other 5xx may come after a run was made.
+            refused = response.status_code == 503 and code == "MODEL_UNAVAILABLE"
+            raise _Retryable(problem, sent=not refused, retry_after=self._wait_hint(response))
         if response.status_code == 409 and method == "POST":
             raise RunflowConflict(response.status_code, code, message)
         raise RunflowRejected(response.status_code, code, message)

@@ -8,9 +8,12 @@ Order matters for "nothing lost, nothing billed twice":
    newest ``superseded``: neither ever reaches Runflow;
 4. create the run. Nothing relies on Runflow de-duplicating creates: before each create the job is
    marked ``create_pending_since`` with a conditional write, so only one attempt at a time may
-   create; a create whose outcome is unknown (timeout, 5xx, reset) leaves the mark, and every later
-   attempt first looks the run up by ``client_ref`` and may create again only once an earlier
-   attempt can no longer be in flight (``BACKDROP_CREATE_SETTLE_SECONDS``);
+   create; a create whose outcome is unknown (timeout, a 5xx other than ``MODEL_UNAVAILABLE``,
+   reset) leaves the mark, and that attempt never creates again: Runflow's run list may lag behind
+   a create, so an empty list proves nothing. Later deliveries look the run up by ``client_ref``
+   (for ``BACKDROP_CREATE_SETTLE_SECONDS`` through SQS, then on each reconciler pass); the run's
+   callback, checked against Runflow, completes the job; at the run deadline an unconfirmed job
+   ends ``timed_out`` with ``RUN_UNCONFIRMED``. The attempt's budget reservation stays spent;
 5. record the run id (``submitted``).
 Runflow or AWS being unavailable raises ``RetryLater``; the job stays open with the error noted.
 """
@@ -213,8 +216,18 @@ def create_run(services: Services, job: Job) -> Result:
                 f"an earlier create of this run may still be in flight ({waited:.0f} s ago)",
                 after_seconds=settings.create_settle_seconds - waited,
             )
+        # An empty list is no proof that the earlier create made nothing: Runflow's list may lag
+        # behind its creates, and a second create would be a second paid run. The run's callback
+        # (checked against Runflow) or a later lookup completes the job; the deadline ends it.
         logger.info(
-            "An earlier create made no run; creating again", extra={"pending_since": job.create_pending_since}
+            "An earlier create's outcome is still unknown; never creating again for this attempt",
+            extra={"pending_since": job.create_pending_since},
+        )
+        return Result(
+            Outcome.WAITING,
+            job.job_id,
+            detail="a create whose outcome is unknown may have made a run: "
+            "waiting for its callback or the run list",
         )
 
     if job.reserved_on is None:

@@ -6,8 +6,8 @@ callback sender). It binds only to loopback and only ever contacts loopback host
 it is told to allow.
 
 Settings that change behaviour at run time are ``FaultSettings`` (see ``faults``). ``clock``
-(keyword, default ``time.time``) is the wall clock of output URL expiry and ``X-RateLimit-Reset``,
-so a test can move time on instead of sleeping.
+(keyword, default ``time.time``) is the wall clock of output URL expiry, ``X-RateLimit-Reset`` and
+``list_lag_s``, so a test can move time on instead of sleeping.
 
 ``stats()`` (also ``GET /_emulator/stats``) reports counters: ``runs_created``,
 ``idempotent_replays``, ``idempotency_keys_ignored`` (POSTs whose key the ``ignore`` setting
@@ -92,6 +92,7 @@ class LocalRunflow:
             lambda: self.url,
             self._retry_delays,
             RateLimitHeaders(clock),
+            clock,
         )
         self._due = DueQueue()
         self._sender = self._new_sender()

@@ -31,6 +31,9 @@ Numbers:
 
 - ``callback_delay_s`` (seconds, 0..3600, default 0): added before the first attempt of every
   automatic callback delivery.
+- ``list_lag_s`` (seconds, 0..3600, default 0): a run appears in ``GET /v1/runs`` only this long
+  after it was created, as when a search index lags behind the store (``GET /v1/runs/{id}`` shows
+  it at once). The run's age is checked at each list, so a change applies to every run.
 - ``dispatch_delay_s`` (seconds, 0..3600, default 0): how long a run stays ``dispatching`` before
   it turns ``running``. The run keeps its worker meanwhile; a change of the setting applies to runs
   already waiting.
@@ -152,6 +155,9 @@ class FaultSettings:
         default=0.0, metadata=_rate("a failed run's callback output is an error envelope")
     )
     dispatch_delay_s: float = field(default=0.0, metadata=_seconds("seconds a run stays dispatching"))
+    list_lag_s: float = field(
+        default=0.0, metadata=_seconds("seconds after its creation before a run is listed by GET /v1/runs")
+    )
     outputs_per_run: int = field(default=1, metadata=_int("outputs of a succeeded run", 1, MAX_OUTPUTS))
     processing: ProcessingMode = field(
         default="real", metadata=_choice("real (u2netp) or instant (precomputed) results", "real", "instant")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from backdrop_local.runflow import outcomes, views
@@ -67,8 +69,10 @@ class RunflowService:
         base_url: Callable[[], str],
         retry_delays: tuple[float, ...],
         rate_limits: RateLimitHeaders,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._clock = clock  # the wall clock list_lag_s is measured against
         self.faults = faults
         self.policy = policy
         self.signer = signer
@@ -174,7 +178,14 @@ class RunflowService:
                 "Your account is not authorized to access this resource. (injected fault)",
             )
         limit = parse_limit(args.get("limit"))
-        keep = parse_filter(args.get("q"))
+        matches = parse_filter(args.get("q"))
+        # list_lag_s: the list shows only runs older than the lag (a search index behind the store).
+        lag = self.faults.settings.list_lag_s
+        listed_before = datetime.fromtimestamp(self._clock() - lag, UTC) if lag > 0 else None
+
+        def keep(run: Run) -> bool:
+            return (listed_before is None or run.created_at <= listed_before) and matches(run)
+
         cursor = Cursor.decode(args.get("pq"))
         fields = [f.strip() for f in args.get("fields", "").split(",") if f.strip()]
         sort_by = args.get("sort_by")

@@ -191,3 +191,24 @@ def test_list_4xx_refuses_the_list_only(runflow: LocalRunflow, client: httpx.Cli
     _envelope(client.get("/v1/runs"), 429, "RATE_LIMITED")
     assert runflow.stats()["list_refused"] == 1 and runflow.stats()["faults_fired"]["list_4xx"] == 1
     assert runflow.wait_idle(30)
+
+
+def test_list_lag_hides_new_runs_from_the_list_only(
+    runflow: LocalRunflow, client: httpx.Client, clock: ManualClock, junk_url: str
+) -> None:
+    runflow.set_faults(FaultSettings(list_lag_s=12.0))
+    run_id = create(client, run_body(junk_url, client_ref="lagging"))
+    by_ref = {"q": "client_ref.EQ:'lagging'"}
+    assert client.get("/v1/runs", params=by_ref).json()["items"] == []
+    assert client.get("/v1/runs").json()["items"] == []
+    # The run itself is there at once, client_ref included (what a callback's run is checked by).
+    shown = client.get(f"/v1/runs/{run_id}").json()
+    assert shown["id"] == run_id and shown["client_ref"] == "lagging"
+    clock.advance(13.0)
+    assert [r["id"] for r in client.get("/v1/runs", params=by_ref).json()["items"]] == [run_id]
+    # The run's age is checked at each list: a longer lag hides it again, none shows it at once.
+    runflow.set_faults(FaultSettings(list_lag_s=600.0))
+    assert client.get("/v1/runs", params=by_ref).json()["items"] == []
+    runflow.set_faults(FaultSettings())
+    assert [r["id"] for r in client.get("/v1/runs", params=by_ref).json()["items"]] == [run_id]
+    assert runflow.wait_idle(30)
