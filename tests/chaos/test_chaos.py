@@ -4,11 +4,12 @@ Runflow honouring ``Idempotency-Key`` on single runs and once with it ignoring t
 one line of figures per mode.
 
 Faults: 429 and 5xx on run creation, runs created whose answer is lost (504) or whose connection
-is reset, dropped, duplicated and delayed callbacks, failing output URLs, processing failures,
-duplicated S3 events, the copy function dying mid-copy (after it took the result lease and began
-streaming), and one restart of the local Runflow's callback sender in the middle. Some objects
-are uploaded again while their first version is in flight. Forged, tampered and unsigned
-callbacks are sent throughout.
+is reset, a run list that lags behind creates (``LIST_LAG_S``, longer than the settle window, so
+an empty list after a lost answer proves nothing), dropped, duplicated and delayed callbacks,
+failing output URLs, processing failures, duplicated S3 events, the copy function dying mid-copy
+(after it took the result lease and began streaming), and one restart of the local Runflow's
+callback sender in the middle. Some objects are uploaded again while their first version is in
+flight. Forged, tampered and unsigned callbacks are sent throughout.
 
 Size: ``BACKDROP_CHAOS_UPLOADS`` per mode (default 150; ``make chaos N=2000`` for the large run).
 The time to converge is a figure, not a limit; the bound below only stops a hung run.
@@ -41,6 +42,9 @@ UPLOADS = int(os.environ.get("BACKDROP_CHAOS_UPLOADS", "150"))
 HANG_LIMIT_S = max(float(os.environ.get("BACKDROP_CHAOS_HANG_S", "900")), UPLOADS * 4.0)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_LIMIT_S + UPLOADS * 0.5 + 300)]
 REUPLOAD_SHARE = 0.06  # objects uploaded again (another colour) while the first version is in flight
+# Runs are listed this long after their creation: past the stack's create settle window (10 s below),
+# so a job whose create answer was lost sees an empty list when a second create would have been sent.
+LIST_LAG_S = 12.0
 
 
 def faults(idempotency: str) -> FaultSettings:
@@ -55,6 +59,7 @@ def faults(idempotency: str) -> FaultSettings:
         output_fetch_error=0.1,
         processing_failure=0.05,
         idempotency_keys=idempotency,  # type: ignore[arg-type]
+        list_lag_s=LIST_LAG_S,
     )
 
 
@@ -363,7 +368,7 @@ def test_nothing_lost_nothing_billed_twice(
             f"idempotency={idempotency} callback_answer_p99_ms={answer_ms['p99']} "
             f"answers_reset={stats.get('create_answers_reset')} second_versions={len(second_versions)} "
             f"superseded={statuses.get('superseded', 0)} callback_answer_p50_ms={answer_ms['p50']} "
-            f"events_per_job={events_per_job:.2f}"
+            f"events_per_job={events_per_job:.2f} list_lag_s={LIST_LAG_S:g}"
         )
         print("\n" + figures)
         report_figures(figures)

@@ -6,6 +6,7 @@ The stack's Runflow processes instantly here: these tests are about what happens
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from itertools import count
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from backdrop.jobs import TERMINAL
+from backdrop.signatures import sign
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
@@ -201,3 +203,37 @@ def test_lost_create_answers_with_keys_ignored_bill_one_run(stack: LocalStack) -
         headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
     ).json()["items"]
     assert job["status"] == "succeeded" and [r["id"] for r in runs] == [job["run_id"]]
+
+
+def test_signed_callback_carrying_another_jobs_run_is_refused(stack: LocalStack) -> None:
+    # Seen: a job held in ``received`` by 429s got a correctly signed callback that named it in
+    # metadata but carried another finished job's run and output; it ended with that image.
+    assert stack.runflow is not None
+    other = finished(stack, upload(stack))
+    assert other["status"] == "succeeded"
+    before = stack.runflow.stats()["create_rate_limited"]
+    faults(stack, create_429=1.0)
+    key = upload(stack)
+    deadline = time.monotonic() + 60
+    while stack.runflow.stats()["create_rate_limited"] <= before or job_of(stack, key) is None:
+        assert time.monotonic() < deadline, "the upload's create was never refused"
+        time.sleep(0.2)
+    waiting = job_of(stack, key)
+    assert waiting is not None and waiting["status"] == "received" and not waiting.get("run_id")
+    # The other run's own callback as Runflow sent it, re-addressed and signed with the org's secret.
+    payload = deliveries(stack, other["run_id"])[0]["payload"]
+    payload["metadata"]["job_id"] = waiting["job_id"]
+    body = json.dumps(payload).encode()
+    answer = httpx.post(
+        stack.info["callback_url"],
+        content=body,
+        headers={"Runflow-Signature": sign(body, stack.callback_secret), "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 200 and answer.json()["result"] == "run_refused"
+    job = job_of(stack, key)
+    assert job is not None and job["status"] == "received"
+    assert not job.get("run_id") and not job.get("output_urls") and not job.get("result_keys")
+    # Counted: the callback function's metrics, as CloudWatch would receive them (EMF in its log).
+    log = (Path(stack.info["logs_dir"]) / "CallbackFunction.log").read_text(errors="replace")
+    refused = [json.loads(line) for line in log.splitlines() if '"AdoptionsRefused"' in line]
+    assert refused and refused[-1]["AdoptionsRefused"] in (1.0, [1.0])

@@ -259,6 +259,20 @@ def test_callback_function_route_and_reserved_concurrency(template: dict[str, An
     assert template["Resources"]["CallbackApi"]["Type"] == "AWS::Serverless::HttpApi"
 
 
+def test_callback_function_reads_the_runflow_api_key_and_no_other_secret(template: dict[str, Any]) -> None:
+    # It reads a run the job has not recorded from Runflow before adopting it (GET /v1/runs/{id}).
+    callback = _function_props(template, "CallbackFunction")
+    secrets = [
+        _plain(statement["Resource"])
+        for policy in _as_list(callback["Policies"])
+        for statement in _as_list(policy.get("Statement", []))
+        if "secretsmanager:GetSecretValue" in _as_list(statement["Action"])
+    ]
+    assert sorted(secrets, key=str) == [{"Ref": "CallbackSigningSecret"}, {"Ref": "RunflowApiKeySecret"}]
+    env = callback["Environment"]["Variables"]
+    assert env["BACKDROP_RUNFLOW_API_KEY_SECRET"] == {"Ref": "RunflowApiKeySecret"}
+
+
 # ---------------------------------------------------------------------------- IAM
 
 
