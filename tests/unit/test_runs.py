@@ -218,6 +218,14 @@ def test_a_read_with_a_budget_bounds_each_request_too() -> None:
     assert seen[0]["read"] == 3.0 and seen[0]["connect"] == 3.0
 
 
+def test_a_run_id_is_one_path_segment_whatever_it_holds() -> None:
+    script = Script(httpx.Response(404, json={"code": "RUN_NOT_FOUND", "message": "Run not found"}))
+    rf, _ = client(script)
+    with pytest.raises(RunflowRejected):
+        rf.get_run("../models/x?y=1")
+    assert script.requests[0].url.raw_path == b"/v1/runs/..%2Fmodels%2Fx%3Fy%3D1"
+
+
 def test_connection_refused_every_time_is_unavailable_not_unknown() -> None:
     script = Script(*[httpx.ConnectError("connection refused") for _ in range(5)])
     rf, _ = client(script)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -302,9 +303,9 @@ class RunflowClient:
         """One run object. ``budget_seconds`` bounds the whole read, each request's timeout included
         (a caller that must answer quickly, the callback, sets it)."""
         kwargs: dict[str, Any] = {} if budget_seconds is None else {"timeout": budget_seconds}
-        return run_result_from_run(
-            self._send("GET", f"{self._base}/v1/runs/{run_id}", budget=budget_seconds, **kwargs)
-        )
+        # A callback's run id is read before it is trusted: one path segment, whatever it holds.
+        url = f"{self._base}/v1/runs/{quote(run_id, safe='')}"
+        return run_result_from_run(self._send("GET", url, budget=budget_seconds, **kwargs))
 
     def find_runs(self, client_ref: str) -> list[RunResult]:
         """Every run tagged with ``client_ref``, oldest first by creation time (all pages)."""
