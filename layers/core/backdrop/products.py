@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageFilter, ImageOps
 
 from backdrop.colours import Colour
 
@@ -48,6 +48,16 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation from what the header already read: ``getexif()`` on a PNG would
+    decode every pixel first."""
+    raw = image.info.get("exif")
+    exif = Image.Exif()
+    if isinstance(raw, bytes):
+        exif.load(raw)
+    return exif.get(0x0112)
+
+
 def open_upright(data: bytes, *, at_least: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``data`` as RGB, upright, transparency flattened onto white (as the run does).
 
@@ -59,11 +69,13 @@ def open_upright(data: bytes, *, at_least: tuple[int, int] | None = None) -> Ima
         raise ValueError(f"image is {image.width}x{image.height}, more than {MAX_PIXELS} pixels")
     if at_least is not None and image.format == "JPEG":
         wanted = at_least
-        if image.getexif().get(0x0112) in (5, 6, 7, 8):
+        if _orientation(image) in (5, 6, 7, 8):
             wanted = (at_least[1], at_least[0])
         image.draft("RGB", wanted)
     image.load()
-    return _flatten(ImageOps.exif_transpose(image))
+    # In place: otherwise an upright photo is copied, twice the memory of one decoded photo.
+    ImageOps.exif_transpose(image, in_place=True)
+    return _flatten(image)
 
 
 def working_size(size: tuple[int, int], long_side: int = MASK_LONG_SIDE) -> tuple[int, int]:
@@ -127,6 +139,21 @@ class Comparison:
         return Image.fromarray(self.alpha, mode="L")
 
 
+def _max_channel(image: Image.Image) -> Image.Image:
+    red, green, blue = image.split()
+    return ImageChops.lighter(ImageChops.lighter(red, green), blue)
+
+
+def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Box-average ``image`` down to ``size``; an integer reduction first, so that no temporary
+    image of the full height is made."""
+    if image.size == size:
+        return image
+    factor = max(1, min(image.width // size[0], image.height // size[1]))
+    smaller = image.reduce(factor) if factor > 1 else image
+    return smaller if smaller.size == size else smaller.resize(size, Image.Resampling.BOX)
+
+
 def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Comparison:
     """Find the product (see the module docstring for what this relies on).
 
@@ -138,12 +165,13 @@ def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Compa
     if abs(result.width * original.height - result.height * original.width) > max(result.size):
         raise ValueError(f"result {result.size} and original {original.size} do not have the same shape")
     size = working_size(result.size)
-    reduced = np.asarray(result.resize(size, Image.Resampling.BOX, reducing_gap=None), dtype=np.uint8)
-    source = np.asarray(original.resize(size, Image.Resampling.BOX), dtype=np.uint8)
-    res16, org16 = reduced.astype(np.int16), source.astype(np.int16)
-    changed = np.abs(res16 - org16).max(axis=2).astype(np.uint8)
-    target = np.array(colour, dtype=np.int16)
-    on_colour = np.abs(res16 - target).max(axis=2) <= ON_COLOUR_TOLERANCE
+    small, source = _reduce(result, size), _reduce(original, size)
+    # Channel differences in Pillow (8-bit, one channel at a time): small temporary images.
+    changed = np.asarray(_max_channel(ImageChops.difference(small, source)), dtype=np.uint8)
+    flat = Image.new("RGB", size, tuple(colour))
+    off_colour = np.asarray(_max_channel(ImageChops.difference(small, flat)), dtype=np.uint8)
+    del flat
+    on_colour = off_colour <= ON_COLOUR_TOLERANCE
     kept = (changed <= NOISE_TOLERANCE) & ~on_colour
     core = Image.fromarray(np.where(kept, 255, 0).astype(np.uint8), mode="L")
     # Opening then closing: isolated specks where a background pixel happens to match the original
@@ -155,14 +183,15 @@ def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Compa
     # colour is that part background.
     band_radius = max(1, round(EDGE_BAND_SHARE * min(size)))
     band = (np.asarray(_dilate(core, band_radius)) > 0) & (alpha == 0) & ~on_colour
-    span = np.abs(org16 - target).max(axis=2).astype(np.float32) - NOISE_TOLERANCE
+    flat = Image.new("RGB", size, tuple(colour))
+    span = np.asarray(_max_channel(ImageChops.difference(source, flat)), dtype=np.float32) - NOISE_TOLERANCE
     moved = changed.astype(np.float32) - NOISE_TOLERANCE
     with np.errstate(divide="ignore", invalid="ignore"):
         opacity = np.clip(1.0 - moved / np.maximum(span, 1.0), 0.0, 1.0)
     alpha[band] = np.rint(opacity[band] * 254).astype(np.uint8)
     return Comparison(
-        result=reduced,
-        original=source,
+        result=np.asarray(small, dtype=np.uint8),
+        original=np.asarray(source, dtype=np.uint8),
         changed=changed,
         alpha=alpha,
         colour=colour,
@@ -172,6 +201,12 @@ def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Compa
 
 def compare_bytes(result: bytes, original: bytes, colour: Colour) -> tuple[Image.Image, Comparison]:
     """Decode both files and compare them; the full-size result is returned for rendering."""
+    with Image.open(io.BytesIO(result)) as header:
+        width, height = header.size
+        if _orientation(header) in (5, 6, 7, 8):
+            width, height = height, width
+    size = working_size((width, height))
+    # The original first, reduced at once: only one full-size photo is ever in memory.
+    source = _reduce(open_upright(original, at_least=size), size)
     decoded = open_upright(result)
-    source = open_upright(original, at_least=working_size(decoded.size))
     return decoded, compare(decoded, source, colour)

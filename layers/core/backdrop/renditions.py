@@ -41,8 +41,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
-import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image, ImageChops, ImageCms, ImageFilter
 
 from backdrop.colours import Colour, parse_colour
 from backdrop.products import Comparison
@@ -297,8 +296,8 @@ def render(spec: Spec, result: Image.Image, found: Comparison) -> Rendered:
     plan = layout(spec, frame, found.bbox())
     width, height = plan.canvas
     colour = spec.background or found.colour
-    canvas = Image.new("RGB", (width, height), tuple(colour))
     coverage = Image.new("L", (width, height), 0)
+    patch: Image.Image | None = None
     # The part of the frame that lands on the canvas, in source and canvas coordinates.
     left = max(0.0, -plan.origin[0] / plan.scale)
     top = max(0.0, -plan.origin[1] / plan.scale)
@@ -314,9 +313,13 @@ def render(spec: Spec, result: Image.Image, found: Comparison) -> Rendered:
         mask_box = (left * sx, top * sy, right * sx, bottom * sy)
         alpha = found.alpha_image().resize(size, Image.Resampling.BILINEAR, box=mask_box)
         coverage.paste(alpha, (x0, y0))
+        del alpha
+    # The canvas is allocated only now, after the resizing's temporary images are gone.
+    canvas = Image.new("RGB", (width, height), tuple(colour))
+    if patch is not None:
         # Exact colour: only the product's pixels come from the result. As made: the whole frame.
-        canvas.paste(patch, (x0, y0), alpha if spec.background is not None else None)
-        del patch, alpha
+        canvas.paste(patch, (x0, y0), coverage.crop((x0, y0, x0 + size[0], y0 + size[1])) if spec.background is not None else None)
+        del patch
     quality = spec.quality if spec.format in LOSSY else None
     data = _encode(canvas, spec.format, spec.quality)
     while spec.max_bytes is not None and len(data) > spec.max_bytes and quality is not None:
@@ -359,7 +362,16 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
         fmt = image.format or "unknown"
         has_alpha = "A" in image.getbands() or "transparency" in image.info
         colour_space = _colour_space(image)
-        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        # Distance to the colour, max over the channels, one channel at a time (memory: the
+        # decoded file and two single-channel images).
+        readback = image if image.mode == "RGB" else image.convert("RGB")
+        distance: Image.Image | None = None
+        for index, value in enumerate(rendered.colour):
+            lut = [abs(level - value) for level in range(256)]
+            channel = readback.getchannel(index).point(lut)
+            distance = channel if distance is None else ImageChops.lighter(distance, channel)
+        del readback
+    assert distance is not None
     expected = spec.canvas(found.full_size)
     checks.update(
         width=width,
@@ -383,18 +395,15 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
     if spec.max_bytes is not None and len(rendered.data) > spec.max_bytes:
         fails.append(f"{len(rendered.data)} bytes, over the limit of {spec.max_bytes}")
 
-    colour = np.array(rendered.colour, dtype=np.int16)
-    distance = np.abs(pixels.astype(np.int16) - colour).max(axis=2)
-    coverage = np.asarray(rendered.coverage, dtype=np.uint8)
     guard = JPEG_GUARD_PX if fmt in LOSSY else 0
-    near_product = _near(coverage > 0, guard)
-    background = ~near_product
-    exact = distance == 0
-    share = float(exact[background].mean()) if background.any() else 1.0
+    near_product = _near(rendered.coverage.point(_ANY), guard)
+    counts = distance.histogram(mask=ImageChops.invert(near_product))
+    total = sum(counts)
+    share = counts[0] / total if total else 1.0
     ring = max(2, round(0.005 * min(width, height)))
-    border = np.ones_like(exact)
-    border[ring:-ring, ring:-ring] = False
-    border_pure = bool(exact[border].all())
+    strips = ((0, 0, width, ring), (0, height - ring, width, height), (0, 0, ring, height))
+    strips += ((width - ring, 0, width, height),)
+    border_pure = all(distance.crop(strip).getextrema()[1] == 0 for strip in strips)
     checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
     if spec.background is not None:
         if share < EXACT_SHARE_FAIL:
@@ -405,19 +414,23 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
             fails.append(f"the border ring ({ring} px) is not exactly {rendered.colour}")
 
     # The product as the file shows it: beyond ringing from the colour (exact), else its coverage.
-    product = (distance > PRODUCT_TOLERANCE) & near_product if spec.background else coverage >= 128
-    rows, cols = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
-    if rows.size == 0:
+    if spec.background is not None:
+        far = distance.point([255 if level > PRODUCT_TOLERANCE else 0 for level in range(256)])
+        product = ImageChops.multiply(far, near_product)
+    else:
+        product = rendered.coverage.point(_HALF)
+    bbox = product.getbbox()
+    if bbox is None:
         checks.update(fill=0.0, touches_frame_edge=found.touches_edge(), touches_canvas_edge=False)
         fails.append("no product in the rendition")
     else:
-        box_w, box_h = cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]
-        fill = max(box_w / width, box_h / height)
-        centre = ((cols[0] + cols[-1] + 1) / 2 / width, (rows[0] + rows[-1] + 1) / 2 / height)
-        on_canvas_edge = bool(rows[0] == 0 or cols[0] == 0 or rows[-1] == height - 1 or cols[-1] == width - 1)
+        left, top, right, bottom = bbox
+        fill = max((right - left) / width, (bottom - top) / height)
+        centre = ((left + right) / 2 / width, (top + bottom) / 2 / height)
+        on_canvas_edge = left == 0 or top == 0 or right == width or bottom == height
         checks.update(
-            fill=round(float(fill), 4),
-            product_centre=[round(float(centre[0]), 4), round(float(centre[1]), 4)],
+            fill=round(fill, 4),
+            product_centre=[round(centre[0], 4), round(centre[1], 4)],
             touches_frame_edge=found.touches_edge(),
             touches_canvas_edge=on_canvas_edge,
         )
@@ -442,15 +455,16 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
     }
 
 
-def _near(mask: np.ndarray[Any, np.dtype[np.bool_]], radius: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """Pixels within ``radius`` (square) of ``mask``, by prefix sums: linear time at any radius."""
+_ANY = [0] + [255] * 255
+_HALF = [0] * 128 + [255] * 128
+
+
+def _near(mask: Image.Image, radius: int) -> Image.Image:
+    """Pixels within ``radius`` (square) of a 0/255 mask: a box blur is above 0 wherever a 255 is
+    near, in linear time at any radius."""
     if radius <= 0:
         return mask
-    padded = np.pad(mask.astype(np.int32), radius + 1)
-    total = padded.cumsum(0).cumsum(1)
-    size = 2 * radius + 1
-    window = total[size:, size:] - total[:-size, size:] - total[size:, :-size] + total[:-size, :-size]
-    return np.asarray(window[: mask.shape[0], : mask.shape[1]] > 0)
+    return mask.filter(ImageFilter.BoxBlur(radius)).point(_ANY)
 
 
 def make(spec: Spec, result: Image.Image, found: Comparison) -> tuple[bytes, dict[str, Any]]:
