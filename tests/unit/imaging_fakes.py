@@ -115,13 +115,15 @@ def blank(original: Image.Image, colour: Colour) -> Image.Image:
 
 def cropped(result: Image.Image, mask: Image.Image, colour: Colour, part: float = 0.4) -> Image.Image:
     """The top ``part`` of the product replaced by the colour."""
-    left, top, right, bottom = mask.point(lambda v: 255 if v >= 128 else 0).getbbox() or (0, 0, 0, 0)
+    _, top, _, bottom = mask.point(lambda v: 255 if v >= 128 else 0).getbbox() or (0, 0, 0, 0)
     cut = result.copy()
     ImageDraw.Draw(cut).rectangle((0, top, cut.width, top + round((bottom - top) * part)), fill=tuple(colour))
     return cut
 
 
-def halo(result: Image.Image, original: Image.Image, mask: Image.Image, width_share: float = 0.04) -> Image.Image:
+def halo(
+    result: Image.Image, original: Image.Image, mask: Image.Image, width_share: float = 0.04
+) -> Image.Image:
     """A ring of the original background, ``width_share`` of the shorter side wide, left around
     the product."""
     radius = max(2, round(width_share * min(result.size)))

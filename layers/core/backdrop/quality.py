@@ -3,14 +3,19 @@
 Every check works on the comparison of the result with the original (``backdrop.products``) at
 its working size, needs no reference image and no person, and has a threshold below:
 
-| check | value | doubtful when |
-|---|---|---|
-| ``product_share`` | share of the frame the run kept | under ``MIN_PRODUCT_SHARE`` (nothing found) or over ``MAX_PRODUCT_SHARE`` (nothing removed) |
-| ``background_deviation`` | 95th percentile of the background's max channel distance to the colour (0..255) | over ``MAX_BACKGROUND_DEVIATION`` |
-| ``background_texture`` | 95th percentile of the background's fine detail (distance to its local mean, 0..255) | over ``MAX_BACKGROUND_TEXTURE`` |
-| ``product_fidelity`` | mean max channel difference from the original inside the product, away from its edge (0..255) | over ``MAX_PRODUCT_DIFFERENCE`` |
-| ``cut_edge_share`` | share of the outline where the original carries on across it (the product goes on where the result stops) | over ``MAX_CUT_EDGE_SHARE`` |
-| ``halo_share`` | share of the product's rim that looks like the background the run removed nearby | over ``MAX_HALO_SHARE`` |
+- ``product_share``: the share of the frame the run kept. Doubtful under ``MIN_PRODUCT_SHARE``
+  (nothing found) or over ``MAX_PRODUCT_SHARE`` (nothing removed).
+- ``background_deviation``: the 95th percentile of the background's max channel distance to the
+  colour (0..255), away from the product. Doubtful over ``MAX_BACKGROUND_DEVIATION``.
+- ``background_texture``: the 95th percentile of the background's fine detail (distance to its
+  5x5 local mean, 0..255). Doubtful over ``MAX_BACKGROUND_TEXTURE``.
+- ``product_fidelity``: the mean max channel difference from the original inside the product,
+  away from its edge (0..255). Doubtful over ``MAX_PRODUCT_DIFFERENCE``.
+- ``cut_edge_share``: the share of the outline across which the original carries on (it looks
+  the same a little inside and a little outside, along the outline's normal): the product went on
+  where the result stops. Doubtful over ``MAX_CUT_EDGE_SHARE``.
+- ``halo_share``: the share of the product's rim that looks like the background the run removed
+  nearby (an old background left standing). Doubtful over ``MAX_HALO_SHARE``.
 
 A photo already on the job's colour keeps its background unchanged, and that is no reason for doubt:
 unchanged pixels on the colour count as background (see ``backdrop.products``), so its product
@@ -65,7 +70,7 @@ def local_mean(image: F32, where: Bool2, radius: int) -> tuple[F32, F32]:
     """Mean of ``image`` over the ``where`` pixels in each neighbourhood, and how many there were."""
     weight = box_sum(where.astype(np.float32), radius)
     total = box_sum(image * where[..., np.newaxis], radius)
-    mean = total / np.maximum(weight, 1.0)[..., np.newaxis]
+    mean = (total / np.maximum(weight, 1.0)[..., np.newaxis]).astype(np.float32)
     return mean, weight
 
 

@@ -134,7 +134,9 @@ class RenditionsError(ValueError):
 
 def _int(entry: str, key: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RenditionsError(f"rendition {entry!r}: {key} must be a whole number {low}..{high}, not {value!r}")
+        raise RenditionsError(
+            f"rendition {entry!r}: {key} must be a whole number {low}..{high}, not {value!r}"
+        )
     return value
 
 
@@ -165,7 +167,7 @@ def parse_spec(entry: str, value: object) -> Spec:
         aspect = value["aspect"]
         found = _ASPECT.fullmatch(aspect) if isinstance(aspect, str) else None
         if found is None:
-            raise RenditionsError(f"rendition {entry!r}: aspect must be like \"4:5\", not {aspect!r}")
+            raise RenditionsError(f'rendition {entry!r}: aspect must be like "4:5", not {aspect!r}')
         changes.update(aspect=(int(found[1]), int(found[2])), width=None, height=None)
     elif base.width is None and base.aspect is None:
         raise RenditionsError(f"rendition {entry!r}: needs width and height, or aspect")
@@ -205,7 +207,7 @@ def parse_spec(entry: str, value: object) -> Spec:
                 changes["background"] = parse_colour(background if isinstance(background, str) else "")
             except ValueError:
                 raise RenditionsError(
-                    f"rendition {entry!r}: background must be \"job\" or a colour, not {background!r}"
+                    f'rendition {entry!r}: background must be "job" or a colour, not {background!r}'
                 ) from None
     spec = replace(base, **changes)
     width, height = spec.canvas((1, 1)) if spec.width else (1, 1)
@@ -228,7 +230,8 @@ def parse_renditions(text: str) -> dict[str, Spec]:
     for name, spec in value.items():
         if not _NAME.fullmatch(name):
             raise RenditionsError(
-                f"rendition {name!r}: names are 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+                f"rendition {name!r}: names are 1-64 of a-z, 0-9, '-' and '_', "
+                "starting with a letter or digit"
             )
         specs[name] = parse_spec(name, spec)
     return specs
@@ -318,7 +321,11 @@ def render(spec: Spec, result: Image.Image, found: Comparison) -> Rendered:
     canvas = Image.new("RGB", (width, height), tuple(colour))
     if patch is not None:
         # Exact colour: only the product's pixels come from the result. As made: the whole frame.
-        canvas.paste(patch, (x0, y0), coverage.crop((x0, y0, x0 + size[0], y0 + size[1])) if spec.background is not None else None)
+        canvas.paste(
+            patch,
+            (x0, y0),
+            coverage.crop((x0, y0, x0 + size[0], y0 + size[1])) if spec.background is not None else None,
+        )
         del patch
     quality = spec.quality if spec.format in LOSSY else None
     data = _encode(canvas, spec.format, spec.quality)
@@ -401,8 +408,12 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
     total = sum(counts)
     share = counts[0] / total if total else 1.0
     ring = max(2, round(0.005 * min(width, height)))
-    strips = ((0, 0, width, ring), (0, height - ring, width, height), (0, 0, ring, height))
-    strips += ((width - ring, 0, width, height),)
+    strips = (
+        (0, 0, width, ring),
+        (0, height - ring, width, height),
+        (0, 0, ring, height),
+        (width - ring, 0, width, height),
+    )
     border_pure = all(distance.crop(strip).getextrema()[1] == 0 for strip in strips)
     checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
     if spec.background is not None:
