@@ -44,6 +44,8 @@ def test_parameter_maps_names_to_profiles_and_custom_specs() -> None:
     assert specs["sq"].canvas((1, 1)) == (200, 200) and specs["sq"].format == "WEBP"
     assert specs["sq"].background is None
     assert parse_renditions("") == {}
+    square = parse_renditions('{"sq": {"aspect": "1:1"}}')["sq"]
+    assert square.canvas((640, 480)) == (640, 640) and square.canvas((8000, 6000)) == (4096, 4096)
 
 
 @pytest.mark.parametrize(

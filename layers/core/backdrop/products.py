@@ -36,7 +36,6 @@ EDGE_BAND_SHARE = 0.006  # soft edge searched up to this share of the shorter si
 MAX_PIXELS = 50_000_000  # as the pipeline's own input limit
 
 U8 = np.ndarray[Any, np.dtype[np.uint8]]
-F32 = np.ndarray[Any, np.dtype[np.float32]]
 Box = tuple[float, float, float, float]
 
 
@@ -89,12 +88,6 @@ def _dilate(mask: Image.Image, radius: int) -> Image.Image:
     if radius <= 0:
         return mask
     return mask.filter(ImageFilter.BoxBlur(radius)).point(lambda v: 255 if v > 0 else 0)
-
-
-def _erode(mask: Image.Image, radius: int) -> Image.Image:
-    if radius <= 0:
-        return mask
-    return mask.filter(ImageFilter.BoxBlur(radius)).point(lambda v: 255 if v >= 255 else 0)
 
 
 @dataclass(frozen=True)

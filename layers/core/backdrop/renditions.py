@@ -3,7 +3,7 @@
 A rendition is made from the stored result and the original (no further run) by a ``Spec``:
 
 - canvas: ``width`` x ``height``, or an ``aspect`` ("W:H") with an optional ``long_side`` (default:
-  the photo's longer side, at most ``MAX_LONG_SIDE``);
+  the photo's longer side, at most ``DEFAULT_LONG_SIDE``);
 - ``fit``: ``pad`` (the product's bounding box, found by ``backdrop.products``, scaled so that it
   fills ``fill`` of the canvas in its tighter direction), ``contain`` (the whole frame inside the
   canvas) or ``cover`` (the whole frame over the canvas, the overflow cropped);
@@ -62,6 +62,7 @@ ALIGNMENTS: dict[str, tuple[float, float]] = {
     "bottom-right": (1.0, 1.0),
 }
 MAX_LONG_SIDE = 10_000  # Amazon's maximum; also a bound on the memory a custom spec can ask for
+DEFAULT_LONG_SIDE = 4096  # an aspect without long_side: the photo's longer side, at most this
 MIN_QUALITY = 50
 JPEG_GUARD_PX = 16  # two 8x8 blocks: lossy ringing next to the product is not counted as background
 FILL_TOLERANCE = 0.03  # measured fill may differ from the spec's by this much (pad)
@@ -91,7 +92,7 @@ class Spec:
         if self.width is not None and self.height is not None:
             return self.width, self.height
         aw, ah = self.aspect or (1, 1)
-        side = self.long_side or min(max(frame), MAX_LONG_SIDE)
+        side = self.long_side or min(max(frame), DEFAULT_LONG_SIDE)
         if aw >= ah:
             return side, max(1, round(side * ah / aw))
         return max(1, round(side * aw / ah)), side
@@ -210,7 +211,8 @@ def parse_spec(entry: str, value: object) -> Spec:
                     f'rendition {entry!r}: background must be "job" or a colour, not {background!r}'
                 ) from None
     spec = replace(base, **changes)
-    width, height = spec.canvas((1, 1)) if spec.width else (1, 1)
+    # The largest canvas the spec can make (an aspect alone follows the photo, capped).
+    width, height = spec.canvas((MAX_LONG_SIDE, MAX_LONG_SIDE))
     if width * height > 64_000_000:
         raise RenditionsError(f"rendition {entry!r}: canvas {width}x{height} is over 64 megapixels")
     return spec
