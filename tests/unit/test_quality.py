@@ -3,6 +3,8 @@ colour is not doubtful for that reason."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from imaging_fakes import MAKERS, WHITE, blank, cropped, halo, photo, runflow, sample, unchanged
 
@@ -27,6 +29,7 @@ def test_good_results_pass(maker: str, kind: str) -> None:
     original, truth = photo(**options)  # type: ignore[arg-type]
     assessed = _assess(MAKERS[maker](original, truth, WHITE), original)
     assert assessed["verdict"] == "pass", assessed
+    assert json.loads(json.dumps(assessed)) == assessed
     assert set(assessed["checks"]) == {
         "product_share", "background_deviation", "background_texture",
         "product_fidelity", "cut_edge_share", "halo_share",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,7 @@ def test_amazon_main_is_exact_on_results_made_in_several_ways(maker: str) -> Non
     assert verdict["reasons"][0].startswith("enlarged")
     assert verdict["checks"]["background_exact_share"] == 1.0 and verdict["checks"]["border_pure"]
     assert set(verdict) == {"width", "height", "format", "bytes", "verdict", "reasons", "checks"}
+    assert json.loads(json.dumps(verdict)) == verdict  # plain values, ready for the job and the event
 
 
 @pytest.mark.parametrize("name", SAMPLES)
