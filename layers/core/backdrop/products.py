@@ -15,7 +15,7 @@ What this relies on, and nothing more:
    estimated from how far the result moved from the original towards the colour.
 
 Nothing is assumed about how the background was shaded, how strong the shading is, how wide the
-soft edge is, or how the result was encoded (PNG, or JPEG down to quality 80 or so).
+soft edge is, or how the result was encoded (PNG, or a JPEG: the tests use quality 85).
 """
 
 from __future__ import annotations
