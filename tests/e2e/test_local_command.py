@@ -15,6 +15,8 @@ from pathlib import Path
 import boto3
 from PIL import Image
 
+from backdrop import results
+
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "region",
@@ -86,7 +88,8 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
             s3.put_object(
                 Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}{name}", Body=buffer.getvalue()
             )
-            return f"{info['results_prefix']}{Path(name).stem}.png"
+            key = f"{info['upload_prefix']}{name}"
+            return results.result_key(key, info["upload_prefix"], info["results_prefix"], "png")
 
         def wait_for_result(result_key: str) -> None:
             deadline = time.monotonic() + 60
