@@ -12,6 +12,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+from backdrop_local import s3events
 from backdrop_local.template import Template
 
 ACCESS_KEY_ID = "backdrop-local"
@@ -19,13 +20,14 @@ SECRET_ACCESS_KEY = "backdrop-local-secret"  # noqa: S105 - moto accepts any cre
 
 
 class MotoServer:
-    """moto's threaded server on a free loopback port."""
+    """moto's threaded server on a free loopback port, its S3 notifications as S3's (s3events)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
         self.endpoint_url = ""
 
     def start(self) -> str:
+        s3events.install()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
