@@ -131,8 +131,7 @@ def test_several_outputs_each_get_a_key(stack: LocalStack) -> None:
 
 
 def put(stack: LocalStack, key: str, image_format: str, colour: str) -> str:
-    """Upload a photo of its own (bytes no other upload has) in that format; returns its ETag, by
-    which its job is found (the local stack's notifications carry no version id)."""
+    """Upload a photo of its own (bytes no other upload has) in that format; returns its version id."""
     assert stack.resources is not None
     buffer = io.BytesIO()
     Image.new("RGB", (48, 32), (120, 60, next(_names) % 256)).save(buffer, format=image_format)
@@ -142,19 +141,19 @@ def put(stack: LocalStack, key: str, image_format: str, colour: str) -> str:
         Body=buffer.getvalue(),
         Metadata={"background-color": colour},
     )
-    return str(answer["ETag"]).strip('"')
+    return str(answer["VersionId"])
 
 
-def finished_version(stack: LocalStack, key: str, etag: str, timeout: float = 120.0) -> dict[str, Any]:
+def finished_version(stack: LocalStack, key: str, version: str, timeout: float = 120.0) -> dict[str, Any]:
     """The job of that version of the object once terminal (a bound against a hang)."""
     assert stack.resources is not None
     deadline = time.monotonic() + timeout
     while True:
         jobs = scan_items(stack.dynamodb(), stack.resources.jobs_table)
-        found = [j for j in jobs if j["source_key"] == key and j.get("source_etag", "").strip('"') == etag]
+        found = [j for j in jobs if j["source_key"] == key and j.get("source_version_id") == version]
         if found and found[0]["status"] in TERMINAL:
             return found[0]
-        assert time.monotonic() < deadline, f"{key} {etag} not finished: {found}"
+        assert time.monotonic() < deadline, f"{key} {version} not finished: {found}"
         time.sleep(0.3)
 
 
