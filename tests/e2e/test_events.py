@@ -39,6 +39,7 @@ SAMPLE_SECRET = "whsec_backdrop_sample_secret_not_for_production"
 SAMPLE_SIGNATURE = "0d72cb1add8c8f3350a0f20b4f1af382b553c9f393d4fe4c7f057dd9f2af1eb1"
 API_KEY = "rf_live_events_test"
 EVENT_OUTPUT_ORIGIN = "http://127.0.0.1:47823"  # where events/callback-run-completed.json says the output is
+COFFEE_RESULT = "results/samples/coffee.jpg/result.png"  # the result of the events' upload
 
 
 def event(name: str) -> dict[str, Any]:
@@ -475,7 +476,7 @@ def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
         },
     )
     # No result left from an earlier test: what is there afterwards, this invocation wrote.
-    s3.delete_object(Bucket=resources.results_bucket, Key="results/samples/coffee.png")
+    s3.delete_object(Bucket=resources.results_bucket, Key=COFFEE_RESULT)
     client("dynamodb", resources.endpoint_url, "us-east-1").delete_item(
         TableName=resources.ledger_table,
         Key={"pk": {"S": f"result#{resources.uploads_bucket}/uploads/samples/coffee.jpg"}},
@@ -485,9 +486,9 @@ def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
 
 def _assert_output_copied(resources: Resources, job_id: str, outputs: OutputServer) -> None:
     job = job_item(resources, job_id)
-    assert job["status"] == "succeeded" and job["result_keys"] == ["results/samples/coffee.png"]
+    assert job["status"] == "succeeded" and job["result_keys"] == [COFFEE_RESULT]
     obj = client("s3", resources.endpoint_url, "us-east-1").get_object(
-        Bucket=resources.results_bucket, Key="results/samples/coffee.png"
+        Bucket=resources.results_bucket, Key=COFFEE_RESULT
     )
     assert obj["Body"].read() == OutputServer.png
     assert obj["Metadata"]["job-id"] == job_id and obj["ContentType"] == "image/png"
