@@ -149,12 +149,28 @@ def _principal_covers(statement: Mapping[str, Any]) -> bool:
     return False
 
 
+_OPERATORS = {
+    "Null",
+    "StringEquals",
+    "ArnEquals",
+    "StringNotEquals",
+    "ArnNotEquals",
+    "StringEqualsIgnoreCase",
+    "StringNotEqualsIgnoreCase",
+    "StringLike",
+    "ArnLike",
+    "StringNotLike",
+    "ArnNotLike",
+    "Bool",
+}
+
+
 def _condition_holds(operator: str, expected: list[str], actual: str | None) -> bool:
     base = operator
     if_exists = base.endswith("IfExists")
     if if_exists:
         base = base[: -len("IfExists")]
-    if base.startswith(("ForAnyValue:", "ForAllValues:")):
+    if base not in _OPERATORS:
         raise UnsupportedCondition(operator)
     if base == "Null":
         return (actual is None) == (expected[0].lower() == "true")
@@ -252,50 +268,60 @@ def _generation_at(generations: Sequence[Mapping[str, Any]], t: float) -> int:
     return index
 
 
-def check_instance(policies_path: Path, report: Report) -> None:
-    doc = json.loads(policies_path.read_text())
-    instance = str(doc["instance"])
-    generations: list[dict[str, Any]] = doc["generations"]
-    by_key = {
-        fn["access_key"]: logical
-        for generation in generations
-        for logical, fn in generation["functions"].items()
-    }
-    calls_path = policies_path.with_name(policies_path.name[: -len(POLICIES_SUFFIX)] + CALLS_SUFFIX)
-    for call in _load_calls(calls_path):
-        logical = by_key.get(call.get("key", ""))
-        if logical is None:
-            report.other_calls += 1
+def check_dir(directory: Path, report: Report) -> list[Path]:
+    """Judges every call recorded in ``directory`` (any ``*.calls.jsonl``: one moto server may serve
+    several stacks) by the role of the function whose key made it (any ``*.policies.json``)."""
+    policies_paths = sorted(directory.glob(f"*{POLICIES_SUFFIX}"))
+    roles: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}  # key -> instance, function, generations
+    for path in policies_paths:
+        doc = json.loads(path.read_text())
+        generations: list[dict[str, Any]] = doc["generations"]
+        for generation in generations:
+            for logical, fn in generation["functions"].items():
+                roles[fn["access_key"]] = (str(doc["instance"]), logical, generations)
+    for calls_path in sorted(directory.glob(f"*{CALLS_SUFFIX}")):
+        for call in _load_calls(calls_path):
+            role = roles.get(call.get("key", ""))
+            if role is None:
+                report.other_calls += 1
+                continue
+            _judge(call, *role, report)
+    return policies_paths
+
+
+def _judge(
+    call: Mapping[str, Any], instance: str, logical: str, generations: list[dict[str, Any]], report: Report
+) -> None:
+    report.calls += 1
+    at = _generation_at(generations, float(call.get("t", 0)))
+    # An invocation that started before a stack update finishes under the older configuration.
+    candidates = [generations[at], *([generations[at - 1]] if at > 0 else [])]
+    decision = Decision(False)
+    for generation in candidates:
+        if logical not in generation["functions"]:
             continue
-        report.calls += 1
-        at = _generation_at(generations, float(call.get("t", 0)))
-        # An invocation that started before a stack update finishes under the older configuration.
-        candidates = [generations[at], *([generations[at - 1]] if at > 0 else [])]
-        decision = Decision(False)
-        for generation in candidates:
-            decision = decide(
-                generation["functions"][logical],
-                generation["resource_policies"],
-                call["action"],
-                call["resource"],
-                call.get("context"),
-            )
-            if decision.allowed:
-                break
-        if not decision.allowed:
-            report.denied[
-                Denial(
-                    instance,
-                    logical,
-                    call["action"],
-                    call["resource"],
-                    call.get("request", ""),
-                    decision.explicit_deny,
-                )
-            ] += 1
-            continue
-        for policy_name, label in decision.by:
-            report.used.add((logical, policy_name, label, call["action"].lower()))
+        decision = decide(
+            generation["functions"][logical],
+            generation["resource_policies"],
+            call["action"],
+            call["resource"],
+            call.get("context"),
+        )
+        if decision.allowed:
+            break
+    if not decision.allowed:
+        denial = Denial(
+            instance,
+            logical,
+            call["action"],
+            call["resource"],
+            call.get("request", ""),
+            decision.explicit_deny,
+        )
+        report.denied[denial] += 1
+        return
+    for policy_name, label in decision.by:
+        report.used.add((logical, policy_name, label, str(call["action"]).lower()))
 
 
 def _unused(policies_paths: Sequence[Path], report: Report) -> None:
@@ -332,23 +358,24 @@ def _unused(policies_paths: Sequence[Path], report: Report) -> None:
                             report.unused.append((str(doc["instance"]), logical, label, entry))
 
 
-def find_policies(paths: Iterable[Path]) -> list[Path]:
-    found: list[Path] = []
+def find_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Folders holding a ``*.policies.json``: each given folder and those below it."""
+    found: set[Path] = set()
     for path in paths:
         if path.is_file() and path.name.endswith(POLICIES_SUFFIX):
-            found.append(path)
+            found.add(path.parent)
         elif path.is_dir():
-            found.extend(sorted(path.rglob(f"*{POLICIES_SUFFIX}")))
-    return found
+            found.update(p.parent for p in path.rglob(f"*{POLICIES_SUFFIX}"))
+    return sorted(found)
 
 
 def check(paths: Iterable[Path], *, unused: bool = False) -> Report:
     """Every recorded call under ``paths`` judged; with ``unused``, also what no call used. The
     unused list is over all of ``paths`` together: a permission one run needs is used."""
     report = Report()
-    policies = find_policies(paths)
-    for path in policies:
-        check_instance(path, report)
+    policies: list[Path] = []
+    for directory in find_dirs(paths):
+        policies += check_dir(directory, report)
     if unused:
         _unused(policies, report)
     return report
@@ -364,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unused", action="store_true", help="also list the permissions no call used")
     parser.add_argument("--fail-unused", action="store_true", help="exit 1 on an unused permission too")
     args = parser.parse_args(argv)
-    if not find_policies(args.paths):
+    if not find_dirs(args.paths):
         print(f"IAM no {POLICIES_SUFFIX} under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 2
     report = check(args.paths, unused=args.unused or args.fail_unused)

@@ -23,6 +23,7 @@ import boto3
 from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 
+from backdrop_local.aws import Resources, client
 from backdrop_local.iamrecord import ACCOUNT_ID, POLICIES_SUFFIX, function_access_key
 from backdrop_local.template import Template
 
@@ -111,6 +112,16 @@ def expand(template: Template, refs: dict[str, str]) -> dict[str, Any]:
         if res["Type"] in _RESOURCE_POLICY_TYPES
     ]
     return {"functions": functions, "resource_policies": resource_policies}
+
+
+def stack_refs(template: Template, resources: Resources) -> dict[str, str]:
+    """What Ref of a resource gives in this stack where it is not the name: a queue's URL, a
+    secret's ARN (with the random suffix Secrets Manager adds)."""
+    refs = {logical: url for logical, (url, _arn) in resources.queues.items()}
+    sm = client("secretsmanager", resources.endpoint_url, resources.region)
+    for logical in template.resources_of_type("AWS::SecretsManager::Secret"):
+        refs[logical] = str(sm.describe_secret(SecretId=template.physical_id(logical))["ARN"])
+    return refs
 
 
 def write(template: Template, refs: dict[str, str], record_dir: Path) -> Path:

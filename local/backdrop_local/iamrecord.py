@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 ACCOUNT_ID = "123456789012"  # moto's default account, the one the local stack lives in
+_DEFAULT_REGION = "us-east-1"  # the local stack's region
 CALLS_SUFFIX = ".calls.jsonl"
 POLICIES_SUFFIX = ".policies.json"
 
@@ -62,6 +63,12 @@ def credential_of(headers: Mapping[str, str], query: Mapping[str, list[str]]) ->
     parts = scope.split("/")
     if len(parts) == 5 and parts[4] == "aws4_request":
         return parts[0], parts[2], parts[3]
+    # S3's older signature (header or presigned URL) names no region or service: only S3 takes it.
+    legacy = re.match(r"AWS ([^:\s]+):", headers.get("authorization", ""))
+    if legacy:
+        return legacy.group(1), _DEFAULT_REGION, "s3"
+    if query.get("AWSAccessKeyId"):
+        return query["AWSAccessKeyId"][0], _DEFAULT_REGION, "s3"
     return None
 
 
@@ -149,6 +156,8 @@ def _s3_bucket_calls(
 ) -> list[dict[str, Any]]:
     arn = f"arn:aws:s3:::{bucket}"
     subresources = [k for k in query if k in _BUCKET_GET or k in _BUCKET_PUT or k == "delete"]
+    if any(k not in subresources and not _list_param(k) for k in query):
+        return []  # a subresource not named here: recorded as unmapped
     if method == "POST" and "delete" in query:
         keys = re.findall(rb"<Key>(.*?)</Key>(?:\s*<VersionId>(.*?)</VersionId>)?", body, re.DOTALL)
         return [
@@ -169,6 +178,27 @@ def _s3_bucket_calls(
     if method == "DELETE" and not query:
         return [_call("s3:DeleteBucket", arn)]
     return []
+
+
+_LIST_PARAMS = {
+    "prefix",
+    "delimiter",
+    "list-type",
+    "max-keys",
+    "continuation-token",
+    "start-after",
+    "marker",
+    "encoding-type",
+    "fetch-owner",
+    "key-marker",
+    "version-id-marker",
+    "max-uploads",
+    "upload-id-marker",
+}
+
+
+def _list_param(name: str) -> bool:
+    return name in _LIST_PARAMS or name.lower().startswith("x-amz-")
 
 
 def _xml_text(raw: bytes) -> str:

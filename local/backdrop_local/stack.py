@@ -20,6 +20,7 @@ from backdrop.config import load_settings
 from backdrop_local.apigateway import LocalHttpApi
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
 from backdrop_local.eventsources import Schedule, SqsEventSource
+from backdrop_local.iampolicies import stack_refs
 from backdrop_local.iampolicies import write as write_policies
 from backdrop_local.iamrecord import function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
@@ -139,7 +140,7 @@ class LocalStack:
             visibility_timeout=opts.visibility_timeout_seconds,
         )
         if opts.record_iam:
-            write_policies(template, self._policy_refs(template), self.iam_dir)
+            write_policies(template, stack_refs(template, self.resources), self.iam_dir)
         routes: dict[tuple[str, str], Any] = {}
         self.api = LocalHttpApi(routes, api_id=template.physical_id("CallbackApi"))
         self.api.start()
@@ -298,8 +299,8 @@ class LocalStack:
         for logical, (url, _arn) in self.resources.queues.items() if self.resources else ():
             template.override_ref(logical, url)
         envs = {logical: self._function_env(template, logical) for logical in self.functions}
-        if self.options.record_iam:
-            write_policies(template, self._policy_refs(template), self.iam_dir)
+        if self.options.record_iam and self.resources is not None:
+            write_policies(template, stack_refs(template, self.resources), self.iam_dir)
         for logical, env in envs.items():
             self.functions[logical].update_environment(env)
         self.template = template
@@ -315,16 +316,6 @@ class LocalStack:
             logical: function_access_key(self.options.stack_name, logical)
             for logical in self.template.functions()
         }
-
-    def _policy_refs(self, template: Template) -> dict[str, str]:
-        """What Ref of a resource gives in this stack where it is not the name: a queue's URL, a
-        secret's ARN (with the random suffix Secrets Manager adds)."""
-        assert self.resources is not None
-        refs = {logical: url for logical, (url, _arn) in self.resources.queues.items()}
-        sm = self._client("secretsmanager")
-        for logical in template.resources_of_type("AWS::SecretsManager::Secret"):
-            refs[logical] = sm.describe_secret(SecretId=template.physical_id(logical))["ARN"]
-        return refs
 
     def _function_env(self, template: Template, logical: str) -> dict[str, str]:
         spec = template.function(logical)
