@@ -70,8 +70,8 @@ class Report:
     calls: int = 0
     other_calls: int = 0  # made with keys that are not a function's (the tests, the CLI)
     denied: Counter[Denial] = field(default_factory=Counter)
-    # (instance, function, statement, action) of each permission no call used
-    unused: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # (function, statement, action) of each permission no call (of any instance checked) used
+    unused: list[tuple[str, str, str]] = field(default_factory=list)
     rare_unused: list[tuple[str, str, str]] = field(default_factory=list)  # function, action, reason
     used: set[tuple[str, str, str, str]] = field(default_factory=set)
 
@@ -92,8 +92,8 @@ class Report:
                 f"on {denial.resource}{extra}"
             )
         if show_unused:
-            for instance, function, statement, action in self.unused:
-                out.append(f"  UNUSED {instance} {function} {statement}: {action}")
+            for function, statement, action in self.unused:
+                out.append(f"  UNUSED {function} {statement}: {action}")
             for function, action, reason in self.rare_unused:
                 out.append(f"  RARE   {function} {action} (kept: {reason})")
         return out
@@ -285,8 +285,24 @@ def check_dir(directory: Path, report: Report) -> list[Path]:
             if role is None:
                 report.other_calls += 1
                 continue
-            _judge(call, *role, report)
+            for needed in implied_calls(call):
+                _judge(needed, *role, report)
     return policies_paths
+
+
+def implied_calls(call: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The call, and what it needs besides its own action. S3 answers a read of a missing key with
+    404 only to a caller that may list the bucket (403 otherwise), and the functions tell a deleted
+    upload or an absent result by that 404: such a read needs s3:ListBucket on the bucket."""
+    calls = [dict(call)]
+    if (
+        call.get("status") == 404
+        and call.get("action") in ("s3:GetObject", "s3:GetObjectVersion")
+        and str(call.get("resource", "")).startswith("arn:aws:s3:::")
+    ):
+        bucket = str(call["resource"]).split("/", 1)[0]
+        calls.append({**call, "action": "s3:ListBucket", "resource": bucket, "context": {}})
+    return calls
 
 
 def _judge(
@@ -327,7 +343,7 @@ def _judge(
 def _unused(policies_paths: Sequence[Path], report: Report) -> None:
     """Each action of each inline statement of the newest configuration that no allowed call used.
     A statement's action is used when a call it allowed has an action the entry matches."""
-    seen: set[tuple[str, str, str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     rare_seen: set[tuple[str, str]] = set()
     for path in policies_paths:
         doc = json.loads(path.read_text())
@@ -346,7 +362,7 @@ def _unused(policies_paths: Sequence[Path], report: Report) -> None:
                     for entry in _as_list(statement.get("Action")):
                         if any(fnmatch.fnmatchcase(action, entry.lower()) for action in used_actions):
                             continue
-                        key = (logical, label, entry, str(doc["instance"]))
+                        key = (logical, label, entry)
                         reason = RARE_PATHS.get((logical, entry))
                         if reason is not None:
                             if (logical, entry) not in rare_seen:
@@ -355,7 +371,7 @@ def _unused(policies_paths: Sequence[Path], report: Report) -> None:
                             continue
                         if key not in seen:
                             seen.add(key)
-                            report.unused.append((str(doc["instance"]), logical, label, entry))
+                            report.unused.append(key)
 
 
 def find_dirs(paths: Iterable[Path]) -> list[Path]:
