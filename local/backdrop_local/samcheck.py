@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from backdrop_local import iamcheck
 from backdrop_local.samlocal import (
     EgressTrap,
     SamLocal,
@@ -164,6 +165,7 @@ def _full_job(stack: LocalStack, sam: SamLocal, tally: Tally, state: Path) -> No
             env_vars=state / "full-env-vars.json",
             state_dir=state,
             trap=sam.trap,
+            function_keys=sam.function_keys,
         )
         submitted = submitter.invoke("SubmitFunction", event)
         job = _job_of(stack, key)
@@ -215,6 +217,14 @@ def _copy_request_for(stack: LocalStack, job_id: str) -> str:
     return "{}"
 
 
+def iam_check(directory: Path) -> list[str]:
+    """The IAM check's lines for the calls recorded under ``directory`` (the first: ``IAM calls=...``)."""
+    report = iamcheck.check([directory])
+    lines = report.lines(show_unused=False)
+    print(lines[0], flush=True)
+    return lines
+
+
 def run() -> int:
     required = os.environ.get("BACKDROP_REQUIRE_SAMLOCAL") == "1"
     try:
@@ -251,6 +261,7 @@ def run() -> int:
                 env_vars=Path(stack.info["sam_env_vars"]),
                 state_dir=state / "sam",
                 trap=trap,
+                function_keys=stack.function_access_keys,
             )
             for check in CHECKS:
                 try:
@@ -267,6 +278,10 @@ def run() -> int:
                 tally.record("full job", False, str(exc)[-500:])
             if trap.attempts:
                 tally.record("nothing went out", False, f"refused outbound requests: {trap.attempts}")
+        # Every AWS call the functions made in their containers (each signs as its own role),
+        # judged against the template's policies.
+        iam_lines = iam_check(stack.iam_dir)
+        tally.record("IAM check", iam_lines[0].endswith(" denied=0"), "\n".join(iam_lines))
     print(f"SAM-LOCAL invokes={tally.invokes} ok={tally.ok}", flush=True)
     return 0 if tally.ok == tally.invokes else 1
 
