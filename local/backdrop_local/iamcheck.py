@@ -38,12 +38,35 @@ from backdrop_local.iamrecord import CALLS_SUFFIX, POLICIES_SUFFIX
 # Actions AWS authorizes without any policy.
 NEEDS_NO_PERMISSION = {"sts:getcalleridentity"}
 
-# Permissions kept although the test runs may never make the call: each is on a path that only a
-# failure takes. (function, action) -> why it is needed.
-RARE_PATHS: dict[tuple[str, str], str] = {
-    ("CopyFunction", "s3:AbortMultipartUpload"): (
+# Permissions kept although the test runs may never use them: each is on a path that only a
+# failure or a rare situation takes. (function, statement Sid, action) -> why it is needed.
+_DELETED_UPLOAD = (
+    "an upload deleted before it is read answers 404 only to a caller that may list the bucket (403 "
+    "otherwise), and that 404 is how a deleted upload is told (SOURCE_DELETED, superseded jobs)"
+)
+RARE_PATHS: dict[tuple[str, str, str], str] = {
+    ("CopyFunction", "WriteResults", "s3:AbortMultipartUpload"): (
         "a streamed copy that fails after its multipart upload started (an output that ends short or "
         "grows past MaxOutputBytes, a lost connection) aborts the upload, so no parts are kept and billed"
+    ),
+    ("CopyFunction", "WriteResults", "s3:DeleteObject"): (
+        "a newer version of an upload with fewer outputs removes the extra result objects the older "
+        "version wrote (copying._delete_stale)"
+    ),
+    ("SubmitFunction", "ListUploads", "s3:ListBucket"): _DELETED_UPLOAD,
+    ("CopyFunction", "ListUploads", "s3:ListBucket"): _DELETED_UPLOAD,
+    ("ReconcileFunction", "ListUploads", "s3:ListBucket"): _DELETED_UPLOAD,
+    ("SubmitFunction", "Idempotency", "dynamodb:GetItem"): (
+        "Powertools idempotency reads the record with GetItem when a conditional write that failed "
+        "does not return it (DynamoDB returns it today); part of Powertools' documented permissions"
+    ),
+    ("CallbackFunction", "FindJobByRunId", "dynamodb:Query"): (
+        "a signed callback whose metadata names no job that exists (a run adopted after a lost create "
+        "answer, metadata Runflow dropped) is matched to its job by run id (index ByRunId)"
+    ),
+    ("ReconcileFunction", "ReadRunBudget", "dynamodb:UpdateItem"): (
+        "the reconciler creating the run of a job whose reservation was given back (Runflow refused "
+        "the earlier create) reserves it again against the day's budget (ledger table)"
     ),
 }
 
@@ -72,7 +95,8 @@ class Report:
     denied: Counter[Denial] = field(default_factory=Counter)
     # (function, statement, action) of each permission no call (of any instance checked) used
     unused: list[tuple[str, str, str]] = field(default_factory=list)
-    rare_unused: list[tuple[str, str, str]] = field(default_factory=list)  # function, action, reason
+    # (function, statement, action, reason) of each unused permission RARE_PATHS keeps
+    rare_unused: list[tuple[str, str, str, str]] = field(default_factory=list)
     used: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     @property
@@ -94,8 +118,8 @@ class Report:
         if show_unused:
             for function, statement, action in self.unused:
                 out.append(f"  UNUSED {function} {statement}: {action}")
-            for function, action, reason in self.rare_unused:
-                out.append(f"  RARE   {function} {action} (kept: {reason})")
+            for function, statement, action, reason in self.rare_unused:
+                out.append(f"  RARE   {function} {statement}: {action} (kept: {reason})")
         return out
 
 
@@ -344,7 +368,7 @@ def _unused(policies_paths: Sequence[Path], report: Report) -> None:
     """Each action of each inline statement of the newest configuration that no allowed call used.
     A statement's action is used when a call it allowed has an action the entry matches."""
     seen: set[tuple[str, str, str]] = set()
-    rare_seen: set[tuple[str, str]] = set()
+    rare_seen: set[tuple[str, str, str]] = set()
     for path in policies_paths:
         doc = json.loads(path.read_text())
         newest = doc["generations"][-1]
@@ -363,11 +387,11 @@ def _unused(policies_paths: Sequence[Path], report: Report) -> None:
                         if any(fnmatch.fnmatchcase(action, entry.lower()) for action in used_actions):
                             continue
                         key = (logical, label, entry)
-                        reason = RARE_PATHS.get((logical, entry))
+                        reason = RARE_PATHS.get(key)
                         if reason is not None:
-                            if (logical, entry) not in rare_seen:
-                                rare_seen.add((logical, entry))
-                                report.rare_unused.append((logical, entry, reason))
+                            if key not in rare_seen:
+                                rare_seen.add(key)
+                                report.rare_unused.append((*key, reason))
                             continue
                         if key not in seen:
                             seen.add(key)
