@@ -1,8 +1,10 @@
 """``make sam-local``: every event in ``events/`` through ``sam local invoke`` against the local stack,
 and one whole job through ``sam local start-api`` (upload → run → the local Runflow's signed
 callback into start-api → copy → result). Prints ``SAM-LOCAL invokes=N ok=N`` and exits 1 on any
-miss. Where no Docker engine can run it says ``SAM-LOCAL skipped: <why>`` and exits 0, or 1 when
-``BACKDROP_REQUIRE_SAMLOCAL=1`` (CI sets it: a skip there would hide a broken set-up).
+miss; then ``IAM calls=N denied=N`` for every AWS call the functions made (each container signs as
+its function), and exits 1 on a denial. Where no Docker engine can run it says
+``SAM-LOCAL skipped: <why>`` and exits 0, or 1 when ``BACKDROP_REQUIRE_SAMLOCAL=1`` (CI sets it:
+a skip there would hide a broken set-up).
 
 The local stack listens on the Docker bridge's host address so the containers reach it, with its
 own SQS event sources and schedule off: here ``sam local`` plays every function.
@@ -219,10 +221,7 @@ def _copy_request_for(stack: LocalStack, job_id: str) -> str:
 
 def iam_check(directory: Path) -> list[str]:
     """The IAM check's lines for the calls recorded under ``directory`` (the first: ``IAM calls=...``)."""
-    report = iamcheck.check([directory])
-    lines = report.lines(show_unused=False)
-    print(lines[0], flush=True)
-    return lines
+    return iamcheck.check([directory]).lines(show_unused=False)
 
 
 def run() -> int:
@@ -281,9 +280,9 @@ def run() -> int:
         # Every AWS call the functions made in their containers (each signs as its own role),
         # judged against the template's policies.
         iam_lines = iam_check(stack.iam_dir)
-        tally.record("IAM check", iam_lines[0].endswith(" denied=0"), "\n".join(iam_lines))
     print(f"SAM-LOCAL invokes={tally.invokes} ok={tally.ok}", flush=True)
-    return 0 if tally.ok == tally.invokes else 1
+    print("\n".join(iam_lines), flush=True)
+    return 0 if tally.ok == tally.invokes and iam_lines[0].endswith(" denied=0") else 1
 
 
 if __name__ == "__main__":
