@@ -64,7 +64,9 @@ def translate(template: Template) -> dict[str, Any]:
         "AWS::Partition": "aws",
         "AWS::URLSuffix": "amazonaws.com",
     }
-    translated: dict[str, Any] = Translator({}, Parser(), boto_session=session).translate(doc, parameters)
+    translator = Translator({}, Parser(), boto_session=session)
+    translated: dict[str, Any] = translator.translate(doc, parameters)
+    translator.metrics.publish()  # to its no-op publisher; unpublished metrics warn at exit
     return translated
 
 

@@ -22,7 +22,7 @@ from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Res
 from backdrop_local.eventsources import Schedule, SqsEventSource
 from backdrop_local.iampolicies import stack_refs
 from backdrop_local.iampolicies import write as write_policies
-from backdrop_local.iamrecord import function_access_key
+from backdrop_local.iamrecord import CALLS_SUFFIX, POLICIES_SUFFIX, function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import FaultSettings, LocalRunflow
 from backdrop_local.runflow.emulator import DEFAULT_RETRY_DELAYS
@@ -107,6 +107,9 @@ class LocalStack:
         # moto's and the HTTP API's per-request access lines drown the functions' own logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The IAM records describe this run of the stack only (a state dir outlives `make local`).
+        for suffix in (CALLS_SUFFIX, POLICIES_SUFFIX):
+            (self.iam_dir / f"{opts.stack_name}{suffix}").unlink(missing_ok=True)
         endpoint = self.moto.start()
         loopback = opts.listen_host in ("127.0.0.1", "::1", "localhost")
         self.runflow = LocalRunflow(
