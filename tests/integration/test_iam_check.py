@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from backdrop_local import iamcheck, iampolicies
 from backdrop_local.aws import SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
-from backdrop_local.iamrecord import function_access_key
+from backdrop_local.iamrecord import classify, function_access_key
 from backdrop_local.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +193,86 @@ def test_policies_are_the_template_expanded_as_sam_deploys_it(world: World) -> N
     )
     callback = {s["Sid"]: s for p in functions["CallbackFunction"]["inline"] for s in p["statements"]}
     assert callback["ReadCallbackSigningSecret"]["Resource"] == secret["ARN"]  # Ref of a secret is its ARN
+
+
+_AUTH = {
+    "authorization": "AWS4-HMAC-SHA256 Credential=fn-s-CopyFunction/20261206/us-east-1/{}/aws4_request, x"
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "headers", "body", "expected"),
+    [
+        ("HEAD", "/b/uploads/a%20b.jpg", "", {}, b"", [("s3:GetObject", "arn:aws:s3:::b/uploads/a b.jpg")]),
+        ("GET", "/b/k", "versionId=v1", {}, b"", [("s3:GetObjectVersion", "arn:aws:s3:::b/k")]),
+        ("POST", "/b/k", "uploads=", {}, b"", [("s3:PutObject", "arn:aws:s3:::b/k")]),
+        ("PUT", "/b/k", "partNumber=2&uploadId=u", {}, b"", [("s3:PutObject", "arn:aws:s3:::b/k")]),
+        ("DELETE", "/b/k", "uploadId=u", {}, b"", [("s3:AbortMultipartUpload", "arn:aws:s3:::b/k")]),
+        ("DELETE", "/b/k", "", {}, b"", [("s3:DeleteObject", "arn:aws:s3:::b/k")]),
+        (
+            "PUT",
+            "/b/k",
+            "",
+            {"x-amz-copy-source": "/src/a%2Bb?versionId=v"},
+            b"",
+            [("s3:PutObject", "arn:aws:s3:::b/k"), ("s3:GetObjectVersion", "arn:aws:s3:::src/a+b")],
+        ),
+        (
+            "POST",
+            "/b",
+            "delete=",
+            {},
+            b"<Delete><Object><Key>r/1.png</Key></Object><Object><Key>r/&amp;.png</Key></Object></Delete>",
+            [("s3:DeleteObject", "arn:aws:s3:::b/r/1.png"), ("s3:DeleteObject", "arn:aws:s3:::b/r/&.png")],
+        ),
+        ("GET", "/b", "list-type=2&prefix=results%2F", {}, b"", [("s3:ListBucket", "arn:aws:s3:::b")]),
+        ("GET", "/b", "versions=", {}, b"", [("s3:ListBucketVersions", "arn:aws:s3:::b")]),
+    ],
+)
+def test_s3_requests_are_named_as_iam_names_them(
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    expected: list[tuple[str, str]],
+) -> None:
+    auth = {"authorization": _AUTH["authorization"].format("s3")}
+    named = classify(method, "127.0.0.1:5000", path, query, {**auth, **headers}, body)
+    assert named is not None
+    key, service, calls = named
+    assert (key, service) == ("fn-s-CopyFunction", "s3")
+    assert [(c["action"], c["resource"]) for c in calls] == expected
+
+
+def test_json_and_query_protocol_calls_name_their_resource() -> None:
+    def named(service: str, target: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+        headers = {"authorization": _AUTH["authorization"].format(service), "x-amz-target": target}
+        result = classify("POST", "h", "/", "", headers, json.dumps(params).encode())
+        assert result is not None
+        return [(c["action"], c["resource"]) for c in result[2]]
+
+    table = "arn:aws:dynamodb:us-east-1:123456789012:table/t"
+    assert named("dynamodb", "DynamoDB_20120810.Query", {"TableName": "t", "IndexName": "ByRunId"}) == [
+        ("dynamodb:Query", f"{table}/index/ByRunId")
+    ]
+    assert named(
+        "dynamodb",
+        "DynamoDB_20120810.TransactWriteItems",
+        {"TransactItems": [{"Update": {"TableName": "t"}}, {"ConditionCheck": {"TableName": "t"}}]},
+    ) == [("dynamodb:UpdateItem", table), ("dynamodb:ConditionCheckItem", table)]
+    assert named(
+        "sqs", "AmazonSQS.SendMessageBatch", {"QueueUrl": "http://h/123456789012/q-copies", "Entries": []}
+    ) == [("sqs:SendMessage", "arn:aws:sqs:us-east-1:123456789012:q-copies")]
+    assert named("events", "AWSEvents.PutEvents", {"Entries": [{"Source": "backdrop"}]}) == [
+        ("events:PutEvents", "arn:aws:events:us-east-1:123456789012:event-bus/default")
+    ]
+    # The older query protocol: the action and queue in the form body.
+    headers = {"authorization": _AUTH["authorization"].format("sqs")}
+    form = b"Action=DeleteMessage&QueueUrl=http%3A%2F%2Fh%2F123456789012%2Fq"
+    result = classify("POST", "h", "/", "", headers, form)
+    assert result is not None
+    assert [(c["action"], c["resource"]) for c in result[2]] == [
+        ("sqs:DeleteMessage", "arn:aws:sqs:us-east-1:123456789012:q")
+    ]
+    assert classify("GET", "h", "/b/k", "", {}, b"") is None  # unsigned: nobody's call
