@@ -42,8 +42,20 @@ def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
     return list(statements) if isinstance(statements, list) else [statements]
 
 
+_translated: dict[str, dict[str, Any]] = {}
+
+
 def translate(template: Template) -> dict[str, Any]:
-    """The template as CloudFormation sees it after the Serverless transform (intrinsics left in)."""
+    """The template as CloudFormation sees it after the Serverless transform (intrinsics left in,
+    so the stack's name and resources are resolved afterwards). Kept per template text and
+    parameter values: every local stack of a test session translates the same one."""
+    text = json.dumps([template.doc, template.parameters, template.region], sort_keys=True)
+    if text not in _translated:
+        _translated[text] = _translate(template)
+    return copy.deepcopy(_translated[text])
+
+
+def _translate(template: Template) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(json.dumps(template.doc))
     # As `sam package` leaves it: code locations are S3 URIs by the time the transform runs.
     for resource in doc["Resources"].values():
@@ -60,7 +72,8 @@ def translate(template: Template) -> dict[str, Any]:
         **template.parameters,
         "AWS::Region": template.region,
         "AWS::AccountId": ACCOUNT_ID,
-        "AWS::StackName": template.stack_name,
+        # The transform keeps ${AWS::StackName} in the policies: resolved per stack below.
+        "AWS::StackName": "backdrop",
         "AWS::Partition": "aws",
         "AWS::URLSuffix": "amazonaws.com",
     }
