@@ -96,6 +96,13 @@ def wait_for(port: int) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
+# moto's server as the local stack runs it: S3 notifications carry versionId and sequencer.
+MOTO_SERVER = (
+    "import sys; from backdrop_local import s3events; s3events.install();"
+    " from moto.server import main; main(sys.argv[1:])"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200)
@@ -105,7 +112,7 @@ def main() -> None:
     size = args.mb * 1024 * 1024
     moto_port, source_port = free_port(), free_port()
     moto = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-p", str(moto_port)],
+        [sys.executable, "-c", MOTO_SERVER, "-p", str(moto_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

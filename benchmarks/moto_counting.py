@@ -19,6 +19,8 @@ from typing import Any
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from backdrop_local import s3events
+
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 _DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
@@ -94,6 +96,7 @@ class CountingMotoServer:
         self.endpoint_url = ""
 
     def start(self) -> str:
+        s3events.install()  # notifications carry versionId and sequencer, as the local stack's do
         app = _Counting(DomainDispatcherApplication(create_backend_app), self._counts, self._lock)
         self._server = make_server(self._host, 0, app, True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)

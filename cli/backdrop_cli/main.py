@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +34,104 @@ class ColourType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def stack_command[F: Callable[..., Any]](function: F) -> F:
-    """The options every subcommand takes (which stack, --json), and its error handling: an error
-    is a message on stderr and an exit status (with --json, also a JSON document on stdout)."""
+@dataclass(frozen=True)
+class GlobalOption:
+    """An option every subcommand takes, accepted before the subcommand too (``backdrop --local
+    status KEY`` as well as ``backdrop status KEY --local``), as ``aws --profile p s3 ls`` does."""
 
-    @click.option(
-        "--stack",
+    name: str  # the parameter's name in the subcommand
+    flag: str  # as typed
+    decorator: Callable[[Any], Any]
+
+
+GLOBAL_OPTIONS = (
+    GlobalOption(
         "stack_name",
-        metavar="NAME",
-        envvar="BACKDROP_STACK",
-        help="Talk to the deployed CloudFormation stack NAME (or set BACKDROP_STACK).",
-    )
-    @click.option("--profile", metavar="PROFILE", help="AWS profile for --stack (default: the usual chain).")
-    @click.option("--region", metavar="REGION", help="AWS region of --stack (default: the profile's).")
-    @click.option("--local", is_flag=True, help="Talk to the local stack (`make local`).")
-    @click.option(
+        "--stack",
+        click.option(
+            "--stack",
+            "stack_name",
+            metavar="NAME",
+            envvar="BACKDROP_STACK",
+            help="Talk to the deployed CloudFormation stack NAME (or set BACKDROP_STACK).",
+        ),
+    ),
+    GlobalOption(
+        "profile",
+        "--profile",
+        click.option(
+            "--profile", metavar="PROFILE", help="AWS profile for --stack (default: the usual chain)."
+        ),
+    ),
+    GlobalOption(
+        "region",
+        "--region",
+        click.option("--region", metavar="REGION", help="AWS region of --stack (default: the profile's)."),
+    ),
+    GlobalOption(
+        "local",
+        "--local",
+        click.option("--local", is_flag=True, help="Talk to the local stack (`make local`)."),
+    ),
+    GlobalOption(
+        "state_dir",
         "--state-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        help="With --local: the folder of local-stack.json (default: .backdrop).",
-    )
-    @click.option(
-        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else."
-    )
+        click.option(
+            "--state-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="With --local: the folder of local-stack.json (default: .backdrop).",
+        ),
+    ),
+    GlobalOption(
+        "as_json",
+        "--json",
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else."
+        ),
+    ),
+)
+
+
+def global_options[F: Callable[..., Any]](function: F) -> F:
+    for option in reversed(GLOBAL_OPTIONS):
+        function = option.decorator(function)
+    return function
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Typed on the command line (not a default, and not BACKDROP_STACK)."""
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
+def merge_global_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The subcommand's global options, with those typed before the subcommand. The same option
+    on both sides must say the same thing; a typed --stack or --local wins over BACKDROP_STACK."""
+    parent = ctx.parent
+    merged = dict(values)
+    for option in GLOBAL_OPTIONS:
+        if parent is None or not _given(parent, option.name):
+            continue
+        early = parent.params[option.name]
+        if not _given(ctx, option.name):
+            merged[option.name] = early
+        elif values[option.name] != early:
+            raise click.UsageError(
+                f"{option.flag} is given twice with different values: {early!s} before the"
+                f" subcommand and {values[option.name]!s} after it; give it once.",
+                ctx=ctx,
+            )
+    typed_stack = _given(ctx, "stack_name") or (parent is not None and _given(parent, "stack_name"))
+    if merged["local"] and not typed_stack:
+        merged["stack_name"] = None  # an explicit --local wins over BACKDROP_STACK
+    return merged
+
+
+def stack_command[F: Callable[..., Any]](function: F) -> F:
+    """The options every subcommand takes (which stack, --json; also accepted before the
+    subcommand), and its error handling: an error is a message on stderr and an exit status (with
+    --json, also a JSON document on stdout)."""
+
+    @global_options
     @functools.wraps(function)
     def wrapper(
         stack_name: str | None,
@@ -65,24 +142,44 @@ def stack_command[F: Callable[..., Any]](function: F) -> F:
         as_json: bool,
         **kwargs: Any,
     ) -> None:
-        ui = Ui(as_json=as_json)
-        source = click.get_current_context().get_parameter_source("stack_name")
-        if local and source is click.core.ParameterSource.ENVIRONMENT:
-            stack_name = None  # an explicit --local wins over BACKDROP_STACK
-        app = App(Target(stack_name, profile, region, local, state_dir), ui)
+        ctx = click.get_current_context()
+        given = {
+            "stack_name": stack_name,
+            "profile": profile,
+            "region": region,
+            "local": local,
+            "state_dir": state_dir,
+            "as_json": as_json,
+        }
+        json_before = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
+        ui = Ui(as_json=as_json or json_before)
+        try:
+            options = merge_global_options(ctx, given)
+        except click.UsageError as exc:
+            if ui.as_json:
+                ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+            raise
+        target = Target(
+            options["stack_name"],
+            options["profile"],
+            options["region"],
+            options["local"],
+            options["state_dir"],
+        )
+        app = App(target, ui)
         try:
             code = function(app, **kwargs)
         except click.ClickException as exc:
-            if as_json:
+            if ui.as_json:
                 ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
             raise
         except KeyboardInterrupt:
             message = "Interrupted (Ctrl-C)."
-            if as_json:
+            if ui.as_json:
                 ui.emit({"error": {"message": message, "exit_code": FAILED}})
             raise Failure(message) from None
         except (ClientError, BotoCoreError) as exc:
-            if as_json:
+            if ui.as_json:
                 ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
             raise Failure(f"AWS: {exc}") from exc
         sys.exit(code)
@@ -116,14 +213,16 @@ def wait_options[F: Callable[..., Any]](function: F) -> F:
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="backdrop", prog_name="backdrop")
-def cli() -> None:
+@global_options
+def cli(**_global: Any) -> None:
     """Operate a Backdrop stack: plan and run backfills, look jobs up, retry failures, report.
 
     Every subcommand talks to a deployed stack (--stack NAME, with --profile and --region; its
     resources and parameters come from CloudFormation) or to the local stack (--local). Add --json
-    for one JSON document on stdout. Exit status: 0 ok, 1 something failed (a job ended failed, a
-    refusal, an interruption), 2 bad usage. Nothing costly happens without --yes (or a yes at a
-    prompt that shows the cost).
+    for one JSON document on stdout. These options go before or after the subcommand (backdrop
+    --local status KEY, or backdrop status KEY --local). Exit status: 0 ok, 1 something failed (a
+    job ended failed, a refusal, an interruption), 2 bad usage. Nothing costly happens without
+    --yes (or a yes at a prompt that shows the cost).
 
     \b
     Examples:

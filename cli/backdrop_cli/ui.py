@@ -31,7 +31,10 @@ def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # Piped output keeps whole lines of long keys instead of rich's 80-column default.
     width = None if stream.isatty() or "COLUMNS" in os.environ else 200
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    # Keys, colour metadata and error messages are uploaders' text: a plain string is never read
+    # as markup (``[/bold]`` would raise, ``[draft]`` would vanish) or emoji codes (``:x:``).
+    # Styled output is built with Text and column styles instead.
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False)
 
 
 def _plain(value: Any) -> Any:
@@ -65,7 +68,7 @@ class Ui:
 
     def note(self, message: str) -> None:
         """A remark for the person at the terminal (stderr, also with --json)."""
-        self.err.print(message, markup=False)
+        self.err.print(message)
 
     # ------------------------------------------------------------------ interaction
     @property
@@ -93,10 +96,10 @@ class Bar:
         if console.is_terminal:
             self._progress = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
+                TextColumn("{task.fields[detail]}", markup=False),
                 TimeElapsedColumn(),
                 console=console,
                 transient=False,

@@ -2,7 +2,10 @@
 
 One route, so the event is read with Powertools' HTTP API event data class rather than its
 router: importing ``aws_lambda_powertools.event_handler`` loads every resolver it has (AppSync,
-Bedrock, ...), about a sixth of this function's cold start, which Runflow waits through.
+Bedrock, ...), about a sixth of this function's cold start, which Runflow waits through. The
+request is routed as that router routes it, by method and path (the stage taken off), never by
+``routeKey``: an API with a ``$default`` route, or an event from ``sam local generate-event``, names
+no route there.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from backdrop.observability import logger, metrics, tracer
 from backdrop.services import Services, get_services
 
 NEEDS = ("jobs_table", "callback_secret_name", "copy_queue_url")
-ROUTE = "POST /runflow/callback"
+METHOD, PATH = "POST", "/runflow/callback"
 
 
 def services() -> Services:
@@ -47,8 +50,8 @@ def answer(status_code: int, body: dict[str, Any]) -> dict[str, Any]:
 @event_source(data_class=APIGatewayProxyEventV2)
 def lambda_handler(event: APIGatewayProxyEventV2, context: LambdaContext) -> dict[str, Any]:
     services()  # a missing setting fails here, before any request is handled
-    if event.route_key != ROUTE:  # the API routes nothing else here; refuse anything else as its router would
-        return answer(404, {"message": "Not found"})
+    if event.http_method.upper() != METHOD or event.path != PATH:
+        return answer(404, {"message": "Not found"})  # what the Powertools router answers
     # HTTP API lowercases header names; the data class looks them up case-insensitively.
     headers = event.headers
     with logger.append_context_keys(runflow_request_id=headers.get("runflow-request-id")):

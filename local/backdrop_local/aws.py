@@ -15,6 +15,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from backdrop_local import s3events
 from backdrop_local.iamrecord import CALLS_SUFFIX, CallRecorder
 from backdrop_local.template import Template
 
@@ -41,8 +42,9 @@ class _RecordingMotoServer(ThreadedMotoServer):
 
 
 class MotoServer:
-    """moto's threaded server on a free loopback port. With ``record_dir``, every signed request is
-    also recorded in IAM terms to ``<record_dir>/<instance>.calls.jsonl`` (see iamrecord)."""
+    """moto's threaded server on a free loopback port, its S3 notifications as S3's (s3events).
+    With ``record_dir``, every signed request is also recorded in IAM terms to
+    ``<record_dir>/<instance>.calls.jsonl`` (see iamrecord)."""
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class MotoServer:
         self.endpoint_url = ""
 
     def start(self) -> str:
+        s3events.install()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"

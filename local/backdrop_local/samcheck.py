@@ -69,6 +69,7 @@ CHECKS = (
     Check("CallbackFunction", "callback-run-completed-base64.json", lambda r: _status(r) == 200, "200"),
     Check("CallbackFunction", "callback-run-failed.json", lambda r: _status(r) == 200, "200"),
     Check("CallbackFunction", "callback-forged-signature.json", lambda r: _status(r) == 401, "401"),
+    Check("CallbackFunction", "callback-sam-generated.json", lambda r: _status(r) == 200, "200"),
     Check(
         "ReconcileFunction",
         "reconcile-schedule.json",

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,14 @@ from PIL import Image
 
 from backdrop.jobs import Job
 from backdrop.jobstore import JobStore
+from backdrop.ledger import budget_day
 from backdrop.runs import RunflowClient
 from backdrop_cli.stack import Stack
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack
 
 BACKDROP = Path(sys.executable).with_name("backdrop")  # the console script `make venv` installs
+DAY_SECONDS = 86400
 
 
 @dataclass
@@ -66,6 +68,22 @@ class Cli:
         ran = self(*args, "--json", timeout=timeout)
         assert ran.code == expect, (args, ran.code, ran.stdout[-3000:], ran.stderr[-3000:])
         return ran.json()
+
+
+def utc_day_with_room(
+    seconds: float, *, clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep
+) -> str:
+    """Today's UTC day (``YYYY-MM-DD``, the run budget's), once at least ``seconds`` of it are left.
+
+    Steps that must all fall in one budget day start after midnight instead of straddling it: this
+    waits for the day to turn (the event itself), which happens only in the last ``seconds`` of a
+    day."""
+    while True:
+        now = clock()
+        left = DAY_SECONDS - now % DAY_SECONDS
+        if left > seconds:
+            return budget_day(now)
+        sleep(left)
 
 
 def photo(fmt: str = "JPEG", colour: tuple[int, int, int] = (150, 20, 25)) -> bytes:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cliworld import Cli, jobs_of, no_notifications, photo, put, resources, runs_at_runflow
+from cliworld import Cli, jobs_of, no_notifications, photo, put, resources, runs_at_runflow, utc_day_with_room
 
-from backdrop.ledger import RunBudget, budget_day
+from backdrop.ledger import RunBudget
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import LocalStack, StackOptions
 
@@ -38,6 +38,9 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
 
 def test_budget_holds_jobs_reports_spend_and_resumes_them(stack: LocalStack) -> None:
     cli = Cli(stack.state_dir)
+    # Everything up to the report happens in one budget day (the backfill waits up to 120 s): a
+    # start in the day's last minutes waits for midnight instead of being split by it.
+    day = utc_day_with_room(300)
     names = [f"item-{i}.jpg" for i in range(4)]
     with no_notifications(stack):
         for name in names:
@@ -53,7 +56,6 @@ def test_budget_holds_jobs_reports_spend_and_resumes_them(stack: LocalStack) -> 
         "extra_days_needed": 1,
     }
 
-    day = budget_day(time.time())
     done = cli.json("backfill", PREFIX, "--yes", "--wait-timeout=120")
     # Two runs today; the other two wait for the budget, and the command says so instead of
     # waiting for the next UTC day.

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import ClientError, ReadTimeoutError
-from cliworld import cli_stack_for
+from cliworld import cli_stack_for, utc_day_with_room
 
 from backdrop.colours import Colour, parse_colour
 from backdrop.config import load_settings
@@ -221,6 +221,20 @@ def test_times_and_percentiles() -> None:
     ]
     assert percentile([5, 1, 4, 2, 3], 50) == 3 and percentile(list(range(1, 101)), 95) == 95
     assert percentile([], 50) is None
+
+
+def test_a_test_needing_one_budget_day_waits_for_midnight_rather_than_straddle_it() -> None:
+    noon = datetime(2026, 12, 6, 12, tzinfo=UTC).timestamp()
+    now = [noon]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    assert utc_day_with_room(300, clock=lambda: now[0], sleep=sleep) == "2026-12-06" and slept == []
+    now[0] = noon + 12 * 3600 - 120  # 23:58
+    assert utc_day_with_room(300, clock=lambda: now[0], sleep=sleep) == "2026-12-07" and slept == [120]
 
 
 def test_budget_outlook_counts_held_jobs_first() -> None:

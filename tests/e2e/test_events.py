@@ -10,7 +10,10 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,6 +90,7 @@ def test_every_event_file_is_covered() -> None:
         "callback-run-completed-base64.json",
         "callback-run-failed.json",
         "callback-forged-signature.json",
+        "callback-sam-generated.json",
         "reconcile-schedule.json",
         "copy-request.json",
     }
@@ -94,12 +98,46 @@ def test_every_event_file_is_covered() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["callback-run-completed.json", "callback-run-completed-base64.json", "callback-run-failed.json"]
+    "name",
+    [
+        "callback-run-completed.json",
+        "callback-run-completed-base64.json",
+        "callback-run-failed.json",
+        "callback-sam-generated.json",
+    ],
 )
 def test_callback_events_are_signed_with_the_sample_secret(name: str) -> None:
     ev = event(name)
     assert ev["headers"]["runflow-signature"] == runflow_signature(raw_body(ev))
-    assert ev["headers"]["content-length"] == str(len(raw_body(ev)))
+    assert ev["headers"].get("content-length", str(len(raw_body(ev)))) == str(len(raw_body(ev)))
+
+
+def test_sam_generated_event_is_sams_own_with_runflows_headers_added() -> None:
+    """What `sam local generate-event apigateway http-api-proxy --path runflow/callback --body
+    BODY` prints today (routeKey `$default`, the body base64-encoded), plus the headers Runflow
+    sends; the body is the completed callback's."""
+    ev = event("callback-sam-generated.json")
+    body = raw_body(event("callback-run-completed.json")).decode("utf-8")
+    made = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("sam")),
+            *("local", "generate-event", "apigateway", "http-api-proxy"),
+            *("--path", "runflow/callback", "--body", body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        check=True,
+    )
+    generated = json.loads(made.stdout)
+    added = {"content-type", "runflow-request-id", "runflow-signature"}
+    assert {k: v for k, v in ev["headers"].items() if k not in added} == generated["headers"]
+    assert {k: v for k, v in ev.items() if k != "headers"} == {
+        k: v for k, v in generated.items() if k != "headers"
+    }
+    assert ev["routeKey"] == ev["requestContext"]["routeKey"] == "$default"
+    assert raw_body(ev) == body.encode("utf-8")
 
 
 def test_the_signature_computation_matches_the_documented_vector() -> None:
@@ -460,7 +498,10 @@ def _assert_output_copied(resources: Resources, job_id: str, outputs: OutputServ
     assert outputs.paths == ["/outputs/coffee.png"]
 
 
-@pytest.mark.parametrize("name", ["callback-run-completed.json", "callback-run-completed-base64.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["callback-run-completed.json", "callback-run-completed-base64.json", "callback-sam-generated.json"],
+)
 def test_callback_completed_event_is_recorded_then_the_copy_request_copies_the_output(
     functions: dict[str, LocalFunction],
     world: tuple[Template, Resources, LocalRunflow],
@@ -574,10 +615,18 @@ def test_callback_function_answers_only_its_route(
     ev = event("callback-run-completed.json")
     job_id = _seed_submitted_job(resources, ev)
     before = job_item(resources, job_id)
-    for route in ("GET /runflow/callback", "POST /something/else"):
-        other = {**ev, "routeKey": route, "requestContext": {**ev["requestContext"], "routeKey": route}}
+    for method, path, stage in (
+        ("GET", "/runflow/callback", "$default"),
+        ("POST", "/something/else", "$default"),
+        ("POST", "/runflow/callback/", "$default"),
+        ("POST", "/runflow/callback", "prod"),  # the stage's own path is /prod/runflow/callback
+    ):
+        context = {**ev["requestContext"], "http": {**ev["requestContext"]["http"], "method": method}}
+        context["stage"] = stage
+        # Whatever the route key says (a `$default` route matches everything): method and path decide.
+        other = {**ev, "routeKey": "$default", "rawPath": path, "requestContext": context}
         result = functions["CallbackFunction"].invoke(other)
-        assert result.ok and result.payload["statusCode"] == 404, result.payload
+        assert result.ok and result.payload["statusCode"] == 404, (method, path, result.payload)
     assert job_item(resources, job_id) == before
 
 

@@ -3,8 +3,10 @@ moto's Secrets Manager.
 
 The README's rotation: store ``{"current": new, "previous": old}`` while Runflow still signs with the
 old secret, promote the new one at Runflow. A running function must accept callbacks signed with
-either, picking the new one up without a cold start: a signature that matches none of the cached
-secrets costs exactly one fresh read, and a malformed one costs none.
+either, picking the new one up without a cold start: a signature that matches none of the secrets
+held in memory reads them afresh, at most once per ``SIGNING_REFRESH_SECONDS`` (on the services'
+clock, which these tests control), so a flood of forged callbacks costs a handful of reads, and a
+malformed signature costs none.
 
 A rotated Runflow API key reaches a warm Runflow client the same way: the first request refused
 with 401 reads the key once afresh and is sent again with it; a key that did not change is final.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +31,11 @@ import httpx
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from backdrop.callbacks import authenticate
+from backdrop.callbacks import authenticate, handle_callback
+from backdrop.config import load_settings
+from backdrop.jobs import Job, Status, now_iso
 from backdrop.runs import RunflowClient, RunflowRejected
-from backdrop.secrets import SecretReader
+from backdrop.secrets import SIGNING_REFRESH_SECONDS, SecretReader
 from backdrop.services import Services
 from backdrop_local.aws import Resources, client
 
@@ -117,12 +122,30 @@ class _Secrets:
     secrets: SecretReader
 
 
+class Clock:
+    """The services' clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def reader(resources: Resources, proxy: RecordingProxy) -> SecretReader:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def reader(resources: Resources, proxy: RecordingProxy, clock: Clock) -> SecretReader:
     # Powertools caches per process: start every test cold, then never clear in the middle.
     parameters.clear_caches()  # type: ignore[no-untyped-call]
     return SecretReader(
-        api_key_secret=resources.api_key_secret, signing_secret=resources.callback_secret_name, max_age=300
+        api_key_secret=resources.api_key_secret,
+        signing_secret=resources.callback_secret_name,
+        max_age=300,
+        clock=clock,
     )
 
 
@@ -144,7 +167,7 @@ def rotate(store: Any, resources: Resources, current: str, previous: str) -> Non
 
 
 def test_new_secret_is_accepted_after_one_fresh_read(
-    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources
+    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources, clock: Clock
 ) -> None:
     name = resources.callback_secret_name
     assert authenticate(BODY, signed(BODY, OLD), services(reader))
@@ -154,7 +177,9 @@ def test_new_secret_is_accepted_after_one_fresh_read(
     assert reader.signing_secrets().all() == (OLD,)  # the cache still holds the old value
     assert proxy.reads(name) == 1
 
-    # Runflow now signs with the new secret: the cached one does not match, so it is read again.
+    # Runflow now signs with the new secret: the cached one does not match, so it is read again
+    # (the last read being a refresh interval old).
+    clock.now += SIGNING_REFRESH_SECONDS
     assert authenticate(BODY, signed(BODY, NEW), services(reader))
     assert proxy.reads(name) == 2
     # That read refreshed the cache: later callbacks cost nothing.
@@ -175,16 +200,22 @@ def test_previous_secret_is_still_accepted(
 
 
 def test_body_signed_with_neither_secret_is_refused(
-    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources
+    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources, clock: Clock
 ) -> None:
     rotate(store, resources, NEW, OLD)
     assert authenticate(BODY, signed(BODY, NEW), services(reader))
     assert proxy.reads(resources.callback_secret_name) == 1
 
+    # Within a refresh interval of the last read: refused without reading.
     assert not authenticate(BODY, signed(BODY, OTHER), services(reader))
-    assert proxy.reads(resources.callback_secret_name) == 2  # one fresh read, then refused
     assert not authenticate(OTHER_BODY, signed(BODY, NEW), services(reader))  # signature of another body
-    assert proxy.reads(resources.callback_secret_name) == 3
+    assert proxy.reads(resources.callback_secret_name) == 1
+    # An interval later: one fresh read, then refused all the same.
+    clock.now += SIGNING_REFRESH_SECONDS
+    assert not authenticate(BODY, signed(BODY, OTHER), services(reader))
+    assert proxy.reads(resources.callback_secret_name) == 2
+    assert not authenticate(BODY, signed(BODY, OTHER), services(reader))
+    assert proxy.reads(resources.callback_secret_name) == 2
 
 
 @pytest.mark.parametrize(
@@ -210,6 +241,97 @@ def test_malformed_signature_costs_no_read(
     for _ in range(3):
         assert not authenticate(BODY, signature, services(reader))
     assert proxy.reads(resources.callback_secret_name) == 1
+
+
+def _callback_services(resources: Resources, reader: SecretReader, clock: Clock) -> Services:
+    """The callback use case's services over moto (through the proxy), with the test's clock."""
+    env = {
+        "AWS_REGION": "us-east-1",
+        "BACKDROP_JOBS_TABLE": resources.jobs_table,
+        "BACKDROP_LEDGER_TABLE": resources.ledger_table,
+        "BACKDROP_UPLOADS_BUCKET": resources.uploads_bucket,
+        "BACKDROP_RESULTS_BUCKET": resources.results_bucket,
+        "BACKDROP_CALLBACK_SECRET": resources.callback_secret_name,
+        "BACKDROP_RUNFLOW_API_KEY_SECRET": resources.api_key_secret,
+        "BACKDROP_COPY_QUEUE_URL": resources.copy_queue_url,
+        "BACKDROP_ALLOWED_OUTPUT_HOSTS": "*.runflow.io",
+    }
+    return Services(load_settings(env), secrets=reader, clock=clock)
+
+
+def _job_waiting_for_its_callback(services: Services, job_id: str, run_id: str) -> None:
+    now = now_iso()
+    services.jobs.claim(
+        Job(
+            job_id=job_id,
+            status=Status.RECEIVED,
+            source_bucket=services.settings.uploads_bucket,
+            source_key=f"uploads/{job_id}.jpg",
+            source_version_id="v1",
+            color="255,255,255",
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    services.jobs.try_transition(job_id, Status.SUBMITTED, changes={"run_id": run_id})
+
+
+def _completed(job_id: str, run_id: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "run.completed",
+            "run_id": run_id,
+            "status": "succeeded",
+            "output": {"outputs": [{"url": f"https://cdn.runflow.io/{run_id}.png"}]},
+            "duration_ms": 900,
+            "created_at": None,
+            "completed_at": None,
+            "metadata": {"job_id": job_id},
+        }
+    ).encode()
+
+
+def test_a_flood_of_forged_callbacks_costs_a_handful_of_reads_and_a_genuine_one_gets_through(
+    reader: SecretReader, proxy: RecordingProxy, resources: Resources, clock: Clock
+) -> None:
+    services = _callback_services(resources, reader, clock)
+    _job_waiting_for_its_callback(services, "job-genuine", "run-genuine")
+    genuine = _completed("job-genuine", "run-genuine")
+    # Well-formed envelopes for the same job, signed with a secret that is not ours.
+    forged = [_completed("job-genuine", f"run-forged-{i}") for i in range(1000)]
+    step = 0.1  # seconds between callbacks: the flood lasts 100 s on the services' clock
+
+    answers: list[int] = []
+    for i, body in enumerate(forged):
+        if i == len(forged) // 2:
+            answer = handle_callback(genuine, signed(genuine, OLD), services)
+            assert (answer.status_code, answer.body.get("result")) == (200, "copy_queued"), answer
+        answers.append(handle_callback(body, signed(body, OTHER), services).status_code)
+        clock.now += step
+
+    reads = proxy.reads(resources.callback_secret_name)
+    print(f"forged callbacks: {len(forged)} over {len(forged) * step:.0f} s, signing secret reads: {reads}")
+    assert answers == [401] * len(forged)
+    # The first read, then at most one per refresh interval of the flood.
+    assert reads <= 1 + math.ceil(len(forged) * step / SIGNING_REFRESH_SECONDS)
+    job = services.jobs.get("job-genuine")
+    assert job is not None and job.status is Status.COPYING and job.run_id == "run-genuine"
+
+
+def test_a_rotated_secret_is_accepted_within_the_refresh_interval(
+    reader: SecretReader, proxy: RecordingProxy, store: Any, resources: Resources, clock: Clock
+) -> None:
+    assert authenticate(BODY, signed(BODY, OLD), services(reader))  # secrets read and held
+    clock.now += 5
+    rotate(store, resources, NEW, OLD)
+    rotated_at = clock.now
+    # Runflow signs with the new secret from now on, and sends a callback every second.
+    while not authenticate(BODY, signed(BODY, NEW), services(reader)):
+        assert clock.now - rotated_at < SIGNING_REFRESH_SECONDS
+        clock.now += 1
+    print(f"rotated secret accepted {clock.now - rotated_at:.0f} s after the rotation")
+    assert clock.now - rotated_at <= SIGNING_REFRESH_SECONDS
+    assert proxy.reads(resources.callback_secret_name) == 2  # the first read and one refresh
 
 
 # --- the Runflow API key ---------------------------------------------------------------------

@@ -339,6 +339,22 @@ def test_completion_events_go_only_to_the_named_bus(resources: dict[str, Any]) -
             assert statement["Resource"] == bus_arn
 
 
+def test_default_output_hosts_admit_runflow_and_its_presigned_storage_only(template: dict[str, Any]) -> None:
+    from backdrop.config import load_settings
+    from backdrop.outputs import host_allowed
+
+    default = template["Parameters"]["AllowedOutputHosts"]["Default"]
+    hosts = load_settings({"BACKDROP_ALLOWED_OUTPUT_HOSTS": default}).allowed_output_hosts
+    assert host_allowed("files.runflow.io", hosts)
+    # Where presigned R2 URLs point (Runflow's output URLs are presigned; its assets live in R2).
+    assert host_allowed("0f1e2d3c4b5a69788796a5b4c3d2e1f0.r2.cloudflarestorage.com", hosts)
+    # Public r2.dev buckets: any Cloudflare customer's, and never presigned.
+    assert not host_allowed("pub-0f1e2d3c4b5a69788796a5b4c3d2e1f0.r2.dev", hosts)
+    assert not host_allowed("r2.cloudflarestorage.com", hosts) and not host_allowed(
+        "runflow.io.evil.example", hosts
+    )
+
+
 def test_parameters_for_rules_budget_and_bus(template: dict[str, Any]) -> None:
     params = template["Parameters"]
     assert params["ColorRules"]["Default"] == "{}" and params["EventBusName"]["Default"] == "default"

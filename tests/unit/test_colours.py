@@ -40,6 +40,51 @@ def test_rejected_forms_name_the_bad_value(text: str) -> None:
     assert repr(text) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u0661\u0662,\u0663\u0664,\u0665\u0666",  # Arabic-Indic: ١٢,٣٤,٥٦
+        "\u06f1\u06f2,\u06f3\u06f4,\u06f5\u06f6",  # Extended Arabic-Indic (Persian)
+        "\uff11\uff12,\uff13\uff14,\uff15\uff16",  # fullwidth
+        "\u0967\u0968,\u0969\u096a,\u096b\u096c",  # Devanagari
+        "12,34,\uff15\uff16",  # one channel only
+        "\U0001d7ce,0,0",  # mathematical bold digit zero
+        "#\uff26\uff26\uff26\uff26\uff26\uff26",  # fullwidth hex letters
+        "12\u00a0,34,56",  # no-break space
+        "\u300012,34,56",  # ideographic space
+        "12,\n34,56",
+    ],
+    ids=[
+        "arabic-indic",
+        "persian",
+        "fullwidth",
+        "devanagari",
+        "mixed",
+        "math-bold",
+        "fullwidth-hex",
+        "nbsp",
+        "ideographic-space",
+        "newline",
+    ],
+)
+def test_only_ascii_digits_and_blanks(text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_colour(text)
+    assert repr(text) in str(info.value)
+
+
+def test_metadata_in_other_digits_rejects_the_upload_naming_it() -> None:
+    text = "\u0661\u0662,\u0663\u0664,\u0665\u0666"
+    choice = choose_colour({"background-color": text}, "uploads/x.jpg", default=Colour(255, 255, 255))
+    assert choice.colour is None and choice.source == "metadata"
+    assert choice.problem is not None and repr(text) in choice.problem
+    assert choice.recorded == text
+
+
+def test_tabs_around_channels_still_read() -> None:
+    assert parse_colour("\t12,\t34 ,56\t") == Colour(12, 34, 56)
+
+
 def test_out_of_range_channel_says_so() -> None:
     with pytest.raises(ValueError, match=r"outside 0\.\.255"):
         parse_colour("256,0,0")

@@ -129,6 +129,48 @@ def test_bad_numbers_name_the_variable(name: str, raw: str) -> None:
     assert raw in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BACKDROP_DAILY_RUN_BUDGET", "\u0661\u0662"),  # Arabic-Indic 12
+        ("BACKDROP_MAX_INPUT_BYTES", "\uff11\uff10\uff12\uff14"),  # fullwidth 1024
+        ("BACKDROP_RETENTION_DAYS", "\u0969\u0966"),  # Devanagari 30
+        ("BACKDROP_RECONCILE_BATCH_SIZE", "1_000"),
+        ("BACKDROP_RUN_DEADLINE_MINUTES", "9" * 19),
+        ("BACKDROP_CREATE_SETTLE_SECONDS", "\u0666\u0660"),  # Arabic-Indic 60
+        ("BACKDROP_CREATE_SETTLE_SECONDS", "nan"),
+        ("BACKDROP_RUNFLOW_TIMEOUT_SECONDS", "inf"),
+        ("BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", "Infinity"),
+        ("BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", "1e999"),
+        ("BACKDROP_RUNFLOW_TIMEOUT_SECONDS", "1_0.5"),
+    ],
+)
+def test_numbers_only_in_ascii_digits_and_finite(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name) as info:
+        load_settings(env(**{name: raw}))
+    assert repr(raw) in str(info.value)
+
+
+def test_numbers_in_usual_spellings_still_read() -> None:
+    s = load_settings(
+        env(
+            BACKDROP_DAILY_RUN_BUDGET="+25",
+            BACKDROP_CREATE_SETTLE_SECONDS="1e2",
+            BACKDROP_RUNFLOW_TIMEOUT_SECONDS=".5",
+            BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS="20.",
+        )
+    )
+    assert (s.daily_run_budget, s.create_settle_seconds, s.runflow_timeout_seconds) == (25, 100.0, 0.5)
+    assert s.submit_retry_budget_seconds == 20.0
+
+
+def test_colour_settings_only_in_ascii_digits() -> None:
+    with pytest.raises(ConfigError, match="BACKDROP_DEFAULT_COLOR"):
+        load_settings(env(BACKDROP_DEFAULT_COLOR="\uff12\uff15\uff15,255,255"))
+    with pytest.raises(ConfigError, match="BACKDROP_COLOR_RULES: colour rule 'uploads/x/'"):
+        load_settings(env(BACKDROP_COLOR_RULES='{"uploads/x/": "\u0661\u0662,\u0663\u0664,\u0665\u0666"}'))
+
+
 def test_numbers_read() -> None:
     s = load_settings(env(BACKDROP_MAX_OUTPUT_BYTES=" 1024 ", BACKDROP_CREATE_SETTLE_SECONDS="2.5"))
     assert s.max_output_bytes == 1024

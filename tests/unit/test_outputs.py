@@ -143,10 +143,49 @@ def test_any_non_public_address_refuses_the_host() -> None:
     assert refused("https://a.runflow.io/x.png", resolve=resolve) == "OUTPUT_ADDRESS_FORBIDDEN"
 
 
-@pytest.mark.parametrize(
-    "address", ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"]
-)
+@pytest.mark.parametrize("address", ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111"])
 def test_public_addresses_pass(address: str) -> None:
+    resolve = fake_resolver({"a.runflow.io": [address]})
+    assert check_url("https://a.runflow.io/x.png", POLICY, resolve).address == address
+
+
+# IPv6 addresses that carry an IPv4 one (here mostly 169.254.169.254, the instance metadata
+# service), or are deprecated site-local: each is refused as a DNS answer and as a literal.
+EMBEDDED_V4 = [
+    ("ipv4-mapped", "::ffff:169.254.169.254"),
+    ("ipv4-mapped-public", "::ffff:8.8.8.8"),
+    ("ipv4-translated", "::ffff:0:a9fe:a9fe"),
+    ("ipv4-compatible", "::169.254.169.254"),
+    ("nat64-well-known", "64:ff9b::a9fe:a9fe"),
+    ("nat64-local-use", "64:ff9b:1::a9fe:a9fe"),
+    ("6to4", "2002:a9fe:a9fe::1"),
+    ("teredo", "2001:0:a9fe:a9fe::1"),
+    ("site-local", "fec0::1"),
+]
+
+
+@pytest.mark.parametrize(("name", "address"), EMBEDDED_V4, ids=[case[0] for case in EMBEDDED_V4])
+def test_ipv6_carrying_ipv4_is_refused(name: str, address: str) -> None:
+    resolve = fake_resolver({"a.runflow.io": [address]})
+    assert refused("https://a.runflow.io/x.png", resolve=resolve) == "OUTPUT_ADDRESS_FORBIDDEN"
+    # The same address written into the URL, on an allow-list that names it.
+    literal = OutputPolicy(allowed_hosts=(address,), max_bytes=1000)
+    assert refused(f"https://[{address}]/x.png", literal, fake_resolver({address: [address]})) == (
+        "OUTPUT_ADDRESS_FORBIDDEN"
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2606:4700::6810:84e5",  # Cloudflare
+        "2600:9000:2000::1",  # CloudFront
+        "2001:4860:4860::8888",  # 2001:4860::/32, next to Teredo's 2001::/32
+        "2a00:1450:4001:80b::200e",
+        "2003:e1:bf00::1",  # next to 6to4's 2002::/16
+    ],
+)
+def test_public_ipv6_still_passes(address: str) -> None:
     resolve = fake_resolver({"a.runflow.io": [address]})
     assert check_url("https://a.runflow.io/x.png", POLICY, resolve).address == address
 

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from backdrop.secrets import SecretError, SecretReader, SigningSecrets, parse_api_key, parse_signing_secrets
+from backdrop.secrets import (
+    SIGNING_REFRESH_SECONDS,
+    SecretError,
+    SecretReader,
+    SigningSecrets,
+    parse_api_key,
+    parse_signing_secrets,
+)
 
 
 def test_signing_secrets_json_with_previous() -> None:
@@ -107,18 +114,88 @@ def get_secret(monkeypatch: pytest.MonkeyPatch) -> _Calls:
     return fake
 
 
-def _reader() -> SecretReader:
-    return SecretReader(api_key_secret="backdrop/runflow", signing_secret="backdrop/callback", max_age=300)
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_reader_uses_cache_by_default(get_secret: _Calls) -> None:
-    assert _reader().signing_secrets() == SigningSecrets("whsec_new", "whsec_old")
-    assert get_secret.calls == [("backdrop/callback", {"max_age": 300, "force_fetch": False})]
+def _reader(clock: _Clock | None = None, max_age: int = 300) -> SecretReader:
+    return SecretReader(
+        api_key_secret="backdrop/runflow",
+        signing_secret="backdrop/callback",
+        max_age=max_age,
+        clock=clock or _Clock(),
+    )
 
 
-def test_reader_refresh_forces_a_fetch(get_secret: _Calls) -> None:
-    _reader().signing_secrets(refresh=True)
+def _signing_reads(calls: _Calls) -> int:
+    return sum(1 for name, _ in calls.calls if name == "backdrop/callback")
+
+
+def test_reader_holds_the_signing_secrets_after_the_first_read(get_secret: _Calls) -> None:
+    reader = _reader()
+    assert reader.signing_secrets() == SigningSecrets("whsec_new", "whsec_old")
+    assert reader.signing_secrets() == SigningSecrets("whsec_new", "whsec_old")
+    # Read past Powertools' cache: the reader's own clock decides when the held value is old.
     assert get_secret.calls == [("backdrop/callback", {"max_age": 300, "force_fetch": True})]
+
+
+def test_refresh_reads_at_most_once_per_refresh_interval(get_secret: _Calls) -> None:
+    clock = _Clock()
+    reader = _reader(clock)
+    reader.signing_secrets()
+    for _ in range(1000):  # a flood of signatures that match nothing, all in the same second
+        reader.signing_secrets(refresh=True)
+    assert _signing_reads(get_secret) == 1
+
+    get_secret.values["backdrop/callback"] = '{"current": "whsec_rotated", "previous": "whsec_new"}'
+    clock.now += SIGNING_REFRESH_SECONDS - 0.001
+    assert reader.signing_secrets(refresh=True).current == "whsec_new"  # still the held value
+    clock.now += 0.001
+    assert reader.signing_secrets(refresh=True).current == "whsec_rotated"
+    assert _signing_reads(get_secret) == 2
+    assert reader.signing_secrets(refresh=True).current == "whsec_rotated"
+    assert _signing_reads(get_secret) == 2
+
+
+def test_held_secrets_are_read_again_once_max_age_old(get_secret: _Calls) -> None:
+    clock = _Clock()
+    reader = _reader(clock, max_age=300)
+    reader.signing_secrets()
+    clock.now += 299
+    reader.signing_secrets()
+    assert _signing_reads(get_secret) == 1
+    clock.now += 1
+    reader.signing_secrets()
+    assert _signing_reads(get_secret) == 2
+
+
+def test_a_max_age_below_the_refresh_interval_still_reads_at_most_once_per_interval(
+    get_secret: _Calls,
+) -> None:
+    clock = _Clock()
+    reader = _reader(clock, max_age=0)
+    for _ in range(100):
+        reader.signing_secrets()
+    assert _signing_reads(get_secret) == 1
+    clock.now += SIGNING_REFRESH_SECONDS
+    reader.signing_secrets()
+    assert _signing_reads(get_secret) == 2
+
+
+def test_a_failed_refresh_keeps_the_held_secrets_and_is_not_retried_at_once(get_secret: _Calls) -> None:
+    clock = _Clock()
+    reader = _reader(clock)
+    reader.signing_secrets()
+    clock.now += SIGNING_REFRESH_SECONDS
+    get_secret.values["backdrop/callback"] = '{"current": ""}'  # a bad value stored by mistake
+    with pytest.raises(SecretError):
+        reader.signing_secrets(refresh=True)
+    assert reader.signing_secrets(refresh=True) == SigningSecrets("whsec_new", "whsec_old")
+    assert _signing_reads(get_secret) == 2
 
 
 def test_reader_api_key(get_secret: _Calls) -> None:

@@ -40,12 +40,16 @@ def _refuse(status: int, reason: str) -> CallbackAnswer:
 
 
 def authenticate(body: bytes, signature: str | None, services: Services) -> bool:
-    """Check against the cached secrets, then once more with freshly read ones (a rotation)."""
+    """Check against the secrets held in memory, then against freshly read ones (a rotation), which
+    are read at most once per ``SIGNING_REFRESH_SECONDS`` (see ``SecretReader``)."""
     if not is_well_formed(signature):
         return False  # never costs a secret read
-    if verify(body, signature, services.secrets.signing_secrets().all()):
+    held = services.secrets.signing_secrets()
+    if verify(body, signature, held.all()):
         return True
-    return verify(body, signature, services.secrets.signing_secrets(refresh=True).all())
+    fresh = services.secrets.signing_secrets(refresh=True)
+    # The same object: nothing was read (too soon after the last read), so nothing new to try.
+    return fresh is not held and verify(body, signature, fresh.all())
 
 
 def handle_callback(body: bytes, signature: str | None, services: Services) -> CallbackAnswer:

@@ -11,8 +11,12 @@ from typing import NamedTuple
 
 COLOUR_METADATA_KEY = "background-color"
 
+# ASCII digits and blanks only, as the template's pattern: ``\d`` and ``int()`` also take other
+# scripts' digits (Arabic-Indic ``١٢,٣٤,٥٦`` read as 12,34,56, fullwidth ones too), and ``\s``
+# other spaces.
+_BLANKS = " \t"
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})")
-_TRIPLE = re.compile(r"(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})")
+_TRIPLE = re.compile(r"([0-9]{1,3})[ \t]*,[ \t]*([0-9]{1,3})[ \t]*,[ \t]*([0-9]{1,3})")
 
 
 class Colour(NamedTuple):
@@ -30,7 +34,7 @@ class Colour(NamedTuple):
 
 def parse_colour(text: str) -> Colour:
     """Parse ``#RRGGBB``, ``RRGGBB`` or ``R,G,B``; raise ValueError naming the bad value."""
-    value = text.strip()
+    value = text.strip(_BLANKS)
     if m := _HEX.fullmatch(value):
         digits = m.group(1)
         return Colour(int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))

@@ -8,7 +8,9 @@ the environment before anything reads it.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -94,14 +96,19 @@ ENV_NAMES = {
 }
 
 
+# ASCII only: int() and float() also read other scripts' digits ("١٢" is 12), "1_000", and float()
+# "nan" and "inf", none of which a template parameter can give.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if not _INTEGER.fullmatch(raw):
+        raise ConfigError(f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -111,10 +118,9 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
+    if not math.isfinite(value):  # also a literal too large for a float
+        raise ConfigError(f"{name} must be a number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value

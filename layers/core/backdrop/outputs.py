@@ -2,11 +2,12 @@
 
 A valid signature makes a URL authentic, not safe. Before anything is fetched: https only, the host
 must be on the allow-list, and every address it resolves to must be public (no loopback, private,
-link-local, CGNAT or reserved ranges). The connection is pinned to the checked address so DNS
-cannot change between check and fetch; redirects are followed by hand and every hop is checked
-again. The body is streamed into S3 in parts with one part in memory at a time, under a byte cap
-and a deadline. The final write (PUT, or completing the multipart upload) is conditional on the
-result object the copier saw before it started, and the copier's lease is confirmed before it.
+link-local, CGNAT or reserved ranges, and no IPv6 address that carries an IPv4 one). The
+connection is pinned to the checked address so DNS cannot change between check and fetch;
+redirects are followed by hand and every hop is checked again. The body is streamed into S3 in
+parts with one part in memory at a time, under a byte cap and a deadline. The final write (PUT, or
+completing the multipart upload) is conditional on the result object the copier saw before it
+started, and the copier's lease is confirmed before it.
 """
 
 from __future__ import annotations
@@ -121,10 +122,29 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+# IPv6 ranges refused whatever the rest of the address says. Most carry an IPv4 address that a
+# translator, tunnel or the host's own stack turns into an IPv4 connection the IPv4 rules never
+# see (``64:ff9b::a9fe:a9fe`` is 169.254.169.254 through NAT64), and ``ipaddress`` calls several of
+# them global. No public host name resolves to one: getaddrinfo gives IPv4 answers as IPv4.
+_FORBIDDEN_V6 = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765)
+        "::/96",  # IPv4-compatible, deprecated (RFC 4291); also :: and ::1
+        "64:ff9b::/96",  # NAT64, well-known prefix (RFC 6052)
+        "64:ff9b:1::/48",  # NAT64, local use (RFC 8215)
+        "2002::/16",  # 6to4 (RFC 3056)
+        "2001::/32",  # Teredo (RFC 4380)
+        "fec0::/10",  # site-local, deprecated (RFC 3879)
+    )
+)
+
+
 def address_is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and any(ip in network for network in _FORBIDDEN_V6):
+        return False
     return bool(ip.is_global) and not ip.is_multicast
 
 

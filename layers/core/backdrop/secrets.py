@@ -1,4 +1,4 @@
-"""Secrets in AWS Secrets Manager, read through Powertools Parameters with an in-memory cache.
+"""Secrets in AWS Secrets Manager, read through Powertools Parameters and held in memory.
 
 Never logged: values are only ever handed to the HTTP client (API key) or HMAC (signing secrets).
 """
@@ -6,10 +6,19 @@ Never logged: values are only ever handed to the HTTP client (API key) or HMAC (
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
+
+# Anyone who can reach the callback URL can send a well-formed signature that matches no secret.
+# Such a callback may read the signing secrets afresh (a rotation looks the same) at most once per
+# this many seconds per instance, so a flood of forgeries costs at most one read a minute, and a
+# rotated secret is accepted at most this long after Runflow starts signing with it.
+SIGNING_REFRESH_SECONDS = 60
 
 
 class SecretError(RuntimeError):
@@ -62,17 +71,49 @@ def parse_api_key(raw: Any) -> str:
 
 
 class SecretReader:
-    """Reads the two secrets Backdrop uses; ``refresh=True`` bypasses the cache once."""
+    """Reads the two secrets Backdrop uses.
 
-    def __init__(self, *, api_key_secret: str, signing_secret: str, max_age: int) -> None:
+    The API key goes through Powertools' cache; ``refresh=True`` bypasses it once (only a 401 from
+    Runflow asks for that, an answer to a request of ours). The signing secrets are held here, timed
+    by ``clock`` (the services' clock): read on first use, again once they are ``max_age`` old, and
+    on ``refresh=True`` only when the last read is at least ``SIGNING_REFRESH_SECONDS`` old, because
+    callers of the callback URL decide how often a refresh is asked for.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key_secret: str,
+        signing_secret: str,
+        max_age: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._api_key_secret = api_key_secret
         self._signing_secret = signing_secret
         self._max_age = max_age
+        self._clock = clock
+        self._signing: SigningSecrets | None = None
+        self._signing_read_at = 0.0
+        self._signing_lock = threading.Lock()
 
     def api_key(self, *, refresh: bool = False) -> str:
         raw = parameters.get_secret(self._api_key_secret, max_age=self._max_age, force_fetch=refresh)
         return parse_api_key(raw)
 
     def signing_secrets(self, *, refresh: bool = False) -> SigningSecrets:
-        raw = parameters.get_secret(self._signing_secret, max_age=self._max_age, force_fetch=refresh)
-        return parse_signing_secrets(raw)
+        """The signing secrets held in memory. ``refresh=True`` (a signature matched none of them)
+        reads them afresh unless they were read less than ``SIGNING_REFRESH_SECONDS`` ago; then
+        the ones held are returned and nothing is read."""
+        with self._signing_lock:
+            held = self._signing
+            if held is not None:
+                # Never more often than a refresh may read, whatever max_age says.
+                keep_for = SIGNING_REFRESH_SECONDS if refresh else max(self._max_age, SIGNING_REFRESH_SECONDS)
+                if self._clock() - self._signing_read_at < keep_for:
+                    return held
+            # Stamped before the read: a read that fails is not tried again by the next forgery
+            # either (with nothing held yet, every callback needs the read, so it is tried again).
+            self._signing_read_at = self._clock()
+            raw = parameters.get_secret(self._signing_secret, max_age=self._max_age, force_fetch=True)
+            self._signing = parse_signing_secrets(raw)
+            return self._signing

@@ -175,6 +175,7 @@ class Services:
                 api_key_secret=self.settings.runflow_api_key_secret,
                 signing_secret=self.settings.callback_secret_name,
                 max_age=self.settings.secrets_max_age_seconds,
+                clock=self.clock,
             )
 
         reader: SecretReader = self._get("secrets", build)

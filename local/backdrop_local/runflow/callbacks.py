@@ -102,13 +102,24 @@ def build_delivery(
 
 
 class DueQueue:
-    """Delivery ids ordered by when their next attempt is due; each id at most once."""
+    """Delivery ids ordered by when their next attempt is due; each id at most once. While held,
+    nothing is handed out (due or not): attempts already started finish, no new one starts."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, str]] = []
         self._queued: set[str] = set()
         self._sequence = itertools.count()
+        self._held = False
+
+    def hold(self) -> None:
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
 
     def push(self, delivery_id: str, delay_s: float) -> None:
         with self._cond:
@@ -124,7 +135,9 @@ class DueQueue:
         """The next due id, waiting as needed; None once ``stopping`` is set."""
         with self._cond:
             while not stopping.is_set():
-                if self._heap:
+                if self._held:
+                    self._cond.wait()
+                elif self._heap:
                     due = self._heap[0][0]
                     wait = due - time.monotonic()
                     if wait <= 0:

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,17 @@ class LocalRunflow:
         """True once no run is queued, dispatching or running, no worker is still finishing a run
         (one canceled while it ran) and no callback delivery is pending."""
         return self.store.wait_idle(timeout)
+
+    @contextmanager
+    def holding_callbacks(self) -> Iterator[None]:
+        """No callback attempt starts inside the block (attempts in flight finish, deliveries stay
+        pending and keep their due times); afterwards each is sent once due. A test sees a delivery
+        between its attempts without racing the retry delay."""
+        self._due.hold()
+        try:
+            yield
+        finally:
+            self._due.release()
 
     def restart_callback_sender(self) -> None:
         """Stop the sender threads and start fresh ones; pending deliveries are kept.

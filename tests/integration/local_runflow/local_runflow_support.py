@@ -85,6 +85,7 @@ class _Receiver:
     answers: list[int]
     location: str | None
     answer_delay_s: float
+    gate: threading.Event | None = None  # scripted answers wait for it
 
 
 class Upstream:
@@ -140,10 +141,12 @@ class Upstream:
         answers: list[int] | None = None,
         location: str | None = None,
         answer_delay_s: float = 0.0,
+        gate: threading.Event | None = None,
     ) -> str:
         """URL of a receiver answering ``answers`` in turn, then 200 for ever; scripted answers
-        carry ``Location: location`` when given; every answer waits ``answer_delay_s`` first."""
-        self._receivers[name] = _Receiver(list(answers or []), location, answer_delay_s)
+        carry ``Location: location`` when given, and with ``gate`` are held (the request recorded
+        as received) until the test opens it; every answer waits ``answer_delay_s`` first."""
+        self._receivers[name] = _Receiver(list(answers or []), location, answer_delay_s, gate)
         return f"{self.origin}/callbacks/{name}"
 
     def received(self, name: str = "hook") -> list[Received]:
@@ -188,6 +191,8 @@ class Upstream:
                 scripted = bool(receiver.answers)
                 status = receiver.answers.pop(0) if scripted else 200
                 self._cond.notify_all()
+            if scripted and receiver.gate is not None:
+                receiver.gate.wait(GATE_LIMIT_S)
             if receiver.answer_delay_s:
                 time.sleep(receiver.answer_delay_s)
             response = Response(f"answer {status}", status=status)

@@ -215,31 +215,40 @@ def test_redelivery_refused_for_unfinished_runs_and_runs_without_callback(
 
 
 def test_restarting_the_sender_loses_no_pending_delivery(upstream: Upstream, junk_url: str) -> None:
+    # No window to hit: nothing is attempted while callbacks are held, so each delivery is seen
+    # pending (and restarted) whatever the machine's speed; the delays only set the due times.
     options: dict[str, Any] = {"allow_http_origins": (upstream.origin,), "callback_retry_delays": (2.0, 2.0)}
     with running(**options) as runflow, api(runflow) as client:
         # A delivery waiting for its first attempt survives a restart...
         runflow.set_faults(FaultSettings(callback_delay_s=2.0))
-        waiting = client.post(MODEL_RUNS, json=run_body(junk_url, callback_url=upstream.callback_url("a")))
-        assert wait_terminal(client, waiting.json()["id"])["status_code"] == "failed"
-        [pending] = _deliveries(client, waiting.json()["id"])
-        assert pending["status_code"] == "pending" and pending["attempt_count"] == 0
-        runflow.restart_callback_sender()
+        with runflow.holding_callbacks():
+            waiting = client.post(
+                MODEL_RUNS, json=run_body(junk_url, callback_url=upstream.callback_url("a"))
+            )
+            assert wait_terminal(client, waiting.json()["id"])["status_code"] == "failed"
+            [pending] = _deliveries(client, waiting.json()["id"])
+            assert pending["status_code"] == "pending" and pending["attempt_count"] == 0
+            runflow.restart_callback_sender()
         [arrived] = upstream.wait_for(1, "a")
         # ...and is still sent at its recorded time, not at once by the new threads.
         assert arrived.wall >= datetime.fromisoformat(pending["next_attempt_at"]).timestamp() - 0.05
 
         # ...and so does one between a failed attempt and its retry.
         runflow.set_faults(FaultSettings())
-        url = upstream.callback_url("b", answers=[500])
+        answered = threading.Event()
+        url = upstream.callback_url("b", answers=[500], gate=answered)
         retried = client.post(MODEL_RUNS, json=run_body(junk_url, callback_url=url)).json()
-        upstream.wait_for(1, "b")
-        # The receiver sees the attempt before the emulator records its outcome: wait for the record.
-        deadline = time.monotonic() + 30
-        while (between := _deliveries(client, retried["id"])[0])["attempt_count"] == 0:
-            assert time.monotonic() < deadline, between
-            time.sleep(0.01)
-        assert between["status_code"] == "pending" and between["attempt_count"] == 1
-        runflow.restart_callback_sender()
+        upstream.wait_for(1, "b")  # the first attempt is in flight, its answer held
+        with runflow.holding_callbacks():
+            answered.set()  # the 500 arrives; the retry is due 2 s later, and held
+            # The receiver answered before the emulator records the outcome: wait for the record.
+            deadline = time.monotonic() + 30
+            while (between := _deliveries(client, retried["id"])[0])["attempt_count"] == 0:
+                assert time.monotonic() < deadline, between
+                time.sleep(0.01)
+            assert between["status_code"] == "pending" and between["attempt_count"] == 1
+            runflow.restart_callback_sender()
+            assert _deliveries(client, retried["id"])[0]["attempt_count"] == 1
         upstream.wait_for(2, "b")
 
         assert runflow.wait_idle(30)
