@@ -25,7 +25,9 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
-from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision, scan_items
+from backdrop_local import iampolicies
+from backdrop_local.aws import SECRET_ACCESS_KEY, Resources, client, provision, scan_items
+from backdrop_local.iamrecord import function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import LocalRunflow
 from backdrop_local.template import Template
@@ -190,9 +192,11 @@ def outputs() -> Iterator[OutputServer]:
 
 
 @pytest.fixture(scope="module")
-def world(moto_endpoint: str) -> Iterator[tuple[Template, Resources, LocalRunflow]]:
+def world(moto_endpoint: str, iam_record_dir: Path) -> Iterator[tuple[Template, Resources, LocalRunflow]]:
     template = Template(ROOT / "template.yaml", stack_name="backdrop", region="us-east-1")
     resources = provision(template, moto_endpoint, api_key=API_KEY, callback_secret=SAMPLE_SECRET)
+    # The functions' calls are judged against their roles at the end of the session.
+    iampolicies.write(template, iampolicies.stack_refs(template, resources), iam_record_dir)
     runflow = LocalRunflow(
         host="127.0.0.1", port=0, api_keys=frozenset({API_KEY}), allow_http_origins=(moto_endpoint,)
     )
@@ -218,7 +222,7 @@ def _function(
     spec = template.function(logical)
     full = {
         **spec.environment,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_ACCESS_KEY_ID": function_access_key(template.stack_name, logical),
         "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         "AWS_REGION": "us-east-1",
         "POWERTOOLS_TRACE_DISABLED": "true",
