@@ -37,13 +37,15 @@ SOURCE = textwrap.dedent(
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     SIZE = int(sys.argv[2])
     CHUNK = bytes(range(256)) * 4096
+    SIGNATURE = b"\\x89PNG\\r\\n\\x1a\\n"  # the copy stores only what its first bytes say is an image
     class H(BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", str(SIZE))
             self.end_headers()
-            left = SIZE
+            self.wfile.write(SIGNATURE)
+            left = SIZE - len(SIGNATURE)
             while left:
                 piece = CHUNK[: min(left, len(CHUNK))]
                 self.wfile.write(piece)
@@ -139,7 +141,7 @@ def main() -> None:
                 copied = copy_output(
                     f"{origin}/out.png",
                     s3=s3,
-                    destination=Destination("results", "results/big.png", {"job-id": "bench"}),
+                    place=lambda kind: Destination("results", "results/big.png", {"job-id": "bench"}),
                     policy=policy,
                     http=http,
                     deadline=time.monotonic() + 600,

@@ -28,8 +28,15 @@ _stack_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    server = MotoServer()
+def iam_record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's moto server records every call in IAM terms (see backdrop_local.iamcheck);
+    tests that run built functions against it write their stack's policies here."""
+    return tmp_path_factory.getbasetemp() / "iam-session"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(iam_record_dir: Path) -> Iterator[str]:
+    server = MotoServer(record_dir=iam_record_dir, instance="session")
     endpoint = server.start()
     yield endpoint
     server.stop()

@@ -5,25 +5,61 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
 
 from backdrop_local import s3events
+from backdrop_local.iamrecord import CALLS_SUFFIX, CallRecorder
 from backdrop_local.template import Template
 
 ACCESS_KEY_ID = "backdrop-local"
 SECRET_ACCESS_KEY = "backdrop-local-secret"  # noqa: S105 - moto accepts any credentials
 
 
-class MotoServer:
-    """moto's threaded server on a free loopback port, its S3 notifications as S3's (s3events)."""
+class _RecordingMotoServer(ThreadedMotoServer):
+    """moto's threaded server with a ``CallRecorder`` in front of its WSGI application."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    def __init__(self, ip_address: str, port: int, record_to: Path) -> None:
+        super().__init__(ip_address=ip_address, port=port, verbose=False)
+        self.recorder: CallRecorder | None = None
+        self._record_to = record_to
+
+    def _server_entry(self) -> None:
+        # As ThreadedMotoServer._server_entry, with the recorder wrapped around moto's application.
+        self.recorder = CallRecorder(DomainDispatcherApplication(create_backend_app), self._record_to)
+        self._server = make_server(
+            self._ip_address, self._port, self.recorder, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
+class MotoServer:
+    """moto's threaded server on a free loopback port, its S3 notifications as S3's (s3events).
+    With ``record_dir``, every signed request is also recorded in IAM terms to
+    ``<record_dir>/<instance>.calls.jsonl`` (see iamrecord)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        record_dir: Path | None = None,
+        instance: str = "moto",
+    ) -> None:
+        self.calls_path = record_dir / f"{instance}{CALLS_SUFFIX}" if record_dir else None
+        self._server: ThreadedMotoServer = (
+            _RecordingMotoServer(host, port, self.calls_path)
+            if self.calls_path
+            else ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        )
         self.endpoint_url = ""
 
     def start(self) -> str:
@@ -35,14 +71,16 @@ class MotoServer:
 
     def stop(self) -> None:
         self._server.stop()
+        if isinstance(self._server, _RecordingMotoServer) and self._server.recorder:
+            self._server.recorder.close()
 
 
-def client(service: str, endpoint_url: str, region: str) -> Any:
+def client(service: str, endpoint_url: str, region: str, *, access_key_id: str = ACCESS_KEY_ID) -> Any:
     return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=endpoint_url,
         region_name=region,
-        aws_access_key_id=ACCESS_KEY_ID,
+        aws_access_key_id=access_key_id,
         aws_secret_access_key=SECRET_ACCESS_KEY,
         config=Config(retries={"mode": "standard", "max_attempts": 3}),
     )

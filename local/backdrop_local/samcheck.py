@@ -1,8 +1,10 @@
 """``make sam-local``: every event in ``events/`` through ``sam local invoke`` against the local stack,
 and one whole job through ``sam local start-api`` (upload → run → the local Runflow's signed
 callback into start-api → copy → result). Prints ``SAM-LOCAL invokes=N ok=N`` and exits 1 on any
-miss. Where no Docker engine can run it says ``SAM-LOCAL skipped: <why>`` and exits 0, or 1 when
-``BACKDROP_REQUIRE_SAMLOCAL=1`` (CI sets it: a skip there would hide a broken set-up).
+miss; then ``IAM calls=N denied=N`` for every AWS call the functions made (each container signs as
+its function), and exits 1 on a denial. Where no Docker engine can run it says
+``SAM-LOCAL skipped: <why>`` and exits 0, or 1 when ``BACKDROP_REQUIRE_SAMLOCAL=1`` (CI sets it:
+a skip there would hide a broken set-up).
 
 The local stack listens on the Docker bridge's host address so the containers reach it, with its
 own SQS event sources and schedule off: here ``sam local`` plays every function.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from backdrop_local import iamcheck
 from backdrop_local.samlocal import (
     EgressTrap,
     SamLocal,
@@ -165,6 +168,7 @@ def _full_job(stack: LocalStack, sam: SamLocal, tally: Tally, state: Path) -> No
             env_vars=state / "full-env-vars.json",
             state_dir=state,
             trap=sam.trap,
+            function_keys=sam.function_keys,
         )
         submitted = submitter.invoke("SubmitFunction", event)
         job = _job_of(stack, key)
@@ -216,6 +220,11 @@ def _copy_request_for(stack: LocalStack, job_id: str) -> str:
     return "{}"
 
 
+def iam_check(directory: Path) -> list[str]:
+    """The IAM check's lines for the calls recorded under ``directory`` (the first: ``IAM calls=...``)."""
+    return iamcheck.check([directory]).lines(show_unused=False)
+
+
 def run() -> int:
     required = os.environ.get("BACKDROP_REQUIRE_SAMLOCAL") == "1"
     try:
@@ -252,6 +261,7 @@ def run() -> int:
                 env_vars=Path(stack.info["sam_env_vars"]),
                 state_dir=state / "sam",
                 trap=trap,
+                function_keys=stack.function_access_keys,
             )
             for check in CHECKS:
                 try:
@@ -268,8 +278,12 @@ def run() -> int:
                 tally.record("full job", False, str(exc)[-500:])
             if trap.attempts:
                 tally.record("nothing went out", False, f"refused outbound requests: {trap.attempts}")
+        # Every AWS call the functions made in their containers (each signs as its own role),
+        # judged against the template's policies.
+        iam_lines = iam_check(stack.iam_dir)
     print(f"SAM-LOCAL invokes={tally.invokes} ok={tally.ok}", flush=True)
-    return 0 if tally.ok == tally.invokes else 1
+    print("\n".join(iam_lines), flush=True)
+    return 0 if tally.ok == tally.invokes and iam_lines[0].endswith(" denied=0") else 1
 
 
 if __name__ == "__main__":

@@ -510,8 +510,12 @@ class SamLocal:
         sam: Path | None = None,
         trap: EgressTrap | None = None,
         parameter_overrides: Mapping[str, str] | None = None,
+        function_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
+        # Access key id per function: SAM hands a container its own credentials, so each function
+        # signs as itself (its role, for the IAM check) only if SAM runs with that function's key.
+        self.function_keys = dict(function_keys or {})
         self.image = image
         self.template = template
         self.env_vars = env_vars
@@ -532,6 +536,13 @@ class SamLocal:
             proxy_url=trap.url if trap else None,
             local_hosts=[endpoint_host],
         )
+
+    def env_for(self, functions: Iterable[str]) -> dict[str, str]:
+        """The SAM CLI's environment to run ``functions``: with their access key when they share one."""
+        keys = {self.function_keys[f] for f in functions if f in self.function_keys}
+        if len(keys) != 1:
+            return self.env
+        return {**self.env, "AWS_ACCESS_KEY_ID": keys.pop()}
 
     def _common_args(self) -> list[str]:
         args = [
@@ -567,7 +578,7 @@ class SamLocal:
         process = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env=self.env_for([function]),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -629,7 +640,7 @@ class SamLocal:
             process = subprocess.Popen(
                 args,
                 cwd=ROOT,
-                env=self.env,
+                env=self.env_for(api_functions(self.template)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -646,6 +657,20 @@ class SamLocal:
             # SAM leaves warm containers running after it stops: remove them by the ids it printed
             # and by what appeared from our image since it started.
             remove_containers(api.container_ids | (sam_containers(self.image) - before))
+
+
+def api_functions(template: Path) -> list[str]:
+    """The functions ``sam local start-api`` serves: those with an Api or HttpApi event."""
+    doc: dict[str, Any] = cfn_yaml.load(str(template))
+    return [
+        logical
+        for logical, resource in doc.get("Resources", {}).items()
+        if resource.get("Type") == "AWS::Serverless::Function"
+        and any(
+            event.get("Type") in ("Api", "HttpApi")
+            for event in (resource.get("Properties", {}).get("Events") or {}).values()
+        )
+    ]
 
 
 def _wait_until_answers(api: LocalApi, timeout: float) -> None:

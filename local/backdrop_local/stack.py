@@ -20,6 +20,9 @@ from backdrop.config import load_settings
 from backdrop_local.apigateway import LocalHttpApi
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, Resources, client, provision
 from backdrop_local.eventsources import Schedule, SqsEventSource
+from backdrop_local.iampolicies import stack_refs
+from backdrop_local.iampolicies import write as write_policies
+from backdrop_local.iamrecord import CALLS_SUFFIX, POLICIES_SUFFIX, function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import FaultSettings, LocalRunflow
 from backdrop_local.runflow.emulator import DEFAULT_RETRY_DELAYS
@@ -70,13 +73,21 @@ class StackOptions:
     event_sources: bool = True
     # Template parameters, as ``sam deploy --parameter-overrides`` would set them.
     parameter_overrides: dict[str, str] = field(default_factory=dict)
+    # Record every AWS call in IAM terms, with the template's expanded policies, under
+    # <state dir>/iam/ for `python -m backdrop_local.iamcheck` (each function has its own key).
+    record_iam: bool = True
 
 
 class LocalStack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
         self.state_dir = self.options.state_dir or self.options.root / ".backdrop"
-        self.moto = MotoServer(host=self.options.listen_host)
+        self.iam_dir = self.state_dir / "iam"
+        self.moto = MotoServer(
+            host=self.options.listen_host,
+            record_dir=self.iam_dir if self.options.record_iam else None,
+            instance=self.options.stack_name,
+        )
         self.runflow: LocalRunflow | None = None
         self.api: LocalHttpApi | None = None
         self.functions: dict[str, LocalFunction] = {}
@@ -96,6 +107,9 @@ class LocalStack:
         # moto's and the HTTP API's per-request access lines drown the functions' own logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The IAM records describe this run of the stack only (a state dir outlives `make local`).
+        for suffix in (CALLS_SUFFIX, POLICIES_SUFFIX):
+            (self.iam_dir / f"{opts.stack_name}{suffix}").unlink(missing_ok=True)
         endpoint = self.moto.start()
         loopback = opts.listen_host in ("127.0.0.1", "::1", "localhost")
         self.runflow = LocalRunflow(
@@ -128,6 +142,8 @@ class LocalStack:
             previous_callback_secret=SAMPLE_CALLBACK_SECRET,
             visibility_timeout=opts.visibility_timeout_seconds,
         )
+        if opts.record_iam:
+            write_policies(template, stack_refs(template, self.resources), self.iam_dir)
         routes: dict[tuple[str, str], Any] = {}
         self.api = LocalHttpApi(routes, api_id=template.physical_id("CallbackApi"))
         self.api.start()
@@ -183,7 +199,8 @@ class LocalStack:
                     continue
                 props = event["Properties"]
                 source = SqsEventSource(
-                    self.sqs(),
+                    # Lambda's poller uses the function's role (SAM gives it AWSLambdaSQSQueueExecutionRole).
+                    client("sqs", endpoint, REGION, access_key_id=self.function_access_keys[logical]),
                     queue_url=arn_to_url[props["Queue"]],
                     queue_arn=props["Queue"],
                     region=REGION,
@@ -285,6 +302,8 @@ class LocalStack:
         for logical, (url, _arn) in self.resources.queues.items() if self.resources else ():
             template.override_ref(logical, url)
         envs = {logical: self._function_env(template, logical) for logical in self.functions}
+        if self.options.record_iam and self.resources is not None:
+            write_policies(template, stack_refs(template, self.resources), self.iam_dir)
         for logical, env in envs.items():
             self.functions[logical].update_environment(env)
         self.template = template
@@ -292,9 +311,22 @@ class LocalStack:
         (self.state_dir / "local-stack.json").write_text(json.dumps(self.info, indent=2) + "\n")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def function_access_keys(self) -> dict[str, str]:
+        """The access key id each function signs its AWS requests with (its role, for the IAM check)."""
+        assert self.template is not None
+        return {
+            logical: function_access_key(self.options.stack_name, logical)
+            for logical in self.template.functions()
+        }
+
     def _function_env(self, template: Template, logical: str) -> dict[str, str]:
         spec = template.function(logical)
-        env = {**spec.environment, **self._overrides}
+        env = {
+            **spec.environment,
+            **self._overrides,
+            "AWS_ACCESS_KEY_ID": function_access_key(self.options.stack_name, logical),
+        }
         if spec.environment.get("BACKDROP_CALLBACK_URL") != "":  # left empty on purpose: see template
             env["BACKDROP_CALLBACK_URL"] = self._callback_url
         # As a function's start would: a bad setting (a colour rule, a number) stops the stack.

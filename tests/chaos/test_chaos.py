@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from backdrop.jobs import TERMINAL
 from backdrop.signatures import sign
+from backdrop_local import iamcheck
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
@@ -382,3 +383,9 @@ def test_nothing_lost_nothing_billed_twice(
         twice = {k: v for k, v in deliveries.items() if len(v) > 1}
         assert events_per_job == 1.0, f"events per finished job: {events_per_job}; sent twice: {twice}"
         assert hostile and set(hostile) == {401}, f"hostile callbacks answered {dict(hostile)}"
+    # Every AWS call each function made in the run, judged against its role in the template.
+    iam = iamcheck.check([stack.iam_dir])
+    iam_lines = iam.lines(show_unused=False)
+    print("\n".join(iam_lines))
+    report_figures(f"{iam_lines[0]} idempotency={idempotency}")
+    assert iam.calls > 0 and not iam.denied, "\n".join(iam_lines)

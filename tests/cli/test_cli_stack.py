@@ -166,7 +166,7 @@ def test_backfill_is_capped_resumable_and_never_sends_twice(
         if name in PHOTOS:
             assert job.status is Status.SUCCEEDED, (key, job)
             assert runs_at_runflow(stack, job.job_id) == 1  # never a second run
-            assert job.result_keys == ["results/backfill/" + name.rsplit(".", 1)[0] + ".png"]
+            assert job.result_keys == [f"results/backfill/{name}/result.png"]
         else:
             assert job.status is Status.REJECTED and job.error_code == planned[key]["error_code"]
     assert jobs_of(stack, PREFIX + "hat.jpg")[0].color == "30,144,255"
@@ -199,12 +199,15 @@ def test_status_by_key_job_id_and_prefix(cli: Cli, stack: LocalStack, catalogue:
     assert [j["status"] for j in by_key["jobs"]] == ["succeeded", "succeeded"]
     assert by_key["current_version"]["version_id"] == catalogue[key]
     newest = by_key["jobs"][0]
-    assert newest["result"]["urls"] == [f"s3://{resources(stack).results_bucket}/results/backfill/hat.png"]
+    assert newest["result"]["urls"] == [
+        f"s3://{resources(stack).results_bucket}/results/backfill/hat.jpg/result.png"
+    ]
     assert newest["run_id"] and newest["time_to_result_s"] > 0
     by_id = cli.json("status", newest["job_id"])
     assert [j["job_id"] for j in by_id["jobs"]] == [newest["job_id"]]
     human = cli("status", f"s3://{resources(stack).uploads_bucket}/{key}")
-    assert human.code == 0 and newest["job_id"] in human.stdout and "results/backfill/hat.png" in human.stdout
+    assert human.code == 0 and newest["job_id"] in human.stdout
+    assert "results/backfill/hat.jpg/result.png" in human.stdout
     rejected = cli.json("status", "--prefix", PREFIX, "--status", "rejected")
     assert rejected["counts"] == {"rejected": 5}
     assert cli("status", PREFIX + "never-uploaded.jpg").code == 1

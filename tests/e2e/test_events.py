@@ -25,7 +25,9 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from PIL import Image
 
-from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision, scan_items
+from backdrop_local import iampolicies
+from backdrop_local.aws import SECRET_ACCESS_KEY, Resources, client, provision, scan_items
+from backdrop_local.iamrecord import function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import LocalRunflow
 from backdrop_local.template import Template
@@ -39,6 +41,7 @@ SAMPLE_SECRET = "whsec_backdrop_sample_secret_not_for_production"
 SAMPLE_SIGNATURE = "0d72cb1add8c8f3350a0f20b4f1af382b553c9f393d4fe4c7f057dd9f2af1eb1"
 API_KEY = "rf_live_events_test"
 EVENT_OUTPUT_ORIGIN = "http://127.0.0.1:47823"  # where events/callback-run-completed.json says the output is
+COFFEE_RESULT = "results/samples/coffee.jpg/result.png"  # the result of the events' upload
 
 
 def event(name: str) -> dict[str, Any]:
@@ -189,9 +192,11 @@ def outputs() -> Iterator[OutputServer]:
 
 
 @pytest.fixture(scope="module")
-def world(moto_endpoint: str) -> Iterator[tuple[Template, Resources, LocalRunflow]]:
+def world(moto_endpoint: str, iam_record_dir: Path) -> Iterator[tuple[Template, Resources, LocalRunflow]]:
     template = Template(ROOT / "template.yaml", stack_name="backdrop", region="us-east-1")
     resources = provision(template, moto_endpoint, api_key=API_KEY, callback_secret=SAMPLE_SECRET)
+    # The functions' calls are judged against their roles at the end of the session.
+    iampolicies.write(template, iampolicies.stack_refs(template, resources), iam_record_dir)
     runflow = LocalRunflow(
         host="127.0.0.1", port=0, api_keys=frozenset({API_KEY}), allow_http_origins=(moto_endpoint,)
     )
@@ -217,7 +222,7 @@ def _function(
     spec = template.function(logical)
     full = {
         **spec.environment,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_ACCESS_KEY_ID": function_access_key(template.stack_name, logical),
         "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         "AWS_REGION": "us-east-1",
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -475,7 +480,7 @@ def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
         },
     )
     # No result left from an earlier test: what is there afterwards, this invocation wrote.
-    s3.delete_object(Bucket=resources.results_bucket, Key="results/samples/coffee.png")
+    s3.delete_object(Bucket=resources.results_bucket, Key=COFFEE_RESULT)
     client("dynamodb", resources.endpoint_url, "us-east-1").delete_item(
         TableName=resources.ledger_table,
         Key={"pk": {"S": f"result#{resources.uploads_bucket}/uploads/samples/coffee.jpg"}},
@@ -485,9 +490,9 @@ def _seed_submitted_job(resources: Resources, ev: dict[str, Any]) -> str:
 
 def _assert_output_copied(resources: Resources, job_id: str, outputs: OutputServer) -> None:
     job = job_item(resources, job_id)
-    assert job["status"] == "succeeded" and job["result_keys"] == ["results/samples/coffee.png"]
+    assert job["status"] == "succeeded" and job["result_keys"] == [COFFEE_RESULT]
     obj = client("s3", resources.endpoint_url, "us-east-1").get_object(
-        Bucket=resources.results_bucket, Key="results/samples/coffee.png"
+        Bucket=resources.results_bucket, Key=COFFEE_RESULT
     )
     assert obj["Body"].read() == OutputServer.png
     assert obj["Metadata"]["job-id"] == job_id and obj["ContentType"] == "image/png"

@@ -15,6 +15,8 @@ from pathlib import Path
 import boto3
 from PIL import Image
 
+from backdrop import results
+
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "region",
@@ -86,7 +88,8 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
             s3.put_object(
                 Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}{name}", Body=buffer.getvalue()
             )
-            return f"{info['results_prefix']}{Path(name).stem}.png"
+            key = f"{info['upload_prefix']}{name}"
+            return results.result_key(key, info["upload_prefix"], info["results_prefix"], "png")
 
         def wait_for_result(result_key: str) -> None:
             deadline = time.monotonic() + 60
@@ -128,7 +131,11 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
         assert json.loads(raised.stdout)["parameters"]["DailyRunBudget"] == "5"
         assert json.loads(info_path.read_text())["parameters"]["DailyRunBudget"] == "5"
         wait_for_result(second)  # the reconciler resumed the held job under the raised budget
-        assert statuses() == ["succeeded", "succeeded"]
+        # The job succeeds just after its result is written: wait for that, not for a moment.
+        deadline = time.monotonic() + 60
+        while statuses() != ["succeeded", "succeeded"]:
+            assert time.monotonic() < deadline, f"the second upload did not succeed: {statuses()}"
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)

@@ -114,8 +114,8 @@ def test_partial_success_copies_the_outputs_there_are(stack: LocalStack) -> None
     key = upload(stack)
     job = finished(stack, key)
     assert job["status"] == "succeeded" and job["run_status"] == "partial_succeeded"
-    stem = key.removeprefix("uploads/").removesuffix(".jpg")
-    assert job["result_keys"] == [f"results/{stem}.png", f"results/{stem}-2.png"]
+    folder = "results/" + key.removeprefix("uploads/")
+    assert job["result_keys"] == [f"{folder}/result.png", f"{folder}/result-2.png"]
     for result in job["result_keys"]:
         stack.s3().head_object(Bucket=stack.resources.results_bucket, Key=result)
 
@@ -124,8 +124,89 @@ def test_several_outputs_each_get_a_key(stack: LocalStack) -> None:
     faults(stack, outputs_per_run=3)
     key = upload(stack)
     job = finished(stack, key)
-    stem = key.removeprefix("uploads/").removesuffix(".jpg")
-    assert job["result_keys"] == [f"results/{stem}.png", f"results/{stem}-2.png", f"results/{stem}-3.png"]
+    folder = "results/" + key.removeprefix("uploads/")
+    assert job["result_keys"] == [f"{folder}/result.png", f"{folder}/result-2.png", f"{folder}/result-3.png"]
+
+
+# --- every upload its own result (the layout) ------------------------------------------------
+
+
+def put(stack: LocalStack, key: str, image_format: str, colour: str) -> str:
+    """Upload a photo of its own (bytes no other upload has) in that format; returns its version id."""
+    assert stack.resources is not None
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 32), (120, 60, next(_names) % 256)).save(buffer, format=image_format)
+    answer = stack.s3().put_object(
+        Bucket=stack.resources.uploads_bucket,
+        Key=key,
+        Body=buffer.getvalue(),
+        Metadata={"background-color": colour},
+    )
+    return str(answer["VersionId"])
+
+
+def finished_version(stack: LocalStack, key: str, version: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The job of that version of the object once terminal (a bound against a hang)."""
+    assert stack.resources is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = scan_items(stack.dynamodb(), stack.resources.jobs_table)
+        found = [j for j in jobs if j["source_key"] == key and j.get("source_version_id") == version]
+        if found and found[0]["status"] in TERMINAL:
+            return found[0]
+        assert time.monotonic() < deadline, f"{key} {version} not finished: {found}"
+        time.sleep(0.3)
+
+
+def stored(stack: LocalStack, folder: str) -> dict[str, str]:
+    """Result key → the source key its metadata names, for every result under ``folder``."""
+    assert stack.resources is not None
+    s3, bucket = stack.s3(), stack.resources.results_bucket
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
+    return {o["Key"]: s3.head_object(Bucket=bucket, Key=o["Key"])["Metadata"]["source-key"] for o in listed}
+
+
+def test_same_name_with_another_extension_keeps_its_own_result(stack: LocalStack) -> None:
+    folder = f"layout/{next(_names):03d}"
+    jpg, png = f"uploads/{folder}/red.jpg", f"uploads/{folder}/red.png"
+    versions = {jpg: put(stack, jpg, "JPEG", "#FF0000"), png: put(stack, png, "PNG", "#0000FF")}
+    jobs = {key: finished_version(stack, key, version) for key, version in versions.items()}
+    assert [jobs[k]["status"] for k in (jpg, png)] == ["succeeded", "succeeded"]
+    assert jobs[jpg]["result_keys"] == [f"results/{folder}/red.jpg/result.png"]
+    assert jobs[png]["result_keys"] == [f"results/{folder}/red.png/result.png"]
+    assert stored(stack, f"results/{folder}/") == {
+        f"results/{folder}/red.jpg/result.png": jpg,
+        f"results/{folder}/red.png/result.png": png,
+    }
+
+
+def test_second_output_never_meets_a_source_named_like_it_nor_deletes_its_result(stack: LocalStack) -> None:
+    folder = f"layout/{next(_names):03d}"
+    pair, pair_2 = f"uploads/{folder}/pair.jpg", f"uploads/{folder}/pair-2.jpg"
+    faults(stack, outputs_per_run=2)
+    first = finished_version(stack, pair, put(stack, pair, "JPEG", "#FFFFFF"))
+    assert first["result_keys"] == [
+        f"results/{folder}/pair.jpg/result.png",
+        f"results/{folder}/pair.jpg/result-2.png",
+    ]
+    faults(stack)
+    other = finished_version(stack, pair_2, put(stack, pair_2, "JPEG", "#000000"))
+    assert other["status"] == "succeeded" and other["result_keys"] == [
+        f"results/{folder}/pair-2.jpg/result.png"
+    ]
+    # A later version of pair.jpg with one output: its own second output goes, nothing else.
+    later = finished_version(stack, pair, put(stack, pair, "JPEG", "#F1F1F1"))
+    assert later["status"] == "succeeded" and later["result_keys"] == [
+        f"results/{folder}/pair.jpg/result.png"
+    ]
+    assert stored(stack, f"results/{folder}/") == {
+        f"results/{folder}/pair.jpg/result.png": pair,
+        f"results/{folder}/pair-2.jpg/result.png": pair_2,
+    }
+    still = job_of(stack, pair_2)  # still succeeded, and its result is still there (above)
+    assert (
+        still is not None and still["status"] == "succeeded" and still["result_keys"] == other["result_keys"]
+    )
 
 
 @pytest.mark.parametrize("envelope", [0.0, 1.0], ids=["output-null", "output-error-envelope"])

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backdrop.jobs import TERMINAL
+from backdrop.results import result_key
 from backdrop_local.aws import scan_items
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
 
@@ -80,9 +81,10 @@ def test_upload_comes_back_on_the_requested_colour(stack: LocalStack) -> None:
     job = wait_for(stack, [key])[key]
     assert job["status"] == "succeeded", job
     assert job["color"] == "30,144,255" and job["run_id"] and job["runflow_duration_ms"] >= 0
-    assert job["result_keys"] == ["results/catalogue/portrait.png"]
+    assert job["result_keys"] == ["results/catalogue/portrait.jpg/result.png"]
     assert job["created_at"] <= job["submitted_at"] <= job["completed_at"]
-    obj = s3.get_object(Bucket=stack.resources.results_bucket, Key="results/catalogue/portrait.png")
+    [result] = job["result_keys"]
+    obj = s3.get_object(Bucket=stack.resources.results_bucket, Key=result)
     assert obj["Metadata"]["job-id"] == job["job_id"] and obj["Metadata"]["run-id"] == job["run_id"]
     image = Image.open(io.BytesIO(obj["Body"].read())).convert("RGB")
     width, height = image.size
@@ -149,6 +151,6 @@ def test_odd_and_hostile_uploads(stack: LocalStack) -> None:
             assert metadata["background-color"] in job["error_message"]
         if status == "succeeded":
             [result] = job["result_keys"]
-            assert result == "results/" + key[len("uploads/") :].rsplit(".", 1)[0] + ".png"
+            assert result == result_key(key, "uploads/", "results/", "png")
             s3.head_object(Bucket=stack.resources.results_bucket, Key=result)
     assert "uploads/odd/folder/" not in jobs_by_key(stack)  # a folder marker is not a job

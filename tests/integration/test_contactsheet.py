@@ -71,7 +71,7 @@ def rows(tmp_path: Path) -> list[SheetRow]:
             runflow_ms=1234,
             processing_ms=321,
             end_to_end_s=4.56,
-            result_key="results/demo/red photo.png",
+            result_key="results/demo/red photo.jpg/result.png",
         ),
         SheetRow(
             label="demo/green.webp",

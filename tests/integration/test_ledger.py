@@ -47,7 +47,7 @@ def test_lease_of_a_dead_holder_runs_out(ledger: ResultLedger, clock: Clock) -> 
     assert taken is not None
     # The old holder finds out when it tries to renew or release: it may write nothing more.
     assert not ledger.renew(dead, 60)
-    assert not ledger.release(dead, Published("job-1", "run-1", "v1", "t", ("results/k.png",)))
+    assert not ledger.release(dead, Published("job-1", "run-1", "v1", "t", ("results/k.jpg/result.png",)))
     assert ledger.release(taken)
 
 
@@ -64,7 +64,11 @@ def test_release_records_what_was_published(ledger: ResultLedger) -> None:
     lease = ledger.acquire("u", "k", "job-1", 60)
     assert lease is not None
     published = Published(
-        "job-1", "run-1", "v1", "2026-01-01T00:00:00.000Z", ("results/k.png", "results/k-2.png")
+        "job-1",
+        "run-1",
+        "v1",
+        "2026-01-01T00:00:00.000Z",
+        ("results/k.jpg/result.png", "results/k.jpg/result-2.png"),
     )
     assert ledger.release(lease, published)
     nxt = ledger.acquire("u", "k", "job-2", 60)

@@ -13,13 +13,16 @@ against moto over HTTP.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -64,6 +67,54 @@ REDIRECTS = {
 }
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros, gzip-compressed to about 64 KiB: one network read of it decodes to 64 MiB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31, 9, zlib.Z_RLE)  # RLE: fast on zeros
+    zeros = PNG_SIGNATURE + b"\0" * (1 << 20)
+    return b"".join([packer.compress(zeros) for _ in range(64)] + [packer.flush()])
+
+
+def _head(*lines: str) -> bytes:
+    return ("\r\n".join(["HTTP/1.1 200 OK", *lines, "Connection: close"]) + "\r\n\r\n").encode()
+
+
+def _chunked_shorter_than_declared() -> bytes:
+    # Framed by Transfer-Encoding (which wins over Content-Length), so the transport reads a
+    # complete message of 108 bytes although 1000 were declared.
+    body = PNG_SIGNATURE + b"\0" * 100
+    framed = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    return _head("Content-Type: image/png", "Content-Length: 1000", "Transfer-Encoding: chunked") + framed
+
+
+def _closed_before_declared_length() -> bytes:
+    return _head("Content-Type: image/png", "Content-Length: 1000") + PNG_SIGNATURE + b"\0" * 100
+
+
+def _gzip_bomb() -> bytes:
+    bomb = gzip_bomb()
+    return _head("Content-Type: image/png", "Content-Encoding: gzip", f"Content-Length: {len(bomb)}") + bomb
+
+
+SVG_WITH_SCRIPT = (
+    b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/steal?c="+document.cookie)</script></svg>'
+)
+HTML = b"<!doctype html><html><body><script>alert(document.domain)</script></body></html>"
+# Answers written byte for byte (the status line and headers included).
+RAW_ANSWERS: dict[str, Callable[[], bytes]] = {
+    "/svg": lambda: (
+        _head("Content-Type: image/svg+xml", f"Content-Length: {len(SVG_WITH_SCRIPT)}") + SVG_WITH_SCRIPT
+    ),
+    "/html-as-png": lambda: _head("Content-Type: image/png", f"Content-Length: {len(HTML)}") + HTML,
+    "/short-chunked": _chunked_shorter_than_declared,
+    "/short-closed": _closed_before_declared_length,
+    "/gzip-bomb": _gzip_bomb,
+}
+
+
 class HostileServer(ThreadingHTTPServer):
     """Logs every TCP connection it accepts and what came over it (a GET, or a TLS handshake)."""
 
@@ -73,6 +124,7 @@ class HostileServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Hostile)
         self.connections: list[tuple[str, int]] = []  # client addresses, in accept order
         self.requests: list[str] = []
+        self.accept_encodings: list[str | None] = []  # what each GET asked for
         self._sync_clients: set[tuple[str, int]] = set()
 
     @property
@@ -119,7 +171,11 @@ class Hostile(BaseHTTPRequestHandler):
             self._send(b"", "text/plain")
             return
         server.requests.append(f"GET {self.path}")
-        if self.path.startswith("/redirect/"):
+        server.accept_encodings.append(self.headers.get("Accept-Encoding"))
+        if self.path in RAW_ANSWERS:
+            self.wfile.write(RAW_ANSWERS[self.path]())
+            self.close_connection = True
+        elif self.path.startswith("/redirect/"):
             self._redirect(REDIRECTS[self.path.removeprefix("/redirect/")].format(port=server.port))
         elif self.path == "/html":
             self._send(b"<html>not an image</html>", "text/html")
@@ -128,12 +184,13 @@ class Hostile(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "image/png")
             self.end_headers()
             try:
+                self.wfile.write(PNG_SIGNATURE)
                 while True:
                     self.wfile.write(b"\0" * 65536)
             except OSError:
                 return
         else:
-            self._send(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "image/png")
+            self._send(PNG_SIGNATURE + b"\0" * 100, "image/png")
 
     def _redirect(self, location: str) -> None:
         self.send_response(302)
@@ -357,7 +414,60 @@ def test_allowed_origin_output_is_copied(services: Services, hostile: HostileSer
     _seed(services, "fine")
     assert _callback(services, "fine", f"{hostile.origin}/ok.png") == 200
     job = services.jobs.get("fine")
-    assert job is not None and job.status is Status.SUCCEEDED and job.result_keys == ["results/fine.png"]
-    body = s3.get_object(Bucket=services.settings.results_bucket, Key="results/fine.png")["Body"].read()
+    assert (
+        job is not None
+        and job.status is Status.SUCCEEDED
+        and job.result_keys == ["results/fine.jpg/result.png"]
+    )
+    got = s3.get_object(Bucket=services.settings.results_bucket, Key="results/fine.jpg/result.png")
+    assert got["ContentType"] == "image/png"
+    body = got["Body"].read()
     assert body == b"\x89PNG\r\n\x1a\n" + b"\0" * 100
     assert hostile.seen() == (1, ["GET /ok.png"])
+
+
+# --- what is stored is an image, and whole --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/svg", "/html-as-png"], ids=["svg-with-script-as-svg", "html-labelled-png"]
+)
+def test_only_png_jpeg_or_webp_bytes_are_stored(
+    services: Services, hostile: HostileServer, s3: Any, path: str
+) -> None:
+    _refused_and_recorded(services, s3, f"not-image-{path[1:]}", hostile.origin + path, "OUTPUT_NOT_IMAGE")
+    assert hostile.seen() == (1, [f"GET {path}"])
+
+
+@pytest.mark.parametrize("path", ["/short-chunked", "/short-closed"])
+def test_body_shorter_than_declared_is_a_retryable_copy_failure(
+    services: Services, hostile: HostileServer, s3: Any, path: str
+) -> None:
+    job_id = f"short-{path[1:]}"
+    _seed(services, job_id)
+    assert _callback(services, job_id, hostile.origin + path) == 200
+    job = services.jobs.get(job_id)
+    assert job is not None and job.status is Status.COPYING, job
+    assert job.error_code == "COPY_FAILED" and job.retryable_errors == 1
+    assert _results(services, s3) == []
+    # No multipart upload was left behind either.
+    assert s3.list_multipart_uploads(Bucket=services.settings.results_bucket).get("Uploads", []) == []
+
+
+def test_gzip_bomb_is_refused_unread(services: Services, hostile: HostileServer, s3: Any) -> None:
+    gzip_bomb()  # built before the measurement
+    _seed(services, "bomb")
+    tracemalloc.start()
+    try:
+        assert _callback(services, "bomb", f"{hostile.origin}/gzip-bomb") == 200
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The callback and the copy allocate about 11 MiB (clients included); one decoded read of the
+    # bomb alone is 64 MiB.
+    print(f"gzip bomb: peak traced memory {peak / 2**20:.1f} MiB")
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    job = services.jobs.get("bomb")
+    assert job is not None and job.status is Status.FAILED and job.error_code == "OUTPUT_ENCODED", job
+    assert hostile.accept_encodings == ["identity"]
+    assert _results(services, s3) == []

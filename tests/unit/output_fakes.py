@@ -108,9 +108,12 @@ class OutputServer:
     requests: list[httpx.Request] = field(default_factory=list)
 
     def image(self, path: str, body: bytes, content_type: str = "image/png", **headers: str) -> None:
-        self.routes[path] = httpx.Response(
-            200, headers={"Content-Type": content_type, **headers}, content=body
-        )
+        def answer(request: httpx.Request) -> httpx.Response:
+            # A fresh stream per request, read as a network body is (raw, once).
+            head = {"Content-Type": content_type, "Content-Length": str(len(body)), **headers}
+            return httpx.Response(200, headers=head, content=iter([body] if body else []))
+
+        self.routes[path] = answer
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)

@@ -17,16 +17,17 @@ from world import World, metric_total
 from backdrop.callbacks import handle_callback
 from backdrop.copying import LEASE_SECONDS, handle_copy_request
 from backdrop.jobs import Status, iso_from_epoch
+from backdrop.ledger import Published
 from backdrop.outcomes import Outcome, RetryLater
-from backdrop.outputs import copy_output
+from backdrop.outputs import Destination, Placement, copy_output
 from backdrop.queues import CopyRequest
 from backdrop.runs import OutputRef, RunflowUnavailable
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
-from backdrop.uploads import UploadRef
+from backdrop.uploads import ImageType, UploadRef
 
 KEY = "uploads/sku-123.jpg"
-RESULT = "results/sku-123.png"
+RESULT = "results/sku-123.jpg/result.png"
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -42,8 +43,15 @@ def upload(world: World, key: str = KEY, **meta: str) -> UploadRef:
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def finished(world: World, ref: UploadRef, outputs: list[bytes]) -> CopyRequest:
-    """Submit the upload; its run succeeds with these outputs; the callback is recorded."""
+    """Submit the upload; its run succeeds with these outputs (each served as image/png, whatever
+    it is); the callback is recorded."""
     result = submit_upload(ref, world.services)
     assert result.job_id and result.run_id, result
     urls = [
@@ -102,10 +110,114 @@ def test_every_output_gets_its_own_key(world: World) -> None:
     copy(world, request)
     assert world.item(request.job_id)["result_keys"] == [
         RESULT,
-        "results/sku-123-2.png",
-        "results/sku-123-3.png",
+        "results/sku-123.jpg/result-2.png",
+        "results/sku-123.jpg/result-3.png",
     ]
-    assert result_body(world, "results/sku-123-3.png") == png((3, 3, 3))
+    assert result_body(world, "results/sku-123.jpg/result-3.png") == png((3, 3, 3))
+
+
+# --- the layout: every source its own results --------------------------------------------------
+
+
+def test_same_stem_with_different_extensions_keeps_both_results(world: World) -> None:
+    jpg = finished(world, upload(world, "uploads/x/red.jpg"), [png((200, 0, 0))])
+    png_source = finished(world, upload(world, "uploads/x/red.png"), [png((0, 0, 200))])
+    assert copy(world, jpg).outcome is Outcome.SUCCEEDED
+    assert copy(world, png_source).outcome is Outcome.SUCCEEDED
+    assert world.item(jpg.job_id)["result_keys"] == ["results/x/red.jpg/result.png"]
+    assert world.item(png_source.job_id)["result_keys"] == ["results/x/red.png/result.png"]
+    assert world.results() == {
+        "results/x/red.jpg/result.png": png((200, 0, 0)),
+        "results/x/red.png/result.png": png((0, 0, 200)),
+    }
+
+
+def test_second_output_and_a_source_named_like_it_never_collide(world: World) -> None:
+    pair = finished(world, upload(world, "uploads/x/pair.jpg"), [png((1, 1, 1)), png((2, 2, 2))])
+    assert copy(world, pair).outcome is Outcome.SUCCEEDED
+    other = finished(world, upload(world, "uploads/x/pair-2.jpg"), [png((7, 7, 7))])
+    assert copy(world, other).outcome is Outcome.SUCCEEDED
+    # A later version of pair.jpg with one output removes its own second output only.
+    newer = finished(world, upload(world, "uploads/x/pair.jpg"), [png((3, 3, 3))])
+    assert copy(world, newer).outcome is Outcome.SUCCEEDED
+    assert world.results() == {
+        "results/x/pair.jpg/result.png": png((3, 3, 3)),
+        "results/x/pair-2.jpg/result.png": png((7, 7, 7)),
+    }
+    assert world.item(other.job_id)["status"] == "succeeded"
+    assert world.item(other.job_id)["result_keys"] == ["results/x/pair-2.jpg/result.png"]
+
+
+def test_key_and_type_follow_the_bytes_and_the_other_format_is_cleaned_up(world: World) -> None:
+    first = finished(world, upload(world), [png((1, 1, 1))])
+    assert copy(world, first).outcome is Outcome.SUCCEEDED
+    second = finished(world, upload(world), [jpeg((9, 9, 9))])  # a JPEG, served as image/png
+    assert copy(world, second).outcome is Outcome.SUCCEEDED
+    assert world.item(second.job_id)["result_keys"] == ["results/sku-123.jpg/result.jpg"]
+    head = world.s3.head_object(Bucket=world.resources.results_bucket, Key="results/sku-123.jpg/result.jpg")
+    assert head["ContentType"] == "image/jpeg"
+    assert list(world.results()) == ["results/sku-123.jpg/result.jpg"]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"source-bucket": "uploads", "source-key": "uploads/sku-123.jpg/result.jpg"}, {}],
+    ids=["another-source", "no-metadata"],
+)
+def test_result_key_held_by_another_object_is_refused_not_overwritten(
+    world: World, metadata: dict[str, str]
+) -> None:
+    request = finished(world, upload(world), [png((5, 5, 5))])
+    world.s3.put_object(Bucket=world.resources.results_bucket, Key=RESULT, Body=b"theirs", Metadata=metadata)
+    assert copy(world, request).outcome is Outcome.FAILED
+    item = world.item(request.job_id)
+    assert item["status"] == "failed" and item["error_code"] == "RESULT_KEY_TAKEN"
+    assert RESULT in item["error_message"]
+    assert world.results() == {RESULT: b"theirs"}
+
+
+def _foreign(world: World, key: str, **metadata: str) -> None:
+    world.s3.put_object(Bucket=world.resources.results_bucket, Key=key, Body=b"foreign", Metadata=metadata)
+
+
+def test_cleanup_deletes_only_results_this_source_wrote(world: World) -> None:
+    first = finished(world, upload(world), [png((1, 1, 1)), png((2, 2, 2)), png((3, 3, 3))])
+    assert copy(world, first).outcome is Outcome.SUCCEEDED
+    bucket, quoted = world.resources.uploads_bucket, KEY
+    # Replaced behind Backdrop's back: one names another source, one a job no source of ours has.
+    _foreign(
+        world, "results/sku-123.jpg/result-2.png", **{"source-bucket": bucket, "source-key": "uploads/x"}
+    )
+    _foreign(
+        world,
+        "results/sku-123.jpg/result-3.png",
+        **{"source-bucket": bucket, "source-key": quoted, "job-id": "not-a-job-of-this-source"},
+    )
+    second = finished(world, upload(world), [png((9, 9, 9))])
+    assert copy(world, second).outcome is Outcome.SUCCEEDED
+    assert world.results() == {
+        RESULT: png((9, 9, 9)),
+        "results/sku-123.jpg/result-2.png": b"foreign",
+        "results/sku-123.jpg/result-3.png": b"foreign",
+    }
+
+
+def test_results_in_the_old_layout_are_left_in_place(world: World) -> None:
+    ref = upload(world)
+    request = finished(world, ref, [png((4, 4, 4))])
+    job = world.job(request.job_id)
+    # What the earlier layout wrote for this very source, as its result lease remembers it.
+    old = "results/sku-123.png"
+    _foreign(
+        world,
+        old,
+        **{"source-bucket": ref.bucket, "source-key": KEY, "job-id": "older-job", "source-version": "v0"},
+    )
+    lease = world.services.ledger.acquire(ref.bucket, KEY, "older-job", LEASE_SECONDS)
+    assert lease is not None
+    assert world.services.ledger.release(lease, Published("older-job", "run-0", "v0", job.created_at, (old,)))
+    assert copy(world, request).outcome is Outcome.SUCCEEDED
+    assert world.results() == {old: b"foreign", RESULT: png((4, 4, 4))}
 
 
 # --- the newest version wins ---------------------------------------------------------------------
@@ -208,11 +320,15 @@ def test_lease_of_a_copier_that_died_runs_out(world: World) -> None:
 def test_result_changed_under_the_copier_is_never_overwritten(world: World) -> None:
     request = finished(world, upload(world), [png((7, 7, 7))])
 
-    def writer_sneaks_in(url: str, **kwargs: Any) -> Any:
+    def writer_sneaks_in(url: str, *, place: Placement, **kwargs: Any) -> Any:
         # Someone writes the result between the copier's check and its write (a copier whose
         # lease ran out, another system): S3's precondition refuses the copier's write.
-        world.s3.put_object(Bucket=world.resources.results_bucket, Key=RESULT, Body=b"written meanwhile")
-        return copy_output(url, **kwargs)
+        def checked_then_overtaken(kind: ImageType) -> Destination:
+            destination = place(kind)
+            world.s3.put_object(Bucket=destination.bucket, Key=destination.key, Body=b"written meanwhile")
+            return destination
+
+        return copy_output(url, place=checked_then_overtaken, **kwargs)
 
     world.services.copy = writer_sneaks_in
     with pytest.raises(RetryLater, match="changed"):

@@ -64,7 +64,7 @@ def test_item_round_trip_full() -> None:
             OutputRef("https://a.runflow.io/2"),
         ],
         result_bucket="results-bucket",
-        result_keys=["results/café/red shoe.png", "results/café/red shoe-2.png"],
+        result_keys=["results/café/red shoe.jpg/result.png", "results/café/red shoe.jpg/result-2.png"],
         error_code="X",
         error_message="y",
         completed_at="2026-05-06T10:01:00.000Z",

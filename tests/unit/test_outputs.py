@@ -25,10 +25,16 @@ from backdrop.outputs import (
     copy_output,
     system_resolver,
 )
+from backdrop.results import extension_of
+from backdrop.uploads import ImageType
 
 POLICY = OutputPolicy(allowed_hosts=("*.runflow.io", "cdn.example.com"), max_bytes=1000)
 PUBLIC = fake_resolver()
 META = {"job-id": "job-1", "run-id": "run-1"}
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff"  # the shortest signature: it fits the 5-byte parts of ``small_parts``
+WEBP = b"RIFF\x10\x00\x00\x00WEBPVP8 "
+KEY = "results/shoes/red.jpg/result.jpg"  # where a JPEG output goes (the key follows the bytes)
 
 
 @pytest.fixture
@@ -281,11 +287,19 @@ def copy(
     deadline: float | None = None,
     expect_etag: str | None = None,
     keep_lease: Callable[[], None] = lambda: None,
+    placed: list[ImageType] | None = None,
 ) -> CopiedObject:
+    def place(kind: ImageType) -> Destination:
+        if placed is not None:
+            placed.append(kind)
+        return Destination(
+            "results-bucket", f"results/shoes/red.jpg/result.{extension_of(kind)}", META, expect_etag
+        )
+
     return copy_output(
         url,
         s3=s3,  # type: ignore[arg-type]
-        destination=Destination("results-bucket", "results/shoes/red.png", META, expect_etag),
+        place=place,
         policy=policy,
         http=server.client(),
         deadline=time.monotonic() + 5 if deadline is None else deadline,
@@ -310,20 +324,20 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_small_body_is_one_put(output_server: OutputServer) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"\x89PNG-small", "image/png; charset=binary")
+    output_server.image("/out/result.png", PNG + b"-small", "image/png; charset=binary")
     stored = copy(output_server, s3)
-    assert stored == CopiedObject(key="results/shoes/red.png", size=10, content_type="image/png")
+    assert stored == CopiedObject(key="results/shoes/red.jpg/result.png", size=14, content_type="image/png")
     assert s3.ops() == ["put_object"]
-    assert s3.objects[("results-bucket", "results/shoes/red.png")] == {
+    assert s3.objects[("results-bucket", "results/shoes/red.jpg/result.png")] == {
         "ETag": '"v1"',
-        "Body": b"\x89PNG-small",
+        "Body": PNG + b"-small",
         "ContentType": "image/png",
         "Metadata": META,
     }
 
 
 def test_request_pinned_to_checked_address(output_server: OutputServer) -> None:
-    output_server.image("/out/result.png", b"img")
+    output_server.image("/out/result.png", JPEG)
     copy(output_server, FakeS3(), "https://a.runflow.io/out/result.png?X-Amz-Signature=abc&X-Amz-Expires=60")
     (request,) = output_server.requests
     assert request.url.host == PUBLIC_ADDRESS
@@ -332,10 +346,11 @@ def test_request_pinned_to_checked_address(output_server: OutputServer) -> None:
     assert request.headers["Host"] == "a.runflow.io"
     assert request.extensions["sni_hostname"] == "a.runflow.io"
     assert request.headers["Accept"] == "image/*"
+    assert request.headers["Accept-Encoding"] == "identity"
 
 
 def test_pinned_with_port_and_ipv6(output_server: OutputServer) -> None:
-    output_server.image("/x.png", b"img")
+    output_server.image("/x.png", JPEG)
     copy(
         output_server,
         FakeS3(),
@@ -350,7 +365,7 @@ def test_pinned_with_port_and_ipv6(output_server: OutputServer) -> None:
 
 
 def test_insecure_origin_not_pinned(output_server: OutputServer) -> None:
-    output_server.image("/outputs/r.png", b"img")
+    output_server.image("/outputs/r.png", JPEG)
     copy(output_server, FakeS3(), "http://localhost:9000/outputs/r.png", policy=INSECURE)
     (request,) = output_server.requests
     assert request.url.host == "localhost"
@@ -359,13 +374,13 @@ def test_insecure_origin_not_pinned(output_server: OutputServer) -> None:
 
 def test_multipart_parts_in_order(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
-    body = b"abcdefghijkl"  # 12 bytes: parts of 5, 5, 2
+    body = JPEG + b"defghijkl"  # 12 bytes: parts of 5, 5, 2
     output_server.routes["/out/result.png"] = httpx.Response(
-        200, headers={"Content-Type": "image/webp"}, content=stream(b"abc", b"defghij", b"k", b"l")
+        200, headers={"Content-Type": "image/webp"}, content=stream(JPEG, b"defghij", b"k", b"l")
     )
     stored = copy(output_server, s3)
     assert stored.size == 12
-    assert stored.content_type == "image/webp"
+    assert stored.content_type == "image/jpeg"  # what the bytes are, not what the header said
     assert s3.ops() == [
         "create_multipart_upload",
         "upload_part",
@@ -374,33 +389,33 @@ def test_multipart_parts_in_order(output_server: OutputServer, small_parts: int)
         "complete_multipart_upload",
     ]
     start = s3.calls[0][1]
-    assert start["ContentType"] == "image/webp"
+    assert start["ContentType"] == "image/jpeg"
     assert start["Metadata"] == META
     parts = [(c["PartNumber"], c["Body"]) for op, c in s3.calls if op == "upload_part"]
-    assert parts == [(1, b"abcde"), (2, b"fghij"), (3, b"kl")]
+    assert parts == [(1, JPEG + b"de"), (2, b"fghij"), (3, b"kl")]
     complete = s3.calls[-1][1]
     assert complete["MultipartUpload"]["Parts"] == [
         {"ETag": '"etag-1"', "PartNumber": 1},
         {"ETag": '"etag-2"', "PartNumber": 2},
         {"ETag": '"etag-3"', "PartNumber": 3},
     ]
-    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == body
+    assert s3.objects[("results-bucket", KEY)]["Body"] == body
     assert s3.aborted == []
 
 
 def test_body_of_exactly_one_part(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"12345")
+    output_server.image("/out/result.png", JPEG + b"45")
     copy(output_server, s3)
     assert s3.ops() == ["create_multipart_upload", "upload_part", "complete_multipart_upload"]
-    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"12345"
+    assert s3.objects[("results-bucket", KEY)]["Body"] == JPEG + b"45"
 
 
 def test_body_over_cap_aborts_multipart(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
     policy = OutputPolicy(allowed_hosts=("*.runflow.io",), max_bytes=8)
     output_server.routes["/out/result.png"] = httpx.Response(
-        200, headers={"Content-Type": "image/png"}, content=stream(b"12345", b"6789", b"0")
+        200, headers={"Content-Type": "image/png"}, content=stream(JPEG + b"45", b"6789", b"0")
     )
     with pytest.raises(OutputRefused) as info:
         copy(output_server, s3, policy=policy)
@@ -449,14 +464,133 @@ def test_empty_body_refused_and_nothing_written(output_server: OutputServer) -> 
     assert s3.calls == []
 
 
-@pytest.mark.parametrize("content_type", ["text/html", "application/json", "application/octet-stream", None])
-def test_non_image_content_type_refused(output_server: OutputServer, content_type: str | None) -> None:
+@pytest.mark.parametrize(
+    "content_type", ["text/html", "application/json", "application/octet-stream", None, "image/png"]
+)
+def test_non_image_bytes_refused_whatever_the_content_type(
+    output_server: OutputServer, content_type: str | None
+) -> None:
     s3 = FakeS3()
     headers = {"Content-Type": content_type} if content_type else {}
-    output_server.routes["/out/result.png"] = httpx.Response(200, headers=headers, content=b"<html>")
+    output_server.routes["/out/result.png"] = httpx.Response(200, headers=headers, content=stream(b"<html>"))
     with pytest.raises(OutputRefused) as info:
         copy(output_server, s3)
     assert info.value.code == "OUTPUT_NOT_IMAGE"
+    assert s3.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "served_as", "stored_as", "key"),
+    [
+        (PNG + b"rest", "image/jpeg", "image/png", "results/shoes/red.jpg/result.png"),
+        (JPEG + b"rest", "image/png", "image/jpeg", "results/shoes/red.jpg/result.jpg"),
+        (WEBP + b"rest", "application/octet-stream", "image/webp", "results/shoes/red.jpg/result.webp"),
+        (PNG + b"rest", "", "image/png", "results/shoes/red.jpg/result.png"),
+    ],
+)
+def test_stored_type_and_key_follow_the_bytes_not_the_header(
+    output_server: OutputServer, body: bytes, served_as: str, stored_as: str, key: str
+) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", body, served_as)
+    placed: list[ImageType] = []
+    stored = copy(output_server, s3, placed=placed)
+    assert placed == [ImageType(stored_as)]
+    assert stored == CopiedObject(key=key, size=len(body), content_type=stored_as)
+    assert s3.objects[("results-bucket", key)]["ContentType"] == stored_as
+    assert s3.objects[("results-bucket", key)]["Body"] == body
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+
+
+@pytest.mark.parametrize(
+    ("body", "served_as"),
+    [
+        (SVG, "image/svg+xml"),
+        (b"<!doctype html><html><script>alert(1)</script></html>", "image/png"),
+        (b"GIF89a\x01\x00\x01\x00", "image/gif"),
+        (b"\x1f\x8b\x08\x00" + b"\0" * 20, "image/png"),  # gzip bytes without a Content-Encoding
+        (b"\x89PN", "image/png"),  # a signature cut short
+    ],
+    ids=["svg-with-script", "html-labelled-png", "gif", "gzip-bytes", "truncated-signature"],
+)
+def test_anything_but_png_jpeg_or_webp_is_refused_before_a_write(
+    output_server: OutputServer, body: bytes, served_as: str
+) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", body, served_as)
+    placed: list[ImageType] = []
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3, placed=placed)
+    assert info.value.code == "OUTPUT_NOT_IMAGE" and served_as in info.value.message
+    assert placed == [] and s3.calls == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "GZIP", "gzip, identity"])
+def test_encoded_answer_is_refused_before_its_body_is_read(
+    output_server: OutputServer, encoding: str
+) -> None:
+    s3 = FakeS3()
+    read: list[bytes] = []
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200,
+        headers={"Content-Type": "image/png", "Content-Encoding": encoding},
+        content=stream(b"\x1f\x8b" + b"\0" * 100, seen=read),
+    )
+    with pytest.raises(OutputRefused) as info:
+        copy(output_server, s3)
+    assert info.value.code == "OUTPUT_ENCODED"
+    assert read == [] and s3.calls == []
+
+
+def test_identity_encoding_is_stored(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", PNG + b"x", **{"Content-Encoding": "identity"})
+    assert copy(output_server, s3).content_type == "image/png"
+
+
+def test_short_small_body_is_retryable_and_writes_nothing(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200, headers={"Content-Type": "image/png", "Content-Length": "100"}, content=stream(PNG, b"abc")
+    )
+    with pytest.raises(OutputCopyFailed, match="ended after 11 of its 100 declared bytes") as info:
+        copy(output_server, s3)
+    assert not isinstance(info.value, OutputRefused)
+    assert s3.calls == [] and s3.objects == {}
+
+
+def test_short_large_body_aborts_its_multipart_upload(output_server: OutputServer, small_parts: int) -> None:
+    s3 = FakeS3()
+    output_server.routes["/out/result.png"] = httpx.Response(
+        200,
+        headers={"Content-Type": "image/jpeg", "Content-Length": "14"},
+        content=stream(JPEG + b"45", b"67890", b"ab"),
+    )
+    with pytest.raises(OutputCopyFailed, match="ended after 12 of its 14"):
+        copy(output_server, s3)
+    assert "complete_multipart_upload" not in s3.ops() and s3.aborted == ["upload-1"]
+    assert s3.objects == {}
+
+
+def test_refusal_by_the_placement_writes_nothing(output_server: OutputServer) -> None:
+    s3 = FakeS3()
+    output_server.image("/out/result.png", PNG + b"x")
+
+    def taken(kind: ImageType) -> Destination:
+        raise OutputRefused("RESULT_KEY_TAKEN", "another source's result")
+
+    with pytest.raises(OutputRefused, match="RESULT_KEY_TAKEN"):
+        copy_output(
+            "https://a.runflow.io/out/result.png",
+            s3=s3,  # type: ignore[arg-type]
+            place=taken,
+            policy=POLICY,
+            http=output_server.client(),
+            deadline=time.monotonic() + 5,
+            resolve=PUBLIC,
+        )
     assert s3.calls == []
 
 
@@ -488,7 +622,7 @@ def test_network_error_is_retryable() -> None:
 
 def test_read_error_mid_body_is_retryable(output_server: OutputServer, small_parts: int) -> None:
     def broken() -> Iterator[bytes]:
-        yield b"12345"
+        yield JPEG + b"45"
         raise httpx.ReadError("connection reset")
 
     s3 = FakeS3()
@@ -506,7 +640,7 @@ def test_redirect_to_allowed_host_followed(output_server: OutputServer) -> None:
     output_server.routes["/out/result.png"] = httpx.Response(
         302, headers={"Location": "https://b.runflow.io/signed/r.png?s=1"}
     )
-    output_server.image("/signed/r.png", b"final")
+    output_server.image("/signed/r.png", JPEG + b"al")
     resolve = fake_resolver({"a.runflow.io": ["8.8.8.8"], "b.runflow.io": ["8.8.4.4"]})
     stored = copy(output_server, s3, resolve=resolve)
     assert stored.size == 5
@@ -519,7 +653,7 @@ def test_redirect_to_allowed_host_followed(output_server: OutputServer) -> None:
 
 def test_relative_redirect_followed(output_server: OutputServer) -> None:
     output_server.routes["/out/result.png"] = httpx.Response(307, headers={"Location": "/moved/r.png"})
-    output_server.image("/moved/r.png", b"final")
+    output_server.image("/moved/r.png", JPEG + b"al")
     copy(output_server, FakeS3())
     assert [r.url.path for r in output_server.requests] == ["/out/result.png", "/moved/r.png"]
     assert output_server.requests[1].headers["Host"] == "a.runflow.io"
@@ -569,7 +703,7 @@ def test_redirect_without_location(output_server: OutputServer) -> None:
 
 
 def test_deadline_already_passed(output_server: OutputServer) -> None:
-    output_server.image("/out/result.png", b"img")
+    output_server.image("/out/result.png", JPEG)
     with pytest.raises(OutputCopyFailed, match="deadline"):
         copy(output_server, FakeS3(), deadline=time.monotonic() - 1)
     assert output_server.requests == []
@@ -582,7 +716,7 @@ def test_deadline_passing_mid_download(
     monkeypatch.setattr(outputs, "time", SimpleNamespace(monotonic=lambda: clock[0]))
 
     def slow() -> Iterator[bytes]:
-        yield b"12345"
+        yield JPEG + b"45"
         clock[0] += 60  # a slow output: a minute per chunk
         yield b"67890"
         yield b"abc"
@@ -600,7 +734,7 @@ def test_deadline_passing_mid_download(
 def test_s3_put_failure_is_retryable(output_server: OutputServer) -> None:
     s3 = FakeS3()
     s3.fail["put_object"] = RuntimeError("SlowDown")
-    output_server.image("/out/result.png", b"img")
+    output_server.image("/out/result.png", JPEG)
     with pytest.raises(OutputCopyFailed, match="SlowDown"):
         copy(output_server, s3)
 
@@ -608,7 +742,7 @@ def test_s3_put_failure_is_retryable(output_server: OutputServer) -> None:
 def test_s3_part_failure_aborts(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
     s3.fail["upload_part"] = RuntimeError("InternalError")
-    output_server.image("/out/result.png", b"1234567890")
+    output_server.image("/out/result.png", JPEG + b"4567890")
     with pytest.raises(OutputCopyFailed, match="InternalError"):
         copy(output_server, s3)
     assert s3.aborted == ["upload-1"]
@@ -619,45 +753,45 @@ def test_s3_part_failure_aborts(output_server: OutputServer, small_parts: int) -
 
 def test_first_result_is_written_only_if_none_exists(output_server: OutputServer) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"new")
-    s3.objects[("results-bucket", "results/shoes/red.png")] = {
+    output_server.image("/out/result.png", JPEG)
+    s3.objects[("results-bucket", KEY)] = {
         "ETag": '"other"',
         "Body": b"written meanwhile",
     }
     with pytest.raises(ResultChanged):
         copy(output_server, s3, expect_etag=None)
-    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"written meanwhile"
+    assert s3.objects[("results-bucket", KEY)]["Body"] == b"written meanwhile"
     (put,) = [kwargs for op, kwargs in s3.calls if op == "put_object"]
     assert put["IfNoneMatch"] == "*"
 
 
 def test_replacing_a_result_requires_the_one_seen(output_server: OutputServer) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"new")
-    s3.objects[("results-bucket", "results/shoes/red.png")] = {"ETag": '"seen"', "Body": b"old"}
+    output_server.image("/out/result.png", JPEG)
+    s3.objects[("results-bucket", KEY)] = {"ETag": '"seen"', "Body": b"old"}
     copy(output_server, s3, expect_etag='"seen"')
-    assert s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"new"
-    s3.objects[("results-bucket", "results/shoes/red.png")]["ETag"] = '"changed"'
+    assert s3.objects[("results-bucket", KEY)]["Body"] == JPEG
+    s3.objects[("results-bucket", KEY)]["ETag"] = '"changed"'
     with pytest.raises(ResultChanged):
         copy(output_server, s3, expect_etag='"seen"')
 
 
 def test_multipart_completion_is_fenced_too(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"0123456789ab")
-    s3.objects[("results-bucket", "results/shoes/red.png")] = {"ETag": '"changed"', "Body": b"newer"}
+    output_server.image("/out/result.png", JPEG + b"3456789ab")
+    s3.objects[("results-bucket", KEY)] = {"ETag": '"changed"', "Body": b"newer"}
     with pytest.raises(ResultChanged):
         copy(output_server, s3, expect_etag='"seen"')
     (complete,) = [kwargs for op, kwargs in s3.calls if op == "complete_multipart_upload"]
     assert complete["IfMatch"] == '"seen"'
-    assert s3.aborted and s3.objects[("results-bucket", "results/shoes/red.png")]["Body"] == b"newer"
+    assert s3.aborted and s3.objects[("results-bucket", KEY)]["Body"] == b"newer"
 
 
 def test_lease_confirmed_after_every_part_and_before_publishing(
     output_server: OutputServer, small_parts: int
 ) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"0123456789ab")  # three parts of 5, 5 and 2 bytes
+    output_server.image("/out/result.png", JPEG + b"3456789ab")  # three parts of 5, 5 and 2 bytes
     moments: list[list[str]] = []
     copy(output_server, s3, keep_lease=lambda: moments.append(s3.ops()))
     assert [m[-1] for m in moments] == ["upload_part", "upload_part", "upload_part", "upload_part"]
@@ -666,7 +800,7 @@ def test_lease_confirmed_after_every_part_and_before_publishing(
 
 def test_lost_lease_publishes_nothing(output_server: OutputServer, small_parts: int) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"0123456789ab")
+    output_server.image("/out/result.png", JPEG + b"3456789ab")
     calls = {"n": 0}
 
     def keep_lease() -> None:
@@ -677,12 +811,12 @@ def test_lost_lease_publishes_nothing(output_server: OutputServer, small_parts: 
     with pytest.raises(OutputCopyFailed, match="lease was lost"):
         copy(output_server, s3, keep_lease=keep_lease)
     assert "complete_multipart_upload" not in s3.ops() and s3.aborted
-    assert ("results-bucket", "results/shoes/red.png") not in s3.objects
+    assert ("results-bucket", KEY) not in s3.objects
 
 
 def test_small_result_confirms_the_lease_before_its_one_put(output_server: OutputServer) -> None:
     s3 = FakeS3()
-    output_server.image("/out/result.png", b"small")
+    output_server.image("/out/result.png", JPEG + b"al")
 
     def lost() -> None:
         raise OutputCopyFailed("the result lease was lost")

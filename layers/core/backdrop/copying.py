@@ -10,6 +10,13 @@ Only then does it stream the outputs in, each write also fenced by an S3 precond
 result object it saw. A version that loses the race therefore never overwrites the winner, and
 is never billed again: superseding a job creates no run.
 
+Every result key lies in the source's own folder (``results``), and the copier checks the object
+itself before it replaces or deletes one: a result key held by another source's object (its
+metadata says so) is refused (``RESULT_KEY_TAKEN``), never overwritten; a result an earlier job of
+this source wrote and this job does not (fewer outputs, another format) is deleted only when its
+metadata names this source and a job of this source. Keys outside the folder (the earlier layout)
+are never deleted.
+
 Output URLs that no longer work (expired: 403, or gone: 404/410) are replaced by reading the run
 again, once per attempt. Anything else that may pass raises ``RetryLater``; the message returns to
 the queue and the reconciler remains the safety net.
@@ -18,7 +25,10 @@ the queue and the reconciler remains the safety net.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
@@ -30,11 +40,11 @@ from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused
 from backdrop.queues import CopyRequest
-from backdrop.results import output_key, result_metadata
+from backdrop.results import extension_of, names_source, result_folder, result_key, result_metadata
 from backdrop.runs import RunflowError, RunflowRejected, RunResult
 from backdrop.services import Services
 from backdrop.submission import supersede
-from backdrop.uploads import read_source
+from backdrop.uploads import ImageType, read_source
 
 # A live copier renews its lease well before it runs out; a dead one's lease frees the object soon.
 LEASE_SECONDS = 60.0
@@ -125,8 +135,8 @@ def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = 
         ):
             return _superseded_by_later_job(services, job, published)
         keys, copied = _copy_all(job, services, lease, deadline)
-        stale = [k for k in (published.result_keys if published else ()) if k not in keys]
-        _delete_stale(services, stale)
+        if published is not None:
+            _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
         released = services.ledger.release(
             lease, Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
         )
@@ -176,18 +186,18 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
     keys: list[str] = []
     copied = 0
     for index, output in enumerate(job.output_urls):
-        key = output_key(
-            output,
-            index,
-            source_key=job.source_key,
-            upload_prefix=settings.upload_prefix,
-            results_prefix=settings.results_prefix,
-            job_id=job.job_id,
-        )
+
+        def place(kind: ImageType, index: int = index) -> Destination:
+            # Called once the output's first bytes are known: the key's extension follows them.
+            key = result_key(
+                job.source_key, settings.upload_prefix, settings.results_prefix, extension_of(kind), index
+            )
+            return Destination(settings.results_bucket, key, metadata, _claim(services, job, key))
+
         stored = services.copy(
             output.url,
             s3=services.s3,
-            destination=Destination(settings.results_bucket, key, metadata, _etag_of(services, key)),
+            place=place,
             policy=services.output_policy,
             http=services.http,
             deadline=deadline,
@@ -199,22 +209,69 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
     return keys, copied
 
 
-def _etag_of(services: Services, key: str) -> str | None:
+def _head(services: Services, key: str) -> Mapping[str, Any] | None:
+    """The result object's HEAD answer, None if there is none."""
     try:
-        return str(services.s3.head_object(Bucket=services.settings.results_bucket, Key=key)["ETag"])
+        return services.s3.head_object(Bucket=services.settings.results_bucket, Key=key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
             return None
         raise OutputCopyFailed(f"reading the current result {key} failed: {exc}") from exc
 
 
-def _delete_stale(services: Services, keys: list[str]) -> None:
-    """Results an older version had and this one does not (fewer outputs) must not linger."""
+def _claim(services: Services, job: Job, key: str) -> str | None:
+    """The ETag of the object now at ``key`` (None: there is none), which the write must still
+    find there; refused if that object is another source's result."""
+    head = _head(services, key)
+    if head is None:
+        return None
+    metadata = head.get("Metadata", {})
+    if not names_source(metadata, job.source_bucket, job.source_key):
+        owner = unquote(str(metadata.get("source-key", ""))) or "no source Backdrop wrote"
+        raise OutputRefused(
+            "RESULT_KEY_TAKEN",
+            f"result key {key} holds another object (written for {owner[:300]}): not overwriting it",
+        )
+    return str(head["ETag"])
+
+
+def _delete_stale(services: Services, job: Job, published: Published, keys: list[str]) -> None:
+    """Results an earlier job of this source wrote and this one did not (fewer outputs, another
+    format) must not linger. Each is checked on the object itself first: it must lie in this
+    source's folder (an earlier layout's results are left in place) and its metadata must name
+    this source and a job of this source."""
+    settings = services.settings
+    folder = result_folder(job.source_key, settings.upload_prefix, settings.results_prefix)
     for key in keys:
         try:
-            services.s3.delete_object(Bucket=services.settings.results_bucket, Key=key)
-        except ClientError as exc:
+            if not key.startswith(folder):
+                logger.info("Leaving a result outside this source's folder in place", extra={"key": key})
+                continue
+            head = _head(services, key)
+            if head is None:
+                continue
+            metadata = head.get("Metadata", {})
+            if not names_source(metadata, job.source_bucket, job.source_key) or not _job_of_source(
+                services, job, published, str(metadata.get("job-id", ""))
+            ):
+                logger.warning("Not deleting a result this source did not write", extra={"key": key})
+                continue
+            services.s3.delete_object(Bucket=settings.results_bucket, Key=key)
+        except (ClientError, OutputCopyFailed) as exc:
             logger.warning("Could not delete a stale result", extra={"key": key, "reason": str(exc)})
+
+
+def _job_of_source(services: Services, job: Job, published: Published, job_id: str) -> bool:
+    """Whether ``job_id`` is a job of ``job``'s source: the one the result lease says published
+    there, or one the jobs table knows with the same source."""
+    if not job_id:
+        return False
+    if job_id in (published.job_id, job.job_id):
+        return True
+    other = services.jobs.get(job_id)
+    return (
+        other is not None and other.source_bucket == job.source_bucket and other.source_key == job.source_key
+    )
 
 
 def _fresh_outputs(services: Services, job: Job) -> Job | None:

@@ -4,10 +4,16 @@ A valid signature makes a URL authentic, not safe. Before anything is fetched: h
 must be on the allow-list, and every address it resolves to must be public (no loopback, private,
 link-local, CGNAT or reserved ranges, and no IPv6 address that carries an IPv4 one). The
 connection is pinned to the checked address so DNS cannot change between check and fetch;
-redirects are followed by hand and every hop is checked again. The body is streamed into S3 in
-parts with one part in memory at a time, under a byte cap and a deadline. The final write (PUT, or
-completing the multipart upload) is conditional on the result object the copier saw before it
-started, and the copier's lease is confirmed before it.
+redirects are followed by hand and every hop is checked again. The body is requested without
+content encoding and read raw (an encoded answer is refused before its body is read, so a
+compression bomb costs nothing), and streamed into S3 in parts with one part in memory at a time,
+under a byte cap and a deadline. What is stored must be a PNG, JPEG or WebP by its first bytes;
+the stored content type and the key's extension follow those bytes, never the answer's headers. A
+body that ends before its ``Content-Length`` is a retryable failure. Nothing partial is ever
+visible: a small body is one PUT after the whole of it was read, a large one a multipart upload
+that is aborted on any failure. The final write (PUT, or completing the multipart upload) is
+conditional on the result object the copier saw before it started, and the copier's lease is
+confirmed before it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 from botocore.exceptions import ClientError
+
+from backdrop.uploads import SNIFF_BYTES, ImageType, sniff_image_type
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -65,13 +73,18 @@ class Destination:
     expect_etag: str | None = None
 
 
+# Where an output of this image type goes: called once its first bytes said what it is, before
+# anything is written (the key's extension follows the bytes). May raise OutputRefused.
+Placement = Callable[[ImageType], Destination]
+
+
 class Copier(Protocol):
     def __call__(
         self,
         url: str,
         *,
         s3: S3Client,
-        destination: Destination,
+        place: Placement,
         policy: OutputPolicy,
         http: httpx.Client,
         deadline: float,
@@ -188,15 +201,23 @@ def check_url(url: str, policy: OutputPolicy, resolve: Resolver = system_resolve
 class _BodyReader:
     """Reads an httpx byte stream in fixed-size parts, enforcing the byte cap and the deadline."""
 
-    def __init__(self, chunks: Iterator[bytes], max_bytes: int, deadline: float) -> None:
+    def __init__(
+        self, chunks: Iterator[bytes], max_bytes: int, deadline: float, expected: int | None = None
+    ) -> None:
         self._chunks = chunks
         self._max = max_bytes
         self._deadline = deadline
+        self._expected = expected  # the declared Content-Length, if any
         # Chunks as received; a part is built with one join, so no byte is copied twice.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.total = 0
         self._done = False
+
+    def push_back(self, part: bytes) -> None:
+        """Put bytes read before back in front, to be read again (they stay counted once)."""
+        self._pending.insert(0, part)
+        self._pending_bytes += len(part)
 
     def read_part(self, size: int) -> bytes:
         while self._pending_bytes < size and not self._done:
@@ -206,6 +227,12 @@ class _BodyReader:
                 chunk = next(self._chunks)
             except StopIteration:
                 self._done = True
+                # A body cut short is not an image to store; the transport does not always notice
+                # (an answer framed by Transfer-Encoding that also declares a longer length).
+                if self._expected is not None and self.total != self._expected:
+                    raise OutputCopyFailed(
+                        f"output body ended after {self.total} of its {self._expected} declared bytes"
+                    ) from None
                 break
             self.total += len(chunk)
             if self.total > self._max:
@@ -225,7 +252,9 @@ class _BodyReader:
 
 
 def _open(http: httpx.Client, target: Target, timeout: httpx.Timeout) -> httpx.Response:
-    headers = {"Accept": "image/*"}
+    # No content encoding: the body is read raw, so that what is counted against the byte cap is
+    # what is stored (a small gzip answer can expand to gigabytes).
+    headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
     extensions: dict[str, Any] = {}
     url = httpx.URL(target.url)
     if target.address is not None:
@@ -241,14 +270,15 @@ def copy_output(
     url: str,
     *,
     s3: S3Client,
-    destination: Destination,
+    place: Placement,
     policy: OutputPolicy,
     http: httpx.Client,
     deadline: float,
     resolve: Resolver = system_resolver,
     keep_lease: Callable[[], None] = lambda: None,
 ) -> CopiedObject:
-    """Stream one output into the destination; raises OutputRefused or OutputCopyFailed.
+    """Stream one output into the destination ``place`` gives for its image type; raises
+    OutputRefused or OutputCopyFailed.
 
     ``keep_lease`` is called after every part and right before the object is published; it raises
     OutputCopyFailed when this copier may no longer write the result (its lease was lost)."""
@@ -273,7 +303,7 @@ def copy_output(
             return _store(
                 response,
                 s3=s3,
-                destination=destination,
+                place=place,
                 policy=policy,
                 deadline=deadline,
                 keep_lease=keep_lease,
@@ -289,7 +319,7 @@ def _store(
     response: httpx.Response,
     *,
     s3: S3Client,
-    destination: Destination,
+    place: Placement,
     policy: OutputPolicy,
     deadline: float,
     keep_lease: Callable[[], None],
@@ -301,17 +331,32 @@ def _store(
         )
     if response.status_code != 200:
         raise OutputRefused("OUTPUT_BAD_RESPONSE", f"output URL answered HTTP {response.status_code}")
-    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if not content_type.startswith("image/"):
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Refused before a byte of the body is read: decoding it could cost any amount of memory.
         raise OutputRefused(
-            "OUTPUT_NOT_IMAGE", f"output content type {content_type or 'missing'!r} is not image/*"
+            "OUTPUT_ENCODED", f"output was sent with Content-Encoding {encoding[:50]!r}, none was asked for"
         )
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+    expected = int(declared) if declared and declared.isdigit() else None
+    if expected is not None and expected > policy.max_bytes:
         raise OutputRefused("OUTPUT_TOO_LARGE", f"output declares {declared} bytes, over {policy.max_bytes}")
-    reader = _BodyReader(response.iter_bytes(), policy.max_bytes, deadline)
-    _upload(reader, s3=s3, destination=destination, content_type=content_type, keep_lease=keep_lease)
-    return CopiedObject(key=destination.key, size=reader.total, content_type=content_type)
+    reader = _BodyReader(response.iter_raw(), policy.max_bytes, deadline, expected)
+    first = reader.read_part(PART_SIZE)
+    if not first:  # refuse before writing: an empty object must not appear in the results bucket
+        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
+    kind = sniff_image_type(first[:SNIFF_BYTES])
+    if kind is None:
+        served = response.headers.get("Content-Type", "").split(";")[0].strip().lower() or "no content type"
+        raise OutputRefused(
+            "OUTPUT_NOT_IMAGE",
+            f"output is not a PNG, JPEG or WebP image by its first bytes (served as {served[:100]!r})",
+        )
+    reader.push_back(first)
+    del first  # the upload reads it again; one part in memory at a time
+    destination = place(kind)
+    _upload(reader, s3=s3, destination=destination, content_type=kind.value, keep_lease=keep_lease)
+    return CopiedObject(key=destination.key, size=reader.total, content_type=kind.value)
 
 
 def _conditions(destination: Destination) -> dict[str, str]:
@@ -337,10 +382,10 @@ def _upload(
     content_type: str,
     keep_lease: Callable[[], None],
 ) -> None:
+    """Write the body: one PUT if its first part is all of it (the reader saw the body end, and
+    checked its length), else a multipart upload that is aborted on any failure."""
     bucket, key = destination.bucket, destination.key
     first = reader.read_part(PART_SIZE)
-    if not first:  # refuse before writing: an empty object must not appear in the results bucket
-        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
     extra = {"ContentType": content_type, "Metadata": dict(destination.metadata)}
     try:
         if len(first) < PART_SIZE:
