@@ -4,6 +4,8 @@ provisioned from the template's own resource definitions."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +25,43 @@ ACCESS_KEY_ID = "backdrop-local"
 SECRET_ACCESS_KEY = "backdrop-local-secret"  # noqa: S105 - moto accepts any credentials
 
 
-class _RecordingMotoServer(ThreadedMotoServer):
-    """moto's threaded server with a ``CallRecorder`` in front of its WSGI application."""
+class _AtomicItemWrites:
+    """WSGI middleware: one DynamoDB request at a time.
 
-    def __init__(self, ip_address: str, port: int, record_to: Path) -> None:
+    DynamoDB evaluates a condition and writes the item atomically; moto's threaded server does not
+    (two concurrent conditional updates of one item can both pass their condition). The pipeline's
+    correctness rests on that atomicity (a job ends, and announces its event, exactly once), so the
+    local stack serialises DynamoDB requests; moto answers each in milliseconds."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+            return self._app(environ, start_response)
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+class _LocalMotoServer(ThreadedMotoServer):
+    """moto's threaded server with DynamoDB's atomic conditional writes and, with ``record_to``, a
+    ``CallRecorder`` in front of its WSGI application."""
+
+    def __init__(self, ip_address: str, port: int, record_to: Path | None) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
         self.recorder: CallRecorder | None = None
         self._record_to = record_to
 
     def _server_entry(self) -> None:
-        # As ThreadedMotoServer._server_entry, with the recorder wrapped around moto's application.
-        self.recorder = CallRecorder(DomainDispatcherApplication(create_backend_app), self._record_to)
+        # As ThreadedMotoServer._server_entry, with the middlewares wrapped around moto's application.
+        moto = DomainDispatcherApplication(create_backend_app)
+        app: Callable[..., Iterable[bytes]] = _AtomicItemWrites(moto)
+        if self._record_to is not None:
+            self.recorder = CallRecorder(app, self._record_to)
+            app = self.recorder
         self._server = make_server(
-            self._ip_address, self._port, self.recorder, True, request_handler=MotoRequestHandler
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
         )
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -55,11 +81,7 @@ class MotoServer:
         instance: str = "moto",
     ) -> None:
         self.calls_path = record_dir / f"{instance}{CALLS_SUFFIX}" if record_dir else None
-        self._server: ThreadedMotoServer = (
-            _RecordingMotoServer(host, port, self.calls_path)
-            if self.calls_path
-            else ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        )
+        self._server = _LocalMotoServer(host, port, self.calls_path)
         self.endpoint_url = ""
 
     def start(self) -> str:
@@ -71,7 +93,7 @@ class MotoServer:
 
     def stop(self) -> None:
         self._server.stop()
-        if isinstance(self._server, _RecordingMotoServer) and self._server.recorder:
+        if self._server.recorder:
             self._server.recorder.close()
 
 
