@@ -82,8 +82,15 @@ lint: venv
 	$(VENV)/bin/cfn-lint --config-file .cfn-lint.yaml
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
+# The fault-injection suite mostly waits (list lag, reconciler passes, redeliveries), so it runs in a
+# second pytest process beside the rest; its output follows the rest's, and either failing fails.
 test: venv build lint
-	$(PY) -m pytest
+	@mkdir -p .backdrop
+	@$(PY) -m pytest -p no:cacheprovider tests/chaos > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
+	$(PY) -m pytest --ignore=tests/chaos; rest=$$?; \
+	wait $$chaos; chaos_status=$$?; \
+	echo "== fault-injection suite (tests/chaos), run beside the rest"; cat .backdrop/chaos-suite.log; \
+	test $$rest -eq 0 && test $$chaos_status -eq 0
 
 test-fast: venv
 	$(PY) -m pytest tests/unit
