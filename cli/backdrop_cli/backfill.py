@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
@@ -23,7 +22,8 @@ from backdrop.colours import Colour
 from backdrop.jobs import OPEN_SHARD, Status
 from backdrop.ledger import RunBudget
 from backdrop_cli.app import App, job_brief
-from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.contexts import BackfillContext, PlanContext
+from backdrop_cli.errors import FAILED, OK
 from backdrop_cli.inventory import Plan, Verdict, build_plan, plan_from_manifest
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, SendReport, StopFlag, object_created
@@ -206,8 +206,9 @@ def show_plan(app: App, doc: dict[str, Any]) -> None:
             app.ui.print(f"… and {len(rejected) - 20} more (--json lists them all)")
 
 
-def run_plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | None, workers: int) -> int:
-    plan = make_plan(app, prefix, colour, workers)
+def run_plan(context: PlanContext) -> int:
+    app, manifest = context.app, context.manifest
+    plan = make_plan(app, context.prefix, context.colour, context.workers)
     doc = plan_doc(app, plan, budget_outlook(app))
     if manifest is not None:
         doc["manifest"] = {"path": str(manifest), "objects": plan.write_manifest(manifest)}
@@ -221,21 +222,13 @@ def run_plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path
 
 
 # ---------------------------------------------------------------------- backfill
-def run_backfill(
-    app: App,
-    *,
-    prefix: str | None,
-    manifest: Path | None,
-    colour: Colour | None,
-    max_runs: int | None,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
-    if manifest is not None and (prefix is not None or colour is not None):
-        raise BadUsage("--manifest fixes the objects and their colour: give no PREFIX or --color with it")
-    plan = plan_from_manifest(app.stack, manifest) if manifest else make_plan(app, prefix, colour, workers)
+def run_backfill(context: BackfillContext) -> int:
+    app, manifest, max_runs = context.app, context.manifest, context.max_runs
+    plan = (
+        plan_from_manifest(app.stack, manifest)
+        if manifest
+        else make_plan(app, context.prefix, context.colour, context.workers)
+    )
     outlook = budget_outlook(app)
     doc = plan_doc(app, plan, outlook)
     submits = plan.of(Verdict.SUBMIT)
@@ -256,7 +249,7 @@ def run_backfill(
             )
         app.ui.confirm_cost(
             f"Backfill {runs} objects: {runs} runs, estimated {usd(app.rules.cost(runs))}.{budget_note}",
-            yes=yes,
+            yes=context.yes,
         )
     messages = [(p.entry.job_id, object_created(p.entry, app.stack.region)) for p in chosen]
     report = SendReport()
@@ -273,8 +266,8 @@ def run_backfill(
         sent_ids = set(report.sent) | set(report.unknown)
         tracked = [Tracked(p.entry.job_id, 1, p.entry.upload) for p in chosen if p.entry.job_id in sent_ids]
         result: WaitResult | None = None
-        if wait and tracked and not report.stopped:
-            result = _wait(app, bar, stop, tracked, wait_timeout)
+        if context.wait and tracked and not report.stopped:
+            result = _wait(app, bar, stop, tracked, context.wait_timeout)
     doc["sent"] = {
         "runs": sum(1 for p in chosen if p.verdict is Verdict.SUBMIT and p.entry.job_id in report.sent),
         "rejects": sum(1 for p in chosen if p.verdict is Verdict.REJECT and p.entry.job_id in report.sent),

@@ -26,7 +26,8 @@ from backdrop.uploads import read_source
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
 from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook, summarise_wait
-from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.contexts import RetryContext
+from backdrop_cli.errors import FAILED, OK
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, StopFlag
 from backdrop_cli.ui import facts, table
@@ -85,50 +86,29 @@ def eligibility(app: App, job: Job, include_rejected: bool) -> str | None:
     return None
 
 
-def select(
-    app: App,
-    job_ids: tuple[str, ...],
-    statuses: frozenset[Status],
-    error_code: str | None,
-    since: str | None,
-    prefix: str | None,
-) -> tuple[list[Job], list[Refusal]]:
+def select(context: RetryContext) -> tuple[list[Job], list[Refusal]]:
+    stack, job_ids = context.app.stack, context.job_ids
     if job_ids:
-        found = jobtable.get_many(app.stack, job_ids)
+        found = jobtable.get_many(stack, job_ids)
         missing = [Refusal(j, "", "no such job") for j in dict.fromkeys(job_ids) if j not in found]
         return [found[j] for j in dict.fromkeys(job_ids) if j in found], missing
-    where = jobtable.JobFilter(prefix=prefix, statuses=statuses, error_code=error_code, completed_since=since)
-    jobs = sorted(jobtable.scan(app.stack, where), key=lambda j: (j.completed_at or "", j.job_id))
+    where = jobtable.JobFilter(
+        prefix=context.prefix,
+        statuses=context.statuses,
+        error_code=context.error_code,
+        completed_since=context.since,
+    )
+    jobs = sorted(jobtable.scan(stack, where), key=lambda j: (j.completed_at or "", j.job_id))
     return jobs, []
 
 
-def run_retry(
-    app: App,
-    *,
-    job_ids: tuple[str, ...],
-    statuses: frozenset[Status],
-    error_code: str | None,
-    since: str | None,
-    prefix: str | None,
-    include_rejected: bool,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
-    if job_ids and (statuses or error_code or since or prefix):
-        raise BadUsage(
-            "give JOB_IDs, or select with --status (and --error-code, --since, --prefix): not both"
-        )
-    if not job_ids and not statuses:
-        raise BadUsage("which jobs? give JOB_IDs or --status failed|canceled|timed_out")
-    if Status.REJECTED in statuses and not include_rejected:
-        raise BadUsage("--status rejected needs --include-rejected (the same bytes fail again)")
+def run_retry(context: RetryContext) -> int:
+    app, include_rejected = context.app, context.include_rejected
     with app.ui.progress() as bar:
         bar.update("select", completed=0, total=None, description="Selecting jobs")
-        candidates, refused = select(app, job_ids, statuses, error_code, since, prefix)
+        candidates, refused = select(context)
         reasons: list[str | None] = []
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=context.workers) as pool:
             for why in pool.map(lambda job: eligibility(app, job, include_rejected), candidates):
                 reasons.append(why)
                 bar.update(
@@ -153,7 +133,7 @@ def run_retry(
         app.ui.confirm_cost(
             f"Retry {len(eligible)} jobs: {len(eligible)} new runs, "
             f"estimated {usd(app.rules.cost(len(eligible)))}.",
-            yes=yes,
+            yes=context.yes,
         )
     started: list[Job] = []
     unsent: list[str] = []
@@ -180,8 +160,8 @@ def run_retry(
             started += batch
             bar.update("start", completed=len(started), total=len(eligible), description="Retrying")
         tracked = [Tracked(j.job_id, j.attempt, j.upload()) for j in started]
-        if wait and tracked and not interrupted:
-            result = _wait(app, bar, stop, tracked, wait_timeout)
+        if context.wait and tracked and not interrupted:
+            result = _wait(app, bar, stop, tracked, context.wait_timeout)
     doc["started"] = [{"job_id": j.job_id, "key": j.source_key, "attempt": j.attempt} for j in started]
     doc["refused"] = [{"job_id": r.job_id, "key": r.key, "reason": r.reason} for r in refused]
     doc["left_to_reconciler"] = unsent
