@@ -25,13 +25,13 @@ from backdrop.queues import JobMessage
 from backdrop.uploads import read_source
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
-from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook, summarise_wait
+from backdrop_cli.backfill import budget_outlook
 from backdrop_cli.contexts import RetryContext
 from backdrop_cli.errors import FAILED, OK
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, StopFlag
 from backdrop_cli.ui import facts, table
-from backdrop_cli.waiting import Snapshot, Tracked, WaitResult, wait_for
+from backdrop_cli.waiting import FAILED_STATUSES, Tracked, WaitResult, summarise_wait, wait_with_progress
 
 BATCH = 10
 
@@ -161,7 +161,7 @@ def run_retry(context: RetryContext) -> int:
             bar.update("start", completed=len(started), total=len(eligible), description="Retrying")
         tracked = [Tracked(j.job_id, j.attempt, j.upload()) for j in started]
         if context.wait and tracked and not interrupted:
-            result = _wait(app, bar, stop, tracked, context.wait_timeout)
+            result = wait_with_progress(app, bar, stop, tracked, context.wait_timeout)
     doc["started"] = [{"job_id": j.job_id, "key": j.source_key, "attempt": j.attempt} for j in started]
     doc["refused"] = [{"job_id": r.job_id, "key": r.key, "reason": r.reason} for r in refused]
     doc["left_to_reconciler"] = unsent
@@ -188,27 +188,6 @@ def _store_refusal(before: Job, now: Job | None) -> str:
     return (
         "its previous completion event is still pending (the reconciler publishes it on its next "
         "pass); retry it after that"
-    )
-
-
-def _wait(app: App, bar: Any, stop: StopFlag, tracked: list[Tracked], timeout: float | None) -> WaitResult:
-    price = app.rules.price_per_run
-
-    def on_poll(snapshot: Snapshot) -> None:
-        counts = snapshot.statuses()
-        ended = sum(1 for t in tracked if snapshot.finished(t))
-        failed = sum(counts[s.value] for s in FAILED_STATUSES)
-        spent = price * snapshot.runs_created(tracked)
-        detail = f"succeeded {counts['succeeded']} · failed {failed} · spent {usd(spent)}"
-        bar.update("wait", completed=ended, total=len(tracked), description="Finished", detail=detail)
-
-    return wait_for(
-        app.stack,
-        tracked,
-        budget_per_day=app.rules.daily_run_budget,
-        stop=stop,
-        timeout=timeout,
-        on_poll=on_poll,
     )
 
 
