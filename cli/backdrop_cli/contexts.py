@@ -14,6 +14,7 @@ from backdrop.colours import Colour
 from backdrop.jobs import Status
 from backdrop_cli.app import App
 from backdrop_cli.errors import BadUsage
+from backdrop_cli.groups import RETRY_BY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class RetryContext(WaitingContext):
                 "give JOB_IDs, or select with --status (and --error-code, --since, --prefix): not both"
             )
         if not self.job_ids and not self.statuses:
-            raise BadUsage("which jobs? give JOB_IDs or --status failed|canceled|timed_out")
+            raise BadUsage(f"which jobs? give JOB_IDs or --status {RETRY_BY_DEFAULT}")
         if Status.REJECTED in self.statuses and not self.include_rejected:
             raise BadUsage("--status rejected needs --include-rejected (the same bytes fail again)")
 

@@ -24,6 +24,7 @@ from backdrop_cli.contexts import (
     StatusContext,
 )
 from backdrop_cli.errors import FAILED, Failure
+from backdrop_cli.groups import RETRY_CHOICES
 from backdrop_cli.times import Since
 from backdrop_cli.ui import Ui
 
@@ -380,9 +381,7 @@ def status(context: StatusContext) -> int:
     return run_status(context)
 
 
-RETRY_CHOICE = click.Choice(
-    [Status.FAILED.value, Status.CANCELED.value, Status.TIMED_OUT.value, Status.REJECTED.value]
-)
+RETRY_CHOICE = click.Choice(RETRY_CHOICES)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -16,11 +16,11 @@ from backdrop_cli import jobtable
 from backdrop_cli.app import App
 from backdrop_cli.contexts import ReportContext
 from backdrop_cli.errors import OK
+from backdrop_cli.groups import FAILURES
 from backdrop_cli.rules import usd
 from backdrop_cli.times import ago, duration, seconds_between
 from backdrop_cli.ui import facts, table
 
-FAILURE_STATUSES = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT, Status.REJECTED})
 CSV_COLUMNS = [
     "job_id",
     "status",
@@ -65,7 +65,7 @@ def summarise(jobs: list[Job], price: Any, *, top: int, now: datetime) -> dict[s
     reasons: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     for job in jobs:
-        if job.status in FAILURE_STATUSES:
+        if job.status in FAILURES:
             reason = (job.status.value, job.error_code or "?")
             reasons[reason] += 1
             examples.setdefault(reason, job.error_message or "")

@@ -28,10 +28,11 @@ from backdrop_cli.app import App
 from backdrop_cli.backfill import budget_outlook
 from backdrop_cli.contexts import RetryContext
 from backdrop_cli.errors import FAILED, OK
+from backdrop_cli.groups import FAILURES
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, StopFlag
 from backdrop_cli.ui import facts, table
-from backdrop_cli.waiting import FAILED_STATUSES, Tracked, WaitResult, summarise_wait, wait_with_progress
+from backdrop_cli.waiting import Tracked, WaitResult, summarise_wait, wait_with_progress
 
 BATCH = 10
 
@@ -168,7 +169,7 @@ def run_retry(context: RetryContext) -> int:
     doc["interrupted"] = interrupted or bool(result and result.interrupted)
     summarise_wait(app, doc, tracked, result)
     counts = Counter[str](doc["outcomes"])
-    failed_count = sum(counts[s.value] for s in FAILED_STATUSES) + counts["rejected"]
+    failed_count = sum(counts[s.value] for s in FAILURES)
     if app.ui.as_json:
         app.ui.emit(doc)
     else:

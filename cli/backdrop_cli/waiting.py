@@ -20,6 +20,7 @@ from backdrop.ledger import RunBudget
 from backdrop.uploads import UploadRef, read_source
 from backdrop_cli import jobtable
 from backdrop_cli.app import App, job_brief
+from backdrop_cli.groups import FAILURES_BUT_REJECTED
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import StopFlag
 from backdrop_cli.stack import Stack
@@ -29,7 +30,6 @@ from backdrop_cli.ui import Bar
 MISSING_GRACE_SECONDS = 30.0
 FIRST_POLL_SECONDS = 0.5
 MAX_POLL_SECONDS = 10.0
-FAILED_STATUSES = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT})
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def wait_with_progress(
     def on_poll(snapshot: Snapshot) -> None:
         counts = snapshot.statuses()
         ended = sum(1 for t in tracked if snapshot.finished(t))
-        failed = sum(counts[s.value] for s in FAILED_STATUSES)
+        failed = sum(counts[s.value] for s in FAILURES_BUT_REJECTED)
         spent = price * snapshot.runs_created(tracked)
         shown_counts = [f"{status.value} {counts[status.value]}" for status in shown]
         detail = " · ".join(
@@ -186,7 +186,7 @@ def summarise_wait(
     snapshot = result.snapshot
     counts: Counter[str] = snapshot.statuses()
     outcome = {
-        "failed": sum(counts[s.value] for s in FAILED_STATUSES),
+        "failed": sum(counts[s.value] for s in FAILURES_BUT_REJECTED),
     }
     runs = snapshot.runs_created(tracked)
     doc["wait"] = {
@@ -199,6 +199,6 @@ def summarise_wait(
     doc["runs_created"] = runs
     doc["spent_usd"] = app.rules.cost(runs)
     doc["jobs"] = [job_brief(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
-    failed = {s.value for s in FAILED_STATUSES}
+    failed = {s.value for s in FAILURES_BUT_REJECTED}
     doc["failures"] = [j for j in doc["jobs"] if j["status"] in failed]
     return outcome
