@@ -140,8 +140,7 @@ def stack_command[C: CommandContext](
 ) -> Callable[[Callable[[C], int]], Callable[..., None]]:
     """The options every subcommand takes (which stack, --json; also accepted before the
     subcommand), its context (``context_type``: the stack and the subcommand's own options), and
-    its error handling: an error is a message on stderr and an exit status (with --json, also a
-    JSON document on stdout)."""
+    its error handling (``run_command``)."""
 
     def decorate(function: Callable[[C], int]) -> Callable[..., None]:
         @global_options
@@ -155,7 +154,6 @@ def stack_command[C: CommandContext](
             as_json: bool,
             **options: Any,
         ) -> None:
-            ctx = click.get_current_context()
             given = {
                 "stack_name": stack_name,
                 "profile": profile,
@@ -164,43 +162,53 @@ def stack_command[C: CommandContext](
                 "state_dir": state_dir,
                 "as_json": as_json,
             }
-            json_before = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
-            ui = Ui(as_json=as_json or json_before)
-            try:
-                merged = merge_global_options(ctx, given)
-            except click.UsageError as exc:
-                if ui.as_json:
-                    ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
-                raise
-            target = Target(
-                merged["stack_name"],
-                merged["profile"],
-                merged["region"],
-                merged["local"],
-                merged["state_dir"],
-            )
-            context = context_type(App(target, ui), **options)
-            try:
+
+            def start(app: App) -> int:
+                context = context_type(app, **options)
                 context.check()
-                code = function(context)
-            except click.ClickException as exc:
-                if ui.as_json:
-                    ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
-                raise
-            except KeyboardInterrupt:
-                message = "Interrupted (Ctrl-C)."
-                if ui.as_json:
-                    ui.emit({"error": {"message": message, "exit_code": FAILED}})
-                raise Failure(message) from None
-            except (ClientError, BotoCoreError) as exc:
-                if ui.as_json:
-                    ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
-                raise Failure(f"AWS: {exc}") from exc
-            sys.exit(code)
+                return function(context)
+
+            sys.exit(run_command(given, start))
 
         return wrapper
 
     return decorate
+
+
+def run_command(given: dict[str, Any], start: Callable[[App], int]) -> int:
+    """Runs a subcommand on the stack its global options name; returns its exit status. An error
+    is a message on stderr and an exit status (with --json, also a JSON document on stdout)."""
+    ctx = click.get_current_context()
+    json_before = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
+    ui = Ui(as_json=bool(given["as_json"]) or json_before)
+    try:
+        merged = merge_global_options(ctx, given)
+    except click.UsageError as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+        raise
+    target = Target(
+        merged["stack_name"],
+        merged["profile"],
+        merged["region"],
+        merged["local"],
+        merged["state_dir"],
+    )
+    try:
+        return start(App(target, ui))
+    except click.ClickException as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+        raise
+    except KeyboardInterrupt:
+        message = "Interrupted (Ctrl-C)."
+        if ui.as_json:
+            ui.emit({"error": {"message": message, "exit_code": FAILED}})
+        raise Failure(message) from None
+    except (ClientError, BotoCoreError) as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
+        raise Failure(f"AWS: {exc}") from exc
 
 
 def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> frozenset[Status]:
