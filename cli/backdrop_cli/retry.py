@@ -21,6 +21,7 @@ from typing import Any
 
 from backdrop.colours import parse_colour
 from backdrop.jobs import RETRYABLE, Job, Status, now_iso
+from backdrop.jobstore import JobStore
 from backdrop.queues import JobMessage
 from backdrop.uploads import read_source
 from backdrop_cli import jobtable
@@ -103,14 +104,15 @@ def select(context: RetryContext) -> tuple[list[Job], list[Refusal]]:
     return jobs, []
 
 
-def run_retry(context: RetryContext) -> int:
-    app, include_rejected = context.app, context.include_rejected
+def choose(context: RetryContext) -> tuple[list[Job], list[Job], list[Refusal]]:
+    """The selected jobs, those of them that may be retried, and the refusals with their reasons."""
+    app = context.app
     with app.ui.progress() as bar:
         bar.update("select", completed=0, total=None, description="Selecting jobs")
         candidates, refused = select(context)
         reasons: list[str | None] = []
         with ThreadPoolExecutor(max_workers=context.workers) as pool:
-            for why in pool.map(lambda job: eligibility(app, job, include_rejected), candidates):
+            for why in pool.map(lambda job: eligibility(app, job, context.include_rejected), candidates):
                 reasons.append(why)
                 bar.update(
                     "check", completed=len(reasons), total=len(candidates), description="Checking sources"
@@ -119,6 +121,33 @@ def run_retry(context: RetryContext) -> int:
     refused += [
         Refusal(job.job_id, job.source_key, why) for job, why in zip(candidates, reasons, strict=True) if why
     ]
+    return candidates, eligible, refused
+
+
+def start_attempts(
+    store: JobStore, sender: Sender, jobs: list[Job], include_rejected: bool
+) -> tuple[list[Job], list[Refusal], list[str]]:
+    """Begins the next attempt of each job and sends its message: the jobs started, those the
+    store refused, and the ids whose message SQS may not have (the reconciler creates their runs)."""
+    started: list[Job] = []
+    refused: list[Refusal] = []
+    for job in jobs:
+        move = store.begin_retry(job, include_rejected=include_rejected)
+        if move.moved and move.job is not None:
+            started.append(move.job)
+        else:
+            refused.append(Refusal(job.job_id, job.source_key, _store_refusal(job, move.job)))
+    if not started:
+        return started, refused, []
+    report = sender.send_batch(
+        [(j.job_id, JobMessage(j.job_id, j.attempt, now_iso()).body()) for j in started]
+    )
+    return started, refused, report.unknown + list(report.refused)
+
+
+def run_retry(context: RetryContext) -> int:
+    app = context.app
+    candidates, eligible, refused = choose(context)
     outlook = budget_outlook(app)
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
@@ -147,17 +176,11 @@ def run_retry(context: RetryContext) -> int:
             if stop.stopped:
                 interrupted = True
                 break
-            batch: list[Job] = []
-            for job in eligible[start : start + BATCH]:
-                move = store.begin_retry(job, include_rejected=include_rejected)
-                if move.moved and move.job is not None:
-                    batch.append(move.job)
-                else:
-                    refused.append(Refusal(job.job_id, job.source_key, _store_refusal(job, move.job)))
-            messages = [(j.job_id, JobMessage(j.job_id, j.attempt, now_iso()).body()) for j in batch]
-            report = sender.send_batch(messages) if messages else None
-            if report is not None:
-                unsent += report.unknown + list(report.refused)
+            batch, store_refused, batch_unsent = start_attempts(
+                store, sender, eligible[start : start + BATCH], context.include_rejected
+            )
+            refused += store_refused
+            unsent += batch_unsent
             started += batch
             bar.update("start", completed=len(started), total=len(eligible), description="Retrying")
         tracked = [Tracked(j.job_id, j.attempt, j.upload()) for j in started]
