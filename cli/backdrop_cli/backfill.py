@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
@@ -22,19 +19,19 @@ from boto3.dynamodb.conditions import Attr, Key
 from backdrop.colours import Colour
 from backdrop.jobs import OPEN_SHARD, Status
 from backdrop.ledger import RunBudget
-from backdrop_cli.app import App, job_brief
-from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.app import App
+from backdrop_cli.contexts import BackfillContext, PlanContext
+from backdrop_cli.errors import FAILED, OK
 from backdrop_cli.inventory import Plan, Verdict, build_plan, plan_from_manifest
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, SendReport, StopFlag, object_created
 from backdrop_cli.times import duration
 from backdrop_cli.ui import facts, table
-from backdrop_cli.waiting import Snapshot, Tracked, WaitResult, wait_for
+from backdrop_cli.waiting import Tracked, WaitResult, summarise_wait, wait_with_progress
 
 # Time one submit invocation takes per message (S3 read, job claim, budget, Runflow create): the
 # basis of the time estimate, which then scales with SubmitMaxConcurrency.
 SECONDS_PER_SUBMIT = 1.0
-FAILED_STATUSES = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT})
 
 
 @dataclass(frozen=True)
@@ -206,8 +203,9 @@ def show_plan(app: App, doc: dict[str, Any]) -> None:
             app.ui.print(f"… and {len(rejected) - 20} more (--json lists them all)")
 
 
-def run_plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | None, workers: int) -> int:
-    plan = make_plan(app, prefix, colour, workers)
+def run_plan(context: PlanContext) -> int:
+    app, manifest = context.app, context.manifest
+    plan = make_plan(app, context.prefix, context.colour, context.workers)
     doc = plan_doc(app, plan, budget_outlook(app))
     if manifest is not None:
         doc["manifest"] = {"path": str(manifest), "objects": plan.write_manifest(manifest)}
@@ -221,21 +219,13 @@ def run_plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path
 
 
 # ---------------------------------------------------------------------- backfill
-def run_backfill(
-    app: App,
-    *,
-    prefix: str | None,
-    manifest: Path | None,
-    colour: Colour | None,
-    max_runs: int | None,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
-    if manifest is not None and (prefix is not None or colour is not None):
-        raise BadUsage("--manifest fixes the objects and their colour: give no PREFIX or --color with it")
-    plan = plan_from_manifest(app.stack, manifest) if manifest else make_plan(app, prefix, colour, workers)
+def run_backfill(context: BackfillContext) -> int:
+    app, manifest, max_runs = context.app, context.manifest, context.max_runs
+    plan = (
+        plan_from_manifest(app.stack, manifest)
+        if manifest
+        else make_plan(app, context.prefix, context.colour, context.workers)
+    )
     outlook = budget_outlook(app)
     doc = plan_doc(app, plan, outlook)
     submits = plan.of(Verdict.SUBMIT)
@@ -256,7 +246,7 @@ def run_backfill(
             )
         app.ui.confirm_cost(
             f"Backfill {runs} objects: {runs} runs, estimated {usd(app.rules.cost(runs))}.{budget_note}",
-            yes=yes,
+            yes=context.yes,
         )
     messages = [(p.entry.job_id, object_created(p.entry, app.stack.region)) for p in chosen]
     report = SendReport()
@@ -273,8 +263,8 @@ def run_backfill(
         sent_ids = set(report.sent) | set(report.unknown)
         tracked = [Tracked(p.entry.job_id, 1, p.entry.upload) for p in chosen if p.entry.job_id in sent_ids]
         result: WaitResult | None = None
-        if wait and tracked and not report.stopped:
-            result = _wait(app, bar, stop, tracked, wait_timeout)
+        if context.wait and tracked and not report.stopped:
+            result = wait_with_progress(app, bar, stop, tracked, context.wait_timeout, shown=(Status.HELD,))
     doc["sent"] = {
         "runs": sum(1 for p in chosen if p.verdict is Verdict.SUBMIT and p.entry.job_id in report.sent),
         "rejects": sum(1 for p in chosen if p.verdict is Verdict.REJECT and p.entry.job_id in report.sent),
@@ -296,61 +286,6 @@ def run_backfill(
     else:
         show_backfill(app, doc)
     return FAILED if failed else OK
-
-
-def _wait(app: App, bar: Any, stop: StopFlag, tracked: list[Tracked], timeout: float | None) -> WaitResult:
-    price = app.rules.price_per_run
-
-    def on_poll(snapshot: Snapshot) -> None:
-        counts = snapshot.statuses()
-        ended = sum(1 for t in tracked if snapshot.finished(t))
-        failed = sum(counts[s.value] for s in FAILED_STATUSES)
-        spent = price * snapshot.runs_created(tracked)
-        detail = (
-            f"succeeded {counts['succeeded']} · failed {failed} · held {counts['held']} · spent {usd(spent)}"
-        )
-        bar.update("wait", completed=ended, total=len(tracked), description="Finished", detail=detail)
-
-    return wait_for(
-        app.stack,
-        tracked,
-        budget_per_day=app.rules.daily_run_budget,
-        stop=stop,
-        timeout=timeout,
-        on_poll=on_poll,
-    )
-
-
-def summarise_wait(
-    app: App, doc: dict[str, Any], tracked: list[Tracked], result: WaitResult | None
-) -> dict[str, int]:
-    """The jobs' outcomes into ``doc``; returns the outcome counts."""
-    if result is None:
-        doc["wait"] = None
-        doc["outcomes"] = {}
-        doc["runs_created"] = 0
-        doc["spent_usd"] = Decimal(0)
-        doc["jobs"] = []
-        return {}
-    snapshot = result.snapshot
-    counts: Counter[str] = snapshot.statuses()
-    outcome = {
-        "failed": sum(counts[s.value] for s in FAILED_STATUSES),
-    }
-    runs = snapshot.runs_created(tracked)
-    doc["wait"] = {
-        "all_ended": result.ended,
-        "held_for_budget": result.held_for_budget,
-        "timed_out": result.timed_out,
-        "interrupted": result.interrupted,
-    }
-    doc["outcomes"] = dict(sorted(counts.items()))
-    doc["runs_created"] = runs
-    doc["spent_usd"] = app.rules.cost(runs)
-    doc["jobs"] = [job_brief(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
-    failed = {s.value for s in FAILED_STATUSES}
-    doc["failures"] = [j for j in doc["jobs"] if j["status"] in failed]
-    return outcome
 
 
 def show_backfill(app: App, doc: dict[str, Any]) -> None:

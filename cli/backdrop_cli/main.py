@@ -15,7 +15,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backdrop.colours import Colour, parse_colour
 from backdrop.jobs import Status
 from backdrop_cli.app import App, Target
+from backdrop_cli.contexts import (
+    BackfillContext,
+    CommandContext,
+    PlanContext,
+    ReportContext,
+    RetryContext,
+    StatusContext,
+)
 from backdrop_cli.errors import FAILED, Failure
+from backdrop_cli.groups import RETRY_CHOICES
 from backdrop_cli.times import Since
 from backdrop_cli.ui import Ui
 
@@ -126,65 +135,84 @@ def merge_global_options(ctx: click.Context, values: dict[str, Any]) -> dict[str
     return merged
 
 
-def stack_command[F: Callable[..., Any]](function: F) -> F:
+def stack_command[C: CommandContext](
+    context_type: type[C],
+) -> Callable[[Callable[[C], int]], Callable[..., None]]:
     """The options every subcommand takes (which stack, --json; also accepted before the
-    subcommand), and its error handling: an error is a message on stderr and an exit status (with
-    --json, also a JSON document on stdout)."""
+    subcommand), its context (``context_type``: the stack and the subcommand's own options), and
+    its error handling (``run_command``)."""
 
-    @global_options
-    @functools.wraps(function)
-    def wrapper(
-        stack_name: str | None,
-        profile: str | None,
-        region: str | None,
-        local: bool,
-        state_dir: Path | None,
-        as_json: bool,
-        **kwargs: Any,
-    ) -> None:
-        ctx = click.get_current_context()
-        given = {
-            "stack_name": stack_name,
-            "profile": profile,
-            "region": region,
-            "local": local,
-            "state_dir": state_dir,
-            "as_json": as_json,
-        }
-        json_before = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
-        ui = Ui(as_json=as_json or json_before)
-        try:
-            options = merge_global_options(ctx, given)
-        except click.UsageError as exc:
-            if ui.as_json:
-                ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
-            raise
-        target = Target(
-            options["stack_name"],
-            options["profile"],
-            options["region"],
-            options["local"],
-            options["state_dir"],
-        )
-        app = App(target, ui)
-        try:
-            code = function(app, **kwargs)
-        except click.ClickException as exc:
-            if ui.as_json:
-                ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
-            raise
-        except KeyboardInterrupt:
-            message = "Interrupted (Ctrl-C)."
-            if ui.as_json:
-                ui.emit({"error": {"message": message, "exit_code": FAILED}})
-            raise Failure(message) from None
-        except (ClientError, BotoCoreError) as exc:
-            if ui.as_json:
-                ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
-            raise Failure(f"AWS: {exc}") from exc
-        sys.exit(code)
+    def decorate(function: Callable[[C], int]) -> Callable[..., None]:
+        @global_options
+        @functools.wraps(function)
+        def wrapper(
+            stack_name: str | None,
+            profile: str | None,
+            region: str | None,
+            local: bool,
+            state_dir: Path | None,
+            as_json: bool,
+            **options: Any,
+        ) -> None:
+            given = {
+                "stack_name": stack_name,
+                "profile": profile,
+                "region": region,
+                "local": local,
+                "state_dir": state_dir,
+                "as_json": as_json,
+            }
 
-    return wrapper  # type: ignore[return-value]
+            def start(app: App) -> int:
+                context = context_type(app, **options)
+                context.check()
+                return function(context)
+
+            sys.exit(run_command(given, start))
+
+        return wrapper
+
+    return decorate
+
+
+def run_command(given: dict[str, Any], start: Callable[[App], int]) -> int:
+    """Runs a subcommand on the stack its global options name; returns its exit status. An error
+    is a message on stderr and an exit status (with --json, also a JSON document on stdout)."""
+    ctx = click.get_current_context()
+    json_before = ctx.parent is not None and bool(ctx.parent.params.get("as_json"))
+    ui = Ui(as_json=bool(given["as_json"]) or json_before)
+    try:
+        merged = merge_global_options(ctx, given)
+    except click.UsageError as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+        raise
+    target = Target(
+        merged["stack_name"],
+        merged["profile"],
+        merged["region"],
+        merged["local"],
+        merged["state_dir"],
+    )
+    try:
+        return start(App(target, ui))
+    except click.ClickException as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": exc.format_message(), "exit_code": exc.exit_code}})
+        raise
+    except KeyboardInterrupt:
+        message = "Interrupted (Ctrl-C)."
+        if ui.as_json:
+            ui.emit({"error": {"message": message, "exit_code": FAILED}})
+        raise Failure(message) from None
+    except (ClientError, BotoCoreError) as exc:
+        if ui.as_json:
+            ui.emit({"error": {"message": str(exc), "exit_code": FAILED}})
+        raise Failure(f"AWS: {exc}") from exc
+
+
+def _statuses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> frozenset[Status]:
+    return frozenset(Status(value) for value in values)
 
 
 def workers_option[F: Callable[..., Any]](function: F) -> F:
@@ -249,8 +277,8 @@ def cli(**_global: Any) -> None:
     help="Write every object the backfill would send to FILE (JSON lines).",
 )
 @workers_option
-@stack_command
-def plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | None, workers: int) -> int:
+@stack_command(PlanContext)
+def plan(context: PlanContext) -> int:
     """Say what a backfill of PREFIX would do, before a cent is spent.
 
     Walks the uploads bucket under PREFIX (default: the upload prefix; current versions only),
@@ -269,7 +297,7 @@ def plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | N
     """
     from backdrop_cli.backfill import run_plan
 
-    return run_plan(app, prefix, colour, manifest, workers)
+    return run_plan(context)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -296,18 +324,8 @@ def plan(app: App, prefix: str | None, colour: Colour | None, manifest: Path | N
 @click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
 @wait_options
 @workers_option
-@stack_command
-def backfill(
-    app: App,
-    prefix: str | None,
-    manifest: Path | None,
-    colour: Colour | None,
-    max_runs: int | None,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
+@stack_command(BackfillContext)
+def backfill(context: BackfillContext) -> int:
     """Feed objects that never produced a notification into the pipeline.
 
     Each object under PREFIX (or in --manifest) without a job for its version and colour goes on
@@ -328,17 +346,7 @@ def backfill(
     """
     from backdrop_cli.backfill import run_backfill
 
-    return run_backfill(
-        app,
-        prefix=prefix,
-        manifest=manifest,
-        colour=colour,
-        max_runs=max_runs,
-        yes=yes,
-        wait=wait,
-        wait_timeout=wait_timeout,
-        workers=workers,
-    )
+    return run_backfill(context)
 
 
 STATUS_CHOICE = click.Choice([s.value for s in Status])
@@ -352,6 +360,7 @@ STATUS_CHOICE = click.Choice([s.value for s in Status])
     "statuses",
     type=STATUS_CHOICE,
     multiple=True,
+    callback=_statuses,
     help="With --prefix: only jobs in this status (repeatable).",
 )
 @click.option(
@@ -361,8 +370,8 @@ STATUS_CHOICE = click.Choice([s.value for s in Status])
     show_default=True,
     help="Rows shown (--json shows all).",
 )
-@stack_command
-def status(app: App, target: str | None, prefix: str | None, statuses: tuple[str, ...], limit: int) -> int:
+@stack_command(StatusContext)
+def status(context: StatusContext) -> int:
     """Show every job of an object, one job, or the jobs under a prefix.
 
     KEY (or s3://bucket/KEY) lists every job of that object, newest first: all its versions and
@@ -377,12 +386,10 @@ def status(app: App, target: str | None, prefix: str | None, statuses: tuple[str
     """
     from backdrop_cli.status import run_status
 
-    return run_status(app, target, prefix, frozenset(Status(s) for s in statuses), limit)
+    return run_status(context)
 
 
-RETRY_CHOICE = click.Choice(
-    [Status.FAILED.value, Status.CANCELED.value, Status.TIMED_OUT.value, Status.REJECTED.value]
-)
+RETRY_CHOICE = click.Choice(RETRY_CHOICES)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -392,6 +399,7 @@ RETRY_CHOICE = click.Choice(
     "statuses",
     type=RETRY_CHOICE,
     multiple=True,
+    callback=_statuses,
     help="Retry every job in this status (repeatable).",
 )
 @click.option(
@@ -409,20 +417,8 @@ RETRY_CHOICE = click.Choice(
 @click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
 @wait_options
 @workers_option
-@stack_command
-def retry(
-    app: App,
-    job_ids: tuple[str, ...],
-    statuses: tuple[str, ...],
-    error_code: str | None,
-    since: str | None,
-    prefix: str | None,
-    include_rejected: bool,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
+@stack_command(RetryContext)
+def retry(context: RetryContext) -> int:
     """Run ended jobs again, on purpose: a new, recorded attempt of each.
 
     Each retry is the next attempt of the same job (attempt number and the previous outcome are
@@ -441,19 +437,7 @@ def retry(
     """
     from backdrop_cli.retry import run_retry
 
-    return run_retry(
-        app,
-        job_ids=job_ids,
-        statuses=frozenset(Status(s) for s in statuses),
-        error_code=error_code,
-        since=since,
-        prefix=prefix,
-        include_rejected=include_rejected,
-        yes=yes,
-        wait=wait,
-        wait_timeout=wait_timeout,
-        workers=workers,
-    )
+    return run_retry(context)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -470,8 +454,8 @@ def retry(
 @click.option(
     "--top", type=click.IntRange(min=1), default=5, show_default=True, help="Prefixes shown in the backlog."
 )
-@stack_command
-def report(app: App, since: str | None, prefix: str | None, csv_path: Path | None, top: int) -> int:
+@stack_command(ReportContext)
+def report(context: ReportContext) -> int:
     """Counts, failures, cost, latency, backlog and the run budget's spend.
 
     Counts jobs by status, ranks failure reasons, counts the runs billed and their cost (at the
@@ -487,7 +471,7 @@ def report(app: App, since: str | None, prefix: str | None, csv_path: Path | Non
     """
     from backdrop_cli.report import run_report
 
-    return run_report(app, since=since, prefix=prefix, csv_path=csv_path, top=top)
+    return run_report(context)
 
 
 def main() -> None:

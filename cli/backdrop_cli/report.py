@@ -14,12 +14,13 @@ from backdrop.jobs import TERMINAL, Job, Status, format_iso, parse_iso
 from backdrop.ledger import RunBudget
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
+from backdrop_cli.contexts import ReportContext
 from backdrop_cli.errors import OK
+from backdrop_cli.groups import FAILURES
 from backdrop_cli.rules import usd
 from backdrop_cli.times import ago, duration, seconds_between
 from backdrop_cli.ui import facts, table
 
-FAILURE_STATUSES = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT, Status.REJECTED})
 CSV_COLUMNS = [
     "job_id",
     "status",
@@ -64,7 +65,7 @@ def summarise(jobs: list[Job], price: Any, *, top: int, now: datetime) -> dict[s
     reasons: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     for job in jobs:
-        if job.status in FAILURE_STATUSES:
+        if job.status in FAILURES:
             reason = (job.status.value, job.error_code or "?")
             reasons[reason] += 1
             examples.setdefault(reason, job.error_message or "")
@@ -201,7 +202,8 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def run_report(app: App, *, since: str | None, prefix: str | None, csv_path: Path | None, top: int) -> int:
+def run_report(context: ReportContext) -> int:
+    app, since, prefix, csv_path = context.app, context.since, context.prefix, context.csv_path
     now = datetime.now(UTC)
     with app.ui.progress() as bar:
         bar.update("scan", completed=0, total=None, description="Reading jobs")
@@ -211,7 +213,7 @@ def run_report(app: App, *, since: str | None, prefix: str | None, csv_path: Pat
         "stack": app.stack_doc(),
         "window": {"since": since, "until": format_iso(now), "prefix": prefix},
         "price_per_run_usd": app.rules.price_per_run,
-        **summarise(jobs, app.rules.price_per_run, top=top, now=now),
+        **summarise(jobs, app.rules.price_per_run, top=context.top, now=now),
     }
     # Spend per day over the report's window: from --since (or the oldest job in it) to today.
     first = (

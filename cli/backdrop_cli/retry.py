@@ -21,16 +21,19 @@ from typing import Any
 
 from backdrop.colours import parse_colour
 from backdrop.jobs import RETRYABLE, Job, Status, now_iso
+from backdrop.jobstore import JobStore
 from backdrop.queues import JobMessage
 from backdrop.uploads import read_source
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
-from backdrop_cli.backfill import FAILED_STATUSES, budget_outlook, summarise_wait
-from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.backfill import budget_outlook
+from backdrop_cli.contexts import RetryContext
+from backdrop_cli.errors import FAILED, OK
+from backdrop_cli.groups import FAILURES
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, StopFlag
 from backdrop_cli.ui import facts, table
-from backdrop_cli.waiting import Snapshot, Tracked, WaitResult, wait_for
+from backdrop_cli.waiting import Tracked, WaitResult, summarise_wait, wait_with_progress
 
 BATCH = 10
 
@@ -85,51 +88,31 @@ def eligibility(app: App, job: Job, include_rejected: bool) -> str | None:
     return None
 
 
-def select(
-    app: App,
-    job_ids: tuple[str, ...],
-    statuses: frozenset[Status],
-    error_code: str | None,
-    since: str | None,
-    prefix: str | None,
-) -> tuple[list[Job], list[Refusal]]:
+def select(context: RetryContext) -> tuple[list[Job], list[Refusal]]:
+    stack, job_ids = context.app.stack, context.job_ids
     if job_ids:
-        found = jobtable.get_many(app.stack, job_ids)
+        found = jobtable.get_many(stack, job_ids)
         missing = [Refusal(j, "", "no such job") for j in dict.fromkeys(job_ids) if j not in found]
         return [found[j] for j in dict.fromkeys(job_ids) if j in found], missing
-    where = jobtable.JobFilter(prefix=prefix, statuses=statuses, error_code=error_code, completed_since=since)
-    jobs = sorted(jobtable.scan(app.stack, where), key=lambda j: (j.completed_at or "", j.job_id))
+    where = jobtable.JobFilter(
+        prefix=context.prefix,
+        statuses=context.statuses,
+        error_code=context.error_code,
+        completed_since=context.since,
+    )
+    jobs = sorted(jobtable.scan(stack, where), key=lambda j: (j.completed_at or "", j.job_id))
     return jobs, []
 
 
-def run_retry(
-    app: App,
-    *,
-    job_ids: tuple[str, ...],
-    statuses: frozenset[Status],
-    error_code: str | None,
-    since: str | None,
-    prefix: str | None,
-    include_rejected: bool,
-    yes: bool,
-    wait: bool,
-    wait_timeout: float | None,
-    workers: int,
-) -> int:
-    if job_ids and (statuses or error_code or since or prefix):
-        raise BadUsage(
-            "give JOB_IDs, or select with --status (and --error-code, --since, --prefix): not both"
-        )
-    if not job_ids and not statuses:
-        raise BadUsage("which jobs? give JOB_IDs or --status failed|canceled|timed_out")
-    if Status.REJECTED in statuses and not include_rejected:
-        raise BadUsage("--status rejected needs --include-rejected (the same bytes fail again)")
+def choose(context: RetryContext) -> tuple[list[Job], list[Job], list[Refusal]]:
+    """The selected jobs, those of them that may be retried, and the refusals with their reasons."""
+    app = context.app
     with app.ui.progress() as bar:
         bar.update("select", completed=0, total=None, description="Selecting jobs")
-        candidates, refused = select(app, job_ids, statuses, error_code, since, prefix)
+        candidates, refused = select(context)
         reasons: list[str | None] = []
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for why in pool.map(lambda job: eligibility(app, job, include_rejected), candidates):
+        with ThreadPoolExecutor(max_workers=context.workers) as pool:
+            for why in pool.map(lambda job: eligibility(app, job, context.include_rejected), candidates):
                 reasons.append(why)
                 bar.update(
                     "check", completed=len(reasons), total=len(candidates), description="Checking sources"
@@ -138,6 +121,33 @@ def run_retry(
     refused += [
         Refusal(job.job_id, job.source_key, why) for job, why in zip(candidates, reasons, strict=True) if why
     ]
+    return candidates, eligible, refused
+
+
+def start_attempts(
+    store: JobStore, sender: Sender, jobs: list[Job], include_rejected: bool
+) -> tuple[list[Job], list[Refusal], list[str]]:
+    """Begins the next attempt of each job and sends its message: the jobs started, those the
+    store refused, and the ids whose message SQS may not have (the reconciler creates their runs)."""
+    started: list[Job] = []
+    refused: list[Refusal] = []
+    for job in jobs:
+        move = store.begin_retry(job, include_rejected=include_rejected)
+        if move.moved and move.job is not None:
+            started.append(move.job)
+        else:
+            refused.append(Refusal(job.job_id, job.source_key, _store_refusal(job, move.job)))
+    if not started:
+        return started, refused, []
+    report = sender.send_batch(
+        [(j.job_id, JobMessage(j.job_id, j.attempt, now_iso()).body()) for j in started]
+    )
+    return started, refused, report.unknown + list(report.refused)
+
+
+def run_retry(context: RetryContext) -> int:
+    app = context.app
+    candidates, eligible, refused = choose(context)
     outlook = budget_outlook(app)
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
@@ -153,7 +163,7 @@ def run_retry(
         app.ui.confirm_cost(
             f"Retry {len(eligible)} jobs: {len(eligible)} new runs, "
             f"estimated {usd(app.rules.cost(len(eligible)))}.",
-            yes=yes,
+            yes=context.yes,
         )
     started: list[Job] = []
     unsent: list[str] = []
@@ -166,29 +176,23 @@ def run_retry(
             if stop.stopped:
                 interrupted = True
                 break
-            batch: list[Job] = []
-            for job in eligible[start : start + BATCH]:
-                move = store.begin_retry(job, include_rejected=include_rejected)
-                if move.moved and move.job is not None:
-                    batch.append(move.job)
-                else:
-                    refused.append(Refusal(job.job_id, job.source_key, _store_refusal(job, move.job)))
-            messages = [(j.job_id, JobMessage(j.job_id, j.attempt, now_iso()).body()) for j in batch]
-            report = sender.send_batch(messages) if messages else None
-            if report is not None:
-                unsent += report.unknown + list(report.refused)
+            batch, store_refused, batch_unsent = start_attempts(
+                store, sender, eligible[start : start + BATCH], context.include_rejected
+            )
+            refused += store_refused
+            unsent += batch_unsent
             started += batch
             bar.update("start", completed=len(started), total=len(eligible), description="Retrying")
         tracked = [Tracked(j.job_id, j.attempt, j.upload()) for j in started]
-        if wait and tracked and not interrupted:
-            result = _wait(app, bar, stop, tracked, wait_timeout)
+        if context.wait and tracked and not interrupted:
+            result = wait_with_progress(app, bar, stop, tracked, context.wait_timeout)
     doc["started"] = [{"job_id": j.job_id, "key": j.source_key, "attempt": j.attempt} for j in started]
     doc["refused"] = [{"job_id": r.job_id, "key": r.key, "reason": r.reason} for r in refused]
     doc["left_to_reconciler"] = unsent
     doc["interrupted"] = interrupted or bool(result and result.interrupted)
     summarise_wait(app, doc, tracked, result)
     counts = Counter[str](doc["outcomes"])
-    failed_count = sum(counts[s.value] for s in FAILED_STATUSES) + counts["rejected"]
+    failed_count = sum(counts[s.value] for s in FAILURES)
     if app.ui.as_json:
         app.ui.emit(doc)
     else:
@@ -208,27 +212,6 @@ def _store_refusal(before: Job, now: Job | None) -> str:
     return (
         "its previous completion event is still pending (the reconciler publishes it on its next "
         "pass); retry it after that"
-    )
-
-
-def _wait(app: App, bar: Any, stop: StopFlag, tracked: list[Tracked], timeout: float | None) -> WaitResult:
-    price = app.rules.price_per_run
-
-    def on_poll(snapshot: Snapshot) -> None:
-        counts = snapshot.statuses()
-        ended = sum(1 for t in tracked if snapshot.finished(t))
-        failed = sum(counts[s.value] for s in FAILED_STATUSES)
-        spent = price * snapshot.runs_created(tracked)
-        detail = f"succeeded {counts['succeeded']} · failed {failed} · spent {usd(spent)}"
-        bar.update("wait", completed=ended, total=len(tracked), description="Finished", detail=detail)
-
-    return wait_for(
-        app.stack,
-        tracked,
-        budget_per_day=app.rules.daily_run_budget,
-        stop=stop,
-        timeout=timeout,
-        on_poll=on_poll,
     )
 
 

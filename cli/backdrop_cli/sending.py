@@ -27,6 +27,7 @@ from backdrop_cli.inventory import Entry
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchResultTypeDef
 
 BATCH = 10  # SQS's most entries per SendMessageBatch
 MAX_TRIES = 6
@@ -154,41 +155,55 @@ class Sender:
             pending[message_id] = body
         delay = 0.2
         for attempt in range(1, MAX_TRIES + 1):
-            order = list(pending)
-            entries = [{"Id": str(i), "MessageBody": pending[mid]} for i, mid in enumerate(order)]
-            try:
-                answer = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
-            except (EndpointConnectionError, ConnectTimeoutError) as exc:
-                problem = f"cannot reach SQS: {exc}"  # never connected: nothing was taken
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                problem = f"SQS refused the batch: {code}: {exc}"
-                if code not in _REFUSED_CODES:
-                    report.refused.update(dict.fromkeys(order, problem))
-                    return report
-            except BotoCoreError:  # the answer was lost after sending: maybe taken, never resent
-                report.unknown += order
-                self._done.update(order)
+            pending, problem = self._attempt(pending, report)
+            if not pending:
                 return report
-            else:
-                taken = [order[int(e["Id"])] for e in answer.get("Successful", [])]
-                report.sent += taken
-                self._done.update(taken)
-                again: dict[str, str] = {}
-                for failure in answer.get("Failed", []):
-                    message_id = order[int(failure["Id"])]
-                    why = f"{failure.get('Code', '')}: {failure.get('Message', '')}".strip(": ")
-                    if failure.get("SenderFault"):
-                        report.refused[message_id] = why
-                    else:
-                        again[message_id] = pending[message_id]
-                pending = again
-                if not pending:
-                    return report
-                problem = "SQS did not take every entry"
             if attempt == MAX_TRIES:
                 report.refused.update(dict.fromkeys(pending, f"{problem} (after {MAX_TRIES} tries)"))
                 return report
             self._sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, 5.0)
         return report
+
+    def _attempt(self, pending: dict[str, str], report: SendReport) -> tuple[dict[str, str], str]:
+        """One SendMessageBatch of ``pending``, settled into ``report``: what may be sent again
+        (SQS took none of it), and why it was not taken."""
+        order = list(pending)
+        entries = [{"Id": str(i), "MessageBody": pending[mid]} for i, mid in enumerate(order)]
+        try:
+            answer = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            return pending, f"cannot reach SQS: {exc}"  # never connected: nothing was taken
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            problem = f"SQS refused the batch: {code}: {exc}"
+            if code in _REFUSED_CODES:
+                return pending, problem
+            report.refused.update(dict.fromkeys(order, problem))
+            return {}, problem
+        except BotoCoreError:  # the answer was lost after sending: maybe taken, never resent
+            report.unknown += order
+            self._done.update(order)
+            return {}, "the answer was lost"
+        return self._settle(answer, order, pending, report), "SQS did not take every entry"
+
+    def _settle(
+        self,
+        answer: SendMessageBatchResultTypeDef,
+        order: list[str],
+        pending: dict[str, str],
+        report: SendReport,
+    ) -> dict[str, str]:
+        """SQS's answer entry by entry: taken, refused (the sender's fault), or to send again."""
+        taken = [order[int(e["Id"])] for e in answer.get("Successful", [])]
+        report.sent += taken
+        self._done.update(taken)
+        again: dict[str, str] = {}
+        for failure in answer.get("Failed", []):
+            message_id = order[int(failure["Id"])]
+            why = f"{failure.get('Code', '')}: {failure.get('Message', '')}".strip(": ")
+            if failure.get("SenderFault"):
+                report.refused[message_id] = why
+            else:
+                again[message_id] = pending[message_id]
+        return again

@@ -12,6 +12,7 @@ from backdrop.jobs import Job, Status
 from backdrop.uploads import UploadRef, read_source
 from backdrop_cli import jobtable
 from backdrop_cli.app import App, job_doc, s3_url
+from backdrop_cli.contexts import StatusContext
 from backdrop_cli.errors import FAILED, OK, BadUsage
 from backdrop_cli.times import ago, duration, seconds_between
 from backdrop_cli.ui import facts, table
@@ -29,15 +30,10 @@ def split_target(app: App, target: str) -> str:
     return target
 
 
-def run_status(
-    app: App, target: str | None, prefix: str | None, statuses: frozenset[Status], limit: int
-) -> int:
-    if (target is None) == (prefix is None):
-        raise BadUsage("give a KEY or JOB_ID, or --prefix P")
-    if statuses and prefix is None:
-        raise BadUsage("--status filters --prefix listings")
+def run_status(context: StatusContext) -> int:
+    app, target, prefix = context.app, context.target, context.prefix
     if prefix is not None:
-        return _by_prefix(app, prefix, statuses, limit)
+        return _by_prefix(app, prefix, context.statuses, context.limit)
     assert target is not None
     key = split_target(app, target)
     jobs: list[Job] = []

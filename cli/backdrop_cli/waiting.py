@@ -1,7 +1,10 @@
 """Waiting for jobs to end: the jobs table is polled (``batch_get_item``, strongly consistent) with
 backoff, only for jobs not finished yet. The wait ends when every job has ended, or when nothing
 more can happen today (every job left is ``held`` and the day's run budget is spent: they resume
-on their own), at the timeout, or at Ctrl-C (the jobs go on; only the waiting stops)."""
+on their own), at the timeout, or at Ctrl-C (the jobs go on; only the waiting stops).
+
+``wait_with_progress`` is that wait as ``backfill`` and ``retry`` show it, and ``summarise_wait``
+what they report of it."""
 
 from __future__ import annotations
 
@@ -9,13 +12,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 
 from backdrop.jobs import Job, Status
 from backdrop.ledger import RunBudget
 from backdrop.uploads import UploadRef, read_source
 from backdrop_cli import jobtable
+from backdrop_cli.app import App, job_brief
+from backdrop_cli.groups import FAILURES_BUT_REJECTED
+from backdrop_cli.rules import usd
 from backdrop_cli.sending import StopFlag
 from backdrop_cli.stack import Stack
+from backdrop_cli.ui import Bar
 
 # A job still missing this long after its message was sent may have lost its object: check it.
 MISSING_GRACE_SECONDS = 30.0
@@ -127,3 +136,69 @@ def wait_for(
 
 def _state(job: Job | None) -> tuple[str, int, str | None] | None:
     return None if job is None else (job.status.value, job.attempt, job.run_id)
+
+
+def wait_with_progress(
+    app: App,
+    bar: Bar,
+    stop: StopFlag,
+    tracked: Sequence[Tracked],
+    timeout: float | None,
+    *,
+    shown: Sequence[Status] = (),
+) -> WaitResult:
+    """``wait_for`` the jobs, with a progress line: how many ended, succeeded and failed, the count
+    of each status in ``shown``, and what their runs cost so far."""
+    price = app.rules.price_per_run
+
+    def on_poll(snapshot: Snapshot) -> None:
+        counts = snapshot.statuses()
+        ended = sum(1 for t in tracked if snapshot.finished(t))
+        failed = sum(counts[s.value] for s in FAILURES_BUT_REJECTED)
+        spent = price * snapshot.runs_created(tracked)
+        shown_counts = [f"{status.value} {counts[status.value]}" for status in shown]
+        detail = " · ".join(
+            [f"succeeded {counts['succeeded']}", f"failed {failed}", *shown_counts, f"spent {usd(spent)}"]
+        )
+        bar.update("wait", completed=ended, total=len(tracked), description="Finished", detail=detail)
+
+    return wait_for(
+        app.stack,
+        tracked,
+        budget_per_day=app.rules.daily_run_budget,
+        stop=stop,
+        timeout=timeout,
+        on_poll=on_poll,
+    )
+
+
+def summarise_wait(
+    app: App, doc: dict[str, Any], tracked: Sequence[Tracked], result: WaitResult | None
+) -> dict[str, int]:
+    """The jobs' outcomes into ``doc``; returns the outcome counts."""
+    if result is None:
+        doc["wait"] = None
+        doc["outcomes"] = {}
+        doc["runs_created"] = 0
+        doc["spent_usd"] = Decimal(0)
+        doc["jobs"] = []
+        return {}
+    snapshot = result.snapshot
+    counts: Counter[str] = snapshot.statuses()
+    outcome = {
+        "failed": sum(counts[s.value] for s in FAILURES_BUT_REJECTED),
+    }
+    runs = snapshot.runs_created(tracked)
+    doc["wait"] = {
+        "all_ended": result.ended,
+        "held_for_budget": result.held_for_budget,
+        "timed_out": result.timed_out,
+        "interrupted": result.interrupted,
+    }
+    doc["outcomes"] = dict(sorted(counts.items()))
+    doc["runs_created"] = runs
+    doc["spent_usd"] = app.rules.cost(runs)
+    doc["jobs"] = [job_brief(job) for t in tracked if (job := snapshot.jobs.get(t.job_id)) is not None]
+    failed = {s.value for s in FAILURES_BUT_REJECTED}
+    doc["failures"] = [j for j in doc["jobs"] if j["status"] in failed]
+    return outcome

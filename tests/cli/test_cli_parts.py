@@ -4,6 +4,8 @@ stack (CloudFormation, local-stack.json, the jobs table) on a moto server."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import time
@@ -25,9 +27,11 @@ from backdrop.services import Services
 from backdrop.submission import colour_of, job_id_of, rejection_of
 from backdrop.uploads import SourceObject, UploadRef, decode_event_key
 from backdrop_cli.backfill import BudgetOutlook
+from backdrop_cli.contexts import BackfillContext, PlanContext, ReportContext, RetryContext, StatusContext
 from backdrop_cli.errors import BadUsage
 from backdrop_cli.inventory import Entry, Verdict, effective_prefix
 from backdrop_cli.jobtable import JobFilter, get_many, runs_billed, scan
+from backdrop_cli.main import GLOBAL_OPTIONS, cli
 from backdrop_cli.report import percentile, summarise
 from backdrop_cli.retry import _store_refusal
 from backdrop_cli.rules import PARAMETER_ENV, Rules
@@ -396,3 +400,39 @@ def test_job_lookups_and_the_stores_refusals(resources: Resources) -> None:
     refused = store.begin_retry(pending)
     assert not refused.moved
     assert _store_refusal(pending, refused.job).startswith("its previous completion event is still pending")
+
+
+# ---------------------------------------------------------------------- shape
+def test_each_command_has_a_context_with_a_field_per_option() -> None:
+    contexts: dict[str, type] = {
+        "plan": PlanContext,
+        "backfill": BackfillContext,
+        "status": StatusContext,
+        "retry": RetryContext,
+        "report": ReportContext,
+    }
+    assert set(cli.commands) == set(contexts)
+    global_names = {option.name for option in GLOBAL_OPTIONS}
+    for name, command in cli.commands.items():
+        options = {param.name for param in command.params} - global_names
+        fields = {field.name for field in dataclasses.fields(contexts[name])}
+        assert fields == options | {"app"}, name
+
+
+def _is_status(node: ast.expr) -> bool:
+    """``Status.X`` or ``Status.X.value``."""
+    if isinstance(node, ast.Attribute) and node.attr == "value":
+        node = node.value
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Status"
+
+
+def test_the_command_takes_its_status_groups_from_the_core() -> None:
+    """No set, list or tuple of two statuses or more in the command: a group is the core's
+    (``backdrop.jobs``), so a status added there is counted, offered and retried here too."""
+    spelled = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted((ROOT / "cli" / "backdrop_cli").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Set | ast.List | ast.Tuple) and sum(map(_is_status, node.elts)) >= 2
+    ]
+    assert spelled == []

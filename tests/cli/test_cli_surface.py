@@ -1,7 +1,8 @@
 """The command's surface, in process with click's runner against a stack provisioned in moto: text
-uploaders control is shown as it is (never read as markup), and the global options work on
+uploaders control is shown as it is (never read as markup), the global options work on
 either side of the subcommand, for the local stack (local-stack.json) and a deployed one
-(CloudFormation outputs, an AWS profile)."""
+(CloudFormation outputs, an AWS profile), usage errors exit 2 with their reason, and each
+subcommand's exit status and --json document."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import boto3
 import pytest
 from click.testing import CliRunner, Result
 
-from backdrop.jobs import Job, Status
+from backdrop.jobs import RETRYABLE, Job, Status
 from backdrop.jobstore import JobStore
 from backdrop_cli.main import cli
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision
@@ -252,3 +253,256 @@ def test_a_typed_stack_wins_over_backdrop_stack_on_either_side(
         ran = backdrop(*args)
         assert ran.exit_code == 0, (args, ran.stderr)
         assert json.loads(ran.stdout)["stack"]["name"] == world.stack_name
+
+
+# ---------------------------------------------------------------------- usage errors
+def _local(world: World) -> list[str]:
+    return ["--local", "--state-dir", str(world.state_dir)]
+
+
+# Refused by the command itself (exit status 2): arguments after the local stack's options, and
+# the reason its message gives.
+REFUSED_USAGE: list[tuple[list[str], str]] = [
+    (["retry"], "which jobs? give JOB_IDs or --status failed|canceled|timed_out"),
+    (["retry", "--status", "rejected"], "--status rejected needs --include-rejected"),
+    (["retry", "a" * 32, "--status", "failed"], "give JOB_IDs, or select with --status"),
+    (["retry", "a" * 32, "--prefix", "uploads/"], "give JOB_IDs, or select with --status"),
+    (["status"], "give a KEY or JOB_ID, or --prefix P"),
+    (["status", "k", "--prefix", "uploads/"], "give a KEY or JOB_ID, or --prefix P"),
+    (["status", "k", "--status", "failed"], "--status filters --prefix listings"),
+    (["status", "s3://another-bucket/k"], "not in this stack's uploads bucket"),
+    (["plan", "elsewhere/"], "is outside the upload prefix"),
+    (["backfill", "uploads/", "--manifest", "{state}/local-stack.json"], "--manifest fixes the objects"),
+    (["backfill", "--color", "#FFFFFF", "--manifest", "{state}/local-stack.json"], "--manifest fixes"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "reason"), REFUSED_USAGE)
+def test_usage_errors_exit_2_with_the_reason_and_with_json_one_document(
+    world: World, backdrop: Any, arguments: list[str], reason: str
+) -> None:
+    args = [a.format(state=world.state_dir) for a in arguments] + _local(world)
+    ran = backdrop(*args)
+    assert ran.exit_code == 2, (args, ran.stdout, ran.stderr)
+    assert reason in ran.stderr and ran.stderr.startswith("Error: ") and ran.stdout == ""
+    as_json = backdrop(*args, "--json")
+    assert as_json.exit_code == 2
+    document = json.loads(as_json.stdout)
+    assert document == {"error": {"message": document["error"]["message"], "exit_code": 2}}
+    assert reason in document["error"]["message"]
+
+
+def test_a_wrongly_named_stack_exits_2(world: World, backdrop: Any, tmp_path: Path) -> None:
+    for args, reason in (
+        (["plan"], "which stack? give --stack NAME"),
+        (["plan", "--local", "--stack", "prod"], "--stack and --local name two stacks"),
+        (["report", "--local", "--region", "us-east-1"], "--profile and --region are for --stack"),
+        (["report", "--stack", "prod", "--state-dir", str(tmp_path)], "--state-dir is for --local"),
+        (["report", "--local", "--state-dir", str(tmp_path)], "local-stack.json not found"),
+        (["report", "--stack", "gone", "--profile", "ops", "--region", "us-east-1"], "stack 'gone'"),
+    ):
+        ran = backdrop(*args)
+        assert ran.exit_code == 2 and reason in ran.stderr and ran.stdout == "", (args, ran.stderr)
+        document = json.loads(backdrop(*args, "--json").stdout)
+        assert document["error"]["exit_code"] == 2 and reason in document["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["retry", "--status", "succeeded"],  # not a status a retry runs again
+        ["status", "--prefix", "uploads/", "--status", "finished"],
+        ["plan", "--color", "bluish"],
+        ["backfill", "--workers", "0"],
+        ["backfill", "--max-runs", "-1"],
+        ["backfill", "--wait-timeout", "-5"],
+        ["report", "--since", "the other day"],
+        ["report", "--top", "0"],
+        ["status", "--limit", "0", "--prefix", "uploads/"],
+        ["backfill", "--manifest", "no-such-manifest.jsonl"],
+        ["report", "--no-such-option"],
+    ],
+)
+def test_bad_option_values_exit_2_with_the_commands_usage(
+    world: World, backdrop: Any, arguments: list[str]
+) -> None:
+    ran = backdrop(*arguments, *_local(world))
+    assert ran.exit_code == 2, (arguments, ran.stdout, ran.stderr)
+    assert f"Usage: backdrop {arguments[0]}" in ran.stderr and ran.stdout == ""
+
+
+def test_every_retryable_status_and_only_those_is_offered_to_retry(world: World, backdrop: Any) -> None:
+    shown = backdrop("retry", "--help")
+    assert shown.exit_code == 0
+    assert "[failed|canceled|timed_out|rejected]" in " ".join(shown.stdout.split())
+    for status in Status:
+        args = ["retry", "--status", status.value, "--include-rejected", "--yes", "--no-wait"]
+        ran = backdrop(*args, *_local(world))
+        assert (ran.exit_code == 2) == (status not in RETRYABLE), (status, ran.stderr)
+
+
+# ---------------------------------------------------------------------- exit statuses and --json
+STACK_DOC = {"name", "region", "uploads_bucket"}
+BUDGET_DOC = {"daily_run_budget", "reserved_today", "remaining_today", "held_now", "extra_days_needed"}
+PLAN_DOC = {
+    "stack",
+    "prefix",
+    "requested_color",
+    "objects",
+    "already_done",
+    "in_progress",
+    "ended",
+    "ended_by_status",
+    "would_reject",
+    "reject_reasons",
+    "rejected_objects",
+    "to_submit",
+    "price_per_run_usd",
+    "estimated_cost_usd",
+    "estimated_seconds",
+    "submit_concurrency",
+    "budget",
+    "folder_markers_ignored",
+    "vanished_while_reading",
+}
+NOT_WAITED = {"wait", "outcomes", "runs_created", "spent_usd", "jobs"}
+JOB_DOC = {
+    "job_id",
+    "status",
+    "attempt",
+    "source",
+    "color",
+    "color_source",
+    "error_code",
+    "error_message",
+    "run_id",
+    "run_status",
+    "result",
+    "superseded_by",
+    "created_at",
+    "submitted_at",
+    "completed_at",
+    "updated_at",
+    "time_to_result_s",
+    "runflow_duration_ms",
+    "runs_billed",
+    "history",
+}
+
+
+def test_plan_and_backfill_json_documents(world: World, backdrop: Any, tmp_path: Path) -> None:
+    manifest = tmp_path / "plan.jsonl"
+    planned = backdrop("plan", "uploads/nothing-here/", "--manifest", str(manifest), *_local(world), "--json")
+    assert planned.exit_code == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert set(plan) == PLAN_DOC | {"manifest"}
+    assert set(plan["stack"]) == STACK_DOC and set(plan["budget"]) == BUDGET_DOC
+    assert plan["manifest"] == {"path": str(manifest), "objects": 0} and manifest.read_text() == ""
+    assert plan["objects"] == 0 and plan["to_submit"] == 0 and plan["estimated_cost_usd"] == 0
+
+    sent = backdrop("backfill", "uploads/nothing-here/", "--yes", *_local(world), "--json")
+    assert sent.exit_code == 0, sent.stderr
+    backfill = json.loads(sent.stdout)
+    assert set(backfill) == PLAN_DOC | NOT_WAITED | {
+        "max_runs",
+        "deferred_by_max_runs",
+        "sent",
+        "delivery_unknown",
+        "refused_by_sqs",
+        "interrupted",
+        "not_sent",
+    }
+    assert backfill["sent"] == {"runs": 0, "rejects": 0, "total": 0}
+    assert backfill["wait"] is None and backfill["outcomes"] == {} and backfill["jobs"] == []
+    assert backfill["interrupted"] is False and backfill["not_sent"] == 0
+
+
+def test_retry_json_document_and_exit_status_1_when_refused(world: World, backdrop: Any) -> None:
+    ran = backdrop("retry", "a" * 32, "c" * 32, "--yes", *_local(world), "--json")
+    assert ran.exit_code == 1, ran.stderr
+    doc = json.loads(ran.stdout)
+    assert set(doc) == NOT_WAITED | {
+        "stack",
+        "selected",
+        "to_retry",
+        "price_per_run_usd",
+        "estimated_cost_usd",
+        "budget",
+        "started",
+        "refused",
+        "left_to_reconciler",
+        "interrupted",
+    }
+    assert set(doc["budget"]) == BUDGET_DOC
+    assert doc["selected"] == 2 and doc["to_retry"] == 0 and doc["started"] == []
+    refused = {r["job_id"]: r for r in doc["refused"]}
+    assert refused["a" * 32]["key"] == DRAFT_KEY
+    assert refused["a" * 32]["reason"].startswith("rejected (INVALID_COLOR)")
+    assert refused["c" * 32] == {"job_id": "c" * 32, "key": "", "reason": "no such job"}
+
+    # Asked for, a rejected job is still refused: its object is not in the bucket.
+    asked = backdrop("retry", "a" * 32, "--include-rejected", "--yes", *_local(world), "--json")
+    assert asked.exit_code == 1
+    assert json.loads(asked.stdout)["refused"][0]["reason"] == "its source version no longer exists"
+
+    nothing = backdrop("retry", "--status", "failed", "--prefix", "uploads/", "--yes", *_local(world))
+    assert nothing.exit_code == 0, nothing.stderr  # nothing selected, nothing refused
+
+
+def test_status_json_documents_and_exit_status_1_when_nothing_is_found(world: World, backdrop: Any) -> None:
+    by_key = json.loads(backdrop("status", DRAFT_KEY, *_local(world), "--json").stdout)
+    assert set(by_key) == {"stack", "query", "current_version", "jobs"}
+    assert by_key["query"] == {"key": DRAFT_KEY} and by_key["current_version"] is None
+    [job] = by_key["jobs"]
+    assert set(job) == JOB_DOC and job["job_id"] == "a" * 32 and job["status"] == "rejected"
+    assert set(job["source"]) == {"bucket", "key", "version_id", "etag", "size"}
+
+    by_id = json.loads(backdrop("status", "b" * 32, *_local(world), "--json").stdout)
+    assert by_id["query"] == {"job_id": "b" * 32} and by_id["jobs"][0]["source"]["key"] == EMOJI_KEY
+
+    listed = backdrop("status", "--prefix", "uploads/", "--status", "rejected", *_local(world), "--json")
+    assert listed.exit_code == 0
+    doc = json.loads(listed.stdout)
+    assert set(doc) == {"stack", "query", "counts", "jobs"}
+    assert doc["query"] == {"prefix": "uploads/", "statuses": ["rejected"]}
+    assert doc["counts"] == {"rejected": 2} and {j["job_id"] for j in doc["jobs"]} == {"a" * 32, "b" * 32}
+
+    for args in (["status", "c" * 32], ["status", "--prefix", "uploads/", "--status", "failed"]):
+        for output in ([], ["--json"]):
+            assert backdrop(*args, *_local(world), *output).exit_code == 1, (args, output)
+
+
+def test_report_json_document(world: World, backdrop: Any, tmp_path: Path) -> None:
+    exported = tmp_path / "jobs.csv"
+    ran = backdrop("report", "--since", "30d", "--csv", str(exported), *_local(world), "--json")
+    assert ran.exit_code == 0, ran.stderr
+    doc = json.loads(ran.stdout)
+    assert set(doc) == {
+        "stack",
+        "window",
+        "price_per_run_usd",
+        "jobs",
+        "by_status",
+        "failure_reasons",
+        "runs_billed",
+        "cost_usd",
+        "time_to_result_s",
+        "open",
+        "spend",
+        "queues",
+        "csv",
+    }
+    assert set(doc["window"]) == {"since", "until", "prefix"}
+    assert set(doc["open"]) == {"total", "by_status", "last_errors", "oldest", "largest_backlog"}
+    assert set(doc["spend"]) == {"daily_run_budget", "days"}
+    assert set(doc["spend"]["days"][-1]) == {
+        "day",
+        "runs_reserved",
+        "daily_run_budget",
+        "percent_of_budget",
+        "cost_usd",
+    }
+    assert set(doc["queues"]) == {"uploads", "uploads_dead_letter"}
+    assert set(doc["queues"]["uploads"]) == {"waiting", "in_flight"}
+    assert set(doc["time_to_result_s"]) == {"p50", "p95", "count"}
+    assert doc["csv"] == {"path": str(exported), "rows": doc["jobs"]}
