@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backdrop.errors import ErrorCode, run_ended_code
 from backdrop.events import end_job
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.observability import count, logger
@@ -65,7 +66,7 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
             return _queue_copy(services, job, run)
         if authoritative:
             return finish(
-                services, job, run, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output"
+                services, job, run, Status.FAILED, ErrorCode.NO_OUTPUT, f"run {run.status} without any output"
             )
         return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
 
@@ -77,7 +78,7 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
             job,
             run,
             Status.CANCELED,
-            run.failure_code or "CANCELED",
+            run.failure_code or ErrorCode.CANCELED,
             run.failure_message or "the run was canceled at Runflow",
         )
     if run.status != "failed":
@@ -87,7 +88,7 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
             job,
             run,
             Status.FAILED,
-            run.failure_code or f"RUN_{run.status.upper()}",
+            run.failure_code or run_ended_code(run.status),
             run.failure_message or f"Runflow ended the run with status {run.status!r}",
         )
     return finish(
@@ -95,7 +96,7 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
         job,
         run,
         Status.FAILED,
-        run.failure_code or "RUN_FAILED",
+        run.failure_code or ErrorCode.RUN_FAILED,
         run.failure_message or "Runflow reported the run as failed",
     )
 

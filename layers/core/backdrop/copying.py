@@ -33,6 +33,7 @@ from urllib.parse import unquote
 from botocore.exceptions import ClientError
 
 from backdrop.completion import apply_run_report, belongs_to
+from backdrop.errors import ErrorCode
 from backdrop.events import end_job
 from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
@@ -90,12 +91,15 @@ def _run_gone(services: Services, job: Job, run_id: str) -> Result:
         services,
         job.job_id,
         Status.FAILED,
-        changes={"error_code": "RUN_NOT_FOUND", "error_message": f"Runflow does not know run {run_id}"},
+        changes={
+            "error_code": ErrorCode.RUN_NOT_FOUND,
+            "error_message": f"Runflow does not know run {run_id}",
+        },
     )
     if not move.moved:
         return Result(Outcome.ALREADY_DONE, job.job_id, run_id)
     count("JobsFailed")
-    return Result(Outcome.FAILED, job.job_id, run_id, "RUN_NOT_FOUND")
+    return Result(Outcome.FAILED, job.job_id, run_id, ErrorCode.RUN_NOT_FOUND)
 
 
 class _LeaseKeeper:
@@ -164,7 +168,7 @@ def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = 
                 released = True
                 return publish(fresh, services, deadline=deadline, refreshed=True)
         logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
-        services.jobs.record_error(job.job_id, Status.COPYING, "COPY_FAILED", str(exc))
+        services.jobs.record_error(job.job_id, Status.COPYING, ErrorCode.COPY_FAILED, str(exc))
         count("CopyFailures")
         raise RetryLater(str(exc), after_seconds=5) from exc
     finally:
@@ -229,7 +233,7 @@ def _claim(services: Services, job: Job, key: str) -> str | None:
     if not names_source(metadata, job.source_bucket, job.source_key):
         owner = unquote(str(metadata.get("source-key", ""))) or "no source Backdrop wrote"
         raise OutputRefused(
-            "RESULT_KEY_TAKEN",
+            ErrorCode.RESULT_KEY_TAKEN,
             f"result key {key} holds another object (written for {owner[:300]}): not overwriting it",
         )
     return str(head["ETag"])
@@ -293,7 +297,11 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
         services,
         job.job_id,
         Status.SUPERSEDED,
-        changes={"error_code": "SUPERSEDED", "error_message": message, "superseded_by": published.job_id},
+        changes={
+            "error_code": ErrorCode.SUPERSEDED,
+            "error_message": message,
+            "superseded_by": published.job_id,
+        },
     )
     if not move.moved:
         return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id)

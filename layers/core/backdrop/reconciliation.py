@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from backdrop.completion import apply_run_report, requeue_copy
+from backdrop.errors import ErrorCode
 from backdrop.events import end_job, republish_pending
 from backdrop.jobs import Job, Status, format_iso, iso_from_epoch, parse_iso
 from backdrop.observability import count, logger
@@ -96,7 +97,7 @@ def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyReq
                     job,
                     f"no run confirmed before the run deadline: a create sent at {job.create_pending_since} "
                     f"may have made one ({job.error_message or 'its answer was lost'})",
-                    code="RUN_UNCONFIRMED",
+                    code=ErrorCode.RUN_UNCONFIRMED,
                 )
             reason = job.error_message or "no Runflow run could be created before the run deadline"
             return _time_out(services, job, f"no run before the run deadline: {reason}")
@@ -212,7 +213,7 @@ class _Resumable:
 _UNREAD = object()
 
 
-def _time_out(services: Services, job: Job, message: str, *, code: str = "TIMED_OUT") -> str:
+def _time_out(services: Services, job: Job, message: str, *, code: ErrorCode = ErrorCode.TIMED_OUT) -> str:
     move = end_job(
         services,
         job.job_id,
