@@ -17,7 +17,7 @@ from backdrop.errors import ErrorCode, run_ended_code
 from backdrop.events import end_job
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.observability import count, logger
-from backdrop.outcomes import Outcome, Result, RetryLater
+from backdrop.outcomes import ENDED, Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
 from backdrop.runs import RunKind, RunResult
 from backdrop.services import Services
@@ -120,7 +120,7 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
         return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
     count("JobsFailed" if status is Status.FAILED else "JobsCanceled")
     logger.info("Job finished without a result", extra={"status": status.value, "error_code": code})
-    return Result(Outcome(status.value), job.job_id, run.run_id, f"{code}: {message}")
+    return Result(ENDED[status], job.job_id, run.run_id, f"{code}: {message}")
 
 
 def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:
