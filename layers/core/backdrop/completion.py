@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from backdrop.errors import ErrorCode, run_ended_code
-from backdrop.events import end_job
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.observability import count, logger
-from backdrop.outcomes import ENDED, Outcome, Result, RetryLater
+from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
 from backdrop.runs import RunKind, RunResult
 from backdrop.services import Services
@@ -103,11 +103,11 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
 
 def finish(services: Services, job: Job, run: RunResult, status: Status, code: str, message: str) -> Result:
     """End the job without a result, recording Runflow's reason."""
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         status,
-        changes={
+        {
             "run_id": run.run_id,
             "run_status": run.status,
             "error_code": code,
@@ -115,12 +115,12 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
             "runflow_duration_ms": run.duration_ms,
             "create_pending_since": None,
         },
+        metric="JobsFailed" if status is Status.FAILED else "JobsCanceled",
+        run_id=run.run_id,
+        detail=f"{code}: {message}",
+        log="Job finished without a result",
+        extra={"status": status.value, "error_code": code},
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
-    count("JobsFailed" if status is Status.FAILED else "JobsCanceled")
-    logger.info("Job finished without a result", extra={"status": status.value, "error_code": code})
-    return Result(ENDED[status], job.job_id, run.run_id, f"{code}: {message}")
 
 
 def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:

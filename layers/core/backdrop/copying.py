@@ -34,7 +34,7 @@ from botocore.exceptions import ClientError
 
 from backdrop.completion import apply_run_report, belongs_to
 from backdrop.errors import ErrorCode
-from backdrop.events import end_job
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger, milliseconds
@@ -87,19 +87,16 @@ def _read_run(services: Services, run_id: str) -> RunResult | None:
 
 
 def _run_gone(services: Services, job: Job, run_id: str) -> Result:
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.FAILED,
-        changes={
-            "error_code": ErrorCode.RUN_NOT_FOUND,
-            "error_message": f"Runflow does not know run {run_id}",
-        },
+        {"error_code": ErrorCode.RUN_NOT_FOUND, "error_message": f"Runflow does not know run {run_id}"},
+        metric="JobsFailed",
+        run_id=run_id,
+        detail=ErrorCode.RUN_NOT_FOUND,
+        moved_on="",
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, run_id)
-    count("JobsFailed")
-    return Result(Outcome.FAILED, job.job_id, run_id, ErrorCode.RUN_NOT_FOUND)
 
 
 class _LeaseKeeper:
@@ -149,16 +146,15 @@ def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = 
         return _succeed(services, job, keys, copied)
     except OutputRefused as exc:
         logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
-        move = end_job(
+        return conclude(
             services,
-            job.job_id,
+            job,
             Status.FAILED,
-            changes={"error_code": exc.code, "error_message": exc.message},
-        )
-        if move.moved:
-            count("JobsFailed")
-        return Result(
-            Outcome.FAILED if move.moved else Outcome.ALREADY_DONE, job.job_id, job.run_id, str(exc)
+            {"error_code": exc.code, "error_message": exc.message},
+            metric="JobsFailed",
+            run_id=job.run_id,
+            detail=str(exc),
+            moved_on=str(exc),
         )
     except OutputCopyFailed as exc:
         if exc.http_status in STALE_URL_STATUSES and not refreshed and job.run_id:
@@ -293,40 +289,39 @@ def _fresh_outputs(services: Services, job: Job) -> Job | None:
 
 def _superseded_by_later_job(services: Services, job: Job, published: Published) -> Result:
     message = f"job {published.job_id}, created later for the same version, already wrote the result"
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.SUPERSEDED,
-        changes={
-            "error_code": ErrorCode.SUPERSEDED,
-            "error_message": message,
-            "superseded_by": published.job_id,
-        },
+        {"error_code": ErrorCode.SUPERSEDED, "error_message": message, "superseded_by": published.job_id},
+        metric="JobsSuperseded",
+        run_id=job.run_id,
+        detail=message,
+        moved_on="",
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id)
-    count("JobsSuperseded")
-    return Result(Outcome.SUPERSEDED, job.job_id, job.run_id, message)
 
 
 def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Result:
-    move = end_job(
+    def measure(done: Job) -> None:
+        count_bytes("BytesCopied", copied)
+        if done.completed_at:
+            elapsed = parse_iso(done.completed_at) - parse_iso(done.created_at)
+            milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
+
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.SUCCEEDED,
-        changes={
+        {
             "result_bucket": services.settings.results_bucket,
             "result_keys": keys,
             "error_code": None,
             "error_message": None,
         },
+        metric="JobsSucceeded",
+        run_id=job.run_id,
+        detail=",".join(keys),
+        log="Job succeeded",
+        extra={"result_keys": keys, "bytes": copied},
+        then=measure,
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on")
-    count("JobsSucceeded")
-    count_bytes("BytesCopied", copied)
-    if move.job and move.job.completed_at:
-        elapsed = parse_iso(move.job.completed_at) - parse_iso(move.job.created_at)
-        milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
-    logger.info("Job succeeded", extra={"result_keys": keys, "bytes": copied})
-    return Result(Outcome.SUCCEEDED, job.job_id, job.run_id, ",".join(keys))

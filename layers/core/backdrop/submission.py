@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from backdrop.colours import Colour, ColourChoice, choose_colour, parse_colour
 from backdrop.errors import ErrorCode
-from backdrop.events import end_job
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, iso_from_epoch, parse_iso
 from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -153,14 +153,17 @@ def rejection_of(source: SourceObject, max_input_bytes: int) -> tuple[ErrorCode,
 
 
 def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Result:
-    move = end_job(
-        services, job.job_id, Status.REJECTED, changes={"error_code": code, "error_message": message}
+    return conclude(
+        services,
+        job,
+        Status.REJECTED,
+        {"error_code": code, "error_message": message},
+        metric="JobsRejected",
+        detail=f"{code}: {message}",
+        moved_on="job moved on before it was rejected",
+        log="Upload rejected",
+        extra={"error_code": code, "reason": message},
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was rejected")
-    logger.info("Upload rejected", extra={"error_code": code, "reason": message})
-    count("JobsRejected")
-    return Result(Outcome.REJECTED, job.job_id, detail=f"{code}: {message}")
 
 
 def supersede(services: Services, job: Job, current: SourceObject | None) -> Result:
@@ -179,12 +182,18 @@ def supersede(services: Services, job: Job, current: SourceObject | None) -> Res
             ),
             "superseded_by": newer,
         }
-    move = end_job(services, job.job_id, Status.SUPERSEDED, changes=changes)
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on before it was superseded")
-    count("JobsSuperseded")
-    logger.info("Job superseded", extra={"reason": changes["error_message"]})
-    return Result(Outcome.SUPERSEDED, job.job_id, job.run_id, changes["error_message"])
+    return conclude(
+        services,
+        job,
+        Status.SUPERSEDED,
+        changes,
+        metric="JobsSuperseded",
+        run_id=job.run_id,
+        detail=changes["error_message"],
+        moved_on="job moved on before it was superseded",
+        log="Job superseded",
+        extra={"reason": changes["error_message"]},
+    )
 
 
 def presign(services: Services, upload: UploadRef) -> str:
@@ -288,18 +297,18 @@ def create_run(services: Services, job: Job) -> Result:
         logger.warning(
             "Runflow refused the run", extra={"http_status": exc.http_status, "error_code": exc.code}
         )
-        move = end_job(
+        reserved_on = job.reserved_on
+        return conclude(
             services,
-            job.job_id,
+            job,
             Status.FAILED,
-            changes={"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            {"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            metric="JobsFailed",
+            detail=f"{exc.code}: {exc.message}",
+            moved_on="job moved on before it was failed",
+            # No run was made for it: its reservation goes back to the budget.
+            then=(lambda _: services.budget.release(reserved_on)) if reserved_on else None,
         )
-        if not move.moved:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was failed")
-        if job.reserved_on:
-            services.budget.release(job.reserved_on)  # no run was made for it
-        count("JobsFailed")
-        return Result(Outcome.FAILED, job.job_id, detail=f"{exc.code}: {exc.message}")
     except RunflowUnavailable as exc:
         # Nothing was created (rate limited, or never connected): the next attempt may create at once.
         services.jobs.update_open(
@@ -322,20 +331,22 @@ def _reserve(services: Services, job: Job) -> Job | Result:
     budget = services.budget
     reserved = budget.reserve()
     if reserved is None:
-        move = services.jobs.try_transition(
-            job.job_id,
+        return conclude(
+            services,
+            job,
             Status.HELD,
-            changes={
+            {
                 "error_code": ErrorCode.BUDGET_EXHAUSTED,
                 "error_message": f"today's run budget ({budget.daily} runs, UTC) is spent; "
                 "resumed oldest first when it allows again",
             },
+            outcome=Outcome.HELD,
+            metric="JobsHeld",
+            detail=ErrorCode.BUDGET_EXHAUSTED,
+            moved_on="job moved on before it was held",
+            log="Job held: the daily run budget is spent",
+            extra={"budget": budget.daily},
         )
-        if not move.moved:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was held")
-        count("JobsHeld")
-        logger.info("Job held: the daily run budget is spent", extra={"budget": budget.daily})
-        return Result(Outcome.HELD, job.job_id, detail=ErrorCode.BUDGET_EXHAUSTED)
     day, used = reserved
     if not services.jobs.update_open(
         job.job_id, job.status, {"reserved_on": day}, only_if={"reserved_on": None}
@@ -398,25 +409,22 @@ def adopt_earlier_run(services: Services, job: Job) -> Result | None:
 
 def _record_run(services: Services, job: Job, run: RunResult) -> Result:
     logger.append_keys(run_id=run.run_id)
-    move = services.jobs.try_transition(
-        job.job_id,
+    return conclude(
+        services,
+        job,
         Status.SUBMITTED,
-        changes={
+        {
             "run_id": run.run_id,
             "submitted_at": iso_from_epoch(services.clock()),
             "create_pending_since": None,
             "error_code": None,
             "error_message": None,
         },
+        outcome=Outcome.SUBMITTED,
+        metric="JobsSubmitted",
+        run_id=run.run_id,
+        # The callback may overtake us (it carries our job id) and move the job on first.
+        moved_on="job moved on before the run was recorded",
+        log="Run created",
+        extra={"run_status": run.status},
     )
-    if not move.moved:
-        # The callback overtook us (it carries our job id) and already moved the job on.
-        logger.info(
-            "Job moved on before the run was recorded", extra={"status": str(move.job and move.job.status)}
-        )
-        return Result(
-            Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on before the run was recorded"
-        )
-    logger.info("Run created", extra={"run_status": run.status})
-    count("JobsSubmitted")
-    return Result(Outcome.SUBMITTED, job.job_id, run.run_id)
