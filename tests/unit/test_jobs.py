@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from backdrop import jobs
+from backdrop.events import DETAIL_TYPES
 from backdrop.jobs import OPEN_SHARD, Job, Status, can_move, format_iso, iso_from_epoch, parse_iso
 from backdrop.outcomes import ENDED, Outcome
 from backdrop.runs import OutputRef
@@ -52,6 +53,7 @@ def test_every_terminal_status_has_the_outcome_of_ending_a_job_there() -> None:
     assert set(ENDED) == set(jobs.TERMINAL)
     assert all(ENDED[status].value == status.value for status in jobs.TERMINAL)
     assert Outcome.SUCCEEDED is ENDED[Status.SUCCEEDED]
+    assert set(DETAIL_TYPES) == set(jobs.TERMINAL)  # and a completion event's detail type
 
 
 def _job(status: Status, **extra: object) -> Job:
