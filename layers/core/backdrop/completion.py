@@ -44,35 +44,40 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
         )
         count("RunsMismatched")
         return Result(Outcome.RUN_MISMATCH, job.job_id, run.run_id, f"job belongs to run {job.run_id}")
-    kind = run.kind
-    if kind is RunKind.OPEN:
+    if run.kind is RunKind.OPEN:
         return Result(Outcome.NOT_FINISHED, job.job_id, run.run_id, run.status)
+    if run.kind is RunKind.SUCCEEDED:
+        return _apply_success(job, run, services, authoritative=authoritative)
+    return _apply_failure(job, run, services, authoritative=authoritative)
 
-    if kind is RunKind.SUCCEEDED:
-        if run.outputs:
-            move = services.jobs.try_transition(
-                job.job_id,
-                Status.COPYING,
-                changes={
-                    "run_id": run.run_id,
-                    "run_status": run.status,
-                    "output_urls": outputs_to_item(run.outputs),
-                    "runflow_duration_ms": run.duration_ms,
-                    "create_pending_since": None,
-                },
-            )
-            if not move.moved:
-                return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
-            return _queue_copy(services, job, run)
-        if authoritative:
-            return finish(
-                services, job, run, Status.FAILED, ErrorCode.NO_OUTPUT, f"run {run.status} without any output"
-            )
-        return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
 
+def _apply_success(job: Job, run: RunResult, services: Services, *, authoritative: bool) -> Result:
+    if run.outputs:
+        move = services.jobs.try_transition(
+            job.job_id,
+            Status.COPYING,
+            changes={
+                "run_id": run.run_id,
+                "run_status": run.status,
+                "output_urls": outputs_to_item(run.outputs),
+                "runflow_duration_ms": run.duration_ms,
+                "create_pending_since": None,
+            },
+        )
+        if not move.moved:
+            return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
+        return _queue_copy(services, job, run)
+    if authoritative:
+        return finish(
+            services, job, run, Status.FAILED, ErrorCode.NO_OUTPUT, f"run {run.status} without any output"
+        )
+    return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
+
+
+def _apply_failure(job: Job, run: RunResult, services: Services, *, authoritative: bool) -> Result:
     if run.failure_code is None and not authoritative:
         return _note_and_queue(services, job, run, "failure reported without a reason: reading the run back")
-    if kind is RunKind.CANCELED:
+    if run.kind is RunKind.CANCELED:
         return finish(
             services,
             job,
