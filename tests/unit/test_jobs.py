@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+from backdrop import jobs
+from backdrop.events import DETAIL_TYPES
 from backdrop.jobs import OPEN_SHARD, Job, Status, can_move, format_iso, iso_from_epoch, parse_iso
+from backdrop.outcomes import ENDED, Outcome
 from backdrop.runs import OutputRef
 
 R, H, S, C = Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING
@@ -35,6 +38,22 @@ def test_statuses_are_the_documented_ones_and_terminal_ones_never_move_on() -> N
         assert status.is_terminal == (status.value in DOCUMENTED_TERMINAL)
         if status.is_terminal:
             assert not any(can_move(status, target) for target in Status)
+
+
+def test_status_groups_are_exported_once_each_as_documented() -> None:
+    assert {s.value for s in jobs.OPEN} == DOCUMENTED_OPEN
+    assert {s.value for s in jobs.TERMINAL} == DOCUMENTED_TERMINAL
+    # ``rejected`` is retried only when an operator asks for it (the same bytes fail again).
+    assert {s.value for s in jobs.RETRYABLE} == {"failed", "canceled", "timed_out", "rejected"}
+    for status in Status:
+        assert status.is_open == (status in jobs.OPEN) != status.is_terminal
+
+
+def test_every_terminal_status_has_the_outcome_of_ending_a_job_there() -> None:
+    assert set(ENDED) == set(jobs.TERMINAL)
+    assert all(ENDED[status].value == status.value for status in jobs.TERMINAL)
+    assert Outcome.SUCCEEDED is ENDED[Status.SUCCEEDED]
+    assert set(DETAIL_TYPES) == set(jobs.TERMINAL)  # and a completion event's detail type
 
 
 def _job(status: Status, **extra: object) -> Job:

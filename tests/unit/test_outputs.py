@@ -12,6 +12,7 @@ import pytest
 from output_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
 
 import backdrop.outputs as outputs
+from backdrop.errors import ErrorCode
 from backdrop.outputs import (
     CopiedObject,
     Destination,
@@ -579,7 +580,7 @@ def test_refusal_by_the_placement_writes_nothing(output_server: OutputServer) ->
     output_server.image("/out/result.png", PNG + b"x")
 
     def taken(kind: ImageType) -> Destination:
-        raise OutputRefused("RESULT_KEY_TAKEN", "another source's result")
+        raise OutputRefused(ErrorCode.RESULT_KEY_TAKEN, "another source's result")
 
     with pytest.raises(OutputRefused, match="RESULT_KEY_TAKEN"):
         copy_output(

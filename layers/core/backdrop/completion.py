@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backdrop.events import end_job
+from backdrop.errors import ErrorCode, run_ended_code
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, outputs_to_item
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -43,41 +44,46 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
         )
         count("RunsMismatched")
         return Result(Outcome.RUN_MISMATCH, job.job_id, run.run_id, f"job belongs to run {job.run_id}")
-    kind = run.kind
-    if kind is RunKind.OPEN:
+    if run.kind is RunKind.OPEN:
         return Result(Outcome.NOT_FINISHED, job.job_id, run.run_id, run.status)
+    if run.kind is RunKind.SUCCEEDED:
+        return _apply_success(job, run, services, authoritative=authoritative)
+    return _apply_failure(job, run, services, authoritative=authoritative)
 
-    if kind is RunKind.SUCCEEDED:
-        if run.outputs:
-            move = services.jobs.try_transition(
-                job.job_id,
-                Status.COPYING,
-                changes={
-                    "run_id": run.run_id,
-                    "run_status": run.status,
-                    "output_urls": outputs_to_item(run.outputs),
-                    "runflow_duration_ms": run.duration_ms,
-                    "create_pending_since": None,
-                },
-            )
-            if not move.moved:
-                return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
-            return _queue_copy(services, job, run)
-        if authoritative:
-            return finish(
-                services, job, run, Status.FAILED, "NO_OUTPUT", f"run {run.status} without any output"
-            )
-        return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
 
+def _apply_success(job: Job, run: RunResult, services: Services, *, authoritative: bool) -> Result:
+    if run.outputs:
+        move = services.jobs.try_transition(
+            job.job_id,
+            Status.COPYING,
+            changes={
+                "run_id": run.run_id,
+                "run_status": run.status,
+                "output_urls": outputs_to_item(run.outputs),
+                "runflow_duration_ms": run.duration_ms,
+                "create_pending_since": None,
+            },
+        )
+        if not move.moved:
+            return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
+        return _queue_copy(services, job, run)
+    if authoritative:
+        return finish(
+            services, job, run, Status.FAILED, ErrorCode.NO_OUTPUT, f"run {run.status} without any output"
+        )
+    return _note_and_queue(services, job, run, "success reported without outputs: reading the run back")
+
+
+def _apply_failure(job: Job, run: RunResult, services: Services, *, authoritative: bool) -> Result:
     if run.failure_code is None and not authoritative:
         return _note_and_queue(services, job, run, "failure reported without a reason: reading the run back")
-    if kind is RunKind.CANCELED:
+    if run.kind is RunKind.CANCELED:
         return finish(
             services,
             job,
             run,
             Status.CANCELED,
-            run.failure_code or "CANCELED",
+            run.failure_code or ErrorCode.CANCELED,
             run.failure_message or "the run was canceled at Runflow",
         )
     if run.status != "failed":
@@ -87,7 +93,7 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
             job,
             run,
             Status.FAILED,
-            run.failure_code or f"RUN_{run.status.upper()}",
+            run.failure_code or run_ended_code(run.status),
             run.failure_message or f"Runflow ended the run with status {run.status!r}",
         )
     return finish(
@@ -95,18 +101,18 @@ def apply_run_report(job: Job, run: RunResult, services: Services, *, authoritat
         job,
         run,
         Status.FAILED,
-        run.failure_code or "RUN_FAILED",
+        run.failure_code or ErrorCode.RUN_FAILED,
         run.failure_message or "Runflow reported the run as failed",
     )
 
 
 def finish(services: Services, job: Job, run: RunResult, status: Status, code: str, message: str) -> Result:
     """End the job without a result, recording Runflow's reason."""
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         status,
-        changes={
+        {
             "run_id": run.run_id,
             "run_status": run.status,
             "error_code": code,
@@ -114,12 +120,12 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
             "runflow_duration_ms": run.duration_ms,
             "create_pending_since": None,
         },
+        metric="JobsFailed" if status is Status.FAILED else "JobsCanceled",
+        run_id=run.run_id,
+        detail=f"{code}: {message}",
+        log="Job finished without a result",
+        extra={"status": status.value, "error_code": code},
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on")
-    count("JobsFailed" if status is Status.FAILED else "JobsCanceled")
-    logger.info("Job finished without a result", extra={"status": status.value, "error_code": code})
-    return Result(Outcome(status.value), job.job_id, run.run_id, f"{code}: {message}")
 
 
 def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:

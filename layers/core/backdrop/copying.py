@@ -25,7 +25,8 @@ the queue and the reconciler remains the safety net.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
@@ -33,7 +34,8 @@ from urllib.parse import unquote
 from botocore.exceptions import ClientError
 
 from backdrop.completion import apply_run_report, belongs_to
-from backdrop.events import end_job
+from backdrop.errors import ErrorCode
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger, milliseconds
@@ -86,16 +88,16 @@ def _read_run(services: Services, run_id: str) -> RunResult | None:
 
 
 def _run_gone(services: Services, job: Job, run_id: str) -> Result:
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.FAILED,
-        changes={"error_code": "RUN_NOT_FOUND", "error_message": f"Runflow does not know run {run_id}"},
+        {"error_code": ErrorCode.RUN_NOT_FOUND, "error_message": f"Runflow does not know run {run_id}"},
+        metric="JobsFailed",
+        run_id=run_id,
+        detail=ErrorCode.RUN_NOT_FOUND,
+        moved_on="",
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, run_id)
-    count("JobsFailed")
-    return Result(Outcome.FAILED, job.job_id, run_id, "RUN_NOT_FOUND")
 
 
 class _LeaseKeeper:
@@ -114,62 +116,96 @@ class _LeaseKeeper:
         self._renewed = time.monotonic()
 
 
-def publish(job: Job, services: Services, *, deadline: float, refreshed: bool = False) -> Result:
-    """Write the job's outputs to its result keys, if its version still wins, and finish the job."""
+def publish(job: Job, services: Services, *, deadline: float) -> Result:
+    """Write the job's outputs to its result keys, if its version still wins, and finish the job.
+    Output URLs that no longer work are read from the run again, and the copy tried once more."""
+    try:
+        return _publish_once(job, services, deadline)
+    except OutputCopyFailed as exc:
+        fresh = (
+            _fresh_outputs(services, job) if exc.http_status in STALE_URL_STATUSES and job.run_id else None
+        )
+        if fresh is None:
+            raise _copy_failed(services, job, exc) from exc
+    try:
+        return _publish_once(fresh, services, deadline)
+    except OutputCopyFailed as exc:
+        raise _copy_failed(services, fresh, exc) from exc
+
+
+def _copy_failed(services: Services, job: Job, exc: OutputCopyFailed) -> RetryLater:
+    logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
+    services.jobs.record_error(job.job_id, Status.COPYING, ErrorCode.COPY_FAILED, str(exc))
+    count("CopyFailures")
+    return RetryLater(str(exc), after_seconds=5)
+
+
+@contextmanager
+def _result_lease(services: Services, job: Job) -> Iterator[_HeldLease]:
+    """The source's result lease for the copy, given back on the way out however the copy ends."""
     lease = services.ledger.acquire(job.source_bucket, job.source_key, job.job_id, LEASE_SECONDS)
     if lease is None:
         raise RetryLater("another copy of this object's result is in progress", after_seconds=10)
-    released = False
+    held = _HeldLease(services, lease)
     try:
-        current = read_source(services.s3, job.source_bucket, job.source_key, sniff=False)
-        if current is None or not current.upload.same_version(job.upload()):
-            return supersede(services, job, current)
-        published = lease.published
-        if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id):
-            # An earlier try of this very copy got as far as publishing: just finish the job.
-            return _succeed(services, job, list(published.result_keys), 0)
-        if (
-            published is not None
-            and published.version == job.upload().version
-            and published.job_created_at > job.created_at
-        ):
-            return _superseded_by_later_job(services, job, published)
-        keys, copied = _copy_all(job, services, lease, deadline)
-        if published is not None:
-            _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
-        released = services.ledger.release(
-            lease, Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
-        )
-        if not released:
-            logger.error("Result lease lost after publishing", extra={"result_keys": keys})
-        return _succeed(services, job, keys, copied)
-    except OutputRefused as exc:
-        logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
-        move = end_job(
-            services,
-            job.job_id,
-            Status.FAILED,
-            changes={"error_code": exc.code, "error_message": exc.message},
-        )
-        if move.moved:
-            count("JobsFailed")
-        return Result(
-            Outcome.FAILED if move.moved else Outcome.ALREADY_DONE, job.job_id, job.run_id, str(exc)
-        )
-    except OutputCopyFailed as exc:
-        if exc.http_status in STALE_URL_STATUSES and not refreshed and job.run_id:
-            fresh = _fresh_outputs(services, job)
-            if fresh is not None:
-                services.ledger.release(lease)
-                released = True
-                return publish(fresh, services, deadline=deadline, refreshed=True)
-        logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
-        services.jobs.record_error(job.job_id, Status.COPYING, "COPY_FAILED", str(exc))
-        count("CopyFailures")
-        raise RetryLater(str(exc), after_seconds=5) from exc
+        yield held
     finally:
-        if not released:
+        if not held.released:
             services.ledger.release(lease)
+
+
+class _HeldLease:
+    def __init__(self, services: Services, lease: Lease) -> None:
+        self._services = services
+        self.lease = lease
+        self.released = False
+
+    def release_published(self, published: Published) -> bool:
+        """Give the lease up recording what was published; False if it was lost meanwhile (it is
+        then given up once more on the way out, as any lease not released)."""
+        self.released = self._services.ledger.release(self.lease, published)
+        return self.released
+
+
+def _publish_once(job: Job, services: Services, deadline: float) -> Result:
+    with _result_lease(services, job) as held:
+        try:
+            return _publish_under_lease(job, services, held, deadline)
+        except OutputRefused as exc:
+            logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
+            return conclude(
+                services,
+                job,
+                Status.FAILED,
+                {"error_code": exc.code, "error_message": exc.message},
+                metric="JobsFailed",
+                run_id=job.run_id,
+                detail=str(exc),
+                moved_on=str(exc),
+            )
+
+
+def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadline: float) -> Result:
+    current = read_source(services.s3, job.source_bucket, job.source_key, sniff=False)
+    if current is None or not current.upload.same_version(job.upload()):
+        return supersede(services, job, current)
+    published = held.lease.published
+    if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id):
+        # An earlier try of this very copy got as far as publishing: just finish the job.
+        return _succeed(services, job, list(published.result_keys), 0)
+    if (
+        published is not None
+        and published.version == job.upload().version
+        and published.job_created_at > job.created_at
+    ):
+        return _superseded_by_later_job(services, job, published)
+    keys, copied = _copy_all(job, services, held.lease, deadline)
+    if published is not None:
+        _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
+    record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
+    if not held.release_published(record):
+        logger.error("Result lease lost after publishing", extra={"result_keys": keys})
+    return _succeed(services, job, keys, copied)
 
 
 def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int]:
@@ -229,7 +265,7 @@ def _claim(services: Services, job: Job, key: str) -> str | None:
     if not names_source(metadata, job.source_bucket, job.source_key):
         owner = unquote(str(metadata.get("source-key", ""))) or "no source Backdrop wrote"
         raise OutputRefused(
-            "RESULT_KEY_TAKEN",
+            ErrorCode.RESULT_KEY_TAKEN,
             f"result key {key} holds another object (written for {owner[:300]}): not overwriting it",
         )
     return str(head["ETag"])
@@ -289,36 +325,39 @@ def _fresh_outputs(services: Services, job: Job) -> Job | None:
 
 def _superseded_by_later_job(services: Services, job: Job, published: Published) -> Result:
     message = f"job {published.job_id}, created later for the same version, already wrote the result"
-    move = end_job(
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.SUPERSEDED,
-        changes={"error_code": "SUPERSEDED", "error_message": message, "superseded_by": published.job_id},
+        {"error_code": ErrorCode.SUPERSEDED, "error_message": message, "superseded_by": published.job_id},
+        metric="JobsSuperseded",
+        run_id=job.run_id,
+        detail=message,
+        moved_on="",
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id)
-    count("JobsSuperseded")
-    return Result(Outcome.SUPERSEDED, job.job_id, job.run_id, message)
 
 
 def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Result:
-    move = end_job(
+    def measure(done: Job) -> None:
+        count_bytes("BytesCopied", copied)
+        if done.completed_at:
+            elapsed = parse_iso(done.completed_at) - parse_iso(done.created_at)
+            milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
+
+    return conclude(
         services,
-        job.job_id,
+        job,
         Status.SUCCEEDED,
-        changes={
+        {
             "result_bucket": services.settings.results_bucket,
             "result_keys": keys,
             "error_code": None,
             "error_message": None,
         },
+        metric="JobsSucceeded",
+        run_id=job.run_id,
+        detail=",".join(keys),
+        log="Job succeeded",
+        extra={"result_keys": keys, "bytes": copied},
+        then=measure,
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on")
-    count("JobsSucceeded")
-    count_bytes("BytesCopied", copied)
-    if move.job and move.job.completed_at:
-        elapsed = parse_iso(move.job.completed_at) - parse_iso(move.job.created_at)
-        milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
-    logger.info("Job succeeded", extra={"result_keys": keys, "bytes": copied})
-    return Result(Outcome.SUCCEEDED, job.job_id, job.run_id, ",".join(keys))

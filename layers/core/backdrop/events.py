@@ -13,12 +13,13 @@ Detail, version 1 (``detail.schema_version == "1"``): see ``completion_detail`` 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from backdrop.jobs import Job, Status, parse_iso
 from backdrop.jobstore import Move
 from backdrop.observability import count, logger
+from backdrop.outcomes import ENDED, Outcome, Result
 from backdrop.services import Services
 
 SOURCE = "backdrop"
@@ -67,6 +68,43 @@ def end_job(services: Services, job_id: str, status: Status, *, changes: Mapping
     if move.moved and move.job is not None:
         announce(services, move.job)
     return move
+
+
+def conclude(
+    services: Services,
+    job: Job,
+    status: Status,
+    changes: Mapping[str, Any],
+    *,
+    metric: str,
+    run_id: str | None = None,
+    detail: str = "",
+    moved_on: str = "job moved on",
+    log: str = "",
+    extra: Mapping[str, Any] | None = None,
+    warn: bool = False,
+    outcome: Outcome | None = None,
+    then: Callable[[Job], object] | None = None,
+) -> Result:
+    """The one way a use case moves a job on and says what it did: the conditional move (a
+    terminal one announced); ``ALREADY_DONE`` with ``moved_on`` if the job was no longer where the
+    move starts from (a duplicate, late or racing worker got there first); else ``metric`` counted,
+    ``then`` called with the job as moved, ``log`` logged, and the status's outcome (``ENDED``; an
+    open status names its ``outcome``)."""
+    if status.is_terminal:
+        move = end_job(services, job.job_id, status, changes=changes)
+    else:
+        move = services.jobs.try_transition(job.job_id, status, changes=changes)
+    if not move.moved or move.job is None:
+        current = move.job.status.value if move.job else None
+        logger.info("Job moved on meanwhile", extra={"target_status": status.value, "job_status": current})
+        return Result(Outcome.ALREADY_DONE, job.job_id, run_id, moved_on)
+    count(metric)
+    if then is not None:
+        then(move.job)
+    if log:
+        (logger.warning if warn else logger.info)(log, extra=dict(extra or {}))
+    return Result(outcome or ENDED[status], job.job_id, run_id, detail)
 
 
 def announce(services: Services, job: Job) -> bool:

@@ -41,13 +41,18 @@ class Status(StrEnum):
     SUPERSEDED = "superseded"
 
     @property
+    def is_open(self) -> bool:
+        return self in OPEN
+
+    @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-# Stated, not derived: adding a status means deciding here which side it is on.
-OPEN = frozenset({Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING})
-TERMINAL = frozenset(
+# The status groups, one name each; the CLI and the job store use them as they are, never a copy.
+# Stated, not derived: adding a status means deciding here which side it is on (checked below).
+OPEN: frozenset[Status] = frozenset({Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING})
+TERMINAL: frozenset[Status] = frozenset(
     {
         Status.SUCCEEDED,
         Status.FAILED,
@@ -58,7 +63,11 @@ TERMINAL = frozenset(
     }
 )
 # Terminal statuses an operator may run again (``rejected`` only on explicit request: same bytes fail).
-RETRYABLE = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT, Status.REJECTED})
+RETRYABLE: frozenset[Status] = frozenset({Status.FAILED, Status.CANCELED, Status.TIMED_OUT, Status.REJECTED})
+
+if OPEN & TERMINAL or set(Status) != OPEN | TERMINAL or not RETRYABLE <= TERMINAL:
+    # A status on both sides, or on neither, would break every conditional write that relies on them.
+    raise RuntimeError("every status must be either open or terminal, and only a terminal one retryable")
 
 # For each target status, the statuses a job may be in to move there. Anything else is refused,
 # which is what makes a late, duplicated or replayed event harmless.
@@ -137,7 +146,7 @@ class Job:
 
     @property
     def is_open(self) -> bool:
-        return self.status in OPEN
+        return self.status.is_open
 
     @property
     def run_ref(self) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
+from backdrop.errors import ErrorCode
 from backdrop.jobs import ALLOWED_FROM, OPEN_SHARD, RETRYABLE, TERMINAL, Job, Status, iso_from_epoch
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class JobStore:
             raise
         return True
 
-    def record_error(self, job_id: str, expected: Status, code: str, message: str) -> bool:
+    def record_error(self, job_id: str, expected: Status, code: ErrorCode, message: str) -> bool:
         """Note a (retryable) error on an open job without moving it. False if it moved on meanwhile."""
         try:
             self._table.update_item(

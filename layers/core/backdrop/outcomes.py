@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
+
+from backdrop.jobs import TERMINAL, Status
 
 
 class Outcome(StrEnum):
@@ -24,6 +28,22 @@ class Outcome(StrEnum):
     RUN_MISMATCH = "run_mismatch"  # a run that is not the job's (a duplicate run): never writes
     RUN_REFUSED = "run_refused"  # Runflow does not say the run is this attempt's: never adopted
     ALREADY_DONE = "already_done"  # the job was already past this point (duplicate, late or replayed)
+
+
+# What a use case that ended a job in each terminal status did with it. Stated, and checked at
+# import: a terminal status added without an outcome fails here, not on the job that first ends so.
+ENDED: Mapping[Status, Outcome] = MappingProxyType(
+    {
+        Status.SUCCEEDED: Outcome.SUCCEEDED,
+        Status.FAILED: Outcome.FAILED,
+        Status.CANCELED: Outcome.CANCELED,
+        Status.REJECTED: Outcome.REJECTED,
+        Status.TIMED_OUT: Outcome.TIMED_OUT,
+        Status.SUPERSEDED: Outcome.SUPERSEDED,
+    }
+)
+if set(ENDED) != TERMINAL:
+    raise RuntimeError(f"terminal statuses without an outcome: {sorted(TERMINAL - set(ENDED))}")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from botocore.exceptions import ClientError
 
+from backdrop.errors import ErrorCode
 from backdrop.uploads import SNIFF_BYTES, ImageType, sniff_image_type
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ Resolver = Callable[[str, int], list[str]]
 class OutputRefused(Exception):
     """The output must not be fetched or stored: a permanent failure of the job."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}")
@@ -175,25 +176,28 @@ def check_url(url: str, policy: OutputPolicy, resolve: Resolver = system_resolve
         # urlsplit drops control characters silently; httpx (which fetches) refuses them.
         httpx.URL(url)
     except (ValueError, httpx.InvalidURL) as exc:
-        raise OutputRefused("OUTPUT_URL_INVALID", f"output URL is malformed: {exc}") from exc
+        raise OutputRefused(ErrorCode.OUTPUT_URL_INVALID, f"output URL is malformed: {exc}") from exc
     host = (parts.hostname or "").lower()
     if not host or parts.scheme not in ("http", "https"):
-        raise OutputRefused("OUTPUT_URL_INVALID", f"output URL {url[:200]!r} is not an http(s) URL")
+        raise OutputRefused(ErrorCode.OUTPUT_URL_INVALID, f"output URL {url[:200]!r} is not an http(s) URL")
     if parts.username or parts.password:
-        raise OutputRefused("OUTPUT_URL_INVALID", "output URL carries credentials")
+        raise OutputRefused(ErrorCode.OUTPUT_URL_INVALID, "output URL carries credentials")
     if policy.insecure_origin and _origin(url) == _origin(policy.insecure_origin):
         return Target(url=url, host=host, address=None)
     if parts.scheme != "https":
-        raise OutputRefused("OUTPUT_URL_INSECURE", f"output URL must use https, got {parts.scheme}://{host}")
+        raise OutputRefused(
+            ErrorCode.OUTPUT_URL_INSECURE, f"output URL must use https, got {parts.scheme}://{host}"
+        )
     if not host_allowed(host, policy.allowed_hosts):
-        raise OutputRefused("OUTPUT_HOST_NOT_ALLOWED", f"output host {host} is not on the allow-list")
+        raise OutputRefused(ErrorCode.OUTPUT_HOST_NOT_ALLOWED, f"output host {host} is not on the allow-list")
     addresses = resolve(host, port or 443)
     if not addresses:
         raise OutputCopyFailed(f"{host} resolved to no address")
     for address in addresses:
         if not address_is_public(address):
             raise OutputRefused(
-                "OUTPUT_ADDRESS_FORBIDDEN", f"output host {host} resolves to non-public address {address}"
+                ErrorCode.OUTPUT_ADDRESS_FORBIDDEN,
+                f"output host {host} resolves to non-public address {address}",
             )
     return Target(url=url, host=host, address=addresses[0])
 
@@ -236,7 +240,7 @@ class _BodyReader:
                 break
             self.total += len(chunk)
             if self.total > self._max:
-                raise OutputRefused("OUTPUT_TOO_LARGE", f"output exceeds the {self._max}-byte limit")
+                raise OutputRefused(ErrorCode.OUTPUT_TOO_LARGE, f"output exceeds the {self._max}-byte limit")
             self._pending.append(chunk)
             self._pending_bytes += len(chunk)
         if self._pending_bytes <= size:
@@ -297,7 +301,7 @@ def copy_output(
             if response.is_redirect:
                 location = response.headers.get("Location")
                 if not location:
-                    raise OutputRefused("OUTPUT_URL_INVALID", "redirect without a Location header")
+                    raise OutputRefused(ErrorCode.OUTPUT_URL_INVALID, "redirect without a Location header")
                 current = urljoin(current, location)
                 continue
             return _store(
@@ -312,7 +316,7 @@ def copy_output(
             raise OutputCopyFailed(f"reading the output failed: {type(exc).__name__}: {exc}") from exc
         finally:
             response.close()
-    raise OutputRefused("OUTPUT_TOO_MANY_REDIRECTS", f"more than {policy.max_redirects} redirects")
+    raise OutputRefused(ErrorCode.OUTPUT_TOO_MANY_REDIRECTS, f"more than {policy.max_redirects} redirects")
 
 
 def _store(
@@ -330,26 +334,29 @@ def _store(
             f"output URL answered HTTP {response.status_code}", http_status=response.status_code
         )
     if response.status_code != 200:
-        raise OutputRefused("OUTPUT_BAD_RESPONSE", f"output URL answered HTTP {response.status_code}")
+        raise OutputRefused(ErrorCode.OUTPUT_BAD_RESPONSE, f"output URL answered HTTP {response.status_code}")
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         # Refused before a byte of the body is read: decoding it could cost any amount of memory.
         raise OutputRefused(
-            "OUTPUT_ENCODED", f"output was sent with Content-Encoding {encoding[:50]!r}, none was asked for"
+            ErrorCode.OUTPUT_ENCODED,
+            f"output was sent with Content-Encoding {encoding[:50]!r}, none was asked for",
         )
     declared = response.headers.get("Content-Length")
     expected = int(declared) if declared and declared.isdigit() else None
     if expected is not None and expected > policy.max_bytes:
-        raise OutputRefused("OUTPUT_TOO_LARGE", f"output declares {declared} bytes, over {policy.max_bytes}")
+        raise OutputRefused(
+            ErrorCode.OUTPUT_TOO_LARGE, f"output declares {declared} bytes, over {policy.max_bytes}"
+        )
     reader = _BodyReader(response.iter_raw(), policy.max_bytes, deadline, expected)
     first = reader.read_part(PART_SIZE)
     if not first:  # refuse before writing: an empty object must not appear in the results bucket
-        raise OutputRefused("OUTPUT_EMPTY", "output body is empty")
+        raise OutputRefused(ErrorCode.OUTPUT_EMPTY, "output body is empty")
     kind = sniff_image_type(first[:SNIFF_BYTES])
     if kind is None:
         served = response.headers.get("Content-Type", "").split(";")[0].strip().lower() or "no content type"
         raise OutputRefused(
-            "OUTPUT_NOT_IMAGE",
+            ErrorCode.OUTPUT_NOT_IMAGE,
             f"output is not a PNG, JPEG or WebP image by its first bytes (served as {served[:100]!r})",
         )
     reader.push_back(first)

@@ -21,9 +21,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from backdrop.completion import apply_run_report, requeue_copy
-from backdrop.events import end_job, republish_pending
+from backdrop.errors import ErrorCode
+from backdrop.events import conclude, republish_pending
 from backdrop.jobs import Job, Status, format_iso, iso_from_epoch, parse_iso
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, RetryLater
@@ -33,10 +35,48 @@ from backdrop.services import Services
 from backdrop.submission import adopt_earlier_run, resubmit
 
 
+class Via(StrEnum):
+    """The use case the reconciler handed a job to; with that use case's outcome, a report key."""
+
+    RESUBMITTED = "resubmitted"  # the job had no run: created through the submit path
+    ADOPTED = "adopted"  # past the deadline, the run a lost create made was found and recorded
+    COMPLETED = "completed"  # the run had finished: applied as its callback would have been
+
+
+class Seen(StrEnum):
+    """What a pass found or did with a job when no use case's outcome says it."""
+
+    STILL_RUNNING = "still_running"
+    FAILED_RUN_NOT_FOUND = "failed_run_not_found"  # Runflow does not know the job's run
+    COPY_IN_PROGRESS = "copy_in_progress"
+    COPY_QUEUE_BUSY = "copy_queue_busy"
+    COPY_REQUEUED = "copy_requeued"
+    HELD_RESUMED = "held_resumed"
+    RETRY_LATER = "retry_later"
+    DEFERRED_FOR_TIME = "deferred_for_time"
+    EVENTS_REPUBLISHED = "events_republished"
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a pass did with one job: an outcome (a use case's, or what it saw), and the use case
+    it went through, if any. ``key`` names it in the pass's report."""
+
+    outcome: Outcome | Seen
+    via: Via | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.via.value}_{self.outcome.value}" if self.via else self.outcome.value
+
+
 @dataclass
 class ReconcileReport:
     examined: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, done: Reconciled, n: int = 1) -> None:
+        self.outcomes[done.key] += n
 
     def as_dict(self) -> dict[str, object]:
         return {"examined": self.examined, **dict(self.outcomes)}
@@ -57,85 +97,93 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
         limit=settings.reconcile_batch_size,
     )
     if republished:
-        report.outcomes["events_republished"] = republished
+        report.add(Reconciled(Seen.EVENTS_REPUBLISHED), republished)
     resumable = _Resumable(services)
     copies = _CopyRequeues(services)
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
         if time.monotonic() >= deadline:
-            report.outcomes["deferred_for_time"] += 1
+            report.add(Reconciled(Seen.DEFERRED_FOR_TIME))
             break
         report.examined += 1
         with logger.append_context_keys(job_id=job.job_id, run_id=job.run_id):
             try:
-                outcome = (
+                done = (
                     resumable.resume(job)
                     if job.status is Status.HELD
                     else _reconcile_one(services, job, now, copies)
                 )
             except (RunflowError, RetryLater) as exc:
-                outcome = "retry_later"
+                done = Reconciled(Seen.RETRY_LATER)
                 logger.warning("Reconciler could not finish a job now", extra={"reason": str(exc)})
-        report.outcomes[outcome] += 1
+        report.add(done)
     logger.info("Reconciler pass finished", extra={"report": report.as_dict()})
     return report
 
 
-def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyRequeues) -> str:
-    settings = services.settings
-    overdue = now - parse_iso(job.created_at) > timedelta(minutes=settings.run_deadline_minutes)
+def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyRequeues) -> Reconciled:
+    overdue = now - parse_iso(job.created_at) > timedelta(minutes=services.settings.run_deadline_minutes)
     if job.run_id is None:
-        if overdue:
-            # A create whose answer was lost may have made a run after all: finish that one instead.
-            if job.create_pending_since is not None:
-                adopted = adopt_earlier_run(services, job)
-                if adopted is not None and adopted.outcome is not Outcome.WAITING:
-                    return f"adopted_{adopted.outcome.value}"
-                # A create was sent and Runflow never confirmed a run: one may exist (and be billed).
-                return _time_out(
-                    services,
-                    job,
-                    f"no run confirmed before the run deadline: a create sent at {job.create_pending_since} "
-                    f"may have made one ({job.error_message or 'its answer was lost'})",
-                    code="RUN_UNCONFIRMED",
-                )
-            reason = job.error_message or "no Runflow run could be created before the run deadline"
-            return _time_out(services, job, f"no run before the run deadline: {reason}")
-        result = resubmit(services, job)
-        if result.outcome is Outcome.SUBMITTED:
-            count("JobsRecovered")
-        return f"resubmitted_{result.outcome.value}"
-
+        return _without_run(services, job) if overdue else _resubmit(services, job)
     if job.status is Status.COPYING:
         if overdue and job.retryable_errors > 0:
             return _time_out(
                 services, job, f"the output could not be copied before the run deadline: {job.error_message}"
             )
         return copies.requeue(job, now, overdue=overdue)
+    return _check_run(services, job, job.run_id, overdue=overdue)
 
+
+def _resubmit(services: Services, job: Job) -> Reconciled:
+    result = resubmit(services, job)
+    if result.outcome is Outcome.SUBMITTED:
+        count("JobsRecovered")
+    return Reconciled(result.outcome, Via.RESUBMITTED)
+
+
+def _without_run(services: Services, job: Job) -> Reconciled:
+    """A job past the run deadline that never recorded a run."""
+    if job.create_pending_since is None:
+        reason = job.error_message or "no Runflow run could be created before the run deadline"
+        return _time_out(services, job, f"no run before the run deadline: {reason}")
+    # A create whose answer was lost may have made a run after all: finish that one instead.
+    adopted = adopt_earlier_run(services, job)
+    if adopted is not None and adopted.outcome is not Outcome.WAITING:
+        return Reconciled(adopted.outcome, Via.ADOPTED)
+    # A create was sent and Runflow never confirmed a run: one may exist (and be billed).
+    return _time_out(
+        services,
+        job,
+        f"no run confirmed before the run deadline: a create sent at {job.create_pending_since} "
+        f"may have made one ({job.error_message or 'its answer was lost'})",
+        code=ErrorCode.RUN_UNCONFIRMED,
+    )
+
+
+def _check_run(services: Services, job: Job, run_id: str, *, overdue: bool) -> Reconciled:
+    """A job whose run's callback never came: read the run."""
     try:
-        run = services.runflow().get_run(job.run_id)
+        run = services.runflow().get_run(run_id)
     except RunflowRejected as exc:
         if exc.http_status != 404:
             raise
         # Runflow does not know the run: it can never call back or finish.
-        move = end_job(
+        ended = conclude(
             services,
-            job.job_id,
+            job,
             Status.FAILED,
-            changes={"error_code": exc.code, "error_message": exc.message},
+            {"error_code": exc.code, "error_message": exc.message},
+            metric="JobsFailed",
+            run_id=run_id,
         )
-        if not move.moved:
-            return Outcome.ALREADY_DONE.value
-        count("JobsFailed")
-        return "failed_run_not_found"
+        return Reconciled(Seen.FAILED_RUN_NOT_FOUND if ended.outcome is Outcome.FAILED else ended.outcome)
     if not run.is_terminal:
         if overdue:
-            return _time_out(services, job, f"run {job.run_id} still {run.status} after the run deadline")
-        return "still_running"
+            return _time_out(services, job, f"run {run_id} still {run.status} after the run deadline")
+        return Reconciled(Seen.STILL_RUNNING)
     applied = apply_run_report(job, run, services, authoritative=True)
     if applied.outcome not in (Outcome.ALREADY_DONE, Outcome.RUN_MISMATCH):
         count("JobsRecovered")
-    return f"completed_{applied.outcome.value}"
+    return Reconciled(applied.outcome, Via.COMPLETED)
 
 
 class _CopyRequeues:
@@ -153,7 +201,7 @@ class _CopyRequeues:
         self._services = services
         self._waiting: int | None = None
 
-    def requeue(self, job: Job, now: datetime, *, overdue: bool) -> str:
+    def requeue(self, job: Job, now: datetime, *, overdue: bool) -> Reconciled:
         settings = self._services.settings
         if job.copy_requeued_at is None:
             since, window = job.updated_at, settings.reconcile_min_age_seconds
@@ -161,12 +209,12 @@ class _CopyRequeues:
             since = job.copy_requeued_at
             window = max(settings.copy_requeue_after_seconds, settings.reconcile_min_age_seconds)
         if now - parse_iso(since) <= timedelta(seconds=window):
-            return "copy_in_progress"
+            return Reconciled(Seen.COPY_IN_PROGRESS)
         if not overdue:
             if self._waiting is None:
                 self._waiting = self._services.copy_queue().waiting()
             if self._waiting > 0:
-                return "copy_queue_busy"
+                return Reconciled(Seen.COPY_QUEUE_BUSY)
         stamp = format_iso(now)
         jobs = self._services.jobs
         if not jobs.update_open(
@@ -175,7 +223,8 @@ class _CopyRequeues:
             {"copy_requeued_at": stamp},
             only_if={"copy_requeued_at": job.copy_requeued_at},
         ):
-            return Outcome.ALREADY_DONE.value  # finished, or queued again by another pass meanwhile
+            # Finished, or queued again by another pass meanwhile.
+            return Reconciled(Outcome.ALREADY_DONE)
         try:
             requeue_copy(self._services, job)
         except RetryLater:
@@ -187,7 +236,7 @@ class _CopyRequeues:
                 only_if={"copy_requeued_at": stamp},
             )
             raise
-        return "copy_requeued"
+        return Reconciled(Seen.COPY_REQUEUED)
 
 
 class _Resumable:
@@ -197,30 +246,34 @@ class _Resumable:
         self._services = services
         self._left: int | object | None = _UNREAD
 
-    def resume(self, job: Job) -> str:
+    def resume(self, job: Job) -> Reconciled:
         if self._left is _UNREAD:
             self._left = self._services.budget.remaining()
         if isinstance(self._left, int) and self._left <= 0:
-            return "held"
+            return Reconciled(Outcome.HELD)
         message = JobMessage(job.job_id, job.attempt, iso_from_epoch(self._services.clock()))
         self._services.uploads_queue().send(message.body())
         if isinstance(self._left, int):
             self._left -= 1
-        return "held_resumed"
+        return Reconciled(Seen.HELD_RESUMED)
 
 
 _UNREAD = object()
 
 
-def _time_out(services: Services, job: Job, message: str, *, code: str = "TIMED_OUT") -> str:
-    move = end_job(
+def _time_out(
+    services: Services, job: Job, message: str, *, code: ErrorCode = ErrorCode.TIMED_OUT
+) -> Reconciled:
+    ended = conclude(
         services,
-        job.job_id,
+        job,
         Status.TIMED_OUT,
-        changes={"error_code": code, "error_message": message[:1000]},
+        {"error_code": code, "error_message": message[:1000]},
+        metric="JobsTimedOut",
+        run_id=job.run_id,
+        detail=message,
+        log="Job timed out",
+        extra={"reason": message},
+        warn=True,
     )
-    if not move.moved:
-        return Outcome.ALREADY_DONE.value
-    count("JobsTimedOut")
-    logger.warning("Job timed out", extra={"reason": message})
-    return Outcome.TIMED_OUT.value
+    return Reconciled(ended.outcome)

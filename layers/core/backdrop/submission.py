@@ -24,7 +24,8 @@ from dataclasses import replace
 from urllib.parse import quote
 
 from backdrop.colours import Colour, ColourChoice, choose_colour, parse_colour
-from backdrop.events import end_job
+from backdrop.errors import ErrorCode
+from backdrop.events import conclude
 from backdrop.jobs import Job, Status, iso_from_epoch, parse_iso
 from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -99,7 +100,7 @@ def submit_upload(upload: UploadRef, services: Services, *, colour: str | None =
         return Result(Outcome.ALREADY_DONE, job_id, job.run_id, f"job is {job.status.value}")
 
     if choice.colour is None:
-        return _reject(services, job, "INVALID_COLOR", choice.problem or "invalid colour")
+        return _reject(services, job, ErrorCode.INVALID_COLOR, choice.problem or "invalid colour")
     problem = rejection_of(source, services.settings.max_input_bytes)
     if problem:
         return _reject(services, job, *problem)
@@ -125,7 +126,7 @@ def _new_job(job_id: str, source: SourceObject, choice: ColourChoice, now: str) 
     )
 
 
-def rejection_of(source: SourceObject, max_input_bytes: int) -> tuple[str, str] | None:
+def rejection_of(source: SourceObject, max_input_bytes: int) -> tuple[ErrorCode, str] | None:
     """Why an upload is rejected without a run (error code, message), or None. Public so that
     operator tools (``backdrop plan``) predict exactly the rejections the submit path makes."""
     upload = source.upload
@@ -133,54 +134,66 @@ def rejection_of(source: SourceObject, max_input_bytes: int) -> tuple[str, str] 
     if any(part in (".", "..") for part in upload.key.split("/")):
         # HTTP clients resolve dot segments in a URL path, so the presigned URL would fetch a
         # different key (or none): such an object cannot be handed to Runflow by URL.
-        return "UNSUPPORTED_KEY", f"the key {upload.key!r} has '.' or '..' path segments, which URLs rewrite"
+        return (
+            ErrorCode.UNSUPPORTED_KEY,
+            f"the key {upload.key!r} has '.' or '..' path segments, which URLs rewrite",
+        )
     size = upload.size or 0
     if size == 0:
-        return "EMPTY_OBJECT", "the uploaded object is empty (0 bytes)"
+        return ErrorCode.EMPTY_OBJECT, "the uploaded object is empty (0 bytes)"
     if size > limit:
-        return "TOO_LARGE", f"the uploaded object is {size} bytes, over the {limit}-byte limit"
+        return ErrorCode.TOO_LARGE, f"the uploaded object is {size} bytes, over the {limit}-byte limit"
     head = source.head if source.head is not None else b""
     if sniff_image_type(head) is None:
         return (
-            "UNSUPPORTED_TYPE",
+            ErrorCode.UNSUPPORTED_TYPE,
             f"the uploaded object is not a JPEG, PNG or WebP image (first bytes {head[:8].hex(' ')})",
         )
     return None
 
 
-def _reject(services: Services, job: Job, code: str, message: str) -> Result:
-    move = end_job(
-        services, job.job_id, Status.REJECTED, changes={"error_code": code, "error_message": message}
+def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Result:
+    return conclude(
+        services,
+        job,
+        Status.REJECTED,
+        {"error_code": code, "error_message": message},
+        metric="JobsRejected",
+        detail=f"{code}: {message}",
+        moved_on="job moved on before it was rejected",
+        log="Upload rejected",
+        extra={"error_code": code, "reason": message},
     )
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was rejected")
-    logger.info("Upload rejected", extra={"error_code": code, "reason": message})
-    count("JobsRejected")
-    return Result(Outcome.REJECTED, job.job_id, detail=f"{code}: {message}")
 
 
 def supersede(services: Services, job: Job, current: SourceObject | None) -> Result:
     """End a job whose version is no longer the object's newest, naming the job that replaces it."""
     if current is None:
         changes = {
-            "error_code": "SOURCE_DELETED",
+            "error_code": ErrorCode.SOURCE_DELETED,
             "error_message": "the object was deleted before this version's result was written",
         }
     else:
         newer = job_id_of(current, services)
         changes = {
-            "error_code": "SUPERSEDED",
+            "error_code": ErrorCode.SUPERSEDED,
             "error_message": (
                 f"a newer version of the object ({current.upload.version}) is processed by job {newer}"
             ),
             "superseded_by": newer,
         }
-    move = end_job(services, job.job_id, Status.SUPERSEDED, changes=changes)
-    if not move.moved:
-        return Result(Outcome.ALREADY_DONE, job.job_id, job.run_id, "job moved on before it was superseded")
-    count("JobsSuperseded")
-    logger.info("Job superseded", extra={"reason": changes["error_message"]})
-    return Result(Outcome.SUPERSEDED, job.job_id, job.run_id, changes["error_message"])
+    return conclude(
+        services,
+        job,
+        Status.SUPERSEDED,
+        changes,
+        metric="JobsSuperseded",
+        run_id=job.run_id,
+        detail=changes["error_message"],
+        moved_on="job moved on before it was superseded",
+        log="Job superseded",
+        extra={"reason": changes["error_message"]},
+    )
 
 
 def presign(services: Services, upload: UploadRef) -> str:
@@ -252,7 +265,7 @@ def create_run(services: Services, job: Job) -> Result:
     try:
         colour = parse_colour(job.color)
     except ValueError as exc:
-        return _reject(services, job, "INVALID_COLOR", str(exc))
+        return _reject(services, job, ErrorCode.INVALID_COLOR, str(exc))
     request = RunRequest(
         image_url=presign(services, job.upload()),
         red=colour.red,
@@ -277,25 +290,25 @@ def create_run(services: Services, job: Job) -> Result:
         adopted = adopt_earlier_run(services, replace(job, create_pending_since=marker))
         if adopted is not None:
             return adopted
-        services.jobs.record_error(job.job_id, job.status, "RUNFLOW_CREATE_UNKNOWN", str(exc))
+        services.jobs.record_error(job.job_id, job.status, ErrorCode.RUNFLOW_CREATE_UNKNOWN, str(exc))
         count("SubmitRetries")
         raise RetryLater(str(exc), after_seconds=settings.create_settle_seconds) from exc
     except RunflowRejected as exc:
         logger.warning(
             "Runflow refused the run", extra={"http_status": exc.http_status, "error_code": exc.code}
         )
-        move = end_job(
+        reserved_on = job.reserved_on
+        return conclude(
             services,
-            job.job_id,
+            job,
             Status.FAILED,
-            changes={"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            {"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            metric="JobsFailed",
+            detail=f"{exc.code}: {exc.message}",
+            moved_on="job moved on before it was failed",
+            # No run was made for it: its reservation goes back to the budget.
+            then=(lambda _: services.budget.release(reserved_on)) if reserved_on else None,
         )
-        if not move.moved:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was failed")
-        if job.reserved_on:
-            services.budget.release(job.reserved_on)  # no run was made for it
-        count("JobsFailed")
-        return Result(Outcome.FAILED, job.job_id, detail=f"{exc.code}: {exc.message}")
     except RunflowUnavailable as exc:
         # Nothing was created (rate limited, or never connected): the next attempt may create at once.
         services.jobs.update_open(
@@ -303,7 +316,7 @@ def create_run(services: Services, job: Job) -> Result:
             job.status,
             {
                 "create_pending_since": None,
-                "error_code": "RUNFLOW_UNAVAILABLE",
+                "error_code": ErrorCode.RUNFLOW_UNAVAILABLE,
                 "error_message": str(exc)[:1000],
             },
             only_if={"create_pending_since": marker},
@@ -318,20 +331,22 @@ def _reserve(services: Services, job: Job) -> Job | Result:
     budget = services.budget
     reserved = budget.reserve()
     if reserved is None:
-        move = services.jobs.try_transition(
-            job.job_id,
+        return conclude(
+            services,
+            job,
             Status.HELD,
-            changes={
-                "error_code": "BUDGET_EXHAUSTED",
+            {
+                "error_code": ErrorCode.BUDGET_EXHAUSTED,
                 "error_message": f"today's run budget ({budget.daily} runs, UTC) is spent; "
                 "resumed oldest first when it allows again",
             },
+            outcome=Outcome.HELD,
+            metric="JobsHeld",
+            detail=ErrorCode.BUDGET_EXHAUSTED,
+            moved_on="job moved on before it was held",
+            log="Job held: the daily run budget is spent",
+            extra={"budget": budget.daily},
         )
-        if not move.moved:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before it was held")
-        count("JobsHeld")
-        logger.info("Job held: the daily run budget is spent", extra={"budget": budget.daily})
-        return Result(Outcome.HELD, job.job_id, detail="BUDGET_EXHAUSTED")
     day, used = reserved
     if not services.jobs.update_open(
         job.job_id, job.status, {"reserved_on": day}, only_if={"reserved_on": None}
@@ -373,7 +388,7 @@ def adopt_earlier_run(services: Services, job: Job) -> Result | None:
         services.jobs.record_error(
             job.job_id,
             job.status,
-            "RUN_LOOKUP_REFUSED",
+            ErrorCode.RUN_LOOKUP_REFUSED,
             f"a create whose answer was lost may have made a run, and Runflow refused to list runs: {exc}",
         )
         return Result(Outcome.WAITING, job.job_id, detail=f"run lookup refused: {exc}")
@@ -394,25 +409,22 @@ def adopt_earlier_run(services: Services, job: Job) -> Result | None:
 
 def _record_run(services: Services, job: Job, run: RunResult) -> Result:
     logger.append_keys(run_id=run.run_id)
-    move = services.jobs.try_transition(
-        job.job_id,
+    return conclude(
+        services,
+        job,
         Status.SUBMITTED,
-        changes={
+        {
             "run_id": run.run_id,
             "submitted_at": iso_from_epoch(services.clock()),
             "create_pending_since": None,
             "error_code": None,
             "error_message": None,
         },
+        outcome=Outcome.SUBMITTED,
+        metric="JobsSubmitted",
+        run_id=run.run_id,
+        # The callback may overtake us (it carries our job id) and move the job on first.
+        moved_on="job moved on before the run was recorded",
+        log="Run created",
+        extra={"run_status": run.status},
     )
-    if not move.moved:
-        # The callback overtook us (it carries our job id) and already moved the job on.
-        logger.info(
-            "Job moved on before the run was recorded", extra={"status": str(move.job and move.job.status)}
-        )
-        return Result(
-            Outcome.ALREADY_DONE, job.job_id, run.run_id, "job moved on before the run was recorded"
-        )
-    logger.info("Run created", extra={"run_status": run.status})
-    count("JobsSubmitted")
-    return Result(Outcome.SUBMITTED, job.job_id, run.run_id)
