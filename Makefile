@@ -96,7 +96,7 @@ test-fast: venv
 	$(PY) -m pytest tests/unit
 
 demo: venv build
-	$(PY) -m backdrop_local.demo
+	$(PY) -m backdrop_demo
 
 local: venv build
 	$(PY) -m backdrop_local

@@ -8,9 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from PIL import Image
-
-from backdrop_local.contactsheet import (
+from backdrop_demo.contactsheet import (
     HEADER_H,
     PAD,
     ROW_H,
@@ -21,6 +19,7 @@ from backdrop_local.contactsheet import (
     swatch_box,
     thumb_box,
 )
+from PIL import Image
 
 DODGER_BLUE = (30, 144, 255)
 ZALANDO_GREY = (241, 241, 241)

@@ -21,7 +21,7 @@ from backdrop_local.runflow.faults import FaultInjector
 from backdrop_local.runflow.instant import InstantResults
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
 from backdrop_local.runflow.outputs import OutputDirectory
-from backdrop_local.runflow.processing import Colour, ProcessingFailed, fetch_image, render
+from backdrop_local.runflow.processing import Colour, ProcessingFailed, fetch_image, real_renderer
 from backdrop_local.runflow.store import Delivery, OutputFile, Run, Store
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class RunExecutor:
                 files = self._instant.produce(run_id, data, colour, count, settings.instant_output_bytes)
                 timing = {"instant_ms": round((time.perf_counter() - step) * 1000)}
             else:
-                png, timing = render(data, colour)
+                png, timing = real_renderer()(data, colour)
                 del data
                 files = [
                     OutputFile(

@@ -8,7 +8,7 @@ The demo then waits for every job to finish and downloads originals and results 
 ``demo-output/``, where it also writes a contact sheet (HTML and PNG). Last it prints a summary
 table. The exit status is 0 only if every job succeeded. The stack is always stopped, on Ctrl-C too.
 
-    PYTHONPATH=local:layers/core .venv/bin/python -m backdrop_local.demo [--timeout 300]
+    PYTHONPATH=local:layers/core .venv/bin/python -m backdrop_demo [--timeout 300]
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.colours import parse_colour
 from backdrop.jobs import Job, Status, parse_iso
+from backdrop_demo.contactsheet import RGB, SheetRow, build_contact_sheet, colour_text
 from backdrop_local.aws import scan_items
-from backdrop_local.contactsheet import RGB, SheetRow, build_contact_sheet, colour_text
 from backdrop_local.progress import ProgressLine
 from backdrop_local.stack import ROOT, LocalStack, StackOptions
 
@@ -415,7 +415,7 @@ def run(stack: LocalStack, samples: Sequence[Path], out_dir: Path, timeout: floa
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m backdrop_local.demo",
+        prog="python -m backdrop_demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
