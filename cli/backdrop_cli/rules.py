@@ -31,6 +31,7 @@ PARAMETER_ENV = {
     "RetentionDays": "BACKDROP_RETENTION_DAYS",
     "RunDeadlineMinutes": "BACKDROP_RUN_DEADLINE_MINUTES",
     "PresignExpirySeconds": "BACKDROP_PRESIGN_EXPIRY_SECONDS",
+    "ReuseResults": "BACKDROP_REUSE_RESULTS",
 }
 
 DEFAULT_PRICE = "0.12"  # template.yaml PricePerRunUsd default

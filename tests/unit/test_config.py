@@ -283,3 +283,11 @@ def test_budget_and_bus() -> None:
     assert load_settings(env()).daily_run_budget == 0
     with pytest.raises(ConfigError, match="BACKDROP_DAILY_RUN_BUDGET"):
         load_settings(env(BACKDROP_DAILY_RUN_BUDGET="-1"))
+
+
+def test_result_reuse_is_on_unless_turned_off() -> None:
+    assert load_settings(BASE_ENV).reuse_results is True
+    assert load_settings({**BASE_ENV, "BACKDROP_REUSE_RESULTS": "false"}).reuse_results is False
+    assert load_settings({**BASE_ENV, "BACKDROP_REUSE_RESULTS": " TRUE "}).reuse_results is True
+    with pytest.raises(ConfigError, match="BACKDROP_REUSE_RESULTS must be true or false, got 'off'"):
+        load_settings({**BASE_ENV, "BACKDROP_REUSE_RESULTS": "off"})

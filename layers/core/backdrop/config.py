@@ -68,6 +68,8 @@ class Settings:
     # may be lost, so the reconciler queues the copy again at most once per this window.
     copy_requeue_after_seconds: int
     secrets_max_age_seconds: int
+    # Reuse an earlier result for the same bytes and colour instead of a new run (ReuseResults).
+    reuse_results: bool
 
     @property
     def runflow_origin(self) -> str:
@@ -124,6 +126,15 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
@@ -205,6 +216,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         reconcile_min_age_seconds=_int(env, "BACKDROP_RECONCILE_MIN_AGE_SECONDS", 120, minimum=0),
         copy_requeue_after_seconds=_int(env, "BACKDROP_COPY_REQUEUE_AFTER_SECONDS", 1800, minimum=1),
         secrets_max_age_seconds=_int(env, "BACKDROP_SECRETS_MAX_AGE_SECONDS", 300, minimum=0),
+        reuse_results=_bool(env, "BACKDROP_REUSE_RESULTS", True),
     )
     if not settings.allowed_output_hosts and not settings.insecure_output_origin:
         raise ConfigError("BACKDROP_ALLOWED_OUTPUT_HOSTS must name at least one host")
