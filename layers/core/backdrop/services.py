@@ -22,18 +22,15 @@ from backdrop.jobstore import JobStore
 from backdrop.ledger import ResultLedger, RunBudget
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
-from backdrop.runs import RetryPolicy, RunflowClient
+from backdrop.runs import RunflowClient
 from backdrop.secrets import SecretReader
+from backdrop.timing import RetryPolicy, aws_config, events_config
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
-
-
-def _boto_config() -> Config:
-    return Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20)
 
 
 def _share_session_with_secrets_provider(session: boto3.session.Session) -> None:
@@ -102,7 +99,7 @@ class Services:
 
     @property
     def s3(self) -> S3Client:
-        client: S3Client = self._get("s3", lambda: self.session.client("s3", config=_boto_config()))
+        client: S3Client = self._get("s3", lambda: self.session.client("s3", config=aws_config()))
         return client
 
     @property
@@ -115,12 +112,12 @@ class Services:
 
     @property
     def sqs(self) -> SQSClient:
-        client: SQSClient = self._get("sqs", lambda: self.session.client("sqs", config=_boto_config()))
+        client: SQSClient = self._get("sqs", lambda: self.session.client("sqs", config=aws_config()))
         return client
 
     def _dynamodb(self) -> DynamoDBServiceResource:
         resource: DynamoDBServiceResource = self._get(
-            "dynamodb", lambda: self.session.resource("dynamodb", config=_boto_config())
+            "dynamodb", lambda: self.session.resource("dynamodb", config=aws_config())
         )
         return resource
 
@@ -159,11 +156,9 @@ class Services:
 
     @property
     def eventbridge(self) -> EventBridgeClient:
-        # No automatic retries: PutEvents is not idempotent, and a retry after a lost answer sends
-        # the event twice. A failed publish stays pending and the reconciler sends it once more.
-        config = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=10)
+        # No automatic retries (see backdrop.timing): PutEvents is not idempotent.
         client: EventBridgeClient = self._get(
-            "eventbridge", lambda: self.session.client("events", config=config)
+            "eventbridge", lambda: self.session.client("events", config=events_config())
         )
         return client
 
