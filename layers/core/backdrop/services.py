@@ -20,6 +20,7 @@ from botocore.config import Config
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
 from backdrop.ledger import ResultLedger, RunBudget
+from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
 from backdrop.runs import RunflowClient
@@ -188,8 +189,6 @@ class Services:
         """The Runflow client; it reads the API key through the secrets cache for every request."""
 
         def build() -> RunflowClient:
-            from backdrop.observability import count
-
             return RunflowClient(
                 self.settings.runflow_base_url,
                 lambda refresh: self.secrets.api_key(refresh=refresh),
@@ -237,6 +236,10 @@ def get_services(needs: tuple[str, ...] = ()) -> Services:
     """This execution environment's services; ``needs`` names the settings the function requires,
     checked once, so a deployment that lacks one fails its first invocation, naming it."""
     return Services(get_settings().require(*needs), **_overrides)
+
+
+# Clients built before tracing started are built again, so that the X-Ray SDK sees their calls.
+tracer.on_start(get_services.cache_clear)
 
 
 def reset_services() -> None:
