@@ -220,22 +220,11 @@ class Services:
         )
 
 
-# Replacements an execution environment installs before the first invocation (the local stack's
-# fault injection wraps the copier, for example); empty in AWS.
-_overrides: dict[str, Any] = {}
-
-
-def override_services(**replacements: Any) -> None:
-    """Use these in every ``Services`` built from now on (same names as the constructor's)."""
-    _overrides.update(replacements)
-    get_services.cache_clear()
-
-
 @functools.cache
 def get_services(needs: tuple[str, ...] = ()) -> Services:
     """This execution environment's services; ``needs`` names the settings the function requires,
     checked once, so a deployment that lacks one fails its first invocation, naming it."""
-    return Services(get_settings().require(*needs), **_overrides)
+    return Services(get_settings().require(*needs))
 
 
 # Clients built before tracing started are built again, so that the X-Ray SDK sees their calls.
@@ -243,5 +232,4 @@ tracer.on_start(get_services.cache_clear)
 
 
 def reset_services() -> None:
-    _overrides.clear()
     get_services.cache_clear()
