@@ -368,7 +368,7 @@ def build_world(resources: Resources, outputs: OutputServer, **env: str) -> Worl
         ledger=ResultLedger(dynamodb.Table(resources.ledger_table), clock=clock),
         secrets=secrets,  # type: ignore[arg-type]
         http=httpx.Client(timeout=10),
-        runflow=runflow,  # type: ignore[arg-type]
+        runflow=runflow,
         clock=clock,
     )
     return World(services, resources, runflow, secrets, outputs, clock, s3, sqs, ddb)

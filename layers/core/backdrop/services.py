@@ -23,7 +23,7 @@ from backdrop.ledger import ResultLedger, RunBudget
 from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
-from backdrop.runs import RunflowClient
+from backdrop.runs import RunflowApi, RunflowClient
 from backdrop.secrets import SecretReader
 from backdrop.timing import RetryPolicy, aws_config, events_config
 
@@ -60,7 +60,7 @@ class Services:
         eventbridge: EventBridgeClient | None = None,
         secrets: SecretReader | None = None,
         http: httpx.Client | None = None,
-        runflow: RunflowClient | None = None,
+        runflow: RunflowApi | None = None,
         resolve: Resolver = system_resolver,
         copy: Copier = copy_output,
         clock: Callable[[], float] = time.time,
@@ -185,7 +185,7 @@ class Services:
         )
         return client
 
-    def runflow(self) -> RunflowClient:
+    def runflow(self) -> RunflowApi:
         """The Runflow client; it reads the API key through the secrets cache for every request."""
 
         def build() -> RunflowClient:
@@ -198,7 +198,7 @@ class Services:
                 wall_clock=self.clock,
             )
 
-        client: RunflowClient = self._get("runflow", build)
+        client: RunflowApi = self._get("runflow", build)
         return client
 
     def uploads_queue(self) -> WorkQueue:
