@@ -11,11 +11,9 @@ copies and never calls Runflow, so a callback can answer at once.
 
 from __future__ import annotations
 
-from typing import Any
-
 from backdrop.errors import ErrorCode, run_ended_code
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, outputs_to_item
+from backdrop.jobs import Job, JobChanges, Status, failure, outputs_to_item
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
@@ -115,8 +113,7 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
         {
             "run_id": run.run_id,
             "run_status": run.status,
-            "error_code": code,
-            "error_message": message[:1000],
+            **failure(code, message),
             "runflow_duration_ms": run.duration_ms,
             "create_pending_since": None,
         },
@@ -130,7 +127,7 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
 
 def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:
     """Keep the run's word on the job (still open) and let the copy worker read the run back."""
-    changes: dict[str, Any] = {"run_id": run.run_id, "run_status": run.status, "create_pending_since": None}
+    changes: JobChanges = {"run_id": run.run_id, "run_status": run.status, "create_pending_since": None}
     if job.status is Status.SUBMITTED:
         noted = services.jobs.update_open(job.job_id, Status.SUBMITTED, changes)
     else:

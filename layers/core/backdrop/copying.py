@@ -36,7 +36,7 @@ from botocore.exceptions import ClientError
 from backdrop.completion import apply_run_report, belongs_to
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
+from backdrop.jobs import Job, Status, failure, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -93,7 +93,7 @@ def _run_gone(services: Services, job: Job, run_id: str) -> Result:
         services,
         job,
         Status.FAILED,
-        {"error_code": ErrorCode.RUN_NOT_FOUND, "error_message": f"Runflow does not know run {run_id}"},
+        failure(ErrorCode.RUN_NOT_FOUND, f"Runflow does not know run {run_id}"),
         metric="JobsFailed",
         run_id=run_id,
         detail=ErrorCode.RUN_NOT_FOUND,
@@ -180,7 +180,7 @@ def _publish_once(job: Job, services: Services, deadline: float) -> Result:
                 services,
                 job,
                 Status.FAILED,
-                {"error_code": exc.code, "error_message": exc.message},
+                failure(exc.code, exc.message),
                 metric="JobsFailed",
                 run_id=job.run_id,
                 detail=str(exc),
@@ -332,7 +332,7 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
         services,
         job,
         Status.SUPERSEDED,
-        {"error_code": ErrorCode.SUPERSEDED, "error_message": message, "superseded_by": published.job_id},
+        {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": published.job_id},
         metric="JobsSuperseded",
         run_id=job.run_id,
         detail=message,

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from backdrop.jobs import Job, Status, parse_iso
+from backdrop.jobs import Job, JobChanges, Status, parse_iso
 from backdrop.jobstore import Move
 from backdrop.observability import count, logger
 from backdrop.outcomes import ENDED, Outcome, Result
@@ -62,7 +62,7 @@ def completion_detail(job: Job) -> dict[str, Any]:
     }
 
 
-def end_job(services: Services, job_id: str, status: Status, *, changes: Mapping[str, Any]) -> Move:
+def end_job(services: Services, job_id: str, status: Status, *, changes: JobChanges) -> Move:
     """Move a job to a terminal status and, if this move won, announce it."""
     move = services.jobs.try_transition(job_id, status, changes=changes)
     if move.moved and move.job is not None:
@@ -74,7 +74,7 @@ def conclude(
     services: Services,
     job: Job,
     status: Status,
-    changes: Mapping[str, Any],
+    changes: JobChanges,
     *,
     metric: str,
     run_id: str | None = None,

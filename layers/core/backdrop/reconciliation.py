@@ -26,7 +26,7 @@ from enum import StrEnum
 from backdrop.completion import apply_run_report, requeue_copy
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude, republish_pending
-from backdrop.jobs import Job, Status, format_iso, iso_from_epoch, parse_iso
+from backdrop.jobs import Job, Status, failure, format_iso, iso_from_epoch, parse_iso
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.queues import JobMessage
@@ -171,7 +171,7 @@ def _check_run(services: Services, job: Job, run_id: str, *, overdue: bool) -> R
             services,
             job,
             Status.FAILED,
-            {"error_code": exc.code, "error_message": exc.message},
+            failure(exc.code, exc.message),
             metric="JobsFailed",
             run_id=run_id,
         )
@@ -268,7 +268,7 @@ def _time_out(
         services,
         job,
         Status.TIMED_OUT,
-        {"error_code": code, "error_message": message[:1000]},
+        failure(code, message),
         metric="JobsTimedOut",
         run_id=job.run_id,
         detail=message,

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from backdrop.colours import Colour, ColourChoice, choose_colour, parse_colour
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, iso_from_epoch, parse_iso
+from backdrop.jobs import Job, JobChanges, Status, failure, iso_from_epoch, parse_iso
 from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.runs import (
@@ -158,7 +158,7 @@ def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Resu
         services,
         job,
         Status.REJECTED,
-        {"error_code": code, "error_message": message},
+        failure(code, message),
         metric="JobsRejected",
         detail=f"{code}: {message}",
         moved_on="job moved on before it was rejected",
@@ -169,20 +169,14 @@ def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Resu
 
 def supersede(services: Services, job: Job, current: SourceObject | None) -> Result:
     """End a job whose version is no longer the object's newest, naming the job that replaces it."""
+    changes: JobChanges
     if current is None:
-        changes = {
-            "error_code": ErrorCode.SOURCE_DELETED,
-            "error_message": "the object was deleted before this version's result was written",
-        }
+        message = "the object was deleted before this version's result was written"
+        changes = failure(ErrorCode.SOURCE_DELETED, message)
     else:
         newer = job_id_of(current, services)
-        changes = {
-            "error_code": ErrorCode.SUPERSEDED,
-            "error_message": (
-                f"a newer version of the object ({current.upload.version}) is processed by job {newer}"
-            ),
-            "superseded_by": newer,
-        }
+        message = f"a newer version of the object ({current.upload.version}) is processed by job {newer}"
+        changes = {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": newer}
     return conclude(
         services,
         job,
@@ -190,10 +184,10 @@ def supersede(services: Services, job: Job, current: SourceObject | None) -> Res
         changes,
         metric="JobsSuperseded",
         run_id=job.run_id,
-        detail=changes["error_message"],
+        detail=message,
         moved_on="job moved on before it was superseded",
         log="Job superseded",
-        extra={"reason": changes["error_message"]},
+        extra={"reason": message},
     )
 
 
@@ -303,7 +297,7 @@ def create_run(services: Services, job: Job) -> Result:
             services,
             job,
             Status.FAILED,
-            {"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            {**failure(exc.code, exc.message), "create_pending_since": None},
             metric="JobsFailed",
             detail=f"{exc.code}: {exc.message}",
             moved_on="job moved on before it was failed",
@@ -315,11 +309,7 @@ def create_run(services: Services, job: Job) -> Result:
         services.jobs.update_open(
             job.job_id,
             job.status,
-            {
-                "create_pending_since": None,
-                "error_code": ErrorCode.RUNFLOW_UNAVAILABLE,
-                "error_message": str(exc)[:1000],
-            },
+            {"create_pending_since": None, **failure(ErrorCode.RUNFLOW_UNAVAILABLE, str(exc))},
             only_if={"create_pending_since": marker},
         )
         count("SubmitRetries")
@@ -336,11 +326,11 @@ def _reserve(services: Services, job: Job) -> Job | Result:
             services,
             job,
             Status.HELD,
-            {
-                "error_code": ErrorCode.BUDGET_EXHAUSTED,
-                "error_message": f"today's run budget ({budget.daily} runs, UTC) is spent; "
+            failure(
+                ErrorCode.BUDGET_EXHAUSTED,
+                f"today's run budget ({budget.daily} runs, UTC) is spent; "
                 "resumed oldest first when it allows again",
-            },
+            ),
             outcome=Outcome.HELD,
             metric="JobsHeld",
             detail=ErrorCode.BUDGET_EXHAUSTED,
