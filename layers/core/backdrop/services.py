@@ -24,7 +24,7 @@ from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
 from backdrop.runs import RunflowApi, RunflowClient
-from backdrop.secrets import SecretReader
+from backdrop.secrets import SecretReader, Secrets
 from backdrop.timing import RetryPolicy, aws_config, events_config
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Services:
         ledger: ResultLedger | None = None,
         budget: RunBudget | None = None,
         eventbridge: EventBridgeClient | None = None,
-        secrets: SecretReader | None = None,
+        secrets: Secrets | None = None,
         http: httpx.Client | None = None,
         runflow: RunflowApi | None = None,
         resolve: Resolver = system_resolver,
@@ -164,7 +164,7 @@ class Services:
         return client
 
     @property
-    def secrets(self) -> SecretReader:
+    def secrets(self) -> Secrets:
         def build() -> SecretReader:
             _share_session_with_secrets_provider(self.session)
             return SecretReader(
@@ -174,7 +174,7 @@ class Services:
                 clock=self.clock,
             )
 
-        reader: SecretReader = self._get("secrets", build)
+        reader: Secrets = self._get("secrets", build)
         return reader
 
     @property
