@@ -13,6 +13,7 @@ from local_runflow_support import Upstream, create, photo, png_chunks, run_body,
 from PIL import Image
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.support.images import solid
 
 COLOUR = (12, 200, 99)
 
@@ -20,9 +21,7 @@ COLOUR = (12, 200, 99)
 def _jpeg_with_orientation(width: int, height: int, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), "red").save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
+    return solid("JPEG", (width, height), "red", exif=exif)
 
 
 def _succeeded(client: httpx.Client, image_url: str) -> dict[str, Any]:
