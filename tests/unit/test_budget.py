@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-from world import OutputServer, World, build_world, metric_total
 
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.queues import JobMessage
@@ -17,6 +16,7 @@ from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
 from tests.support.images import solid
+from tests.unit.world import OutputServer, World, build_world, metric_total
 
 DAY = 86400
 MIN_AGE = 121

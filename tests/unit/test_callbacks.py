@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from world import World, metric_total
 
 from backdrop.callbacks import MAX_BODY_BYTES, MalformedBody, handle_callback, load_envelope
 from backdrop.jobs import Job, Status
@@ -17,6 +16,7 @@ from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
 from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 CURRENT_SECRET = "whsec_current"  # what FakeSecrets holds
 

@@ -8,8 +8,6 @@ import json
 import time
 from typing import Any
 
-from world import World, metric_total
-
 from backdrop.callbacks import handle_callback
 from backdrop.events import SCHEMA_VERSION, announce
 from backdrop.jobs import Status
@@ -19,6 +17,7 @@ from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
 from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 
 def upload(world: World, key: str, body: bytes | None = None) -> UploadRef:

@@ -3,8 +3,6 @@ reconciler's report keys built from outcomes."""
 
 from __future__ import annotations
 
-from world import World, metric_total
-
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
 from backdrop.jobs import Status
@@ -13,6 +11,7 @@ from backdrop.reconciliation import Reconciled, Seen, Via
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
 from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 
 def submitted_job(world: World) -> str:

@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from world import World, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.copying import LEASE_SECONDS, handle_copy_request
@@ -24,6 +23,7 @@ from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import ImageType, UploadRef
 from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 KEY = "uploads/sku-123.jpg"
 RESULT = "results/sku-123.jpg/result.png"

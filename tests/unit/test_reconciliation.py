@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from world import World, metric_total
 
 from backdrop.jobs import Status
 from backdrop.outcomes import RetryLater
@@ -16,6 +15,7 @@ from backdrop.runs import OutputRef, RunflowUnavailable
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
 from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 MIN_AGE = 120  # BACKDROP_RECONCILE_MIN_AGE_SECONDS's default
 DEADLINE = 60 * 60  # BACKDROP_RUN_DEADLINE_MINUTES's default, in seconds

@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import pytest
 from botocore.exceptions import ClientError
-from world import OutputServer, World, build_world, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.jobs import Status
@@ -21,6 +20,7 @@ from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
 from tests.support.images import solid
+from tests.unit.world import OutputServer, World, build_world, metric_total
 
 
 def upload(

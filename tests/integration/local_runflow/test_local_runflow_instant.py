@@ -9,10 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import Upstream, create, photo, png_chunks, run_body, wait_terminal
 from PIL import Image
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    Upstream,
+    create,
+    photo,
+    png_chunks,
+    run_body,
+    wait_terminal,
+)
 from tests.support.images import solid
 
 COLOUR = (12, 200, 99)

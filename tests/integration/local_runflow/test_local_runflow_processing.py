@@ -12,7 +12,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import numpy as np
 import pytest
-from local_runflow_support import (
+from PIL import Image
+
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
     DISC_COLOUR,
     MODEL_RUNS,
     ManualClock,
@@ -24,9 +27,6 @@ from local_runflow_support import (
     running,
     wait_terminal,
 )
-from PIL import Image
-
-from backdrop_local.runflow import FaultSettings, LocalRunflow
 from tests.support.images import solid
 
 COLOUR = (30, 120, 220)
