@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -253,6 +253,17 @@ class _Retryable(Exception):
         self.problem = problem
         self.sent = sent
         self.retry_after = retry_after
+
+
+class RunflowApi(Protocol):
+    """The calls Backdrop makes to Runflow, as the use cases see them: ``RunflowClient`` below
+    talks HTTP; the unit tests' stand-in keeps runs in memory with Runflow's semantics."""
+
+    def create_run(self, request: RunRequest, *, idempotency_key: str) -> RunResult: ...
+
+    def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult: ...
+
+    def find_runs(self, client_ref: str) -> list[RunResult]: ...
 
 
 # Where the API key comes from: called with ``refresh=False`` for every request (a cached read) and

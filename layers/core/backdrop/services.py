@@ -23,8 +23,8 @@ from backdrop.ledger import ResultLedger, RunBudget
 from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
-from backdrop.runs import RunflowClient
-from backdrop.secrets import SecretReader
+from backdrop.runs import RunflowApi, RunflowClient
+from backdrop.secrets import SecretReader, Secrets
 from backdrop.timing import RetryPolicy, aws_config, events_config
 
 if TYPE_CHECKING:
@@ -58,9 +58,9 @@ class Services:
         ledger: ResultLedger | None = None,
         budget: RunBudget | None = None,
         eventbridge: EventBridgeClient | None = None,
-        secrets: SecretReader | None = None,
+        secrets: Secrets | None = None,
         http: httpx.Client | None = None,
-        runflow: RunflowClient | None = None,
+        runflow: RunflowApi | None = None,
         resolve: Resolver = system_resolver,
         copy: Copier = copy_output,
         clock: Callable[[], float] = time.time,
@@ -164,7 +164,7 @@ class Services:
         return client
 
     @property
-    def secrets(self) -> SecretReader:
+    def secrets(self) -> Secrets:
         def build() -> SecretReader:
             _share_session_with_secrets_provider(self.session)
             return SecretReader(
@@ -174,7 +174,7 @@ class Services:
                 clock=self.clock,
             )
 
-        reader: SecretReader = self._get("secrets", build)
+        reader: Secrets = self._get("secrets", build)
         return reader
 
     @property
@@ -185,7 +185,7 @@ class Services:
         )
         return client
 
-    def runflow(self) -> RunflowClient:
+    def runflow(self) -> RunflowApi:
         """The Runflow client; it reads the API key through the secrets cache for every request."""
 
         def build() -> RunflowClient:
@@ -198,7 +198,7 @@ class Services:
                 wall_clock=self.clock,
             )
 
-        client: RunflowClient = self._get("runflow", build)
+        client: RunflowApi = self._get("runflow", build)
         return client
 
     def uploads_queue(self) -> WorkQueue:
