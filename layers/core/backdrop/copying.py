@@ -46,6 +46,7 @@ from backdrop.results import extension_of, names_source, result_folder, result_k
 from backdrop.runs import RunflowError, RunflowRejected, RunResult
 from backdrop.services import Services
 from backdrop.submission import supersede
+from backdrop.timing import COPY_FAILED_RETRY_SECONDS, LEASE_BUSY_RETRY_SECONDS
 from backdrop.uploads import ImageType, read_source
 
 # A live copier renews its lease well before it runs out; a dead one's lease frees the object soon.
@@ -137,7 +138,7 @@ def _copy_failed(services: Services, job: Job, exc: OutputCopyFailed) -> RetryLa
     logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
     services.jobs.record_error(job.job_id, Status.COPYING, ErrorCode.COPY_FAILED, str(exc))
     count("CopyFailures")
-    return RetryLater(str(exc), after_seconds=5)
+    return RetryLater(str(exc), after_seconds=COPY_FAILED_RETRY_SECONDS)
 
 
 @contextmanager
@@ -145,7 +146,9 @@ def _result_lease(services: Services, job: Job) -> Iterator[_HeldLease]:
     """The source's result lease for the copy, given back on the way out however the copy ends."""
     lease = services.ledger.acquire(job.source_bucket, job.source_key, job.job_id, LEASE_SECONDS)
     if lease is None:
-        raise RetryLater("another copy of this object's result is in progress", after_seconds=10)
+        raise RetryLater(
+            "another copy of this object's result is in progress", after_seconds=LEASE_BUSY_RETRY_SECONDS
+        )
     held = _HeldLease(services, lease)
     try:
         yield held

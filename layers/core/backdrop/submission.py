@@ -38,6 +38,7 @@ from backdrop.runs import (
     RunResult,
 )
 from backdrop.services import Services
+from backdrop.timing import RESERVE_RACE_RETRY_SECONDS
 from backdrop.uploads import (
     SourceObject,
     UploadRef,
@@ -345,7 +346,9 @@ def _reserve(services: Services, job: Job) -> Job | Result:
         current = services.jobs.get(job.job_id)
         if current is None or current.status is not job.status:
             return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was reserved")
-        raise RetryLater("another attempt is creating this job's run", after_seconds=5)
+        raise RetryLater(
+            "another attempt is creating this job's run", after_seconds=RESERVE_RACE_RETRY_SECONDS
+        )
     count("RunsReserved")
     if budget.daily > 0:
         gauge_percent("RunBudgetUsedPercent", 100.0 * used / budget.daily)
