@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -221,7 +221,7 @@ class Services:
 
 
 @functools.cache
-def get_services(needs: tuple[str, ...] = ()) -> Services:
+def get_services(needs: Collection[str] = ()) -> Services:
     """This execution environment's services; ``needs`` names the settings the function requires,
     checked once, so a deployment that lacks one fails its first invocation, naming it."""
     return Services(get_settings().require(*needs))
