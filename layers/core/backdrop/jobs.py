@@ -141,6 +141,8 @@ class Job:
     copy_requeued_at: str | None = None  # when the reconciler last queued this job's copy again
     reserved_on: str | None = None  # the UTC day one run of the budget was reserved for this attempt
     superseded_by: str | None = None
+    content_digest: str | None = None  # SHA-256 (hex) of the source version's bytes
+    reused_from: str | None = None  # the earlier job whose result this one copied (no run of its own)
     attempt: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -195,6 +197,8 @@ class Job:
             "copy_requeued_at": self.copy_requeued_at,
             "reserved_on": self.reserved_on,
             "superseded_by": self.superseded_by,
+            "content_digest": self.content_digest,
+            "reused_from": self.reused_from,
             "history": self.history or None,
         }
         item.update({k: v for k, v in optional.items() if v is not None})
@@ -240,6 +244,8 @@ class Job:
             copy_requeued_at=opt_str("copy_requeued_at"),
             reserved_on=opt_str("reserved_on"),
             superseded_by=opt_str("superseded_by"),
+            content_digest=opt_str("content_digest"),
+            reused_from=opt_str("reused_from"),
             attempt=int(item.get("attempt", 1)),
             history=[dict(h) for h in item.get("history", [])],
         )
