@@ -15,6 +15,9 @@
 
 A retry (an operator's decision, ``JobStore.begin_retry``) is the only way back from a terminal
 status: it starts a new, numbered attempt of the same job and keeps the previous one in ``history``.
+A job that copies an earlier job's result (``reused_from``, no run) goes ``received → copying``;
+if that result vanished before the copy, ``JobStore.reopen_for_run`` puts it back to ``received``
+to run: the one move back between open statuses.
 """
 
 from __future__ import annotations
