@@ -19,7 +19,7 @@ from botocore.config import Config
 
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
-from backdrop.ledger import ResultLedger, RunBudget
+from backdrop.ledger import ContentLedger, ResultLedger, RunBudget
 from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
@@ -142,6 +142,14 @@ class Services:
             lambda: ResultLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
         )
         return ledger
+
+    @property
+    def contents(self) -> ContentLedger:
+        contents: ContentLedger = self._get(
+            "contents",
+            lambda: ContentLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
+        )
+        return contents
 
     @property
     def budget(self) -> RunBudget:
