@@ -269,6 +269,8 @@ def settings_for(resources: Resources, output_origin: str, **env: str) -> Settin
             "BACKDROP_INSECURE_OUTPUT_ORIGIN": output_origin,
             "BACKDROP_CREATE_SETTLE_SECONDS": "60",
             "BACKDROP_EVENT_BUS": "default",
+            # Most tests upload the same few bytes under many keys: reuse is tested on its own.
+            "BACKDROP_REUSE_RESULTS": "false",
             **env,
         }
     )

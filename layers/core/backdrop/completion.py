@@ -17,6 +17,7 @@ from backdrop.jobs import Job, JobChanges, Status, failure, outputs_to_item
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
+from backdrop.reuse import queue_reuse_copy
 from backdrop.runs import RunKind, RunResult
 from backdrop.services import Services
 
@@ -150,6 +151,9 @@ def _queue_copy(services: Services, job: Job, run: RunResult) -> Result:
 
 def requeue_copy(services: Services, job: Job) -> Result:
     """Queue the copy of a job already in ``copying`` again (its message was lost or used up)."""
+    if job.reused_from is not None:
+        queue_reuse_copy(services, job.job_id, job.reused_from)
+        return Result(Outcome.COPY_QUEUED, job.job_id)
     if job.run_id is None:
         return Result(Outcome.WAITING, job.job_id, detail="no run to copy from")
     return _queue_copy(services, job, RunResult(run_id=job.run_id, status=job.run_status or "succeeded"))

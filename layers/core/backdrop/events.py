@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from backdrop.content import settle_content
 from backdrop.jobs import Job, JobChanges, Status, parse_iso
 from backdrop.jobstore import Move
 from backdrop.observability import count, logger
@@ -56,6 +57,8 @@ def completion_detail(job: Job) -> dict[str, Any]:
         "run_id": job.run_id,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "superseded_by": job.superseded_by,
+        "reused": job.reused_from is not None,
+        "reused_from": job.reused_from,
         "created_at": job.created_at,
         "completed_at": job.completed_at,
         "duration_ms": duration_ms,
@@ -67,6 +70,7 @@ def end_job(services: Services, job_id: str, status: Status, *, changes: JobChan
     move = services.jobs.try_transition(job_id, status, changes=changes)
     if move.moved and move.job is not None:
         announce(services, move.job)
+        settle_content(services, move.job)
     return move
 
 

@@ -15,6 +15,9 @@
 
 A retry (an operator's decision, ``JobStore.begin_retry``) is the only way back from a terminal
 status: it starts a new, numbered attempt of the same job and keeps the previous one in ``history``.
+A job that copies an earlier job's result (``reused_from``, no run) goes ``received → copying``;
+if that result vanished before the copy, ``JobStore.reopen_for_run`` puts it back to ``received``
+to run: the one move back between open statuses.
 """
 
 from __future__ import annotations
@@ -209,6 +212,10 @@ class Job:
     # The UTC day one run of the budget was reserved for this attempt.
     reserved_on: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
     superseded_by: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    # SHA-256 (hex) of the source version's bytes: the same for every attempt.
+    content_digest: str | None = field(default=None, metadata=_TEXT)
+    # The earlier job whose result this attempt copied (no run of its own).
+    reused_from: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
     attempt: int = field(default=1, metadata=_how(Stored(int)))
     history: list[dict[str, Any]] = field(
         default_factory=list, metadata=_how(Stored(lambda raw: [dict(h) for h in raw], encode=_list_or_none))
@@ -287,6 +294,8 @@ class JobChanges(TypedDict, total=False):
     error_code: str | None
     error_message: str | None
     superseded_by: str | None
+    content_digest: str | None
+    reused_from: str | None
 
 
 # Longest error message a job keeps (Runflow's and exceptions' messages may be long).

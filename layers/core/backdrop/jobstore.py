@@ -309,6 +309,33 @@ class JobStore:
             return Move(False, _old_item(exc))
         return Move(True, Job.from_item(dict(resp["Attributes"])))
 
+    def reopen_for_run(self, job: Job) -> bool:
+        """Put a job that was copying an earlier job's result (``reused_from``) back to
+        ``received``, to run after all: only while it is still that copy, of this attempt."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #status = :received, updated_at = :now, open_shard = :shard "
+                    "REMOVE reused_from, copy_requeued_at, error_code, error_message"
+                ),
+                ConditionExpression="#status = :copying AND reused_from = :from AND attempt = :attempt",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":received": Status.RECEIVED.value,
+                    ":copying": Status.COPYING.value,
+                    ":now": self._now(),
+                    ":shard": OPEN_SHARD,
+                    ":from": job.reused_from,
+                    ":attempt": job.attempt,
+                },
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
     def mark_announced(self, job_id: str, attempt: int) -> bool:
         """The attempt's completion event was published: it leaves the PendingEvents index."""
         try:

@@ -122,14 +122,14 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
 
 def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyRequeues) -> Reconciled:
     overdue = now - parse_iso(job.created_at) > timedelta(minutes=services.settings.run_deadline_minutes)
-    if job.run_id is None:
-        return _without_run(services, job) if overdue else _resubmit(services, job)
-    if job.status is Status.COPYING:
+    if job.status is Status.COPYING:  # a reuse copies without a run of its own
         if overdue and job.retryable_errors > 0:
             return _time_out(
                 services, job, f"the output could not be copied before the run deadline: {job.error_message}"
             )
         return copies.requeue(job, now, overdue=overdue)
+    if job.run_id is None:
+        return _without_run(services, job) if overdue else _resubmit(services, job)
     return _check_run(services, job, job.run_id, overdue=overdue)
 
 

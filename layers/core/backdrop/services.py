@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -19,7 +19,7 @@ from botocore.config import Config
 
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
-from backdrop.ledger import ResultLedger, RunBudget
+from backdrop.ledger import ContentLedger, ResultLedger, RunBudget
 from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
@@ -144,6 +144,14 @@ class Services:
         return ledger
 
     @property
+    def contents(self) -> ContentLedger:
+        contents: ContentLedger = self._get(
+            "contents",
+            lambda: ContentLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
+        )
+        return contents
+
+    @property
     def budget(self) -> RunBudget:
         budget: RunBudget = self._get(
             "budget",
@@ -221,7 +229,7 @@ class Services:
 
 
 @functools.cache
-def get_services(needs: tuple[str, ...] = ()) -> Services:
+def get_services(needs: Collection[str] = ()) -> Services:
     """This execution environment's services; ``needs`` names the settings the function requires,
     checked once, so a deployment that lacks one fails its first invocation, naming it."""
     return Services(get_settings().require(*needs))

@@ -29,6 +29,7 @@ from backdrop.events import conclude
 from backdrop.jobs import Job, JobChanges, Status, failure, iso_from_epoch, parse_iso
 from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
+from backdrop.reuse import reuse_or_wait, with_digest
 from backdrop.runs import (
     RunflowConflict,
     RunflowOutcomeUnknown,
@@ -107,7 +108,7 @@ def submit_upload(upload: UploadRef, services: Services, *, colour: str | None =
         return _reject(services, job, *problem)
     if current is None or not current.upload.same_version(source.upload):
         return supersede(services, job, current)
-    return create_run(services, job)
+    return begin(services, job)
 
 
 def _new_job(job_id: str, source: SourceObject, choice: ColourChoice, now: str) -> Job:
@@ -208,55 +209,33 @@ def resubmit(services: Services, job: Job, *, recheck: bool = False) -> Result:
         problem = rejection_of(current, services.settings.max_input_bytes)
         if problem:
             return _reject(services, job, *problem)
-    return create_run(services, job)
+    return begin(services, job)
+
+
+def begin(services: Services, job: Job) -> Result:
+    """An upload that passed its checks: record what its pixels are, then reuse an earlier result
+    of them, wait for the job running them, or run."""
+    if job.create_pending_since is not None:
+        return create_run(services, job)  # a create was sent: that run, if any, is the job's
+    job = with_digest(services, job)
+    decided = reuse_or_wait(services, job)
+    return decided if decided is not None else create_run(services, job)
 
 
 def create_run(services: Services, job: Job) -> Result:
     """Create this attempt's one run, adopting an earlier attempt's run when there is one."""
     settings = services.settings
     if job.create_pending_since is not None:
-        adopted = adopt_earlier_run(services, job)
-        if adopted is not None:
-            return adopted
-        waited = services.clock() - parse_iso(job.create_pending_since).timestamp()
-        if waited < settings.create_settle_seconds:
-            raise RetryLater(
-                f"an earlier create of this run may still be in flight ({waited:.0f} s ago)",
-                after_seconds=settings.create_settle_seconds - waited,
-            )
-        # An empty list is no proof that the earlier create made nothing: Runflow's list may lag
-        # behind its creates, and a second create would be a second paid run. The run's callback
-        # (checked against Runflow) or a later lookup completes the job; the deadline ends it.
-        logger.info(
-            "An earlier create's outcome is still unknown; never creating again for this attempt",
-            extra={"pending_since": job.create_pending_since},
-        )
-        return Result(
-            Outcome.WAITING,
-            job.job_id,
-            detail="a create whose outcome is unknown may have made a run: "
-            "waiting for its callback or the run list",
-        )
-
+        return _earlier_create(services, job)
     if job.reserved_on is None:
         reserved = _reserve(services, job)
         if isinstance(reserved, Result):
             return reserved
         job = reserved
     marker = iso_from_epoch(services.clock())
-    if not services.jobs.update_open(
-        job.job_id,
-        job.status,
-        {"create_pending_since": marker},
-        only_if={"create_pending_since": job.create_pending_since},
-    ):
-        current = services.jobs.get(job.job_id)
-        if current is None or current.status is not job.status:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was created")
-        raise RetryLater(
-            "another attempt is creating this job's run", after_seconds=settings.create_settle_seconds
-        )
-
+    moved_on = _mark_create(services, job, marker)
+    if moved_on is not None:
+        return moved_on
     try:
         colour = parse_colour(job.color)
     except ValueError as exc:
@@ -315,6 +294,52 @@ def create_run(services: Services, job: Job) -> Result:
         count("SubmitRetries")
         raise RetryLater(str(exc), after_seconds=exc.retry_after) from exc
     return _record_run(services, job, run)
+
+
+def _earlier_create(services: Services, job: Job) -> Result:
+    """An earlier attempt at this create left its mark: adopt its run, wait for its answer to
+    settle, or (settled, nothing listed) never create again."""
+    adopted = adopt_earlier_run(services, job)
+    if adopted is not None:
+        return adopted
+    assert job.create_pending_since is not None
+    settle = services.settings.create_settle_seconds
+    waited = services.clock() - parse_iso(job.create_pending_since).timestamp()
+    if waited < settle:
+        raise RetryLater(
+            f"an earlier create of this run may still be in flight ({waited:.0f} s ago)",
+            after_seconds=settle - waited,
+        )
+    # An empty list is no proof that the earlier create made nothing: Runflow's list may lag
+    # behind its creates, and a second create would be a second paid run. The run's callback
+    # (checked against Runflow) or a later lookup completes the job; the deadline ends it.
+    logger.info(
+        "An earlier create's outcome is still unknown; never creating again for this attempt",
+        extra={"pending_since": job.create_pending_since},
+    )
+    return Result(
+        Outcome.WAITING,
+        job.job_id,
+        detail="a create whose outcome is unknown may have made a run: "
+        "waiting for its callback or the run list",
+    )
+
+
+def _mark_create(services: Services, job: Job, marker: str) -> Result | None:
+    """Mark the job as creating its run (only one attempt at a time may); a result if it moved on."""
+    if services.jobs.update_open(
+        job.job_id,
+        job.status,
+        {"create_pending_since": marker},
+        only_if={"create_pending_since": job.create_pending_since},
+    ):
+        return None
+    current = services.jobs.get(job.job_id)
+    if current is None or current.status is not job.status:
+        return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was created")
+    raise RetryLater(
+        "another attempt is creating this job's run", after_seconds=services.settings.create_settle_seconds
+    )
 
 
 def _reserve(services: Services, job: Job) -> Job | Result:
