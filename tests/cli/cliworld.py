@@ -3,7 +3,6 @@ user runs it, and what a test needs to set a scene in the local stack it talks t
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -18,7 +17,6 @@ from typing import Any
 
 import boto3
 import httpx
-from PIL import Image
 
 from backdrop.jobs import Job
 from backdrop.jobstore import JobStore
@@ -27,6 +25,7 @@ from backdrop.runs import RunflowClient
 from backdrop_cli.stack import Stack
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack
+from tests.support.images import solid
 
 BACKDROP = Path(sys.executable).with_name("backdrop")  # the console script `make venv` installs
 DAY_SECONDS = 86400
@@ -87,9 +86,7 @@ def utc_day_with_room(
 
 
 def photo(fmt: str = "JPEG", colour: tuple[int, int, int] = (150, 20, 25)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format=fmt)
-    return buffer.getvalue()
+    return solid(fmt, (64, 48), colour)
 
 
 def cli_stack_for(resources: Resources, parameters: dict[str, str] | None = None) -> Stack:

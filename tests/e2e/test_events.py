@@ -8,7 +8,6 @@ import base64
 import copy
 import hashlib
 import hmac
-import io
 import json
 import os
 import socket
@@ -23,7 +22,6 @@ from urllib.parse import quote_plus
 
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
-from PIL import Image
 
 from backdrop_local import iampolicies
 from backdrop_local.aws import SECRET_ACCESS_KEY, Resources, client, provision, scan_items
@@ -31,6 +29,7 @@ from backdrop_local.iamrecord import function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import LocalRunflow
 from backdrop_local.template import Template
+from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -50,9 +49,7 @@ def event(name: str) -> dict[str, Any]:
 
 
 def image_bytes(fmt: str, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format=fmt)
-    return buffer.getvalue()
+    return solid(fmt, (64, 48), colour)
 
 
 def runflow_signature(body: bytes) -> str:
