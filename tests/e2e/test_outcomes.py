@@ -33,6 +33,8 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
         reconcile_every_seconds=2.0,
         reconcile_min_age_seconds=5,
         runflow_callback_delays=(0.2, 0.4),
+        # Every test uploads the same photo under its own faults: each upload must make its run.
+        parameter_overrides={"ReuseResults": "false"},
     )
     with LocalStack(options) as running:
         yield running

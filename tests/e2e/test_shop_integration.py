@@ -32,7 +32,8 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
         state_dir=tmp_path_factory.mktemp("shop"),
         reconcile_every_seconds=2.0,
         reconcile_min_age_seconds=3,
-        parameter_overrides={"ColorRules": RULES, "DailyRunBudget": "100"},
+        # The same photo goes up again and again to spend the budget: each upload must make its run.
+        parameter_overrides={"ColorRules": RULES, "DailyRunBudget": "100", "ReuseResults": "false"},
     )
     with LocalStack(options) as running:
         assert running.runflow is not None

@@ -145,7 +145,8 @@ def _wait(services: Services, job: Job, holder: str) -> Result:
     services.jobs.update_open(
         job.job_id, job.status, {"error_code": ErrorCode.CONTENT_IN_FLIGHT, "error_message": message}
     )
-    count("ContentWaits")
+    if job.error_code != ErrorCode.CONTENT_IN_FLIGHT:  # counted once, not at each look again
+        count("ContentWaits")
     logger.info("Waiting for the job running the same content", extra={"holder": holder})
     return Result(Outcome.WAITING, job.job_id, detail=message)
 
