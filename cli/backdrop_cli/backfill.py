@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
+from rich.table import Table
 
 from backdrop.colours import Colour
 from backdrop.jobs import OPEN_SHARD, Status
@@ -289,8 +290,21 @@ def run_backfill(context: BackfillContext) -> int:
 
 
 def show_backfill(app: App, doc: dict[str, Any]) -> None:
-    sent = doc["sent"]
     grid = facts("Backfill")
+    _sending_rows(grid, doc)
+    _waiting_rows(grid, doc)
+    app.ui.print(grid)
+    failures = doc.get("failures") or []
+    if failures:
+        grid = table("~key", "job", "code", "~message", title="Failed")
+        for f in failures[:20]:
+            grid.add_row(f["key"], f["job_id"], f["error_code"] or "", f["error_message"] or "")
+        app.ui.print(grid)
+
+
+def _sending_rows(grid: Table, doc: dict[str, Any]) -> None:
+    """What was sent, and what was not (and why)."""
+    sent = doc["sent"]
     if sent["total"] or doc["delivery_unknown"] or doc["refused_by_sqs"] or doc["not_sent"]:
         grid.add_row("sent", f"{sent['total']}  ({sent['runs']} to run, {sent['rejects']} to be rejected)")
     else:
@@ -308,27 +322,21 @@ def show_backfill(app: App, doc: dict[str, Any]) -> None:
         )
     for job_id, why in doc["refused_by_sqs"].items():
         grid.add_row("refused by SQS", f"{job_id}: {why}")
+
+
+def _waiting_rows(grid: Table, doc: dict[str, Any]) -> None:
+    """How the sent jobs ended, or why that is not known yet."""
     wait = doc.get("wait")
-    if wait:
-        outcomes = ", ".join(f"{status} {n}" for status, n in doc["outcomes"].items())
-        grid.add_row("outcomes", outcomes or "-")
-        grid.add_row("runs created", f"{doc['runs_created']}  (spent {usd(doc['spent_usd'])})")
-        if wait["held_for_budget"]:
-            grid.add_row(
-                "held", "today's run budget is spent: the held jobs resume on their own, oldest first"
-            )
-        if wait["timed_out"]:
-            grid.add_row(
-                "waiting", "stopped at --wait-timeout; the jobs go on (`backdrop status --prefix …`)"
-            )
-        if wait["interrupted"]:
-            grid.add_row("waiting", "stopped (Ctrl-C); the jobs go on (`backdrop status --prefix …`)")
-    elif sent["total"]:
-        grid.add_row("waiting", "not waited for (--no-wait): `backdrop status --prefix …` shows them")
-    app.ui.print(grid)
-    failures = doc.get("failures") or []
-    if failures:
-        grid = table("~key", "job", "code", "~message", title="Failed")
-        for f in failures[:20]:
-            grid.add_row(f["key"], f["job_id"], f["error_code"] or "", f["error_message"] or "")
-        app.ui.print(grid)
+    if not wait:
+        if doc["sent"]["total"]:
+            grid.add_row("waiting", "not waited for (--no-wait): `backdrop status --prefix …` shows them")
+        return
+    outcomes = ", ".join(f"{status} {n}" for status, n in doc["outcomes"].items())
+    grid.add_row("outcomes", outcomes or "-")
+    grid.add_row("runs created", f"{doc['runs_created']}  (spent {usd(doc['spent_usd'])})")
+    if wait["held_for_budget"]:
+        grid.add_row("held", "today's run budget is spent: the held jobs resume on their own, oldest first")
+    if wait["timed_out"]:
+        grid.add_row("waiting", "stopped at --wait-timeout; the jobs go on (`backdrop status --prefix …`)")
+    if wait["interrupted"]:
+        grid.add_row("waiting", "stopped (Ctrl-C); the jobs go on (`backdrop status --prefix …`)")

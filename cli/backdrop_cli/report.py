@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from backdrop.jobs import TERMINAL, Job, Status, format_iso, parse_iso
 from backdrop.ledger import RunBudget
 from backdrop_cli import jobtable
@@ -238,6 +240,26 @@ def run_report(context: ReportContext) -> int:
 
 
 def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
+    app.ui.print(_summary(doc, now))
+    if doc["failure_reasons"]:
+        reasons = table(">count", "status", "code", "~example message", title="Failure reasons")
+        for row in doc["failure_reasons"]:
+            reasons.add_row(str(row["count"]), row["status"], row["error_code"], row["example"])
+        app.ui.print(reasons)
+    if doc["open"]["largest_backlog"]:
+        backlog = table("~prefix", ">open", "~by status", "oldest", title="Largest open backlog")
+        for row in doc["open"]["largest_backlog"]:
+            backlog.add_row(
+                row["prefix"],
+                str(row["open"]),
+                ", ".join(f"{s} {n}" for s, n in row["by_status"].items()),
+                ago(row["oldest_created_at"], now),
+            )
+        app.ui.print(backlog)
+    app.ui.print(_spend_table(doc, now))
+
+
+def _summary(doc: dict[str, Any], now: datetime) -> Table:
     window = doc["window"]
     title = "Report" + (f" since {window['since']}" if window["since"] else " (every job in the table)")
     if window["prefix"]:
@@ -257,12 +279,7 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
         else "-",
     )
     opened = doc["open"]
-    open_text = f"{opened['total']}"
-    if opened["total"]:
-        open_text += " (" + ", ".join(f"{s} {n}" for s, n in opened["by_status"].items()) + ")"
-        if opened["oldest"]:
-            open_text += f", oldest {opened['oldest']['key']} {ago(opened['oldest']['created_at'], now)}"
-    grid.add_row("open", open_text)
+    grid.add_row("open", _open_text(opened, now))
     if opened["last_errors"]:
         grid.add_row("open, last errors", ", ".join(f"{c} {n}" for c, n in opened["last_errors"].items()))
     queues = doc["queues"]
@@ -273,22 +290,19 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
     )
     if "csv" in doc:
         grid.add_row("csv", f"{doc['csv']['path']} ({doc['csv']['rows']} rows)")
-    app.ui.print(grid)
-    if doc["failure_reasons"]:
-        reasons = table(">count", "status", "code", "~example message", title="Failure reasons")
-        for row in doc["failure_reasons"]:
-            reasons.add_row(str(row["count"]), row["status"], row["error_code"], row["example"])
-        app.ui.print(reasons)
-    if opened["largest_backlog"]:
-        backlog = table("~prefix", ">open", "~by status", "oldest", title="Largest open backlog")
-        for row in opened["largest_backlog"]:
-            backlog.add_row(
-                row["prefix"],
-                str(row["open"]),
-                ", ".join(f"{s} {n}" for s, n in row["by_status"].items()),
-                ago(row["oldest_created_at"], now),
-            )
-        app.ui.print(backlog)
+    return grid
+
+
+def _open_text(opened: dict[str, Any], now: datetime) -> str:
+    text = f"{opened['total']}"
+    if opened["total"]:
+        text += " (" + ", ".join(f"{s} {n}" for s, n in opened["by_status"].items()) + ")"
+        if opened["oldest"]:
+            text += f", oldest {opened['oldest']['key']} {ago(opened['oldest']['created_at'], now)}"
+    return text
+
+
+def _spend_table(doc: dict[str, Any], now: datetime) -> Table:
     budget = doc["spend"]["daily_run_budget"]
     spent = table(
         "day (UTC)",
@@ -308,4 +322,4 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
             f"{row['percent_of_budget']}%" if row["percent_of_budget"] is not None else "-",
             usd(row["cost_usd"]),
         )
-    app.ui.print(spent)
+    return spent
