@@ -121,6 +121,13 @@ def summarise(jobs: list[Job], price: Any, *, top: int, now: datetime) -> dict[s
     }
 
 
+def reuse_summary(items: list[dict[str, Any]], price: Any) -> dict[str, Any]:
+    """Jobs that reused an earlier job's result instead of a run, and what those runs would have cost."""
+    succeeded = Status.SUCCEEDED.value
+    reused = sum(1 for item in items if item.get("reused_from") and item.get("status") == succeeded)
+    return {"reused": reused, "saved_usd": price * reused}
+
+
 def spend(app: App, first_day: date, last_day: date) -> list[dict[str, Any]]:
     """Runs reserved per UTC day (the ledger's ``budget#<day>`` items) against the budget."""
     budget = RunBudget(app.stack.ledger, daily=app.rules.daily_run_budget, clock=lambda: 0.0)
@@ -209,13 +216,15 @@ def run_report(context: ReportContext) -> int:
     now = datetime.now(UTC)
     with app.ui.progress() as bar:
         bar.update("scan", completed=0, total=None, description="Reading jobs")
-        jobs = list(jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
+        items = list(jobtable.scan_items(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
+        jobs = [Job.from_item(item) for item in items]
         bar.update("scan", completed=len(jobs), total=len(jobs), description="Reading jobs")
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
         "window": {"since": since, "until": format_iso(now), "prefix": prefix},
         "price_per_run_usd": app.rules.price_per_run,
         **summarise(jobs, app.rules.price_per_run, top=context.top, now=now),
+        **reuse_summary(items, app.rules.price_per_run),
     }
     # Spend per day over the report's window: from --since (or the oldest job in it) to today.
     first = (
@@ -271,6 +280,7 @@ def _summary(doc: dict[str, Any], now: datetime) -> Table:
         "runs billed",
         f"{doc['runs_billed']}  ({usd(doc['cost_usd'])} at {usd(doc['price_per_run_usd'])} a run)",
     )
+    grid.add_row("results reused", f"{doc['reused']}  (no run: {usd(doc['saved_usd'])} saved)")
     ttr = doc["time_to_result_s"]
     grid.add_row(
         "time to result",

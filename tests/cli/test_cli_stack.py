@@ -143,14 +143,14 @@ def test_backfill_is_capped_resumable_and_never_sends_twice(
     manifest = tmp_path / "plan.jsonl"
     cli.json("plan", PREFIX, "--manifest", str(manifest))
     first = cli.json("backfill", PREFIX, "--max-runs", "1", "--yes", WAIT)
-    assert first["sent"] == {"runs": 1, "rejects": 3, "total": 4}
+    assert first["sent"] == {"runs": 1, "reuses": 0, "rejects": 3, "total": 4}
     assert first["deferred_by_max_runs"] == 3
     assert first["outcomes"] == {"rejected": 3, "succeeded": 1}
     assert first["runs_created"] == 1 and first["spent_usd"] == pytest.approx(0.12)
     # The rest, from the manifest written before: only what has no job yet is sent.
     second = cli.json("backfill", "--manifest", str(manifest), "--yes", WAIT)
     assert second["already_done"] == 1 and second["ended"] == 3
-    assert second["sent"] == {"runs": 3, "rejects": 0, "total": 3}
+    assert second["sent"] == {"runs": 3, "reuses": 0, "rejects": 0, "total": 3}
     assert second["outcomes"] == {"succeeded": 3}
     third = cli.json("backfill", PREFIX, "--yes", WAIT)
     assert third["to_submit"] == 0 and third["sent"]["total"] == 0 and third["already_done"] == 4
