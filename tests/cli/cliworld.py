@@ -4,6 +4,7 @@ user runs it, and what a test needs to set a scene in the local stack it talks t
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -86,9 +87,19 @@ def utc_day_with_room(
         sleep(left)
 
 
-def photo(fmt: str = "JPEG", colour: tuple[int, int, int] = (150, 20, 25)) -> bytes:
+_photos = itertools.count()
+
+
+def photo(fmt: str = "JPEG", colour: tuple[int, int, int] | None = None) -> bytes:
+    """A small photo. Of a given ``colour``, the same bytes every time; without one, other bytes
+    at each call (another size): the pipeline reuses one result for identical bytes, so objects
+    meant to run each need their own pixels."""
+    size = (64, 48)
+    if colour is None:
+        drawn = next(_photos)
+        size = (64 + drawn % 64, 48 + drawn // 64)
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format=fmt)
+    Image.new("RGB", size, colour or (150, 20, 25)).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
