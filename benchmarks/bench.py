@@ -2,7 +2,8 @@
 
 Order: cold starts (fresh processes), warm invocations (one image at a time), the whole local
 stack (a burst with instant processing; callbacks during 50 MB copies), output copies against the
-naive peer (separate processes), then the cost, computed from what was measured before it.
+naive peer (separate processes), content identity (a photo's SHA-256, streamed and from S3's
+checksum), then the cost, computed from what was measured before it.
 Progress goes to stderr. Every part is bounded in time; the whole run takes a few minutes.
 
     .venv/bin/python -m benchmarks.bench [--quick]
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import cold_start, cost, pipeline, warm
+from benchmarks import cold_start, cost, identity, pipeline, warm
 from benchmarks.common import emit, function_configs, note
 
 COPY_SCRIPT = Path(__file__).with_name("copy_memory.py")
@@ -77,6 +78,9 @@ def main() -> None:
     pipeline.report_callbacks(pipeline.with_big_copies(big, 4, BIG_COPY_MB, 240.0), BIG_COPY_MB)
 
     copies()
+
+    repeats = 3 if args.quick else 9
+    identity.report(identity.measure(repeats), repeats)
 
     configs = function_configs()
     invocations = {

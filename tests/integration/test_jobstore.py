@@ -200,6 +200,39 @@ def test_retry_starts_a_numbered_attempt_keeping_the_history(store: JobStore, re
     assert item["open_shard"] == "open" and "expires_at" not in item and "completed_at" not in item
 
 
+def test_retry_clears_everything_of_the_finished_attempt(store: JobStore, resources: Resources) -> None:
+    # Written out here: what belongs to one attempt, Runflow's request id for its run included.
+    of_the_attempt = {
+        "run_id": "run-x",
+        "run_status": "failed",
+        "output_urls": [{"url": "https://a.runflow.io/1.png"}],
+        "result_bucket": "results",
+        "result_keys": ["results/a/result.png"],
+        "error_code": "RUN_FAILED",
+        "error_message": "boom",
+        "submitted_at": iso_from_epoch(NOW - 60),
+        "runflow_duration_ms": 4200,
+        "runflow_request_id": "req-x",
+        "create_pending_since": iso_from_epoch(NOW - 61),
+        "copy_requeued_at": iso_from_epoch(NOW - 30),
+        "reserved_on": "2026-05-06",
+        "superseded_by": "job-y",
+        "event_published_at": iso_from_epoch(NOW - 1),
+    }
+    kept = {"source_version_id": "v1", "source_etag": "e1", "source_size": 10, "color_source": "default"}
+    store.claim(_job("job-8b", Status.SUBMITTED, retryable_errors=3, **kept))
+    raw_put = raw_item(resources, "job-8b") | of_the_attempt
+    boto3.resource("dynamodb", region_name="us-east-1").Table(resources.jobs_table).put_item(Item=raw_put)
+    failed = store.try_transition("job-8b", Status.FAILED).job
+    assert failed is not None and failed.runflow_request_id == "req-x"
+    assert store.begin_retry(failed).moved
+    item = raw_item(resources, "job-8b")
+    assert not set(of_the_attempt) & set(item)
+    assert "expires_at" not in item and "completed_at" not in item
+    assert item["retryable_errors"] == 0 and item["attempt"] == 2 and item["status"] == "received"
+    assert {name: item[name] for name in kept} == kept
+
+
 def test_two_operators_retrying_the_same_job_start_one_attempt(store: JobStore) -> None:
     store.claim(_job("job-9", Status.TIMED_OUT))
     seen_by_both = store.get("job-9")  # both read attempt 1 before either retries

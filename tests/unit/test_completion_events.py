@@ -69,6 +69,8 @@ def test_rejected_upload_publishes_one_event_with_the_documented_detail(world: W
         "run_id": None,
         "error": {"code": "EMPTY_OBJECT", "message": "the uploaded object is empty (0 bytes)"},
         "superseded_by": None,
+        "reused": False,
+        "reused_from": None,
         "created_at": item["created_at"],
         "completed_at": item["completed_at"],
         "duration_ms": 0,
