@@ -42,34 +42,11 @@ def get_many(
     return found
 
 
-# What a job records of its content and of a result it reused (the submit path writes them).
-CONTENT_ATTRIBUTES = ("content_digest", "reused_from")
-
-
-def contents(stack: Stack, job_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
-    """``content_digest`` and ``reused_from`` of each of these jobs (None where it has none)."""
-    unique = list(dict.fromkeys(job_ids))
-    found: dict[str, dict[str, str | None]] = {}
-    for start in range(0, len(unique), BATCH_GET_LIMIT):
-        chunk = unique[start : start + BATCH_GET_LIMIT]
-        for item in _get_chunk(stack, chunk, True, projection=("job_id", *CONTENT_ATTRIBUTES)):
-            found[str(item["job_id"])] = content_of(item)
-    return {job_id: found.get(job_id, content_of({})) for job_id in unique}
-
-
-def content_of(item: dict[str, Any]) -> dict[str, str | None]:
-    return {name: None if item.get(name) is None else str(item[name]) for name in CONTENT_ATTRIBUTES}
-
-
-def _get_chunk(
-    stack: Stack, job_ids: list[str], consistent: bool, *, projection: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
+def _get_chunk(stack: Stack, job_ids: list[str], consistent: bool) -> list[dict[str, Any]]:
     table = stack.jobs_table
-    keys: dict[str, Any] = {"Keys": [{"job_id": job_id} for job_id in job_ids], "ConsistentRead": consistent}
-    if projection:
-        keys["ProjectionExpression"] = ", ".join(f"#a{i}" for i in range(len(projection)))
-        keys["ExpressionAttributeNames"] = {f"#a{i}": name for i, name in enumerate(projection)}
-    request: dict[str, Any] = {table: keys}
+    request: dict[str, Any] = {
+        table: {"Keys": [{"job_id": job_id} for job_id in job_ids], "ConsistentRead": consistent}
+    }
     items: list[dict[str, Any]] = []
     delay = 0.05
     while request:
@@ -113,32 +90,26 @@ class JobFilter:
 
 
 def scan(stack: Stack, where: JobFilter, *, segments: int = 4) -> Iterator[Job]:
-    """Every job the filter keeps (``scan_items``, as jobs)."""
-    for item in scan_items(stack, where, segments=segments):
-        yield Job.from_item(item)
-
-
-def scan_items(stack: Stack, where: JobFilter, *, segments: int = 4) -> Iterator[dict[str, Any]]:
-    """The table's items the filter keeps: a parallel scan (a report or a selection by status has
-    no index to use; the filter runs server-side, so only matching jobs travel)."""
+    """Every job the filter keeps: a parallel scan (a report or a selection by status has no index
+    to use; the filter runs server-side, so only matching jobs travel)."""
     condition = where.condition()
 
-    def one_segment(segment: int) -> list[dict[str, Any]]:
+    def one_segment(segment: int) -> list[Job]:
         kwargs: dict[str, Any] = {"Segment": segment, "TotalSegments": segments}
         if condition is not None:
             kwargs["FilterExpression"] = condition
-        items: list[dict[str, Any]] = []
+        jobs: list[Job] = []
         while True:
             answer = stack.jobs.scan(**kwargs)
-            items += [dict(item) for item in answer.get("Items", [])]
+            jobs += [Job.from_item(dict(item)) for item in answer.get("Items", [])]
             start = answer.get("LastEvaluatedKey")
             if not start:
-                return items
+                return jobs
             kwargs["ExclusiveStartKey"] = start
 
     with ThreadPoolExecutor(max_workers=segments) as pool:
-        for items in pool.map(one_segment, range(segments)):
-            yield from items
+        for jobs in pool.map(one_segment, range(segments)):
+            yield from jobs
 
 
 def runs_billed(job: Job) -> int:

@@ -121,10 +121,9 @@ def summarise(jobs: list[Job], price: Any, *, top: int, now: datetime) -> dict[s
     }
 
 
-def reuse_summary(items: list[dict[str, Any]], price: Any) -> dict[str, Any]:
+def reuse_summary(jobs: list[Job], price: Any) -> dict[str, Any]:
     """Jobs that reused an earlier job's result instead of a run, and what those runs would have cost."""
-    succeeded = Status.SUCCEEDED.value
-    reused = sum(1 for item in items if item.get("reused_from") and item.get("status") == succeeded)
+    reused = sum(1 for job in jobs if job.reused_from and job.status is Status.SUCCEEDED)
     return {"reused": reused, "saved_usd": price * reused}
 
 
@@ -216,15 +215,14 @@ def run_report(context: ReportContext) -> int:
     now = datetime.now(UTC)
     with app.ui.progress() as bar:
         bar.update("scan", completed=0, total=None, description="Reading jobs")
-        items = list(jobtable.scan_items(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
-        jobs = [Job.from_item(item) for item in items]
+        jobs = list(jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
         bar.update("scan", completed=len(jobs), total=len(jobs), description="Reading jobs")
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
         "window": {"since": since, "until": format_iso(now), "prefix": prefix},
         "price_per_run_usd": app.rules.price_per_run,
         **summarise(jobs, app.rules.price_per_run, top=context.top, now=now),
-        **reuse_summary(items, app.rules.price_per_run),
+        **reuse_summary(jobs, app.rules.price_per_run),
     }
     # Spend per day over the report's window: from --since (or the oldest job in it) to today.
     first = (

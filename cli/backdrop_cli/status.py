@@ -47,19 +47,18 @@ def run_status(context: StatusContext) -> int:
             app.stack.uploads_bucket, key
         )
     current = _current_version(app, jobs[0] if by_id else None, key)
-    contents = jobtable.contents(app.stack, [job.job_id for job in jobs])
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
         "query": {"job_id": key} if by_id else {"key": key},
         "current_version": current,
-        "jobs": [{**job_doc(job), **contents[job.job_id]} for job in jobs],
+        "jobs": [job_doc(job) for job in jobs],
     }
     if app.ui.as_json:
         app.ui.emit(doc)
     elif not jobs:
         app.ui.print(f"No job for {s3_url(app.stack.uploads_bucket, key)}.")
     else:
-        _show_jobs(app, jobs, current, contents)
+        _show_jobs(app, jobs, current)
     return OK if jobs else FAILED
 
 
@@ -81,9 +80,7 @@ def _is_current(job: Job, current: dict[str, Any] | None) -> bool:
     )
 
 
-def _show_jobs(
-    app: App, jobs: list[Job], current: dict[str, Any] | None, contents: dict[str, dict[str, str | None]]
-) -> None:
+def _show_jobs(app: App, jobs: list[Job], current: dict[str, Any] | None) -> None:
     first = jobs[0]
     where = s3_url(first.source_bucket, first.source_key)
     if current is None:
@@ -101,10 +98,9 @@ def _show_jobs(
             grid.add_row("reason", f"{job.error_code}: {job.error_message or ''}")
         grid.add_row("version", job.source_version_id or f"ETag {job.source_etag}")
         grid.add_row("colour", f"{job.color} ({job.color_source or '?'})")
-        content = contents[job.job_id]
-        grid.add_row("content", f"sha256 {content['content_digest']}" if content["content_digest"] else "-")
-        if content["reused_from"]:
-            grid.add_row("run", f"- (reused the result of job {content['reused_from']}: no run, $0)")
+        grid.add_row("content", f"sha256 {job.content_digest}" if job.content_digest else "-")
+        if job.reused_from:
+            grid.add_row("run", f"- (reused the result of job {job.reused_from}: no run, $0)")
         else:
             grid.add_row("run", job.run_id or "-")
         if job.result_keys:
@@ -150,13 +146,12 @@ def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -
     for job in jobs:
         counts[job.status.value] = counts.get(job.status.value, 0) + 1
     if app.ui.as_json:
-        contents = jobtable.contents(app.stack, [job.job_id for job in jobs])
         app.ui.emit(
             {
                 "stack": app.stack_doc(),
                 "query": {"prefix": prefix, "statuses": sorted(s.value for s in statuses)},
                 "counts": dict(sorted(counts.items())),
-                "jobs": [{**job_doc(job), **contents[job.job_id]} for job in jobs],
+                "jobs": [job_doc(job) for job in jobs],
             }
         )
         return OK if jobs else FAILED

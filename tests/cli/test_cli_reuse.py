@@ -1,6 +1,7 @@
 """What the command says of result reuse, in process with click's runner against a stack
-provisioned in moto (over HTTP): the jobs table holds jobs as the pipeline records them (a
-``content_digest`` per job, ``reused_from`` on a job that reused a result), the uploads bucket
+provisioned in moto (over HTTP): the jobs table and the ledger hold jobs and content records as
+the pipeline writes them (a ``content_digest`` per job, ``reused_from`` on a job that reused a
+result, a content record naming the latest success of each content and colour), the uploads bucket
 objects with and without S3's stored SHA-256 checksum, and the results bucket the results.
 
 ``plan`` counts what would reuse (an earlier job's result, or another object of the same plan)
@@ -24,6 +25,7 @@ from click.testing import CliRunner, Result
 from cliworld import photo
 
 from backdrop.jobs import Job, Status
+from backdrop.ledger import ContentLedger
 from backdrop_cli.main import cli
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision
 from backdrop_local.template import Template
@@ -59,6 +61,16 @@ class World:
             aws_secret_access_key=SECRET_ACCESS_KEY,
         ).Table(self.resources.jobs_table)
 
+    def contents(self) -> ContentLedger:
+        table = boto3.resource(
+            "dynamodb",
+            endpoint_url=self.endpoint,
+            region_name=self.resources.region,
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+        ).Table(self.resources.ledger_table)
+        return ContentLedger(table, clock=time.time)
+
     def put(self, key: str, body: bytes, *, checksum: bool = True) -> str:
         """An upload; with ``checksum`` S3 stores its full-object SHA-256 (as clients may ask)."""
         extra = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
@@ -76,8 +88,9 @@ class World:
         with_result: bool = True,
         reused_from: str | None = None,
     ) -> str:
-        """A job as the pipeline leaves one that succeeded; its result object (unless not
-        ``with_result``: deleted since). Returns the result key."""
+        """A job as the pipeline leaves one that succeeded: its item, its result object (unless not
+        ``with_result``: deleted since) and the ledger's content record naming it. Returns the
+        result key."""
         name = key.removeprefix(self.resources.upload_prefix)
         result_key = f"results/{name}/result.png"
         if with_result:
@@ -96,11 +109,11 @@ class World:
             result_bucket=self.resources.results_bucket,
             result_keys=[result_key],
             completed_at=STAMP,
+            content_digest=sha256(body),
+            reused_from=reused_from,
         )
-        item = {**job.to_item(), "content_digest": sha256(body)}
-        if reused_from:
-            item["reused_from"] = reused_from
-        self.jobs().put_item(Item=item)
+        self.jobs().put_item(Item=job.to_item())
+        self.contents().record_done(sha256(body), color, job_id, [result_key])
         return result_key
 
 
