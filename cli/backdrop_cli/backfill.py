@@ -243,8 +243,8 @@ def _reuse_rows(grid: Table, doc: dict[str, Any]) -> None:
     grid.add_row("runs", f"{doc['runs']}  (new pixels)")
     grid.add_row(
         "would reuse",
-        f"{doc['would_reuse']}  at $0: {reuse['from_earlier_results']} an earlier job's result,"
-        f" {reuse['duplicates_in_plan']} the same bytes and colour as another object of this plan",
+        f"{doc['would_reuse']}  at $0 ({reuse['from_earlier_results']} from earlier results,"
+        f" {reuse['duplicates_in_plan']} duplicates within this plan)",
     )
     if reuse["digest_unknown"]:
         grid.add_row(
