@@ -3,6 +3,7 @@ user runs it, and what a test needs to set a scene in the local stack it talks t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -85,8 +86,18 @@ def utc_day_with_room(
         sleep(left)
 
 
-def photo(fmt: str = "JPEG", colour: tuple[int, int, int] = (150, 20, 25)) -> bytes:
-    return solid(fmt, (64, 48), colour)
+_photos = itertools.count()
+
+
+def photo(fmt: str = "JPEG", colour: tuple[int, int, int] | None = None) -> bytes:
+    """A small photo. Of a given ``colour``, the same bytes every time; without one, other bytes
+    at each call (another size): the pipeline reuses one result for identical bytes, so objects
+    meant to run each need their own pixels."""
+    size = (64, 48)
+    if colour is None:
+        drawn = next(_photos)
+        size = (64 + drawn % 64, 48 + drawn // 64)
+    return solid(fmt, size, colour or (150, 20, 25))
 
 
 def cli_stack_for(resources: Resources, parameters: dict[str, str] | None = None) -> Stack:
