@@ -11,19 +11,29 @@ failing output URLs, processing failures, duplicated S3 events, the copy functio
 callback sender in the middle. Some objects are uploaded again while their first version is in
 flight. Forged, tampered and unsigned callbacks are sent throughout.
 
+Re-uploads of the same pixels: a share of the photos is uploaded again with exactly the same bytes
+and colour, to the same key (a new version) or to a new key, right behind the first upload (before
+its job has finished); once every job has finished, a second wave uploads some finished photos
+again, to the same key, to a new key, and to a new key in another colour. Each distinct (content,
+colour) must be paid for with one succeeded run: ``runs_per_distinct_content=1.00``. The test keeps
+its own record of every version's SHA-256, so identity is judged independently of the pipeline.
+
 Size: ``BACKDROP_CHAOS_UPLOADS`` per mode (default 150; ``make chaos N=2000`` for the large run).
 The time to converge is a figure, not a limit; the bound below only stops a hung run.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +41,25 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from backdrop.colours import Colour, parse_colour
 from backdrop.jobs import TERMINAL
 from backdrop.signatures import sign
 from backdrop_local import iamcheck
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.support.images import encoded
 
 UPLOADS = int(os.environ.get("BACKDROP_CHAOS_UPLOADS", "150"))
 # Only against a hang: a healthy run converges in a fraction of this (see the figure it prints).
 HANG_LIMIT_S = max(float(os.environ.get("BACKDROP_CHAOS_HANG_S", "900")), UPLOADS * 4.0)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(HANG_LIMIT_S + UPLOADS * 0.5 + 300)]
 REUPLOAD_SHARE = 0.06  # objects uploaded again (another colour) while the first version is in flight
+# Photos uploaded again with the same bytes and colour, right behind the first upload (half to the
+# same key, half to a new key), and the share of finished photos uploaded again in the second wave.
+SAME_BYTES_SHARE = 0.15
+LATER_SHARE = 0.1
+LATER_COLOUR = "#FF8800"  # the second wave's new-colour uploads: no plan item uses it
 # Runs are listed this long after their creation: past the stack's create settle window (10 s below),
 # so a job whose create answer was lost sees an empty list when a second create would have been sent.
 LIST_LAG_S = 12.0
@@ -74,9 +91,7 @@ def photo(rng: random.Random, fmt: str) -> bytes:
         draw.line([(0, y), (width, y)], fill=(shade, shade, shade - 3))
     colour = (rng.randrange(40, 200), rng.randrange(20, 120), rng.randrange(20, 120))
     draw.ellipse([30, 18, 90, 80], fill=colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+    return encoded(image, fmt)
 
 
 def plan_uploads(rng: random.Random, count: int) -> list[dict[str, Any]]:
@@ -113,6 +128,96 @@ def plan_uploads(rng: random.Random, count: int) -> list[dict[str, Any]]:
             truncated = photo(rng, "JPEG")[:200]  # passes the magic-byte check, cannot be decoded
             plan.append({"key": f"{key}.jpg", "body": truncated, "meta": {}, "expect": "failed"})
     return plan
+
+
+@dataclass
+class Uploads:
+    """Every object version put, with the SHA-256 of the bytes put: the test's own record of each
+    version's content, independent of what the pipeline records."""
+
+    s3: Any
+    bucket: str
+    newest: dict[str, str] = field(default_factory=dict)  # key -> version id of its newest upload
+    digests: dict[tuple[str, str], str] = field(default_factory=dict)  # (key, version id) -> SHA-256
+    put_at: dict[tuple[str, str], float] = field(default_factory=dict)  # (key, version id) -> epoch s
+
+    def put(self, key: str, body: bytes, meta: dict[str, str]) -> tuple[str, str]:
+        answer = self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=meta)
+        version = (key, answer["VersionId"])
+        self.newest[key] = answer["VersionId"]
+        self.digests[version] = hashlib.sha256(body).hexdigest()
+        self.put_at[version] = time.time()
+        return version
+
+    def content(self, job: dict[str, Any]) -> tuple[str, Colour]:
+        """What a job's result is of: the bytes of its version and its colour."""
+        return self.digests[(job["source_key"], job["source_version_id"])], parse_colour(job["color"])
+
+
+@dataclass
+class SameBytes:
+    """Uploads of a photo's exact bytes again; ``(original, copy)`` version pairs."""
+
+    same_key: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
+    new_key: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
+    new_colour: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)  # the new keys, checked like the plan's
+
+    def upload(
+        self, uploads: Uploads, item: dict[str, Any], original: tuple[str, str], same_key: bool
+    ) -> None:
+        if same_key:
+            self.same_key.append((original, uploads.put(item["key"], item["body"], item["meta"])))
+            return
+        copy = {**item, "key": f"uploads/chaos/copy-{len(self.items):05d}-{item['key'].rsplit('/', 1)[1]}"}
+        self.new_key.append((original, uploads.put(copy["key"], copy["body"], copy["meta"])))
+        self.items.append(copy)
+
+    def upload_in_new_colour(self, uploads: Uploads, item: dict[str, Any]) -> None:
+        copy = {
+            **item,
+            "key": f"uploads/chaos/colour-{self.new_colour:05d}-{item['key'].rsplit('/', 1)[1]}",
+            "meta": {"background-color": LATER_COLOUR},
+        }
+        uploads.put(copy["key"], copy["body"], copy["meta"])
+        self.items.append(copy)
+        self.new_colour += 1
+
+    def in_flight(self, uploads: Uploads, by_version: dict[Any, dict[str, Any]]) -> int:
+        """Copies put before the original's job had finished."""
+
+        def finished_at(job: dict[str, Any]) -> float:
+            return datetime.fromisoformat(job.get("completed_at") or job["updated_at"]).timestamp()
+
+        return sum(
+            uploads.put_at[copy] < finished_at(by_version[original])
+            for original, copy in self.same_key + self.new_key
+        )
+
+
+def runflow_runs(http: httpx.Client, runflow_url: str) -> list[dict[str, Any]]:
+    """Every run the local Runflow recorded, through its run list (every page)."""
+    runs: list[dict[str, Any]] = []
+    params = {"limit": "500"}
+    while True:
+        page = http.get(
+            f"{runflow_url}/v1/runs", params=params, headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"}
+        ).json()
+        runs.extend(page["items"])
+        if not page.get("next"):
+            return runs
+        params = {"limit": "500", "pq": page["next"]}
+
+
+def producing_job(job: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The job whose run made this job's result: itself, or the one it reused (transitively)."""
+    seen = {job["job_id"]}
+    while not job.get("run_id"):
+        assert job.get("reused_from") in by_id, f"{job['job_id']} succeeded with neither a run nor a reuse"
+        job = by_id[job["reused_from"]]
+        assert job["job_id"] not in seen, f"reuse cycle through {job['job_id']}"
+        seen.add(job["job_id"])
+    return job
 
 
 def scan_jobs(stack: LocalStack) -> list[dict[str, Any]]:
@@ -233,35 +338,39 @@ def test_nothing_lost_nothing_billed_twice(
         assert stack.resources is not None and stack.runflow is not None
         s3 = stack.s3()
         bucket = stack.resources.uploads_bucket
-        newest: dict[str, str] = {}  # key -> version id of its newest upload
-        uploaded: set[tuple[str, str]] = set()  # every (key, version id) put
+        uploads = Uploads(s3, bucket)
+        newest = uploads.newest  # key -> version id of its newest upload
         second_versions: set[str] = set()
-        pending: list[tuple[int, str]] = []  # (upload index it is due at, key)
+        same_bytes = SameBytes()
+        pending: list[tuple[int, Callable[[], None]]] = []  # (upload index it is due at, the upload)
 
         def upload_again(key: str) -> None:
             # A second version of the object, in another colour, while the first may be in flight.
-            again = s3.put_object(
-                Bucket=bucket, Key=key, Body=photo(rng, "PNG"), Metadata={"background-color": "#00AA00"}
-            )
-            newest[key] = again["VersionId"]
-            uploaded.add((key, again["VersionId"]))
+            uploads.put(key, photo(rng, "PNG"), {"background-color": "#00AA00"})
             second_versions.add(key)
 
         for index, item in enumerate(plan):
-            put = s3.put_object(Bucket=bucket, Key=item["key"], Body=item["body"], Metadata=item["meta"])
-            newest[item["key"]] = put["VersionId"]
-            uploaded.add((item["key"], put["VersionId"]))
+            first = uploads.put(item["key"], item["body"], item["meta"])
             if rng.random() < 0.15:
                 head = s3.head_object(Bucket=bucket, Key=item["key"])
                 duplicate_notification(stack, item["key"], head)
-            if item["expect"] == "processed" and rng.random() < REUPLOAD_SHARE:
-                pending.append((index + rng.randrange(1, 6), item["key"]))
+            roll = rng.random() if item["expect"] == "processed" else 1.0
+            if roll < REUPLOAD_SHARE:
+                pending.append((index + rng.randrange(1, 6), partial(upload_again, item["key"])))
+            elif roll < REUPLOAD_SHARE + SAME_BYTES_SHARE:
+                # The same bytes and colour again, within three uploads of the first: its job has
+                # not finished (counted below), and identical uploads in flight must make one run.
+                same_key = rng.random() < 0.5
+                pending.append(
+                    (index + rng.randrange(0, 3), partial(same_bytes.upload, uploads, item, first, same_key))
+                )
+            pending.sort(key=lambda due: due[0])
             while pending and pending[0][0] <= index:
-                upload_again(pending.pop(0)[1])
+                pending.pop(0)[1]()
             if index == len(plan) // 2:
                 stack.runflow.restart_callback_sender()
-        for _due, key in pending:
-            upload_again(key)
+        for _due, upload in pending:
+            upload()
 
         # Completion events are counted as they come (a queue left to grow makes every SQS call
         # on it slower in moto), and checked once the run is over.
@@ -273,34 +382,62 @@ def test_nothing_lost_nothing_billed_twice(
                 events[event["detail"]["event_id"]] += 1
                 deliveries.setdefault(event["detail"]["event_id"], []).append(event["id"])
 
-        # Converge: every job terminal (the reconciler recovers what callbacks did not deliver).
-        converged_at: float | None = None
         hostile: Counter[int] = Counter()
-        while time.monotonic() - started < HANG_LIMIT_S:
-            collect_events()
+
+        def converge() -> float | None:
+            """Until every job is terminal (the reconciler recovers what callbacks did not deliver)."""
+            nonlocal hostile
+            while time.monotonic() - started < HANG_LIMIT_S:
+                collect_events()
+                jobs = scan_jobs(stack)
+                if not hostile and len(jobs) >= len(plan) // 2:
+                    hostile = hostile_callbacks(stack, http, jobs[:10])
+                seen = {(j["source_key"], j.get("source_version_id")) for j in jobs}
+                if seen >= set(uploads.digests) and all(j["status"] in TERMINAL for j in jobs):
+                    return time.monotonic()
+                time.sleep(1.0 + len(jobs) / 1000)  # each scan reads the whole table: poll less as it grows
+            return None
+
+        def hung() -> str:
             jobs = scan_jobs(stack)
-            if not hostile and len(jobs) >= len(plan) // 2:
-                hostile = hostile_callbacks(stack, http, jobs[:10])
-            seen = {(j["source_key"], j.get("source_version_id")) for j in jobs}
-            if seen >= uploaded and all(j["status"] in TERMINAL for j in jobs):
-                converged_at = time.monotonic()
-                break
-            time.sleep(1.0 + len(jobs) / 1000)  # each scan reads the whole table: poll less as it grows
+            # Notifications name their version (as S3's do): every version put has a job, an older
+            # one whose notification came after the newer upload ends superseded.
+            missing = set(uploads.digests) - {(j["source_key"], j.get("source_version_id")) for j in jobs}
+            statuses = dict(Counter(j["status"] for j in jobs))
+            return f"hung: not converged in {HANG_LIMIT_S:.0f}s: {statuses}; no job for {sorted(missing)[:5]}"
+
+        converged_at = converge()
+        assert converged_at is not None, hung()
+
+        # Second wave: finished photos uploaded again, their results there to be reused, and the
+        # same bytes in a colour no job had, which must be run.
+        by_version = {(j["source_key"], j.get("source_version_id")): j for j in scan_jobs(stack)}
+        finished = [
+            item
+            for item in plan
+            if item["key"] not in second_versions
+            and by_version[(item["key"], newest[item["key"]])]["status"] == "succeeded"
+        ]
+        later_began = time.monotonic()
+        later = rng.sample(finished, min(len(finished), max(3, round(len(finished) * LATER_SHARE))))
+        for n, item in enumerate(later):
+            if n % 3 == 2:
+                same_bytes.upload_in_new_colour(uploads, item)
+            else:
+                same_bytes.upload(uploads, item, (item["key"], newest[item["key"]]), n % 3 == 0)
+        later_converged_at = converge()
+        assert later_converged_at is not None, hung()
         jobs = scan_jobs(stack)
         statuses = Counter(j["status"] for j in jobs)
-        # Notifications name their version (as S3's do): every version put has a job, an older one
-        # whose notification came after the newer upload ends superseded.
-        missing = uploaded - {(j["source_key"], j.get("source_version_id")) for j in jobs}
-        assert converged_at is not None, (
-            f"hung: not converged in {HANG_LIMIT_S:.0f}s: {dict(statuses)}; no job for {sorted(missing)[:5]}"
-        )
 
         stack.runflow.set_faults(FaultSettings())  # read outputs back without injected errors
         by_version = {(j["source_key"], j.get("source_version_id")): j for j in jobs}
+        by_id = {j["job_id"]: j for j in jobs}
         assert len(by_version) == len(jobs), "one job per object version"
         results = lost = 0
         processed = 0
-        for item in plan:
+        unrecorded: list[str] = []  # succeeded jobs that do not record their pixels' digest
+        for item in plan + same_bytes.items:
             key = item["key"]
             job = by_version[(key, newest[key])]  # the newest version's job decides the outcome
             expect = item["expect"]
@@ -326,8 +463,13 @@ def test_nothing_lost_nothing_billed_twice(
             [result_key] = job["result_keys"]
             stored = s3.get_object(Bucket=stack.resources.results_bucket, Key=result_key)
             assert stored["Metadata"]["source-version"] == newest[key], f"{key}: an older version won"
+            # The job records what its pixels are, and a reused result is of the same pixels and colour.
+            if job.get("content_digest") != uploads.digests[(key, newest[key])]:
+                unrecorded.append(job["job_id"])
+            origin = producing_job(job, by_id)
+            assert uploads.content(origin) == uploads.content(job), f"{key}: reused from {origin['job_id']}"
             run = http.get(
-                f"{stack.info['runflow_url']}/v1/runs/{job['run_id']}",
+                f"{stack.info['runflow_url']}/v1/runs/{origin['run_id']}",
                 headers={"Authorization": f"Bearer {RUNFLOW_API_KEY}"},
             ).json()
             produced = http.get(run["output"]["outputs"][0]["url"]).content
@@ -357,13 +499,38 @@ def test_nothing_lost_nothing_billed_twice(
         billed = stats["runs_created"]
         duplicate_runs = billed - len({j["run_id"] for j in with_runs})
         runs_per_upload = billed / len(with_runs)
+        # Paid for: each run Runflow records as succeeded, by the content (the bytes of its job's
+        # version, as this test recorded them) and colour it was run for. A content whose run failed
+        # and that was run again is not paid twice: counted apart, in reruns_after_failure.
+        runs = runflow_runs(http, stack.info["runflow_url"])
+        assert len(runs) == billed, f"Runflow lists {len(runs)} runs and counts {billed}"
+        paid: Counter[tuple[str, Colour]] = Counter()
+        failed_contents: Counter[tuple[str, Colour]] = Counter()
+        for run in runs:
+            digest, _ = uploads.content(by_id[run["metadata"]["job_id"]])
+            colour = Colour(
+                run["input"]["color_red"], run["input"]["color_green"], run["input"]["color_blue"]
+            )
+            if run["status_code"] == "succeeded":
+                paid[(digest, colour)] += 1
+            elif run["status_code"] == "failed":
+                failed_contents[(digest, colour)] += 1
+        ended = {uploads.content(j) for j in jobs if j["status"] == "succeeded"}
+        assert ended <= set(paid), "a job succeeded with pixels no run made"
+        runs_per_distinct_content = sum(paid.values()) / len(paid)
+        paid_twice = sorted(
+            j["job_id"] for j in jobs if j.get("run_id") and paid.get(uploads.content(j), 0) > 1
+        )
+        reused = [j for j in jobs if j.get("reused_from")]
+        assert not [j for j in reused if j.get("run_id") or j["status"] != "succeeded"], "a reuse made a run"
         # Had any forged or tampered callback been accepted, its job would have ended failed with
         # RUN_FAILED (the forged bodies carry no failure code) or canceled.
         assert not [j for j in jobs if j.get("error_code") == "RUN_FAILED" or j["status"] == "canceled"]
         logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("*.log"))
         answer_ms = stats["callback_answer_ms"]
         figures = (
-            f"CHAOS uploads={len(plan)} submitted={len(with_runs)} results={results} lost={lost} "
+            f"CHAOS uploads={len(plan) + len(same_bytes.items)} submitted={len(with_runs)} "
+            f"results={results} lost={lost} "
             f"duplicate_runs={duplicate_runs} runs_per_upload={runs_per_upload:.2f} "
             f"statuses={dict(statuses)} hostile_answers={dict(hostile)} "
             f"callbacks_sent={stats.get('callbacks_sent')} answers_lost={stats.get('create_answers_lost')} "
@@ -372,7 +539,14 @@ def test_nothing_lost_nothing_billed_twice(
             f"idempotency={idempotency} callback_answer_p99_ms={answer_ms['p99']} "
             f"answers_reset={stats.get('create_answers_reset')} second_versions={len(second_versions)} "
             f"superseded={statuses.get('superseded', 0)} callback_answer_p50_ms={answer_ms['p50']} "
-            f"events_per_job={events_per_job:.2f} list_lag_s={LIST_LAG_S:g}"
+            f"events_per_job={events_per_job:.2f} list_lag_s={LIST_LAG_S:g} "
+            f"runs_per_distinct_content={runs_per_distinct_content:.2f} runs_succeeded={sum(paid.values())} "
+            f"distinct_contents={len(paid)} reused={len(reused)} "
+            f"reuploads_same_key={len(same_bytes.same_key)} reuploads_new_key={len(same_bytes.new_key)} "
+            f"reuploads_in_flight={same_bytes.in_flight(uploads, by_version)} "
+            f"new_colour_uploads={same_bytes.new_colour} runs_failed={sum(failed_contents.values())} "
+            f"reruns_after_failure={len(set(paid) & set(failed_contents))} "
+            f"later_time_to_converge_s={later_converged_at - later_began:.1f}"
         )
         print("\n" + figures)
         report_figures(figures)
@@ -380,6 +554,8 @@ def test_nothing_lost_nothing_billed_twice(
         assert stack.callback_secret not in logs and RUNFLOW_API_KEY not in logs
         assert lost == 0
         assert duplicate_runs == 0 and runs_per_upload == 1.0
+        assert runs_per_distinct_content == 1.0, f"the same pixels paid for twice, by jobs {paid_twice}"
+        assert not unrecorded, f"succeeded jobs without the SHA-256 of their bytes: {unrecorded}"
         twice = {k: v for k, v in deliveries.items() if len(v) > 1}
         assert events_per_job == 1.0, f"events per finished job: {events_per_job}; sent twice: {twice}"
         assert hostile and set(hostile) == {401}, f"hostile callbacks answered {dict(hostile)}"

@@ -22,13 +22,13 @@ from typing import Any
 import boto3
 import pytest
 from click.testing import CliRunner, Result
-from cliworld import photo
 
 from backdrop.jobs import Job, Status
 from backdrop.ledger import ContentLedger
 from backdrop_cli.main import cli
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision
 from backdrop_local.template import Template
+from tests.cli.cliworld import photo
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP = "2026-06-01T00:00:00.000Z"

@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cliworld import (
+
+from backdrop.jobs import Status
+from backdrop_local.aws import client
+from backdrop_local.runflow import FaultSettings
+from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.cli.cliworld import (
     BACKDROP,
     Cli,
     jobs_of,
@@ -29,11 +34,6 @@ from cliworld import (
     resources,
     runs_at_runflow,
 )
-
-from backdrop.jobs import Status
-from backdrop_local.aws import client
-from backdrop_local.runflow import FaultSettings
-from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
 
 WAIT = "--wait-timeout=120"
 

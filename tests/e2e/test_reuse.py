@@ -5,7 +5,6 @@ every other upload of them copies its result."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw
 from backdrop.jobs import TERMINAL
 from backdrop_local.aws import scan_items
 from backdrop_local.stack import LocalStack, StackOptions
+from tests.support.images import encoded
 
 _shades = count(1)
 
@@ -66,9 +66,7 @@ def photo() -> bytes:
     shade = next(_shades)
     image = Image.new("RGB", (64, 48), (230, 230 - shade, 225))
     ImageDraw.Draw(image).ellipse([16, 8, 48, 40], fill=(150, 20 + shade, 25))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return encoded(image, "JPEG")
 
 
 def put(stack: LocalStack, key: str, body: bytes, **metadata: str) -> str:

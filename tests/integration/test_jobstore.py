@@ -5,6 +5,7 @@ The expected rules are written out here, independently of the code's own transit
 from __future__ import annotations
 
 import threading
+from dataclasses import fields
 from typing import Any
 
 import boto3
@@ -231,6 +232,24 @@ def test_retry_clears_everything_of_the_finished_attempt(store: JobStore, resour
     assert "expires_at" not in item and "completed_at" not in item
     assert item["retryable_errors"] == 0 and item["attempt"] == 2 and item["status"] == "received"
     assert {name: item[name] for name in kept} == kept
+
+
+def test_every_attribute_the_store_writes_is_part_of_the_record(resources: Resources) -> None:
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(resources.jobs_table)
+    store = JobStore(table, retention_days=RETENTION_DAYS, clock=lambda: NOW, announce=True)
+    store.claim(_job("job-8c"))
+    store.try_transition("job-8c", Status.SUBMITTED, changes={"run_id": "run-c"})
+    store.record_error("job-8c", Status.SUBMITTED, "RUNFLOW_UNAVAILABLE", "503")
+    store.try_transition("job-8c", Status.FAILED, changes={"error_code": "RUN_FAILED"})
+    assert store.claim_announcement("job-8c", 1)
+    claimed = raw_item(resources, "job-8c")
+    assert store.mark_announced("job-8c", 1)
+    published = raw_item(resources, "job-8c")
+    record = {f.name for f in fields(Job)}
+    assert {"event_shard", "event_claimed_at", "expires_at"} <= set(claimed) <= record
+    assert "event_published_at" in published and set(published) <= record
+    job = store.get("job-8c")
+    assert job is not None and job.to_item() == published
 
 
 def test_two_operators_retrying_the_same_job_start_one_attempt(store: JobStore) -> None:

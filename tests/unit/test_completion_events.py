@@ -4,13 +4,9 @@ moto's (over HTTP), with a rule that routes the stack's events to a queue the te
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import Any
-
-from PIL import Image
-from world import World, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.events import SCHEMA_VERSION, announce
@@ -20,14 +16,12 @@ from backdrop.reconciliation import reconcile
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 
 def upload(world: World, key: str, body: bytes | None = None) -> UploadRef:
-    if body is None:
-        buffer = io.BytesIO()
-        Image.new("RGB", (8, 6), (1, 2, 3)).save(buffer, format="JPEG")
-        body = buffer.getvalue()
-    answer = world.put_upload(key, body)
+    answer = world.put_upload(key, solid(colour=(1, 2, 3)) if body is None else body)
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 

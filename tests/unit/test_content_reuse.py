@@ -5,14 +5,11 @@ counts the runs Backdrop asked for. Each test hands the queued messages to the u
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import Any
 
 import pytest
-from PIL import Image
-from world import OutputServer, World, build_world, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.copying import handle_copy_request
@@ -25,6 +22,8 @@ from backdrop.signatures import sign
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
+from tests.support.images import solid
+from tests.unit.world import OutputServer, World, build_world, metric_total
 
 
 @pytest.fixture
@@ -34,15 +33,11 @@ def world(resources: Resources, output_server: OutputServer) -> World:
 
 
 def photo(colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return solid("JPEG", (8, 6), colour)
 
 
 def cutout(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (6, 4), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return solid("PNG", (6, 4), colour)
 
 
 def upload(world: World, key: str, body: bytes | None = None, **meta: str) -> UploadRef:

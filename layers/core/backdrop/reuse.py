@@ -28,6 +28,7 @@ from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
 from backdrop.services import Services
+from backdrop.timing import CONTENT_LEASE_RETRY_SECONDS
 
 # Tries at taking or waiting on a lease that changes hands between the two conditional writes.
 LEASE_TRIES = 3
@@ -72,7 +73,7 @@ def reuse_or_wait(services: Services, job: Job) -> Result | None:
         # The holder before us succeeded just now: reuse its result, and wake whoever waited.
         _give_back(services, job, holder)
         return _reuse(services, job, found)
-    raise RetryLater("the content lease kept changing hands", after_seconds=5)
+    raise RetryLater("the content lease kept changing hands", after_seconds=CONTENT_LEASE_RETRY_SECONDS)
 
 
 def _reusable(services: Services, job: Job, record: ContentRecord) -> bool:
@@ -144,7 +145,8 @@ def _wait(services: Services, job: Job, holder: str) -> Result:
     services.jobs.update_open(
         job.job_id, job.status, {"error_code": ErrorCode.CONTENT_IN_FLIGHT, "error_message": message}
     )
-    count("ContentWaits")
+    if job.error_code != ErrorCode.CONTENT_IN_FLIGHT:  # counted once, not at each look again
+        count("ContentWaits")
     logger.info("Waiting for the job running the same content", extra={"holder": holder})
     return Result(Outcome.WAITING, job.job_id, detail=message)
 

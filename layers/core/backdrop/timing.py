@@ -40,6 +40,7 @@ EVENTS_READ_TIMEOUT_SECONDS = 10
 COPY_FAILED_RETRY_SECONDS = 5  # a failed output copy: the outputs may be readable again shortly
 LEASE_BUSY_RETRY_SECONDS = 10  # another copy holds the source's result lease
 RESERVE_RACE_RETRY_SECONDS = 5  # another attempt reserved this job's run a moment ago
+CONTENT_LEASE_RETRY_SECONDS = 5  # the content lease kept changing hands (see backdrop.reuse)
 
 # Bounds of a message's shortened visibility: at least a second, and never longer than a Lambda
 # invocation can last (15 minutes), so a wait never outlives the slowest consumer.
