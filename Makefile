@@ -78,7 +78,7 @@ lint: venv
 	UV=$(VENV)/bin/uv requirements/lock.sh --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli
+	$(VENV)/bin/mypy layers/core/backdrop functions local benchmarks cli tests/unit/world.py
 	$(VENV)/bin/cfn-lint --config-file .cfn-lint.yaml
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 

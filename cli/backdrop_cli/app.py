@@ -109,6 +109,8 @@ def job_doc(job: Job) -> dict[str, Any]:
             else None
         ),
         "superseded_by": job.superseded_by,
+        "content_digest": job.content_digest,
+        "reused_from": job.reused_from,
         "created_at": job.created_at,
         "submitted_at": job.submitted_at,
         "completed_at": job.completed_at,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
+from rich.table import Table
 
 from backdrop.colours import Colour
 from backdrop.jobs import OPEN_SHARD, Status
@@ -22,7 +24,8 @@ from backdrop.ledger import RunBudget
 from backdrop_cli.app import App
 from backdrop_cli.contexts import BackfillContext, PlanContext
 from backdrop_cli.errors import FAILED, OK
-from backdrop_cli.inventory import Plan, Verdict, build_plan, plan_from_manifest
+from backdrop_cli.inventory import Plan, Planned, Verdict, build_plan, plan_from_manifest
+from backdrop_cli.reuse import Reuse, assess
 from backdrop_cli.rules import usd
 from backdrop_cli.sending import Sender, SendReport, StopFlag, object_created
 from backdrop_cli.times import duration
@@ -88,7 +91,17 @@ def estimate_seconds(app: App, runs: int) -> float:
     return math.ceil(runs / max(1, app.rules.submit_concurrency)) * SECONDS_PER_SUBMIT
 
 
-def make_plan(app: App, prefix: str | None, colour: Colour | None, workers: int) -> Plan:
+def make_plan(
+    app: App,
+    prefix: str | None,
+    colour: Colour | None,
+    workers: int,
+    *,
+    digest: bool = False,
+    manifest: Path | None = None,
+) -> Plan:
+    """The plan of PREFIX (or of a manifest), and what of it would reuse an earlier result
+    (``digest``: read objects whose digest is otherwise unknown)."""
     with app.ui.progress() as bar:
 
         def progress(done: int, total: int | None) -> None:
@@ -97,12 +110,21 @@ def make_plan(app: App, prefix: str | None, colour: Colour | None, workers: int)
             else:
                 bar.update("read", completed=done, total=total, description="Reading first bytes")
 
-        return build_plan(app.stack, app.rules, prefix, colour, workers=workers, progress=progress)
+        plan = (
+            plan_from_manifest(app.stack, manifest)
+            if manifest is not None
+            else build_plan(app.stack, app.rules, prefix, colour, workers=workers, progress=progress)
+        )
+        bar.update("reuse", completed=0, total=None, description="Looking up content digests")
+        assess(app.stack, plan, enabled=app.rules.settings.reuse_results, stream=digest, workers=workers)
+        return plan
 
 
 def plan_doc(app: App, plan: Plan, outlook: BudgetOutlook) -> dict[str, Any]:
     counts = plan.counts()
     to_submit = counts[Verdict.SUBMIT]
+    runs = len(plan.runs())
+    reuses = plan.reuses()
     return {
         "stack": app.stack_doc(),
         "prefix": plan.prefix,
@@ -119,11 +141,19 @@ def plan_doc(app: App, plan: Plan, outlook: BudgetOutlook) -> dict[str, Any]:
             for p in plan.of(Verdict.REJECT)
         ],
         "to_submit": to_submit,
+        "runs": runs,
+        "would_reuse": to_submit - runs,
+        "reuse": {
+            "enabled": plan.reuse_enabled,
+            "from_earlier_results": reuses[Reuse.EARLIER],
+            "duplicates_in_plan": reuses[Reuse.DUPLICATE],
+            "digest_unknown": plan.digest_unknown(),
+        },
         "price_per_run_usd": app.rules.price_per_run,
-        "estimated_cost_usd": app.rules.cost(to_submit),
+        "estimated_cost_usd": app.rules.cost(runs),  # reused results cost nothing
         "estimated_seconds": estimate_seconds(app, to_submit),
         "submit_concurrency": app.rules.submit_concurrency,
-        "budget": outlook.doc(to_submit),
+        "budget": outlook.doc(runs),
         "folder_markers_ignored": plan.folder_markers,
         "vanished_while_reading": plan.vanished,
     }
@@ -161,9 +191,10 @@ def show_plan(app: App, doc: dict[str, Any]) -> None:
         f"{doc['would_reject']}" + (f"  ({reasons}; recorded, never billed)" if reasons else ""),
     )
     grid.add_row("to submit", str(doc["to_submit"]))
+    _reuse_rows(grid, doc)
     grid.add_row(
         "estimated cost",
-        f"{usd(doc['estimated_cost_usd'])}  ({doc['to_submit']} runs at {usd(doc['price_per_run_usd'])})",
+        f"{usd(doc['estimated_cost_usd'])}  ({doc['runs']} runs at {usd(doc['price_per_run_usd'])})",
     )
     budget = doc["budget"]
     grid.add_row(
@@ -203,9 +234,29 @@ def show_plan(app: App, doc: dict[str, Any]) -> None:
             app.ui.print(f"… and {len(rejected) - 20} more (--json lists them all)")
 
 
+def _reuse_rows(grid: Table, doc: dict[str, Any]) -> None:
+    """How many of the objects to submit run, and how many reuse a result at $0 (and why)."""
+    reuse = doc["reuse"]
+    if not reuse["enabled"]:
+        grid.add_row("runs", f"{doc['runs']}  (ReuseResults is off: every object to submit is a run)")
+        return
+    grid.add_row("runs", f"{doc['runs']}  (new pixels)")
+    grid.add_row(
+        "would reuse",
+        f"{doc['would_reuse']}  at $0 ({reuse['from_earlier_results']} from earlier results,"
+        f" {reuse['duplicates_in_plan']} duplicates within this plan)",
+    )
+    if reuse["digest_unknown"]:
+        grid.add_row(
+            "digest unknown",
+            f"{reuse['digest_unknown']}  (no job and no SHA-256 checksum in S3 says what their bytes are:"
+            " counted as runs; --digest reads them to find out)",
+        )
+
+
 def run_plan(context: PlanContext) -> int:
     app, manifest = context.app, context.manifest
-    plan = make_plan(app, context.prefix, context.colour, context.workers)
+    plan = make_plan(app, context.prefix, context.colour, context.workers, digest=context.digest)
     doc = plan_doc(app, plan, budget_outlook(app))
     if manifest is not None:
         doc["manifest"] = {"path": str(manifest), "objects": plan.write_manifest(manifest)}
@@ -219,35 +270,57 @@ def run_plan(context: PlanContext) -> int:
 
 
 # ---------------------------------------------------------------------- backfill
+def choose(plan: Plan, max_runs: int | None) -> tuple[list[Planned], list[Planned]]:
+    """What a backfill sends (in key order), and what ``--max-runs`` leaves for later. Rejections
+    and reuses of earlier results cost nothing and are always sent; an object that duplicates
+    another of the plan goes with the object whose run it reuses."""
+    runs = plan.runs()
+    kept = runs if max_runs is None else runs[:max_runs]
+    running = {(p.digest, p.entry.color) for p in kept if p.digest}
+    chosen = [*kept, *plan.of(Verdict.REJECT)]
+    deferred = runs[len(kept) :]
+    for planned in plan.of(Verdict.SUBMIT):
+        if planned.reuse == Reuse.EARLIER or (
+            planned.reuse == Reuse.DUPLICATE and (planned.digest, planned.entry.color) in running
+        ):
+            chosen.append(planned)
+        elif planned.reuse:
+            deferred.append(planned)
+    chosen.sort(key=lambda p: p.entry.key)
+    return chosen, deferred
+
+
+def confirm(app: App, outlook: BudgetOutlook, runs: int, reuses: int, *, yes: bool) -> None:
+    """Ask before anything is spent (``--yes`` says yes): what the runs cost, and what the budget allows."""
+    budget_note = ""
+    if outlook.remaining_today is not None and runs + outlook.held_now > outlook.remaining_today:
+        budget_note = (
+            f" Today's run budget has {outlook.remaining_today} left: the rest wait `held` "
+            "and resume on their own, oldest first."
+        )
+    reused = f" ({reuses} more reuse a result at $0)" if reuses else ""
+    app.ui.confirm_cost(
+        f"Backfill {runs + reuses} objects: {runs} runs{reused}, estimated {usd(app.rules.cost(runs))}."
+        f"{budget_note}",
+        yes=yes,
+    )
+
+
 def run_backfill(context: BackfillContext) -> int:
     app, manifest, max_runs = context.app, context.manifest, context.max_runs
-    plan = (
-        plan_from_manifest(app.stack, manifest)
-        if manifest
-        else make_plan(app, context.prefix, context.colour, context.workers)
+    plan = make_plan(
+        app, context.prefix, context.colour, context.workers, digest=context.digest, manifest=manifest
     )
     outlook = budget_outlook(app)
     doc = plan_doc(app, plan, outlook)
-    submits = plan.of(Verdict.SUBMIT)
-    deferred = submits[max_runs:] if max_runs is not None else []
-    chosen = submits[: len(submits) - len(deferred)] + plan.of(Verdict.REJECT)
-    chosen.sort(key=lambda p: p.entry.key)
-    runs = len(chosen) - len(plan.of(Verdict.REJECT))
+    chosen, deferred = choose(plan, max_runs)
+    runs = sum(1 for p in chosen if p.runs)
     doc["max_runs"] = max_runs
     doc["deferred_by_max_runs"] = len(deferred)
     if not app.ui.as_json:
         show_plan(app, doc)
     if runs:
-        budget_note = ""
-        if outlook.remaining_today is not None and runs + outlook.held_now > outlook.remaining_today:
-            budget_note = (
-                f" Today's run budget has {outlook.remaining_today} left: the rest wait `held` "
-                "and resume on their own, oldest first."
-            )
-        app.ui.confirm_cost(
-            f"Backfill {runs} objects: {runs} runs, estimated {usd(app.rules.cost(runs))}.{budget_note}",
-            yes=context.yes,
-        )
+        confirm(app, outlook, runs, sum(1 for p in chosen if p.reuse), yes=context.yes)
     messages = [(p.entry.job_id, object_created(p.entry, app.stack.region)) for p in chosen]
     report = SendReport()
     with StopFlag() as stop, app.ui.progress() as bar:
@@ -266,7 +339,8 @@ def run_backfill(context: BackfillContext) -> int:
         if context.wait and tracked and not report.stopped:
             result = wait_with_progress(app, bar, stop, tracked, context.wait_timeout, shown=(Status.HELD,))
     doc["sent"] = {
-        "runs": sum(1 for p in chosen if p.verdict is Verdict.SUBMIT and p.entry.job_id in report.sent),
+        "runs": sum(1 for p in chosen if p.runs and p.entry.job_id in report.sent),
+        "reuses": sum(1 for p in chosen if p.reuse and p.entry.job_id in report.sent),
         "rejects": sum(1 for p in chosen if p.verdict is Verdict.REJECT and p.entry.job_id in report.sent),
         "total": len(report.sent),
     }
@@ -289,10 +363,27 @@ def run_backfill(context: BackfillContext) -> int:
 
 
 def show_backfill(app: App, doc: dict[str, Any]) -> None:
-    sent = doc["sent"]
     grid = facts("Backfill")
+    _sending_rows(grid, doc)
+    _waiting_rows(grid, doc)
+    app.ui.print(grid)
+    failures = doc.get("failures") or []
+    if failures:
+        grid = table("~key", "job", "code", "~message", title="Failed")
+        for f in failures[:20]:
+            grid.add_row(f["key"], f["job_id"], f["error_code"] or "", f["error_message"] or "")
+        app.ui.print(grid)
+
+
+def _sending_rows(grid: Table, doc: dict[str, Any]) -> None:
+    """What was sent, and what was not (and why)."""
+    sent = doc["sent"]
     if sent["total"] or doc["delivery_unknown"] or doc["refused_by_sqs"] or doc["not_sent"]:
-        grid.add_row("sent", f"{sent['total']}  ({sent['runs']} to run, {sent['rejects']} to be rejected)")
+        grid.add_row(
+            "sent",
+            f"{sent['total']}  ({sent['runs']} to run, {sent['reuses']} to reuse a result,"
+            f" {sent['rejects']} to be rejected)",
+        )
     else:
         grid.add_row("sent", "nothing: every object under it already has a job for its version and colour")
     if doc["deferred_by_max_runs"]:
@@ -308,27 +399,21 @@ def show_backfill(app: App, doc: dict[str, Any]) -> None:
         )
     for job_id, why in doc["refused_by_sqs"].items():
         grid.add_row("refused by SQS", f"{job_id}: {why}")
+
+
+def _waiting_rows(grid: Table, doc: dict[str, Any]) -> None:
+    """How the sent jobs ended, or why that is not known yet."""
     wait = doc.get("wait")
-    if wait:
-        outcomes = ", ".join(f"{status} {n}" for status, n in doc["outcomes"].items())
-        grid.add_row("outcomes", outcomes or "-")
-        grid.add_row("runs created", f"{doc['runs_created']}  (spent {usd(doc['spent_usd'])})")
-        if wait["held_for_budget"]:
-            grid.add_row(
-                "held", "today's run budget is spent: the held jobs resume on their own, oldest first"
-            )
-        if wait["timed_out"]:
-            grid.add_row(
-                "waiting", "stopped at --wait-timeout; the jobs go on (`backdrop status --prefix …`)"
-            )
-        if wait["interrupted"]:
-            grid.add_row("waiting", "stopped (Ctrl-C); the jobs go on (`backdrop status --prefix …`)")
-    elif sent["total"]:
-        grid.add_row("waiting", "not waited for (--no-wait): `backdrop status --prefix …` shows them")
-    app.ui.print(grid)
-    failures = doc.get("failures") or []
-    if failures:
-        grid = table("~key", "job", "code", "~message", title="Failed")
-        for f in failures[:20]:
-            grid.add_row(f["key"], f["job_id"], f["error_code"] or "", f["error_message"] or "")
-        app.ui.print(grid)
+    if not wait:
+        if doc["sent"]["total"]:
+            grid.add_row("waiting", "not waited for (--no-wait): `backdrop status --prefix …` shows them")
+        return
+    outcomes = ", ".join(f"{status} {n}" for status, n in doc["outcomes"].items())
+    grid.add_row("outcomes", outcomes or "-")
+    grid.add_row("runs created", f"{doc['runs_created']}  (spent {usd(doc['spent_usd'])})")
+    if wait["held_for_budget"]:
+        grid.add_row("held", "today's run budget is spent: the held jobs resume on their own, oldest first")
+    if wait["timed_out"]:
+        grid.add_row("waiting", "stopped at --wait-timeout; the jobs go on (`backdrop status --prefix …`)")
+    if wait["interrupted"]:
+        grid.add_row("waiting", "stopped (Ctrl-C); the jobs go on (`backdrop status --prefix …`)")

@@ -30,6 +30,7 @@ class PlanContext(CommandContext):
     prefix: str | None
     colour: Colour | None
     manifest: Path | None
+    digest: bool
     workers: int
 
 
@@ -49,6 +50,7 @@ class BackfillContext(WaitingContext):
     manifest: Path | None
     colour: Colour | None
     max_runs: int | None
+    digest: bool
 
     def check(self) -> None:
         if self.manifest is not None and (self.prefix is not None or self.colour is not None):

@@ -95,6 +95,14 @@ class Planned:
     entry: Entry
     verdict: Verdict
     job: Job | None = None
+    digest: str | None = None  # the content digest of an object to submit, when known
+    digest_source: str | None = None
+    reuse: str | None = None  # how an object to submit would reuse a result instead of running
+
+    @property
+    def runs(self) -> bool:
+        """Sent, and makes a (billed) run."""
+        return self.verdict is Verdict.SUBMIT and self.reuse is None
 
 
 @dataclass
@@ -104,6 +112,20 @@ class Plan:
     planned: list[Planned] = field(default_factory=list)
     folder_markers: int = 0
     vanished: int = 0  # listed, then gone before it could be read
+    reuse_enabled: bool = False  # the stack reuses results (ReuseResults) and the plan counted them
+
+    def runs(self) -> list[Planned]:
+        return [p for p in self.planned if p.runs]
+
+    def reuses(self) -> Counter[str]:
+        """Objects to submit that would reuse a result, by how."""
+        return Counter(p.reuse for p in self.of(Verdict.SUBMIT) if p.reuse)
+
+    def digest_unknown(self) -> int:
+        """Objects to submit whose content is not known (counted as runs)."""
+        if not self.reuse_enabled:
+            return 0
+        return sum(1 for p in self.of(Verdict.SUBMIT) if p.digest is None)
 
     def of(self, *verdicts: Verdict) -> list[Planned]:
         return [p for p in self.planned if p.verdict in verdicts]

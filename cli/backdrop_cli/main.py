@@ -225,6 +225,16 @@ def workers_option[F: Callable[..., Any]](function: F) -> F:
     )(function)
 
 
+def digest_option[F: Callable[..., Any]](function: F) -> F:
+    return click.option(
+        "--digest",
+        is_flag=True,
+        help="Read each new object whose content digest is unknown (no job of its version, no SHA-256 "
+        "checksum stored by S3) to find out whether it would reuse a result; without it such objects "
+        "count as runs. Costs one GET of the whole object each.",
+    )(function)
+
+
 def wait_options[F: Callable[..., Any]](function: F) -> F:
     function = click.option(
         "--wait-timeout",
@@ -276,6 +286,7 @@ def cli(**_global: Any) -> None:
     type=click.Path(path_type=Path, dir_okay=False, writable=True),
     help="Write every object the backfill would send to FILE (JSON lines).",
 )
+@digest_option
 @workers_option
 @stack_command(PlanContext)
 def plan(context: PlanContext) -> int:
@@ -285,14 +296,19 @@ def plan(context: PlanContext) -> int:
     reads each object's metadata and first bytes with one ranged GET, and computes each object's
     job exactly as the pipeline will: its colour (metadata, colour rules, default, or --color),
     job id and rejection. Objects whose job already succeeded for this version and colour are
-    skipped (never billed twice). Prints the objects, what is already done, what would be rejected
-    and why, what would be submitted, the estimated cost at the stack's PricePerRunUsd, and the
-    time at its SubmitMaxConcurrency and DailyRunBudget. Sends nothing.
+    skipped (never billed twice). With ReuseResults on, an object whose bytes and colour match a
+    job that succeeded (and whose result still exists), or another object of the plan, reuses that
+    result at $0; its content digest comes from a job of the same version or S3's stored SHA-256
+    checksum (--digest reads the others; unknown ones count as runs). Prints the objects, what is
+    already done, what would be rejected and why, what would be submitted, how many runs and how
+    many reuses, the estimated cost of the runs at the stack's PricePerRunUsd, and the time at its
+    SubmitMaxConcurrency and DailyRunBudget. Sends nothing.
 
     \b
     Examples:
       backdrop plan --stack backdrop uploads/spring/
       backdrop plan --stack backdrop uploads/amazon/ --color '#FFFFFF' --manifest amazon.jsonl
+      backdrop plan --stack backdrop uploads/nightly/ --digest
       backdrop plan --local --json
     """
     from backdrop_cli.backfill import run_plan
@@ -322,6 +338,7 @@ def plan(context: PlanContext) -> int:
     "nothing and are sent too).",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
+@digest_option
 @wait_options
 @workers_option
 @stack_command(BackfillContext)

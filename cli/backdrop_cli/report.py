@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from backdrop.jobs import TERMINAL, Job, Status, format_iso, parse_iso
 from backdrop.ledger import RunBudget
 from backdrop_cli import jobtable
@@ -119,6 +121,12 @@ def summarise(jobs: list[Job], price: Any, *, top: int, now: datetime) -> dict[s
     }
 
 
+def reuse_summary(jobs: list[Job], price: Any) -> dict[str, Any]:
+    """Jobs that reused an earlier job's result instead of a run, and what those runs would have cost."""
+    reused = sum(1 for job in jobs if job.reused_from and job.status is Status.SUCCEEDED)
+    return {"reused": reused, "saved_usd": price * reused}
+
+
 def spend(app: App, first_day: date, last_day: date) -> list[dict[str, Any]]:
     """Runs reserved per UTC day (the ledger's ``budget#<day>`` items) against the budget."""
     budget = RunBudget(app.stack.ledger, daily=app.rules.daily_run_budget, clock=lambda: 0.0)
@@ -214,6 +222,7 @@ def run_report(context: ReportContext) -> int:
         "window": {"since": since, "until": format_iso(now), "prefix": prefix},
         "price_per_run_usd": app.rules.price_per_run,
         **summarise(jobs, app.rules.price_per_run, top=context.top, now=now),
+        **reuse_summary(jobs, app.rules.price_per_run),
     }
     # Spend per day over the report's window: from --since (or the oldest job in it) to today.
     first = (
@@ -238,6 +247,26 @@ def run_report(context: ReportContext) -> int:
 
 
 def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
+    app.ui.print(_summary(doc, now))
+    if doc["failure_reasons"]:
+        reasons = table(">count", "status", "code", "~example message", title="Failure reasons")
+        for row in doc["failure_reasons"]:
+            reasons.add_row(str(row["count"]), row["status"], row["error_code"], row["example"])
+        app.ui.print(reasons)
+    if doc["open"]["largest_backlog"]:
+        backlog = table("~prefix", ">open", "~by status", "oldest", title="Largest open backlog")
+        for row in doc["open"]["largest_backlog"]:
+            backlog.add_row(
+                row["prefix"],
+                str(row["open"]),
+                ", ".join(f"{s} {n}" for s, n in row["by_status"].items()),
+                ago(row["oldest_created_at"], now),
+            )
+        app.ui.print(backlog)
+    app.ui.print(_spend_table(doc, now))
+
+
+def _summary(doc: dict[str, Any], now: datetime) -> Table:
     window = doc["window"]
     title = "Report" + (f" since {window['since']}" if window["since"] else " (every job in the table)")
     if window["prefix"]:
@@ -249,6 +278,7 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
         "runs billed",
         f"{doc['runs_billed']}  ({usd(doc['cost_usd'])} at {usd(doc['price_per_run_usd'])} a run)",
     )
+    grid.add_row("results reused", f"{doc['reused']}  (no run: {usd(doc['saved_usd'])} saved)")
     ttr = doc["time_to_result_s"]
     grid.add_row(
         "time to result",
@@ -257,12 +287,7 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
         else "-",
     )
     opened = doc["open"]
-    open_text = f"{opened['total']}"
-    if opened["total"]:
-        open_text += " (" + ", ".join(f"{s} {n}" for s, n in opened["by_status"].items()) + ")"
-        if opened["oldest"]:
-            open_text += f", oldest {opened['oldest']['key']} {ago(opened['oldest']['created_at'], now)}"
-    grid.add_row("open", open_text)
+    grid.add_row("open", _open_text(opened, now))
     if opened["last_errors"]:
         grid.add_row("open, last errors", ", ".join(f"{c} {n}" for c, n in opened["last_errors"].items()))
     queues = doc["queues"]
@@ -273,22 +298,19 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
     )
     if "csv" in doc:
         grid.add_row("csv", f"{doc['csv']['path']} ({doc['csv']['rows']} rows)")
-    app.ui.print(grid)
-    if doc["failure_reasons"]:
-        reasons = table(">count", "status", "code", "~example message", title="Failure reasons")
-        for row in doc["failure_reasons"]:
-            reasons.add_row(str(row["count"]), row["status"], row["error_code"], row["example"])
-        app.ui.print(reasons)
-    if opened["largest_backlog"]:
-        backlog = table("~prefix", ">open", "~by status", "oldest", title="Largest open backlog")
-        for row in opened["largest_backlog"]:
-            backlog.add_row(
-                row["prefix"],
-                str(row["open"]),
-                ", ".join(f"{s} {n}" for s, n in row["by_status"].items()),
-                ago(row["oldest_created_at"], now),
-            )
-        app.ui.print(backlog)
+    return grid
+
+
+def _open_text(opened: dict[str, Any], now: datetime) -> str:
+    text = f"{opened['total']}"
+    if opened["total"]:
+        text += " (" + ", ".join(f"{s} {n}" for s, n in opened["by_status"].items()) + ")"
+        if opened["oldest"]:
+            text += f", oldest {opened['oldest']['key']} {ago(opened['oldest']['created_at'], now)}"
+    return text
+
+
+def _spend_table(doc: dict[str, Any], now: datetime) -> Table:
     budget = doc["spend"]["daily_run_budget"]
     spent = table(
         "day (UTC)",
@@ -308,4 +330,4 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
             f"{row['percent_of_budget']}%" if row["percent_of_budget"] is not None else "-",
             usd(row["cost_usd"]),
         )
-    app.ui.print(spent)
+    return spent

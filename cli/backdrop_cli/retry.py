@@ -47,6 +47,14 @@ class Refusal:
 
 def eligibility(app: App, job: Job, include_rejected: bool) -> str | None:
     """Why this job may not be retried, or None. Reads S3 (HEADs; a ranged GET for rejected jobs)."""
+    why = _status_refusal(job, include_rejected) or _version_refusal(app, job)
+    if why is None and job.status is Status.REJECTED:
+        why = _still_rejected(app, job)
+    return why
+
+
+def _status_refusal(job: Job, include_rejected: bool) -> str | None:
+    """Why the job's status alone rules a retry out, or None."""
     if job.status is Status.SUCCEEDED:
         return "succeeded: nothing to retry"
     if job.status is Status.SUPERSEDED:
@@ -57,34 +65,41 @@ def eligibility(app: App, job: Job, include_rejected: bool) -> str | None:
         return f"rejected ({job.error_code}): the same bytes fail again; --include-rejected to retry anyway"
     if job.status not in RETRYABLE:
         return f"{job.status.value}: not retryable"
+    return None
+
+
+def _version_refusal(app: App, job: Job) -> str | None:
+    """Why the job's source version may not run again (gone, or replaced by a newer one), or None."""
     s3 = app.stack.s3
     current = read_source(s3, job.source_bucket, job.source_key, sniff=False)
     mine = job.upload()
-    if current is None or not current.upload.same_version(mine):
-        exists = read_source(
-            s3, job.source_bucket, job.source_key, version_id=job.source_version_id, sniff=False
-        )
-        if exists is None or (not mine.versioned and current is not None):
-            return "its source version no longer exists"
-        if current is None:
-            return "the object was deleted (only older versions are left): nothing would be written"
-        newer = current.upload.version_id or current.upload.etag
-        return (
-            f"superseded: the object's current version is {newer}; a run of this version would be "
-            "billed for nothing (its result is never written). Backfill the current version instead"
-        )
-    if job.status is Status.REJECTED:
-        # Only a rule change (a raised MaxInputBytes, …) lets a rejected upload pass now.
-        source = read_source(s3, job.source_bucket, job.source_key, version_id=job.source_version_id)
-        if source is None:
-            return "its source version no longer exists"
-        try:
-            parse_colour(job.color)
-        except ValueError as exc:
-            return f"still INVALID_COLOR: {exc}"
-        problem = app.rules.rejection(source, app.rules.colour(source, parse_colour(job.color)))
-        if problem is not None:
-            return f"still {problem[0]} under the stack's rules: {problem[1]}"
+    if current is not None and current.upload.same_version(mine):
+        return None
+    exists = read_source(s3, job.source_bucket, job.source_key, version_id=job.source_version_id, sniff=False)
+    if exists is None or (not mine.versioned and current is not None):
+        return "its source version no longer exists"
+    if current is None:
+        return "the object was deleted (only older versions are left): nothing would be written"
+    newer = current.upload.version_id or current.upload.etag
+    return (
+        f"superseded: the object's current version is {newer}; a run of this version would be "
+        "billed for nothing (its result is never written). Backfill the current version instead"
+    )
+
+
+def _still_rejected(app: App, job: Job) -> str | None:
+    """Why a rejected job would be rejected again under the stack's rules now, or None: only a rule
+    change (a raised MaxInputBytes, …) lets a rejected upload pass."""
+    source = read_source(app.stack.s3, job.source_bucket, job.source_key, version_id=job.source_version_id)
+    if source is None:
+        return "its source version no longer exists"
+    try:
+        colour = parse_colour(job.color)
+    except ValueError as exc:
+        return f"still INVALID_COLOR: {exc}"
+    problem = app.rules.rejection(source, app.rules.colour(source, colour))
+    if problem is not None:
+        return f"still {problem[0]} under the stack's rules: {problem[1]}"
     return None
 
 

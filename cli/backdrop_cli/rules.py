@@ -1,41 +1,23 @@
 """The pipeline's rules as the stack's functions apply them, from the stack's template parameters.
 
 Nothing here decides anything of its own: the functions' settings are built by the core's own
-``load_settings`` from the environment the template gives them (the same parameter → variable
-mapping as the template's Globals), and colours, job identity and rejections are the core's
-functions. So ``plan`` predicts exactly the job ids and rejections the submit path will make.
+``load_settings`` from the environment the template gives them (the parameter → variable mapping
+is the core's settings declaration, ``PARAMETER_ENV``, as in the template's Globals), and colours,
+job identity and rejections are the core's functions. So ``plan`` predicts exactly the job ids and
+rejections the submit path will make.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from backdrop.colours import Colour, ColourChoice, choose_colour
-from backdrop.config import ConfigError, Settings, load_settings
+from backdrop.config import PARAMETER_ENV, RESOURCE_PARAMETERS, ConfigError, Settings, load_settings
 from backdrop.submission import rejection_of
 from backdrop.uploads import SourceObject, job_id_for
 from backdrop_cli.errors import BadUsage
-
-# Template parameter → the functions' environment variable (template.yaml, Globals).
-PARAMETER_ENV = {
-    "DefaultBackgroundColor": "BACKDROP_DEFAULT_COLOR",
-    "ColorRules": "BACKDROP_COLOR_RULES",
-    "UploadPrefix": "BACKDROP_UPLOAD_PREFIX",
-    "ResultsPrefix": "BACKDROP_RESULTS_PREFIX",
-    "MaxInputBytes": "BACKDROP_MAX_INPUT_BYTES",
-    "MaxOutputBytes": "BACKDROP_MAX_OUTPUT_BYTES",
-    "AllowedOutputHosts": "BACKDROP_ALLOWED_OUTPUT_HOSTS",
-    "DailyRunBudget": "BACKDROP_DAILY_RUN_BUDGET",
-    "RetentionDays": "BACKDROP_RETENTION_DAYS",
-    "RunDeadlineMinutes": "BACKDROP_RUN_DEADLINE_MINUTES",
-    "PresignExpirySeconds": "BACKDROP_PRESIGN_EXPIRY_SECONDS",
-    "ReuseResults": "BACKDROP_REUSE_RESULTS",
-}
-
-DEFAULT_PRICE = "0.12"  # template.yaml PricePerRunUsd default
-DEFAULT_SUBMIT_CONCURRENCY = 5  # template.yaml SubmitMaxConcurrency default
 
 
 @dataclass(frozen=True)
@@ -52,16 +34,11 @@ class Rules:
             settings = load_settings(env)
         except ConfigError as exc:
             raise BadUsage(f"the stack's parameters are not valid: {exc}") from exc
-        raw_price = parameters.get("PricePerRunUsd", DEFAULT_PRICE)
-        try:
-            price = Decimal(raw_price)
-        except InvalidOperation as exc:
-            raise BadUsage(f"the stack's PricePerRunUsd is not a number: {raw_price!r}") from exc
         return cls(
             settings=settings,
-            price_per_run=price,
-            submit_concurrency=_int(parameters, "SubmitMaxConcurrency", DEFAULT_SUBMIT_CONCURRENCY),
-            reconcile_interval_minutes=_int(parameters, "ReconcileIntervalMinutes", 5),
+            price_per_run=settings.price_per_run_usd,
+            submit_concurrency=_int(parameters, "SubmitMaxConcurrency"),
+            reconcile_interval_minutes=_int(parameters, "ReconcileIntervalMinutes"),
         )
 
     @property
@@ -95,10 +72,11 @@ class Rules:
         return self.price_per_run * runs
 
 
-def _int(parameters: Mapping[str, str], name: str, default: int) -> int:
+def _int(parameters: Mapping[str, str], name: str) -> int:
+    """A parameter of the stack's resources (not of a function's environment)."""
     raw = parameters.get(name, "")
     try:
-        return int(raw) if raw.strip() else default
+        return int(raw) if raw.strip() else RESOURCE_PARAMETERS[name]
     except ValueError as exc:
         raise BadUsage(f"the stack's {name} is not an integer: {raw!r}") from exc
 

@@ -98,7 +98,11 @@ def _show_jobs(app: App, jobs: list[Job], current: dict[str, Any] | None) -> Non
             grid.add_row("reason", f"{job.error_code}: {job.error_message or ''}")
         grid.add_row("version", job.source_version_id or f"ETag {job.source_etag}")
         grid.add_row("colour", f"{job.color} ({job.color_source or '?'})")
-        grid.add_row("run", job.run_id or "-")
+        grid.add_row("content", f"sha256 {job.content_digest}" if job.content_digest else "-")
+        if job.reused_from:
+            grid.add_row("run", f"- (reused the result of job {job.reused_from}: no run, $0)")
+        else:
+            grid.add_row("run", job.run_id or "-")
         if job.result_keys:
             grid.add_row("result", "\n".join(s3_url(job.result_bucket or "", k) for k in job.result_keys))
         if job.superseded_by:

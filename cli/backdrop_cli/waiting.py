@@ -95,35 +95,16 @@ def wait_for(
         return result
     budget = RunBudget(stack.ledger, daily=budget_per_day, clock=time.time)
     started = clock()
-    checked_at: dict[str, float] = {}
+    missing = _MissingCheck(stack, started)
     interval = FIRST_POLL_SECONDS
     while True:
         polled = [t for t in tracked if not snapshot.finished(t)]
         before = {t.job_id: _state(snapshot.jobs.get(t.job_id)) for t in polled}
         snapshot.jobs.update(jobtable.get_many(stack, [t.job_id for t in polled]))
         now = clock()
-        for t in polled:
-            if t.job_id in snapshot.jobs or now - started < MISSING_GRACE_SECONDS:
-                continue
-            if now - checked_at.get(t.job_id, 0.0) >= MISSING_GRACE_SECONDS:
-                checked_at[t.job_id] = now
-                upload = t.upload
-                source = read_source(
-                    stack.s3, upload.bucket, upload.key, version_id=upload.version_id, sniff=False
-                )
-                if source is None:
-                    snapshot.vanished.add(t.job_id)  # the submit path ignores a vanished object
+        missing.check(snapshot, polled, now)
         on_poll(snapshot)
-        waiting = [t for t in tracked if not snapshot.finished(t)]
-        if not waiting:
-            result.ended = True
-            return result
-        left = [snapshot.jobs.get(t.job_id) for t in waiting]
-        if all(job is not None and job.status is Status.HELD for job in left) and budget.remaining() == 0:
-            result.held_for_budget = True
-            return result
-        if timeout is not None and now - started >= timeout:
-            result.timed_out = True
+        if _settled(result, tracked, budget, timeout, now - started):
             return result
         changed = any(before[t.job_id] != _state(snapshot.jobs.get(t.job_id)) for t in polled)
         interval = FIRST_POLL_SECONDS if changed else min(interval * 1.5, MAX_POLL_SECONDS)
@@ -132,6 +113,51 @@ def wait_for(
         if stop.wait(interval):
             result.interrupted = True
             return result
+
+
+@dataclass
+class _MissingCheck:
+    """Jobs still missing ``MISSING_GRACE_SECONDS`` after the start: is their object version gone?
+    (The submit path ignores a vanished object, so no job will come.) Each is checked at most once
+    per grace period."""
+
+    stack: Stack
+    started: float
+    checked_at: dict[str, float] = field(default_factory=dict)
+
+    def check(self, snapshot: Snapshot, polled: Sequence[Tracked], now: float) -> None:
+        if now - self.started < MISSING_GRACE_SECONDS:
+            return
+        for t in polled:
+            if t.job_id in snapshot.jobs or now - self.checked_at.get(t.job_id, 0.0) < MISSING_GRACE_SECONDS:
+                continue
+            self.checked_at[t.job_id] = now
+            upload = t.upload
+            source = read_source(
+                self.stack.s3, upload.bucket, upload.key, version_id=upload.version_id, sniff=False
+            )
+            if source is None:
+                snapshot.vanished.add(t.job_id)
+
+
+def _settled(
+    result: WaitResult, tracked: Sequence[Tracked], budget: RunBudget, timeout: float | None, waited: float
+) -> bool:
+    """Whether the wait is over (and why, in ``result``): every job ended, only jobs held for a
+    spent budget are left, or the timeout passed."""
+    snapshot = result.snapshot
+    waiting = [t for t in tracked if not snapshot.finished(t)]
+    if not waiting:
+        result.ended = True
+        return True
+    left = [snapshot.jobs.get(t.job_id) for t in waiting]
+    if all(job is not None and job.status is Status.HELD for job in left) and budget.remaining() == 0:
+        result.held_for_budget = True
+        return True
+    if timeout is not None and waited >= timeout:
+        result.timed_out = True
+        return True
+    return False
 
 
 def _state(job: Job | None) -> tuple[str, int, str | None] | None:

@@ -19,11 +19,12 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2,
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.callbacks import handle_callback
+from backdrop.config import CALLBACK_SIGNATURES, COPY_QUEUE, JOBS, RUNFLOW
 from backdrop.observability import logger, metrics, tracer
 from backdrop.services import Services, get_services
 
 # The Runflow API key: a run the job has not recorded is read from Runflow before it is adopted.
-NEEDS = ("jobs_table", "callback_secret_name", "copy_queue_url", "runflow_api_key_secret")
+NEEDS = JOBS | CALLBACK_SIGNATURES | RUNFLOW | COPY_QUEUE
 METHOD, PATH = "POST", "/runflow/callback"
 
 

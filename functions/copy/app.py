@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from backdrop.config import COPY_QUEUE, JOBS, RESULTS, RUN_BUDGET, RUNFLOW, UPLOADS
 from backdrop.copying import handle_copy_request
 from backdrop.observability import logger, metrics, tracer
 from backdrop.outcomes import RetryLater
@@ -17,14 +18,7 @@ from backdrop.queues import CopyRequest
 from backdrop.services import Services, get_services
 from backdrop.visibility import retry_after
 
-NEEDS = (
-    "jobs_table",
-    "ledger_table",
-    "uploads_bucket",
-    "results_bucket",
-    "runflow_api_key_secret",
-    "copy_queue_url",
-)
+NEEDS = JOBS | RUN_BUDGET | UPLOADS | RESULTS | RUNFLOW | COPY_QUEUE
 # Stop a copy this long before the function's own timeout, so it can give its lease back.
 SAFETY_MARGIN_SECONDS = 10.0
 

@@ -7,19 +7,12 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from backdrop.config import COPY_QUEUE, JOBS, RUN_BUDGET, RUN_CREATION, UPLOADS, UPLOADS_QUEUE
 from backdrop.observability import logger, metrics, tracer
 from backdrop.reconciliation import reconcile
 from backdrop.services import Services, get_services
 
-NEEDS = (
-    "jobs_table",
-    "uploads_bucket",
-    "runflow_api_key_secret",
-    "callback_url",
-    "copy_queue_url",
-    "uploads_queue_url",
-    "ledger_table",
-)
+NEEDS = JOBS | RUN_BUDGET | UPLOADS | RUN_CREATION | COPY_QUEUE | UPLOADS_QUEUE
 # Stop starting new jobs this long before the function's timeout.
 SAFETY_MARGIN_SECONDS = 30.0
 

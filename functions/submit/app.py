@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from backdrop.config import IDEMPOTENCY, JOBS, RUN_BUDGET, RUN_CREATION, UPLOADS, UPLOADS_QUEUE
 from backdrop.observability import logger, metrics, tracer
 from backdrop.outcomes import RetryLater
 from backdrop.queues import JobMessage
@@ -30,15 +31,7 @@ from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef, decode_event_key
 from backdrop.visibility import retry_after
 
-NEEDS = (
-    "jobs_table",
-    "idempotency_table",
-    "ledger_table",
-    "uploads_bucket",
-    "runflow_api_key_secret",
-    "callback_url",
-    "uploads_queue_url",
-)
+NEEDS = JOBS | IDEMPOTENCY | RUN_BUDGET | UPLOADS | RUN_CREATION | UPLOADS_QUEUE
 
 processor = BatchProcessor(event_type=EventType.SQS)
 idempotency = IdempotencyConfig(

@@ -40,13 +40,14 @@ class Context:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def _install_crash_fault(rate: float, seed: int) -> None:
+def _install_crash_fault(handler_module: Any, rate: float, seed: int) -> None:
     """Fault injection for the local stack only: die in the middle of copying an output, after the
     job moved to ``copying`` and its result lease was taken, as a Lambda killed mid-invocation would.
-    Installed through the core's own seam for replacing outside dependencies."""
+    Installed from outside the core: the handler module's services factory is swapped for one that
+    hands out the same services with a copier that may crash."""
     outputs = importlib.import_module("backdrop.outputs")
-    services = importlib.import_module("backdrop.services")
     copy_output = outputs.copy_output
+    get_services = handler_module.get_services
     rng = random.Random(seed + os.getpid())
 
     def crashing_copy_output(*args: Any, **kwargs: Any) -> Any:
@@ -56,7 +57,12 @@ def _install_crash_fault(rate: float, seed: int) -> None:
             os._exit(137)
         return copy_output(*args, **kwargs)
 
-    services.override_services(copy=crashing_copy_output)
+    def get_services_crashing_mid_copy(*args: Any, **kwargs: Any) -> Any:
+        services = get_services(*args, **kwargs)
+        services.copy = crashing_copy_output
+        return services
+
+    handler_module.get_services = get_services_crashing_mid_copy
 
 
 def main() -> None:
@@ -71,10 +77,13 @@ def main() -> None:
     os.dup2(2, 1)  # handler prints and logs go to stderr, never into the protocol stream
     sys.path[:0] = args.path
     module_name, function_name = args.handler.rsplit(".", 1)
-    handler = getattr(importlib.import_module(module_name), function_name)
+    handler_module = importlib.import_module(module_name)
+    handler = getattr(handler_module, function_name)
     crash_rate = float(os.environ.get("BACKDROP_LOCAL_CRASH_MID_COPY_RATE", "0") or 0)
     if crash_rate > 0:
-        _install_crash_fault(crash_rate, int(os.environ.get("BACKDROP_LOCAL_FAULT_SEED", "0")))
+        _install_crash_fault(
+            handler_module, crash_rate, int(os.environ.get("BACKDROP_LOCAL_FAULT_SEED", "0"))
+        )
     answers.write(json.dumps({"ready": True}) + "\n")
 
     region = os.environ.get("AWS_REGION", "us-east-1")

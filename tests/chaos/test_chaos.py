@@ -25,7 +25,6 @@ The time to converge is a figure, not a limit; the bound below only stops a hung
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -49,6 +48,7 @@ from backdrop_local import iamcheck
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.support.images import encoded
 
 UPLOADS = int(os.environ.get("BACKDROP_CHAOS_UPLOADS", "150"))
 # Only against a hang: a healthy run converges in a fraction of this (see the figure it prints).
@@ -91,9 +91,7 @@ def photo(rng: random.Random, fmt: str) -> bytes:
         draw.line([(0, y), (width, y)], fill=(shade, shade, shade - 3))
     colour = (rng.randrange(40, 200), rng.randrange(20, 120), rng.randrange(20, 120))
     draw.ellipse([30, 18, 90, 80], fill=colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+    return encoded(image, fmt)
 
 
 def plan_uploads(rng: random.Random, count: int) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ user runs it, and what a test needs to set a scene in the local stack it talks t
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
 import os
 import signal
@@ -18,7 +18,6 @@ from typing import Any
 
 import boto3
 import httpx
-from PIL import Image
 
 from backdrop.jobs import Job
 from backdrop.jobstore import JobStore
@@ -27,6 +26,7 @@ from backdrop.runs import RunflowClient
 from backdrop_cli.stack import Stack
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack
+from tests.support.images import solid
 
 BACKDROP = Path(sys.executable).with_name("backdrop")  # the console script `make venv` installs
 DAY_SECONDS = 86400
@@ -86,10 +86,18 @@ def utc_day_with_room(
         sleep(left)
 
 
-def photo(fmt: str = "JPEG", colour: tuple[int, int, int] = (150, 20, 25)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format=fmt)
-    return buffer.getvalue()
+_photos = itertools.count()
+
+
+def photo(fmt: str = "JPEG", colour: tuple[int, int, int] | None = None) -> bytes:
+    """A small photo. Of a given ``colour``, the same bytes every time; without one, other bytes
+    at each call (another size): the pipeline reuses one result for identical bytes, so objects
+    meant to run each need their own pixels."""
+    size = (64, 48)
+    if colour is None:
+        drawn = next(_photos)
+        size = (64 + drawn % 64, 48 + drawn // 64)
+    return solid(fmt, size, colour or (150, 20, 25))
 
 
 def cli_stack_for(resources: Resources, parameters: dict[str, str] | None = None) -> Stack:

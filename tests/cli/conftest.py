@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cliworld import BACKDROP
+
+from tests.cli.cliworld import BACKDROP
 
 ROOT = Path(__file__).resolve().parents[2]
 

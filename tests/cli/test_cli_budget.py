@@ -10,11 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cliworld import Cli, jobs_of, no_notifications, photo, put, resources, runs_at_runflow, utc_day_with_room
 
 from backdrop.ledger import RunBudget
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import LocalStack, StackOptions
+from tests.cli.cliworld import (
+    Cli,
+    jobs_of,
+    no_notifications,
+    photo,
+    put,
+    resources,
+    runs_at_runflow,
+    utc_day_with_room,
+)
 
 PREFIX = "uploads/budget/"
 

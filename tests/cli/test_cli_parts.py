@@ -17,7 +17,6 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import ClientError, ReadTimeoutError
-from cliworld import cli_stack_for, utc_day_with_room
 
 from backdrop.colours import Colour, parse_colour
 from backdrop.config import load_settings
@@ -40,6 +39,7 @@ from backdrop_cli.stack import deployed_stack, local_stack
 from backdrop_cli.times import duration, parse_since
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client
 from backdrop_local.template import Template
+from tests.cli.cliworld import cli_stack_for, utc_day_with_room
 
 ROOT = Path(__file__).resolve().parents[2]
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 28

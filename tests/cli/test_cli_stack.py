@@ -8,6 +8,7 @@ pipeline is the command's backfill."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import signal
 import subprocess
@@ -16,7 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cliworld import (
+
+from backdrop.jobs import Status
+from backdrop_local.aws import client
+from backdrop_local.runflow import FaultSettings
+from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.cli.cliworld import (
     BACKDROP,
     Cli,
     jobs_of,
@@ -28,11 +34,6 @@ from cliworld import (
     resources,
     runs_at_runflow,
 )
-
-from backdrop.jobs import Status
-from backdrop_local.aws import client
-from backdrop_local.runflow import FaultSettings
-from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
 
 WAIT = "--wait-timeout=120"
 
@@ -143,14 +144,14 @@ def test_backfill_is_capped_resumable_and_never_sends_twice(
     manifest = tmp_path / "plan.jsonl"
     cli.json("plan", PREFIX, "--manifest", str(manifest))
     first = cli.json("backfill", PREFIX, "--max-runs", "1", "--yes", WAIT)
-    assert first["sent"] == {"runs": 1, "rejects": 3, "total": 4}
+    assert first["sent"] == {"runs": 1, "reuses": 0, "rejects": 3, "total": 4}
     assert first["deferred_by_max_runs"] == 3
     assert first["outcomes"] == {"rejected": 3, "succeeded": 1}
     assert first["runs_created"] == 1 and first["spent_usd"] == pytest.approx(0.12)
     # The rest, from the manifest written before: only what has no job yet is sent.
     second = cli.json("backfill", "--manifest", str(manifest), "--yes", WAIT)
     assert second["already_done"] == 1 and second["ended"] == 3
-    assert second["sent"] == {"runs": 3, "rejects": 0, "total": 3}
+    assert second["sent"] == {"runs": 3, "reuses": 0, "rejects": 0, "total": 3}
     assert second["outcomes"] == {"succeeded": 3}
     third = cli.json("backfill", PREFIX, "--yes", WAIT)
     assert third["to_submit"] == 0 and third["sent"]["total"] == 0 and third["already_done"] == 4
@@ -367,3 +368,50 @@ def test_report_counts_reasons_cost_latency_backlog_and_spend(
     assert len(rows) == len(jobs) and {r["job_id"] for r in rows} == {j["job_id"] for j in jobs}
     human = cli("report", "--since", "1h")
     assert human.code == 0 and "Failure reasons" in human.stdout and "Spend" in human.stdout
+
+
+def test_unchanged_photos_are_reused_not_run_again(cli: Cli, stack: LocalStack) -> None:
+    """Plan, backfill, status and report of a re-sent catalogue on the real pipeline: the unchanged
+    photo (a new version of the same key, and a copy under another key) reuses the first result."""
+    prefix = "uploads/resent/"
+    bucket = resources(stack).uploads_bucket
+    same, other = photo(colour=(200, 40, 40)), photo(colour=(40, 200, 40))
+
+    def upload(key: str, body: bytes) -> None:  # as a client that asks S3 to store a SHA-256 does
+        stack.s3().put_object(Bucket=bucket, Key=prefix + key, Body=body, ChecksumAlgorithm="SHA256")
+
+    with no_notifications(stack):
+        upload("first.jpg", same)
+    first = cli.json("backfill", prefix, "--yes", WAIT)
+    assert first["runs"] == 1 and first["runs_created"] == 1
+    [original] = jobs_of(stack, prefix + "first.jpg")
+
+    with no_notifications(stack):
+        upload("first.jpg", same)  # a new version, the same bytes
+        upload("copy.jpg", same)
+        upload("other.jpg", other)
+    plan = cli.json("plan", prefix)
+    assert plan["to_submit"] == 3 and plan["runs"] == 1 and plan["would_reuse"] == 2
+    assert plan["reuse"]["from_earlier_results"] == 2 and plan["reuse"]["digest_unknown"] == 0
+    assert plan["estimated_cost_usd"] == pytest.approx(0.12)
+    black = cli.json("plan", prefix, "--color", "#000000")  # the colour is part of the match
+    assert black["runs"] == 2 and black["reuse"]["duplicates_in_plan"] == 1
+
+    done = cli.json("backfill", prefix, "--yes", WAIT)
+    assert done["sent"] == {"runs": 1, "reuses": 2, "rejects": 0, "total": 3}
+    assert done["outcomes"] == {"succeeded": 3}
+    assert done["runs_created"] == 1 and done["spent_usd"] == pytest.approx(0.12)
+
+    [copy] = cli.json("status", prefix + "copy.jpg")["jobs"]
+    assert copy["status"] == "succeeded" and copy["reused_from"] == original.job_id
+    assert copy["content_digest"] == hashlib.sha256(same).hexdigest()
+    assert copy["run_id"] is None and copy["runs_billed"] == 0
+    assert copy["result"]["keys"] == ["results/resent/copy.jpg/result.png"]
+    assert runs_at_runflow(stack, copy["job_id"]) == 0
+    text = cli("status", copy["job_id"])
+    assert text.code == 0 and f"reused the result of job {original.job_id}" in text.stdout
+
+    report = cli.json("report", "--prefix", prefix)
+    assert report["jobs"] == 4 and report["runs_billed"] == 2
+    assert report["reused"] == 2 and report["saved_usd"] == pytest.approx(0.24)
+    assert cli.json("plan", prefix)["already_done"] == 3

@@ -357,6 +357,9 @@ PLAN_DOC = {
     "reject_reasons",
     "rejected_objects",
     "to_submit",
+    "runs",
+    "would_reuse",
+    "reuse",
     "price_per_run_usd",
     "estimated_cost_usd",
     "estimated_seconds",
@@ -387,6 +390,8 @@ JOB_DOC = {
     "runflow_duration_ms",
     "runs_billed",
     "history",
+    "content_digest",
+    "reused_from",
 }
 
 
@@ -399,6 +404,13 @@ def test_plan_and_backfill_json_documents(world: World, backdrop: Any, tmp_path:
     assert set(plan["stack"]) == STACK_DOC and set(plan["budget"]) == BUDGET_DOC
     assert plan["manifest"] == {"path": str(manifest), "objects": 0} and manifest.read_text() == ""
     assert plan["objects"] == 0 and plan["to_submit"] == 0 and plan["estimated_cost_usd"] == 0
+    assert plan["runs"] == 0 and plan["would_reuse"] == 0
+    assert plan["reuse"] == {
+        "enabled": True,
+        "from_earlier_results": 0,
+        "duplicates_in_plan": 0,
+        "digest_unknown": 0,
+    }
 
     sent = backdrop("backfill", "uploads/nothing-here/", "--yes", *_local(world), "--json")
     assert sent.exit_code == 0, sent.stderr
@@ -412,7 +424,7 @@ def test_plan_and_backfill_json_documents(world: World, backdrop: Any, tmp_path:
         "interrupted",
         "not_sent",
     }
-    assert backfill["sent"] == {"runs": 0, "rejects": 0, "total": 0}
+    assert backfill["sent"] == {"runs": 0, "reuses": 0, "rejects": 0, "total": 0}
     assert backfill["wait"] is None and backfill["outcomes"] == {} and backfill["jobs"] == []
     assert backfill["interrupted"] is False and backfill["not_sent"] == 0
 
@@ -486,6 +498,8 @@ def test_report_json_document(world: World, backdrop: Any, tmp_path: Path) -> No
         "failure_reasons",
         "runs_billed",
         "cost_usd",
+        "reused",
+        "saved_usd",
         "time_to_result_s",
         "open",
         "spend",

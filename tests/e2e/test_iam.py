@@ -7,7 +7,6 @@ the session's recording moto server and the local Runflow over HTTP."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from backdrop_local import iamcheck, iampolicies
 from backdrop_local.aws import SECRET_ACCESS_KEY, Resources, client, provision
@@ -25,6 +23,7 @@ from backdrop_local.iamrecord import CALLS_SUFFIX, function_access_key
 from backdrop_local.lambdas import LocalFunction, runtime_dir
 from backdrop_local.runflow import FaultSettings, LocalRunflow
 from backdrop_local.template import Template
+from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "iam-e2e"
@@ -78,12 +77,6 @@ def world(
     yield World(template, resources, runflow, copy, iam_record_dir)
     copy.close()
     runflow.stop()
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 32), (180, 40, 40)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _finished_run(world: World, key: str) -> str:
@@ -163,7 +156,7 @@ def test_copy_of_a_run_read_back_queues_it_and_only_todays_template_allows_that(
 ) -> None:
     key = "uploads/iam/photo.png"
     put = client("s3", world.resources.endpoint_url, "us-east-1").put_object(
-        Bucket=world.resources.uploads_bucket, Key=key, Body=_png()
+        Bucket=world.resources.uploads_bucket, Key=key, Body=solid("PNG", (48, 32), (180, 40, 40))
     )
     run_id = _finished_run(world, key)
     job_id = _seed_job(world, key, put["VersionId"], run_id)

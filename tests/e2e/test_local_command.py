@@ -3,7 +3,6 @@ watch the result appear, update a parameter as a stack update would, stop with S
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,9 +12,9 @@ import time
 from pathlib import Path
 
 import boto3
-from PIL import Image
 
 from backdrop import results
+from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
@@ -83,10 +82,10 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
         ).Table(info["jobs_table"])
 
         def upload(name: str) -> str:
-            buffer = io.BytesIO()
-            Image.new("RGB", (80, 60), (240, 240, 240)).save(buffer, format="JPEG")
             s3.put_object(
-                Bucket=info["uploads_bucket"], Key=f"{info['upload_prefix']}{name}", Body=buffer.getvalue()
+                Bucket=info["uploads_bucket"],
+                Key=f"{info['upload_prefix']}{name}",
+                Body=solid("JPEG", (80, 60), (240, 240, 240)),
             )
             key = f"{info['upload_prefix']}{name}"
             return results.result_key(key, info["upload_prefix"], info["results_prefix"], "png")

@@ -5,7 +5,6 @@ The stack's Runflow processes instantly here: these tests are about what happens
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -15,13 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from backdrop.jobs import TERMINAL
 from backdrop.signatures import sign
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.support.images import solid
 
 _names = count()
 
@@ -34,6 +33,8 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
         reconcile_every_seconds=2.0,
         reconcile_min_age_seconds=5,
         runflow_callback_delays=(0.2, 0.4),
+        # Every test uploads the same photo under its own faults: each upload must make its run.
+        parameter_overrides={"ReuseResults": "false"},
     )
     with LocalStack(options) as running:
         yield running
@@ -53,9 +54,7 @@ def faults(stack: LocalStack, **settings: Any) -> None:
 
 
 def photo() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 32), (120, 60, 30)).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return solid("JPEG", (48, 32), (120, 60, 30))
 
 
 def upload(stack: LocalStack, **metadata: str) -> str:
@@ -134,12 +133,10 @@ def test_several_outputs_each_get_a_key(stack: LocalStack) -> None:
 def put(stack: LocalStack, key: str, image_format: str, colour: str) -> str:
     """Upload a photo of its own (bytes no other upload has) in that format; returns its version id."""
     assert stack.resources is not None
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 32), (120, 60, next(_names) % 256)).save(buffer, format=image_format)
     answer = stack.s3().put_object(
         Bucket=stack.resources.uploads_bucket,
         Key=key,
-        Body=buffer.getvalue(),
+        Body=solid(image_format, (48, 32), (120, 60, next(_names) % 256)),
         Metadata={"background-color": colour},
     )
     return str(answer["VersionId"])

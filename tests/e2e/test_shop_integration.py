@@ -4,7 +4,6 @@ the daily run budget holding jobs and resuming them when an operator raises it."
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -15,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from backdrop.jobs import TERMINAL
 from backdrop_local.aws import scan_items
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import LocalStack, StackOptions
+from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = '{"uploads/amazon/": "#FFFFFF", "uploads/brand/": "241,241,241"}'
@@ -33,7 +32,8 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
         state_dir=tmp_path_factory.mktemp("shop"),
         reconcile_every_seconds=2.0,
         reconcile_min_age_seconds=3,
-        parameter_overrides={"ColorRules": RULES, "DailyRunBudget": "100"},
+        # The same photo goes up again and again to spend the budget: each upload must make its run.
+        parameter_overrides={"ColorRules": RULES, "DailyRunBudget": "100", "ReuseResults": "false"},
     )
     with LocalStack(options) as running:
         assert running.runflow is not None
@@ -42,9 +42,7 @@ def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
 
 
 def photo() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (90, 60, 30)).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return solid("JPEG", (40, 30), (90, 60, 30))
 
 
 def put(stack: LocalStack, key: str, body: bytes | None = None, **metadata: str) -> None:

@@ -18,6 +18,7 @@ from backdrop.jobs import TERMINAL
 from backdrop.results import result_key
 from backdrop_local.aws import scan_items
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
+from tests.support.images import encoded
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +43,7 @@ def portrait(fmt: str = "JPEG", size: tuple[int, int] = (320, 240)) -> bytes:
         shade = 235 - (y * 12) // height
         draw.line([(0, y), (width, y)], fill=(shade, shade, shade))
     draw.ellipse([width * 0.3, height * 0.2, width * 0.7, height * 0.8], fill=(150, 20, 25))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+    return encoded(image, fmt)
 
 
 def jobs_by_key(stack: LocalStack) -> dict[str, dict[str, Any]]:
@@ -102,9 +101,7 @@ def test_upload_comes_back_on_the_requested_colour(stack: LocalStack) -> None:
 
 def bomb() -> bytes:
     """A small PNG that decodes to 144 megapixels."""
-    buffer = io.BytesIO()
-    Image.new("1", (12000, 12000)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    return encoded(Image.new("1", (12000, 12000)), "PNG", optimize=True)
 
 
 SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'

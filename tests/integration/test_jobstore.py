@@ -5,6 +5,7 @@ The expected rules are written out here, independently of the code's own transit
 from __future__ import annotations
 
 import threading
+from dataclasses import fields
 from typing import Any
 
 import boto3
@@ -198,6 +199,57 @@ def test_retry_starts_a_numbered_attempt_keeping_the_history(store: JobStore, re
     ]
     item = raw_item(resources, "job-8")
     assert item["open_shard"] == "open" and "expires_at" not in item and "completed_at" not in item
+
+
+def test_retry_clears_everything_of_the_finished_attempt(store: JobStore, resources: Resources) -> None:
+    # Written out here: what belongs to one attempt, Runflow's request id for its run included.
+    of_the_attempt = {
+        "run_id": "run-x",
+        "run_status": "failed",
+        "output_urls": [{"url": "https://a.runflow.io/1.png"}],
+        "result_bucket": "results",
+        "result_keys": ["results/a/result.png"],
+        "error_code": "RUN_FAILED",
+        "error_message": "boom",
+        "submitted_at": iso_from_epoch(NOW - 60),
+        "runflow_duration_ms": 4200,
+        "runflow_request_id": "req-x",
+        "create_pending_since": iso_from_epoch(NOW - 61),
+        "copy_requeued_at": iso_from_epoch(NOW - 30),
+        "reserved_on": "2026-05-06",
+        "superseded_by": "job-y",
+        "event_published_at": iso_from_epoch(NOW - 1),
+    }
+    kept = {"source_version_id": "v1", "source_etag": "e1", "source_size": 10, "color_source": "default"}
+    store.claim(_job("job-8b", Status.SUBMITTED, retryable_errors=3, **kept))
+    raw_put = raw_item(resources, "job-8b") | of_the_attempt
+    boto3.resource("dynamodb", region_name="us-east-1").Table(resources.jobs_table).put_item(Item=raw_put)
+    failed = store.try_transition("job-8b", Status.FAILED).job
+    assert failed is not None and failed.runflow_request_id == "req-x"
+    assert store.begin_retry(failed).moved
+    item = raw_item(resources, "job-8b")
+    assert not set(of_the_attempt) & set(item)
+    assert "expires_at" not in item and "completed_at" not in item
+    assert item["retryable_errors"] == 0 and item["attempt"] == 2 and item["status"] == "received"
+    assert {name: item[name] for name in kept} == kept
+
+
+def test_every_attribute_the_store_writes_is_part_of_the_record(resources: Resources) -> None:
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(resources.jobs_table)
+    store = JobStore(table, retention_days=RETENTION_DAYS, clock=lambda: NOW, announce=True)
+    store.claim(_job("job-8c"))
+    store.try_transition("job-8c", Status.SUBMITTED, changes={"run_id": "run-c"})
+    store.record_error("job-8c", Status.SUBMITTED, "RUNFLOW_UNAVAILABLE", "503")
+    store.try_transition("job-8c", Status.FAILED, changes={"error_code": "RUN_FAILED"})
+    assert store.claim_announcement("job-8c", 1)
+    claimed = raw_item(resources, "job-8c")
+    assert store.mark_announced("job-8c", 1)
+    published = raw_item(resources, "job-8c")
+    record = {f.name for f in fields(Job)}
+    assert {"event_shard", "event_claimed_at", "expires_at"} <= set(claimed) <= record
+    assert "event_published_at" in published and set(published) <= record
+    job = store.get("job-8c")
+    assert job is not None and job.to_item() == published
 
 
 def test_two_operators_retrying_the_same_job_start_one_attempt(store: JobStore) -> None:

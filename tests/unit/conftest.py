@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from world import OutputServer, World, build_world
 
 from backdrop.config import reset_settings
 from backdrop.observability import metrics
 from backdrop.services import reset_services
 from backdrop_local.aws import Resources
+from tests.unit.world import OutputServer, World, build_world
 
 
 @pytest.fixture(autouse=True)

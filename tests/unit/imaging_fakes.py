@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from backdrop.colours import Colour
 from backdrop_local.runflow import processing
+from tests.support.images import encoded
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ("astronaut.jpg", "bottle.jpg", "chelsea.png", "coffee.webp", "rocket.jpg", "sneaker.jpg")
@@ -133,6 +134,4 @@ def halo(
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return out.getvalue()
+    return encoded(image, fmt, **({"quality": 95} if fmt == "JPEG" else {}))

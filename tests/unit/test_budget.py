@@ -4,13 +4,10 @@ allows again, each with exactly one run."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 
 import pytest
-from PIL import Image
-from world import OutputServer, World, build_world, metric_total
 
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.queues import JobMessage
@@ -18,6 +15,8 @@ from backdrop.reconciliation import reconcile
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
+from tests.support.images import solid
+from tests.unit.world import OutputServer, World, build_world, metric_total
 
 DAY = 86400
 MIN_AGE = 121
@@ -30,10 +29,8 @@ def world(resources: Resources, output_server: OutputServer) -> World:
 
 
 def upload(world: World, name: str) -> UploadRef:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (1, 2, 3)).save(buffer, format="JPEG")
     key = f"uploads/{name}.jpg"
-    answer = world.put_upload(key, buffer.getvalue())
+    answer = world.put_upload(key, solid(colour=(1, 2, 3)))
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 

@@ -3,14 +3,11 @@ fetched. The jobs table and the copy queue are the real ones on a moto server.""
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from PIL import Image
-from world import World, metric_total
 
 from backdrop.callbacks import MAX_BODY_BYTES, MalformedBody, handle_callback, load_envelope
 from backdrop.jobs import Job, Status
@@ -18,15 +15,15 @@ from backdrop.runs import OutputRef, RunflowRejected, RunflowUnavailable, RunReq
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 CURRENT_SECRET = "whsec_current"  # what FakeSecrets holds
 
 
 def submitted(world: World, key: str = "uploads/shoes/red.jpg") -> tuple[str, str]:
     """A job as the submit path leaves it: (job id, run id)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (10, 20, 30)).save(buffer, format="PNG")
-    answer = world.put_upload(key, buffer.getvalue())
+    answer = world.put_upload(key, solid("PNG", colour=(10, 20, 30)))
     result = submit_upload(
         UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None),
         world.services,

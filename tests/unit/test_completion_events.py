@@ -4,13 +4,9 @@ moto's (over HTTP), with a rule that routes the stack's events to a queue the te
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import Any
-
-from PIL import Image
-from world import World, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.events import SCHEMA_VERSION, announce
@@ -20,14 +16,12 @@ from backdrop.reconciliation import reconcile
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 
 def upload(world: World, key: str, body: bytes | None = None) -> UploadRef:
-    if body is None:
-        buffer = io.BytesIO()
-        Image.new("RGB", (8, 6), (1, 2, 3)).save(buffer, format="JPEG")
-        body = buffer.getvalue()
-    answer = world.put_upload(key, body)
+    answer = world.put_upload(key, solid(colour=(1, 2, 3)) if body is None else body)
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 
@@ -69,6 +63,8 @@ def test_rejected_upload_publishes_one_event_with_the_documented_detail(world: W
         "run_id": None,
         "error": {"code": "EMPTY_OBJECT", "message": "the uploaded object is empty (0 bytes)"},
         "superseded_by": None,
+        "reused": False,
+        "reused_from": None,
         "created_at": item["created_at"],
         "completed_at": item["completed_at"],
         "duration_ms": 0,

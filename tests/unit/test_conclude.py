@@ -3,11 +3,6 @@ reconciler's report keys built from outcomes."""
 
 from __future__ import annotations
 
-import io
-
-from PIL import Image
-from world import World, metric_total
-
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
 from backdrop.jobs import Status
@@ -15,13 +10,13 @@ from backdrop.outcomes import Outcome
 from backdrop.reconciliation import Reconciled, Seen, Via
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 
 def submitted_job(world: World) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (200, 40, 40)).save(buffer, format="JPEG")
     key = "uploads/shoes/red.jpg"
-    answer = world.put_upload(key, buffer.getvalue())
+    answer = world.put_upload(key, solid())
     result = submit_upload(
         UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None),
         world.services,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from backdrop.colours import Colour
-from backdrop.config import ENV_NAMES, ConfigError, get_settings, load_settings, reset_settings
+from backdrop.config import (
+    ENV_NAMES,
+    JOBS,
+    RUN_CREATION,
+    ConfigError,
+    get_settings,
+    load_settings,
+    needs,
+    reset_settings,
+)
 from backdrop.services import get_services, reset_services
 
 BASE_ENV: dict[str, str] = {
@@ -291,3 +300,15 @@ def test_result_reuse_is_on_unless_turned_off() -> None:
     assert load_settings({**BASE_ENV, "BACKDROP_REUSE_RESULTS": " TRUE "}).reuse_results is True
     with pytest.raises(ConfigError, match="BACKDROP_REUSE_RESULTS must be true or false, got 'off'"):
         load_settings({**BASE_ENV, "BACKDROP_REUSE_RESULTS": "off"})
+
+
+def test_a_functions_needs_compose_from_named_groups_of_declared_settings() -> None:
+    with pytest.raises(ValueError, match="no_such_setting"):
+        needs("jobs_table", "no_such_setting")
+    composed = JOBS | RUN_CREATION
+    assert composed == {"jobs_table", "runflow_api_key_secret", "callback_url"}
+    settings = load_settings(env(BACKDROP_JOBS_TABLE=None, BACKDROP_CALLBACK_URL=None))
+    with pytest.raises(ConfigError) as info:
+        settings.require(*composed)
+    # Named in the declaration's order, whatever the group's.
+    assert str(info.value).endswith("BACKDROP_JOBS_TABLE, BACKDROP_CALLBACK_URL")

@@ -4,15 +4,12 @@ on a moto server; outputs served over loopback HTTP."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from PIL import Image
-from world import World, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.copying import LEASE_SECONDS, handle_copy_request
@@ -25,28 +22,24 @@ from backdrop.runs import OutputRef, RunflowUnavailable
 from backdrop.signatures import sign
 from backdrop.submission import submit_upload
 from backdrop.uploads import ImageType, UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 KEY = "uploads/sku-123.jpg"
 RESULT = "results/sku-123.jpg/result.png"
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (6, 4), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return solid("PNG", (6, 4), colour)
 
 
 def upload(world: World, key: str = KEY, **meta: str) -> UploadRef:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (200, 40, 40)).save(buffer, format="JPEG")
-    answer = world.put_upload(key, buffer.getvalue(), **meta)
+    answer = world.put_upload(key, solid(), **meta)
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 
 def jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (6, 4), colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return solid("JPEG", (6, 4), colour)
 
 
 def finished(world: World, ref: UploadRef, outputs: list[bytes]) -> CopyRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -9,7 +10,17 @@ import pytest
 
 from backdrop import jobs
 from backdrop.events import DETAIL_TYPES
-from backdrop.jobs import OPEN_SHARD, Job, Status, can_move, format_iso, iso_from_epoch, parse_iso
+from backdrop.jobs import (
+    OPEN_SHARD,
+    Job,
+    JobChanges,
+    Status,
+    can_move,
+    failure,
+    format_iso,
+    iso_from_epoch,
+    parse_iso,
+)
 from backdrop.outcomes import ENDED, Outcome
 from backdrop.runs import OutputRef
 
@@ -204,3 +215,39 @@ def test_timestamp_string_order_is_time_order() -> None:
 )
 def test_parse_iso_reads_every_form_runflow_and_backdrop_write(text: str) -> None:
     assert parse_iso(text) == datetime(2026, 5, 6, 10, 0, 0, tzinfo=UTC)
+
+
+def test_every_change_a_job_write_may_make_is_an_attribute_of_the_record() -> None:
+    attributes = {f.name for f in fields(Job)}
+    assert set(JobChanges.__annotations__) <= attributes
+    # The status and what goes with a move are the job store's own writes, never a change.
+    assert not {"job_id", "status", "updated_at", "completed_at", "expires_at", "event_shard"} & set(
+        JobChanges.__annotations__
+    )
+
+
+def test_the_record_holds_every_attribute_the_job_store_writes() -> None:
+    item = _job(
+        Status.FAILED,
+        expires_at=1_800_000_000,
+        event_shard="pending",
+        event_claimed_at=1_700_000_000,
+        event_published_at="2026-05-06T10:00:09.000Z",
+    ).to_item()
+    assert (item["expires_at"], item["event_shard"], item["event_claimed_at"]) == (
+        1_800_000_000,
+        "pending",
+        1_700_000_000,
+    )
+    job = Job.from_item(
+        item | {"expires_at": Decimal(1_800_000_000), "event_claimed_at": Decimal(1_700_000_000)}
+    )
+    assert (job.expires_at, job.event_claimed_at, job.event_published_at) == (
+        1_800_000_000,
+        1_700_000_000,
+        "2026-05-06T10:00:09.000Z",
+    )
+
+
+def test_a_failure_keeps_its_code_and_at_most_1000_characters_of_its_message() -> None:
+    assert failure("RUN_FAILED", "x" * 1500) == {"error_code": "RUN_FAILED", "error_message": "x" * 1000}

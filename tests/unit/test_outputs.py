@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from output_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
 
 import backdrop.outputs as outputs
 from backdrop.errors import ErrorCode
@@ -28,6 +27,7 @@ from backdrop.outputs import (
 )
 from backdrop.results import extension_of
 from backdrop.uploads import ImageType
+from tests.unit.output_fakes import PUBLIC_ADDRESS, FakeS3, OutputServer, fake_resolver
 
 POLICY = OutputPolicy(allowed_hosts=("*.runflow.io", "cdn.example.com"), max_bytes=1000)
 PUBLIC = fake_resolver()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from imaging_fakes import MAKERS, SAMPLES, WHITE, encode, photo, runflow, sample
 from PIL import Image
 
 from backdrop import products
 from backdrop.colours import Colour
+from tests.unit.imaging_fakes import MAKERS, SAMPLES, WHITE, encode, photo, runflow, sample
 
 
 def _agreement(found: products.Comparison, truth: Image.Image) -> float:

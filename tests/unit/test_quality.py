@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from imaging_fakes import MAKERS, WHITE, blank, cropped, halo, photo, runflow, sample, unchanged
 
 from backdrop import products, quality
+from tests.unit.imaging_fakes import MAKERS, WHITE, blank, cropped, halo, photo, runflow, sample, unchanged
 
 GOOD_SAMPLES = ("astronaut.jpg", "bottle.jpg", "coffee.webp", "rocket.jpg", "sneaker.jpg")
 

@@ -3,13 +3,10 @@ Real jobs table and copy queue on a moto server; Runflow is the stand-in; the cl
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
 
 import pytest
-from PIL import Image
-from world import World, metric_total
 
 from backdrop.jobs import Status
 from backdrop.outcomes import RetryLater
@@ -17,6 +14,8 @@ from backdrop.reconciliation import reconcile
 from backdrop.runs import OutputRef, RunflowUnavailable
 from backdrop.submission import submit_upload
 from backdrop.uploads import UploadRef
+from tests.support.images import solid
+from tests.unit.world import World, metric_total
 
 MIN_AGE = 120  # BACKDROP_RECONCILE_MIN_AGE_SECONDS's default
 DEADLINE = 60 * 60  # BACKDROP_RUN_DEADLINE_MINUTES's default, in seconds
@@ -24,9 +23,7 @@ REQUEUE_AFTER = 1800  # BACKDROP_COPY_REQUEUE_AFTER_SECONDS's default
 
 
 def upload(world: World, key: str = "uploads/shoes/red.jpg") -> UploadRef:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), (200, 40, 40)).save(buffer, format="JPEG")
-    answer = world.put_upload(key, buffer.getvalue())
+    answer = world.put_upload(key, solid())
     return UploadRef(world.resources.uploads_bucket, key, answer["VersionId"], answer["ETag"], None)
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from imaging_fakes import MAKERS, SAMPLES, WHITE, photo, runflow, sample
 from PIL import Image
 
 from backdrop import products, renditions
 from backdrop.colours import Colour
 from backdrop.renditions import PROFILES, RenditionsError, Spec, parse_renditions
+from tests.unit.imaging_fakes import MAKERS, SAMPLES, WHITE, photo, runflow, sample
 
 GREEN = Colour(20, 120, 60)
 

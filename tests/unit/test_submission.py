@@ -5,14 +5,11 @@ documented Idempotency-Key semantics (honoured, or ignored as the single-run rou
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 
 import pytest
 from botocore.exceptions import ClientError
-from PIL import Image
-from world import OutputServer, World, build_world, metric_total
 
 from backdrop.callbacks import handle_callback
 from backdrop.jobs import Status
@@ -22,19 +19,15 @@ from backdrop.signatures import sign
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
-
-
-def jpeg(size: tuple[int, int] = (8, 6)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="JPEG")
-    return buffer.getvalue()
+from tests.support.images import solid
+from tests.unit.world import OutputServer, World, build_world, metric_total
 
 
 def upload(
     world: World, key: str = "uploads/shoes/red.jpg", body: bytes | None = None, **meta: str
 ) -> UploadRef:
     """Put an object and return the notification S3 would send for it."""
-    answer = world.put_upload(key, jpeg() if body is None else body, **meta)
+    answer = world.put_upload(key, solid() if body is None else body, **meta)
     return UploadRef(world.resources.uploads_bucket, key, answer.get("VersionId"), answer["ETag"], None)
 
 
@@ -114,7 +107,7 @@ def test_bad_uploads_are_rejected_with_a_reason(
 
 def test_too_large_is_rejected_by_size_alone(world: World) -> None:
     world.services.settings = replace(world.services.settings, max_input_bytes=100)
-    result = submit_upload(upload(world, body=jpeg((64, 64))), world.services)
+    result = submit_upload(upload(world, body=solid(size=(64, 64))), world.services)
     assert result.outcome is Outcome.REJECTED
     job = only_job(world)
     assert job["error_code"] == "TOO_LARGE" and "100-byte limit" in str(job["error_message"])
@@ -130,7 +123,7 @@ def retried(world: World) -> Result:
 
 def test_retry_of_a_rejected_upload_applies_the_rules_again(world: World) -> None:
     world.services.settings = replace(world.services.settings, max_input_bytes=100)
-    submit_upload(upload(world, body=jpeg((64, 64))), world.services)
+    submit_upload(upload(world, body=solid(size=(64, 64))), world.services)
 
     # Still over the limit: rejected again by its size, attempt 2 recorded, nothing billed.
     assert retried(world).outcome is Outcome.REJECTED

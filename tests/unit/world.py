@@ -78,7 +78,7 @@ class FakeSecrets:
             self._cached = self._stored
         return self._cached
 
-    def api_key(self) -> str:
+    def api_key(self, *, refresh: bool = False) -> str:
         return "rf_live_test_key"
 
 
@@ -269,6 +269,8 @@ def settings_for(resources: Resources, output_origin: str, **env: str) -> Settin
             "BACKDROP_INSECURE_OUTPUT_ORIGIN": output_origin,
             "BACKDROP_CREATE_SETTLE_SECONDS": "60",
             "BACKDROP_EVENT_BUS": "default",
+            # Most tests upload the same few bytes under many keys: reuse is tested on its own.
+            "BACKDROP_REUSE_RESULTS": "false",
             **env,
         }
     )
@@ -366,9 +368,9 @@ def build_world(resources: Resources, outputs: OutputServer, **env: str) -> Worl
             announce=bool(settings.event_bus),
         ),
         ledger=ResultLedger(dynamodb.Table(resources.ledger_table), clock=clock),
-        secrets=secrets,  # type: ignore[arg-type]
+        secrets=secrets,
         http=httpx.Client(timeout=10),
-        runflow=runflow,  # type: ignore[arg-type]
+        runflow=runflow,
         clock=clock,
     )
     return World(services, resources, runflow, secrets, outputs, clock, s3, sqs, ddb)

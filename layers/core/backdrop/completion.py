@@ -11,14 +11,13 @@ copies and never calls Runflow, so a callback can answer at once.
 
 from __future__ import annotations
 
-from typing import Any
-
 from backdrop.errors import ErrorCode, run_ended_code
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, outputs_to_item
+from backdrop.jobs import Job, JobChanges, Status, failure, outputs_to_item
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest
+from backdrop.reuse import queue_reuse_copy
 from backdrop.runs import RunKind, RunResult
 from backdrop.services import Services
 
@@ -115,8 +114,7 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
         {
             "run_id": run.run_id,
             "run_status": run.status,
-            "error_code": code,
-            "error_message": message[:1000],
+            **failure(code, message),
             "runflow_duration_ms": run.duration_ms,
             "create_pending_since": None,
         },
@@ -130,7 +128,7 @@ def finish(services: Services, job: Job, run: RunResult, status: Status, code: s
 
 def _note_and_queue(services: Services, job: Job, run: RunResult, why: str) -> Result:
     """Keep the run's word on the job (still open) and let the copy worker read the run back."""
-    changes: dict[str, Any] = {"run_id": run.run_id, "run_status": run.status, "create_pending_since": None}
+    changes: JobChanges = {"run_id": run.run_id, "run_status": run.status, "create_pending_since": None}
     if job.status is Status.SUBMITTED:
         noted = services.jobs.update_open(job.job_id, Status.SUBMITTED, changes)
     else:
@@ -153,6 +151,9 @@ def _queue_copy(services: Services, job: Job, run: RunResult) -> Result:
 
 def requeue_copy(services: Services, job: Job) -> Result:
     """Queue the copy of a job already in ``copying`` again (its message was lost or used up)."""
+    if job.reused_from is not None:
+        queue_reuse_copy(services, job.job_id, job.reused_from)
+        return Result(Outcome.COPY_QUEUED, job.job_id)
     if job.run_id is None:
         return Result(Outcome.WAITING, job.job_id, detail="no run to copy from")
     return _queue_copy(services, job, RunResult(run_id=job.run_id, status=job.run_status or "succeeded"))

@@ -11,8 +11,10 @@ import functools
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from typing import Any
 from urllib.parse import urlsplit
 
 from backdrop.colours import Colour, ColourRules, parse_colour, parse_colour_rules
@@ -27,111 +29,56 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting a Backdrop function may use. Settings only some functions need may be empty;
-    each function names what it needs (``require``) and fails its first invocation otherwise."""
-
-    region: str
-    jobs_table: str
-    idempotency_table: str
-    ledger_table: str
-    uploads_bucket: str
-    upload_prefix: str
-    results_bucket: str
-    results_prefix: str
-    copy_queue_url: str
-    uploads_queue_url: str
-    runflow_base_url: str
-    runflow_api_key_secret: str
-    callback_secret_name: str
-    callback_url: str
-    default_colour: Colour
-    colour_rules: ColourRules
-    daily_run_budget: int  # runs per UTC day; 0 = unlimited
-    event_bus: str  # EventBridge bus for completion events; empty: none published
-    presign_expiry_seconds: int
-    max_input_bytes: int
-    max_output_bytes: int
-    allowed_output_hosts: tuple[str, ...]
-    # Exactly one origin (scheme://host:port) that may be plain http or loopback. Empty in
-    # production; the local stack sets it to its Runflow's origin.
-    insecure_output_origin: str
-    retention_days: int
-    runflow_timeout_seconds: float
-    submit_retry_budget_seconds: float
-    create_settle_seconds: float
-    run_deadline_minutes: int
-    reconcile_batch_size: int
-    reconcile_min_age_seconds: int
-    # The copy queue's visibility timeout: a copy message neither finished nor returned within it
-    # may be lost, so the reconciler queues the copy again at most once per this window.
-    copy_requeue_after_seconds: int
-    secrets_max_age_seconds: int
-    # Reuse an earlier result for the same bytes and colour instead of a new run (ReuseResults).
-    reuse_results: bool
-
-    @property
-    def runflow_origin(self) -> str:
-        return _origin(self.runflow_base_url)
-
-    def require(self, *names: str) -> Settings:
-        """Fail, naming every missing variable, unless each named setting is set."""
-        missing = [ENV_NAMES[name] for name in names if not getattr(self, name)]
-        if missing:
-            raise ConfigError(f"environment variable(s) required by this function: {', '.join(missing)}")
-        return self
-
-
-# The environment variable behind each setting that a function may require.
-ENV_NAMES = {
-    "jobs_table": "BACKDROP_JOBS_TABLE",
-    "idempotency_table": "BACKDROP_IDEMPOTENCY_TABLE",
-    "ledger_table": "BACKDROP_LEDGER_TABLE",
-    "uploads_bucket": "BACKDROP_UPLOADS_BUCKET",
-    "results_bucket": "BACKDROP_RESULTS_BUCKET",
-    "copy_queue_url": "BACKDROP_COPY_QUEUE_URL",
-    "uploads_queue_url": "BACKDROP_UPLOADS_QUEUE_URL",
-    "runflow_api_key_secret": "BACKDROP_RUNFLOW_API_KEY_SECRET",
-    "callback_secret_name": "BACKDROP_CALLBACK_SECRET",
-    "callback_url": "BACKDROP_CALLBACK_URL",
-}
-
-
 # ASCII only: int() and float() also read other scripts' digits ("١٢" is 12), "1_000", and float()
 # "nan" and "inf", none of which a template parameter can give.
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+# Reads one variable: (environment, its name, the text an unset variable stands for) to the value.
+# Every error names the variable.
+Reader = Callable[[Mapping[str, str], str, str], Any]
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not _INTEGER.fullmatch(raw):
-        raise ConfigError(f"{name} must be an integer, got {raw!r}")
-    value = int(raw)
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, default).strip()
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
-    if not math.isfinite(value):  # also a literal too large for a float
-        raise ConfigError(f"{name} must be a number, got {raw!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _integer(minimum: int) -> Reader:
+    def read(env: Mapping[str, str], name: str, default: str) -> int:
+        raw = env.get(name, "").strip() or default
+        if not _INTEGER.fullmatch(raw):
+            raise ConfigError(f"{name} must be an integer, got {raw!r}")
+        value = int(raw)
+        if value < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return read
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
+def _number(minimum: float) -> Reader:
+    def read(env: Mapping[str, str], name: str, default: str) -> float:
+        raw = env.get(name, "").strip() or default
+        value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
+        if not math.isfinite(value):  # also a literal too large for a float
+            raise ConfigError(f"{name} must be a number, got {raw!r}")
+        if value < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return read
+
+
+def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name, "").strip() or default
+    if not _DECIMAL.fullmatch(raw):
+        raise ConfigError(f"{name} must be a decimal number, got {raw!r}")
+    return Decimal(raw)
+
+
+def _bool(env: Mapping[str, str], name: str, default: str) -> bool:
+    raw = env.get(name, "").strip().lower() or default
     if raw not in ("true", "false"):
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
     return raw == "true"
@@ -144,8 +91,8 @@ def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str:
-    raw = env.get(name, "").strip() or (default or "")
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
     if not raw:
         raise ConfigError(f"environment variable {name} is required")
     parts = urlsplit(raw)
@@ -154,72 +101,236 @@ def _url(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     return raw.rstrip("/")
 
 
-def _optional_url(env: Mapping[str, str], name: str) -> str:
-    return _url(env, name) if env.get(name, "").strip() else ""
+def _optional_url(env: Mapping[str, str], name: str, default: str) -> str:
+    return _url(env, name, default) if env.get(name, "").strip() else ""
+
+
+def _region(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name) or env.get("AWS_DEFAULT_REGION") or default
+
+
+def _colour(env: Mapping[str, str], name: str, default: str) -> Colour:
+    try:
+        return parse_colour(env.get(name, default))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _colour_rules(env: Mapping[str, str], name: str, default: str) -> ColourRules:
+    try:
+        # Rules must lie under the upload prefix, which is read as its own setting reads it.
+        return parse_colour_rules(env.get(name, default), UPLOAD_PREFIX.load(env))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _hosts(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in env.get(name, default).split(",") if h.strip())
+
+
+def _insecure_origin(env: Mapping[str, str], name: str, default: str) -> str:
+    insecure = env.get(name, default).strip()
+    if not insecure:
+        return ""
+    parts = urlsplit(insecure)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
+    except ValueError as exc:
+        raise ConfigError(f"{name} has a bad port: {insecure!r}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"{name} must be scheme://host:port, got {insecure!r}")
+    return _origin(insecure)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """Where one setting comes from: its environment variable, how it is read, the text an unset
+    variable stands for, and the template parameter behind it in template.yaml's Globals, if any."""
+
+    name: str
+    read: Reader
+    default: str = ""
+    parameter: str | None = None
+    # The parameter's own Default, where it differs from an unset variable's (a deployed stack
+    # may choose a safer value than a function given nothing).
+    parameter_default: str | None = None
+
+    def load(self, env: Mapping[str, str]) -> Any:
+        return self.read(env, self.name, self.default)
+
+
+UPLOAD_PREFIX = Variable("BACKDROP_UPLOAD_PREFIX", _prefix, "uploads/", "UploadPrefix")
+
+
+def _from(variable: Variable) -> Mapping[str, Variable]:
+    return {"variable": variable}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting a Backdrop function may use, each declared once here with the variable it is
+    read from (``load_settings``, ``ENV_NAMES`` and the operator command's parameter mapping are
+    derived from these). Settings only some functions need may be empty; each function names what
+    it needs (``require``) and fails its first invocation otherwise."""
+
+    region: str = field(metadata=_from(Variable("AWS_REGION", _region, "us-east-1")))
+    jobs_table: str = field(metadata=_from(Variable("BACKDROP_JOBS_TABLE", _text)))
+    idempotency_table: str = field(metadata=_from(Variable("BACKDROP_IDEMPOTENCY_TABLE", _text)))
+    ledger_table: str = field(metadata=_from(Variable("BACKDROP_LEDGER_TABLE", _text)))
+    uploads_bucket: str = field(metadata=_from(Variable("BACKDROP_UPLOADS_BUCKET", _text)))
+    upload_prefix: str = field(metadata=_from(UPLOAD_PREFIX))
+    results_bucket: str = field(metadata=_from(Variable("BACKDROP_RESULTS_BUCKET", _text)))
+    results_prefix: str = field(
+        metadata=_from(Variable("BACKDROP_RESULTS_PREFIX", _prefix, "results/", "ResultsPrefix"))
+    )
+    copy_queue_url: str = field(metadata=_from(Variable("BACKDROP_COPY_QUEUE_URL", _optional_url)))
+    uploads_queue_url: str = field(metadata=_from(Variable("BACKDROP_UPLOADS_QUEUE_URL", _optional_url)))
+    runflow_base_url: str = field(
+        metadata=_from(
+            Variable("BACKDROP_RUNFLOW_BASE_URL", _url, "https://api.runflow.io", "RunflowBaseUrl")
+        )
+    )
+    runflow_api_key_secret: str = field(metadata=_from(Variable("BACKDROP_RUNFLOW_API_KEY_SECRET", _text)))
+    callback_secret_name: str = field(metadata=_from(Variable("BACKDROP_CALLBACK_SECRET", _text)))
+    # The callback function cannot know its own URL without a template cycle, and needs none.
+    callback_url: str = field(metadata=_from(Variable("BACKDROP_CALLBACK_URL", _optional_url)))
+    default_colour: Colour = field(
+        metadata=_from(Variable("BACKDROP_DEFAULT_COLOR", _colour, "255,255,255", "DefaultBackgroundColor"))
+    )
+    colour_rules: ColourRules = field(
+        metadata=_from(
+            Variable("BACKDROP_COLOR_RULES", _colour_rules, "", "ColorRules", parameter_default="{}")
+        )
+    )
+    # Runs per UTC day; 0 = unlimited (a stack caps it by default).
+    daily_run_budget: int = field(
+        metadata=_from(
+            Variable("BACKDROP_DAILY_RUN_BUDGET", _integer(0), "0", "DailyRunBudget", parameter_default="500")
+        )
+    )
+    # EventBridge bus for completion events; empty: none published (a stack uses its default bus).
+    event_bus: str = field(
+        metadata=_from(Variable("BACKDROP_EVENT_BUS", _text, "", "EventBusName", parameter_default="default"))
+    )
+    # Price of one run in USD, for the operator command's estimates and reports.
+    price_per_run_usd: Decimal = field(
+        metadata=_from(Variable("BACKDROP_PRICE_PER_RUN_USD", _decimal, "0.12", "PricePerRunUsd"))
+    )
+    presign_expiry_seconds: int = field(
+        metadata=_from(
+            Variable("BACKDROP_PRESIGN_EXPIRY_SECONDS", _integer(60), "3600", "PresignExpirySeconds")
+        )
+    )
+    max_input_bytes: int = field(
+        metadata=_from(Variable("BACKDROP_MAX_INPUT_BYTES", _integer(1), "52428800", "MaxInputBytes"))
+    )
+    max_output_bytes: int = field(
+        metadata=_from(Variable("BACKDROP_MAX_OUTPUT_BYTES", _integer(1), "268435456", "MaxOutputBytes"))
+    )
+    allowed_output_hosts: tuple[str, ...] = field(
+        metadata=_from(
+            Variable(
+                "BACKDROP_ALLOWED_OUTPUT_HOSTS",
+                _hosts,
+                "",
+                "AllowedOutputHosts",
+                parameter_default="*.runflow.io,*.r2.cloudflarestorage.com",
+            )
+        )
+    )
+    # Exactly one origin (scheme://host:port) that may be plain http or loopback. Empty in
+    # production; the local stack sets it to its Runflow's origin.
+    insecure_output_origin: str = field(
+        metadata=_from(Variable("BACKDROP_INSECURE_OUTPUT_ORIGIN", _insecure_origin))
+    )
+    retention_days: int = field(
+        metadata=_from(Variable("BACKDROP_RETENTION_DAYS", _integer(1), "90", "RetentionDays"))
+    )
+    runflow_timeout_seconds: float = field(
+        metadata=_from(Variable("BACKDROP_RUNFLOW_TIMEOUT_SECONDS", _number(0.1), "10"))
+    )
+    submit_retry_budget_seconds: float = field(
+        metadata=_from(Variable("BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", _number(0.0), "20"))
+    )
+    create_settle_seconds: float = field(
+        metadata=_from(Variable("BACKDROP_CREATE_SETTLE_SECONDS", _number(0.0), "60"))
+    )
+    run_deadline_minutes: int = field(
+        metadata=_from(Variable("BACKDROP_RUN_DEADLINE_MINUTES", _integer(1), "60", "RunDeadlineMinutes"))
+    )
+    reconcile_batch_size: int = field(
+        metadata=_from(Variable("BACKDROP_RECONCILE_BATCH_SIZE", _integer(1), "100"))
+    )
+    reconcile_min_age_seconds: int = field(
+        metadata=_from(Variable("BACKDROP_RECONCILE_MIN_AGE_SECONDS", _integer(0), "120"))
+    )
+    # The copy queue's visibility timeout: a copy message neither finished nor returned within it
+    # may be lost, so the reconciler queues the copy again at most once per this window.
+    copy_requeue_after_seconds: int = field(
+        metadata=_from(Variable("BACKDROP_COPY_REQUEUE_AFTER_SECONDS", _integer(1), "1800"))
+    )
+    secrets_max_age_seconds: int = field(
+        metadata=_from(Variable("BACKDROP_SECRETS_MAX_AGE_SECONDS", _integer(0), "300"))
+    )
+    # Reuse an earlier result for the same bytes and colour instead of a new run.
+    reuse_results: bool = field(
+        metadata=_from(Variable("BACKDROP_REUSE_RESULTS", _bool, "true", "ReuseResults"))
+    )
+
+    @property
+    def runflow_origin(self) -> str:
+        return _origin(self.runflow_base_url)
+
+    def require(self, *names: str) -> Settings:
+        """Fail, naming every missing variable, unless each named setting is set."""
+        unknown = set(names) - set(VARIABLES)
+        if unknown:
+            raise ValueError(f"no such setting: {', '.join(sorted(unknown))}")
+        missing = [
+            variable.name for name, variable in VARIABLES.items() if name in names and not getattr(self, name)
+        ]
+        if missing:
+            raise ConfigError(f"environment variable(s) required by this function: {', '.join(missing)}")
+        return self
+
+
+# Each setting's variable, in declaration order.
+VARIABLES: dict[str, Variable] = {f.name: f.metadata["variable"] for f in fields(Settings)}
+# The environment variable behind each setting.
+ENV_NAMES: dict[str, str] = {name: variable.name for name, variable in VARIABLES.items()}
+# Template parameter → the functions' environment variable (template.yaml, Globals).
+PARAMETER_ENV: dict[str, str] = {v.parameter: v.name for v in VARIABLES.values() if v.parameter}
+# Template parameters of the stack's resources rather than of a function's environment, which the
+# operator command reads for its estimates, with their template.yaml defaults.
+RESOURCE_PARAMETERS: dict[str, int] = {"SubmitMaxConcurrency": 5, "ReconcileIntervalMinutes": 5}
+
+
+def needs(*names: str) -> frozenset[str]:
+    """A named group of settings a function needs (its variables must be set); groups compose with ``|``."""
+    unknown = set(names) - set(VARIABLES)
+    if unknown:
+        raise ValueError(f"no such setting: {', '.join(sorted(unknown))}")
+    return frozenset(names)
+
+
+# What the functions need, in groups by concern; each handler composes its own (``NEEDS``).
+JOBS = needs("jobs_table")
+IDEMPOTENCY = needs("idempotency_table")
+RUN_BUDGET = needs("ledger_table")
+UPLOADS = needs("uploads_bucket")
+RESULTS = needs("results_bucket")
+RUNFLOW = needs("runflow_api_key_secret")  # reading runs
+RUN_CREATION = RUNFLOW | needs("callback_url")  # a new run names where Runflow calls back
+CALLBACK_SIGNATURES = needs("callback_secret_name")
+COPY_QUEUE = needs("copy_queue_url")
+UPLOADS_QUEUE = needs("uploads_queue_url")
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build and validate settings from a mapping (the process environment in production)."""
-    try:
-        default_colour = parse_colour(env.get("BACKDROP_DEFAULT_COLOR", "255,255,255"))
-    except ValueError as exc:
-        raise ConfigError(f"BACKDROP_DEFAULT_COLOR: {exc}") from exc
-    hosts = tuple(
-        h.strip().lower() for h in env.get("BACKDROP_ALLOWED_OUTPUT_HOSTS", "").split(",") if h.strip()
-    )
-    insecure = env.get("BACKDROP_INSECURE_OUTPUT_ORIGIN", "").strip()
-    if insecure:
-        parts = urlsplit(insecure)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
-        except ValueError as exc:
-            raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN has a bad port: {insecure!r}") from exc
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ConfigError(f"BACKDROP_INSECURE_OUTPUT_ORIGIN must be scheme://host:port, got {insecure!r}")
-        insecure = _origin(insecure)
-    upload_prefix = _prefix(env, "BACKDROP_UPLOAD_PREFIX", "uploads/")
-    try:
-        rules = parse_colour_rules(env.get("BACKDROP_COLOR_RULES", ""), upload_prefix)
-    except ValueError as exc:
-        raise ConfigError(f"BACKDROP_COLOR_RULES: {exc}") from exc
-    settings = Settings(
-        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        jobs_table=env.get("BACKDROP_JOBS_TABLE", "").strip(),
-        idempotency_table=env.get("BACKDROP_IDEMPOTENCY_TABLE", "").strip(),
-        ledger_table=env.get("BACKDROP_LEDGER_TABLE", "").strip(),
-        uploads_bucket=env.get("BACKDROP_UPLOADS_BUCKET", "").strip(),
-        upload_prefix=upload_prefix,
-        results_bucket=env.get("BACKDROP_RESULTS_BUCKET", "").strip(),
-        results_prefix=_prefix(env, "BACKDROP_RESULTS_PREFIX", "results/"),
-        copy_queue_url=_optional_url(env, "BACKDROP_COPY_QUEUE_URL"),
-        uploads_queue_url=_optional_url(env, "BACKDROP_UPLOADS_QUEUE_URL"),
-        runflow_base_url=_url(env, "BACKDROP_RUNFLOW_BASE_URL", "https://api.runflow.io"),
-        runflow_api_key_secret=env.get("BACKDROP_RUNFLOW_API_KEY_SECRET", "").strip(),
-        callback_secret_name=env.get("BACKDROP_CALLBACK_SECRET", "").strip(),
-        # The callback function cannot know its own URL without a template cycle, and needs none.
-        callback_url=_optional_url(env, "BACKDROP_CALLBACK_URL"),
-        default_colour=default_colour,
-        colour_rules=rules,
-        daily_run_budget=_int(env, "BACKDROP_DAILY_RUN_BUDGET", 0, minimum=0),
-        event_bus=env.get("BACKDROP_EVENT_BUS", "").strip(),
-        presign_expiry_seconds=_int(env, "BACKDROP_PRESIGN_EXPIRY_SECONDS", 3600, minimum=60),
-        max_input_bytes=_int(env, "BACKDROP_MAX_INPUT_BYTES", 50 * 1024 * 1024, minimum=1),
-        max_output_bytes=_int(env, "BACKDROP_MAX_OUTPUT_BYTES", 256 * 1024 * 1024, minimum=1),
-        allowed_output_hosts=hosts,
-        insecure_output_origin=insecure,
-        retention_days=_int(env, "BACKDROP_RETENTION_DAYS", 90, minimum=1),
-        runflow_timeout_seconds=_float(env, "BACKDROP_RUNFLOW_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-        submit_retry_budget_seconds=_float(env, "BACKDROP_SUBMIT_RETRY_BUDGET_SECONDS", 20.0, minimum=0.0),
-        create_settle_seconds=_float(env, "BACKDROP_CREATE_SETTLE_SECONDS", 60.0, minimum=0.0),
-        run_deadline_minutes=_int(env, "BACKDROP_RUN_DEADLINE_MINUTES", 60, minimum=1),
-        reconcile_batch_size=_int(env, "BACKDROP_RECONCILE_BATCH_SIZE", 100, minimum=1),
-        reconcile_min_age_seconds=_int(env, "BACKDROP_RECONCILE_MIN_AGE_SECONDS", 120, minimum=0),
-        copy_requeue_after_seconds=_int(env, "BACKDROP_COPY_REQUEUE_AFTER_SECONDS", 1800, minimum=1),
-        secrets_max_age_seconds=_int(env, "BACKDROP_SECRETS_MAX_AGE_SECONDS", 300, minimum=0),
-        reuse_results=_bool(env, "BACKDROP_REUSE_RESULTS", True),
-    )
+    settings = Settings(**{name: variable.load(env) for name, variable in VARIABLES.items()})
     if not settings.allowed_output_hosts and not settings.insecure_output_origin:
-        raise ConfigError("BACKDROP_ALLOWED_OUTPUT_HOSTS must name at least one host")
+        raise ConfigError(f"{ENV_NAMES['allowed_output_hosts']} must name at least one host")
     return settings
 
 

@@ -36,16 +36,18 @@ from botocore.exceptions import ClientError
 from backdrop.completion import apply_run_report, belongs_to
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, outputs_to_item, parse_iso
+from backdrop.jobs import Job, Status, failure, outputs_to_item, parse_iso
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused
 from backdrop.queues import CopyRequest
 from backdrop.results import extension_of, names_source, result_folder, result_key, result_metadata
+from backdrop.reuse import fall_back
 from backdrop.runs import RunflowError, RunflowRejected, RunResult
 from backdrop.services import Services
 from backdrop.submission import supersede
+from backdrop.timing import COPY_FAILED_RETRY_SECONDS, LEASE_BUSY_RETRY_SECONDS
 from backdrop.uploads import ImageType, read_source
 
 # A live copier renews its lease well before it runs out; a dead one's lease frees the object soon.
@@ -60,6 +62,12 @@ def handle_copy_request(request: CopyRequest, services: Services, *, deadline: f
         return Result(Outcome.UNKNOWN_JOB, request.job_id, request.run_id)
     if job.status.is_terminal:
         return Result(Outcome.ALREADY_DONE, job.job_id, request.run_id, f"job is {job.status.value}")
+    if request.reused_from is not None:
+        if job.status is not Status.COPYING or job.reused_from != request.reused_from:
+            return Result(
+                Outcome.ALREADY_DONE, job.job_id, detail=f"job is {job.status.value}, not that reuse"
+            )
+        return publish(job, services, deadline=deadline)
     if job.run_id and job.run_id != request.run_id:
         return Result(Outcome.RUN_MISMATCH, job.job_id, request.run_id, f"job belongs to run {job.run_id}")
     if job.status is Status.COPYING and job.output_urls:
@@ -92,7 +100,7 @@ def _run_gone(services: Services, job: Job, run_id: str) -> Result:
         services,
         job,
         Status.FAILED,
-        {"error_code": ErrorCode.RUN_NOT_FOUND, "error_message": f"Runflow does not know run {run_id}"},
+        failure(ErrorCode.RUN_NOT_FOUND, f"Runflow does not know run {run_id}"),
         metric="JobsFailed",
         run_id=run_id,
         detail=ErrorCode.RUN_NOT_FOUND,
@@ -137,7 +145,7 @@ def _copy_failed(services: Services, job: Job, exc: OutputCopyFailed) -> RetryLa
     logger.warning("Output copy failed; the job stays open for a retry", extra={"reason": str(exc)})
     services.jobs.record_error(job.job_id, Status.COPYING, ErrorCode.COPY_FAILED, str(exc))
     count("CopyFailures")
-    return RetryLater(str(exc), after_seconds=5)
+    return RetryLater(str(exc), after_seconds=COPY_FAILED_RETRY_SECONDS)
 
 
 @contextmanager
@@ -145,7 +153,9 @@ def _result_lease(services: Services, job: Job) -> Iterator[_HeldLease]:
     """The source's result lease for the copy, given back on the way out however the copy ends."""
     lease = services.ledger.acquire(job.source_bucket, job.source_key, job.job_id, LEASE_SECONDS)
     if lease is None:
-        raise RetryLater("another copy of this object's result is in progress", after_seconds=10)
+        raise RetryLater(
+            "another copy of this object's result is in progress", after_seconds=LEASE_BUSY_RETRY_SECONDS
+        )
     held = _HeldLease(services, lease)
     try:
         yield held
@@ -171,13 +181,16 @@ def _publish_once(job: Job, services: Services, deadline: float) -> Result:
     with _result_lease(services, job) as held:
         try:
             return _publish_under_lease(job, services, held, deadline)
+        except ReusedResultGone as exc:
+            logger.info("Reused result gone", extra={"reason": str(exc)})
+            return fall_back(services, job)
         except OutputRefused as exc:
             logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
             return conclude(
                 services,
                 job,
                 Status.FAILED,
-                {"error_code": exc.code, "error_message": exc.message},
+                failure(exc.code, exc.message),
                 metric="JobsFailed",
                 run_id=job.run_id,
                 detail=str(exc),
@@ -190,7 +203,7 @@ def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadlin
     if current is None or not current.upload.same_version(job.upload()):
         return supersede(services, job, current)
     published = held.lease.published
-    if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id):
+    if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id or ""):
         # An earlier try of this very copy got as far as publishing: just finish the job.
         return _succeed(services, job, list(published.result_keys), 0)
     if (
@@ -199,7 +212,8 @@ def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadlin
         and published.job_created_at > job.created_at
     ):
         return _superseded_by_later_job(services, job, published)
-    keys, copied = _copy_all(job, services, held.lease, deadline)
+    write = _copy_reused if job.reused_from else _copy_all
+    keys, copied = write(job, services, held.lease, deadline)
     if published is not None:
         _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
     record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
@@ -243,6 +257,67 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
         keys.append(stored.key)
         copied += stored.size
     return keys, copied
+
+
+class ReusedResultGone(Exception):
+    """An object of the result being reused no longer exists."""
+
+
+def _copy_reused(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int]:
+    """Copy the earlier job's result objects, server-side (no byte passes through here), to this
+    source's own result keys, with the same file names, fenced like a run's copy."""
+    earlier = services.jobs.get(job.reused_from or "")
+    if earlier is None or earlier.status is not Status.SUCCEEDED or not earlier.result_keys:
+        raise ReusedResultGone(f"job {job.reused_from} has no result any more")
+    keeper = _LeaseKeeper(services, lease)
+    folder = result_folder(job.source_key, services.settings.upload_prefix, services.settings.results_prefix)
+    keys: list[str] = []
+    copied = 0
+    for source in earlier.result_keys:
+        if time.monotonic() >= deadline:
+            raise OutputCopyFailed("no time left to copy the reused result")
+        keeper()
+        key = folder + source.rpartition("/")[2]
+        copied += _copy_one(services, job, source, key)
+        keys.append(key)
+    return keys, copied
+
+
+def _copy_one(services: Services, job: Job, source: str, key: str) -> int:
+    """One server-side copy; the result's own metadata names this job and source."""
+    bucket = services.settings.results_bucket
+    head = _head(services, source)
+    if head is None:
+        raise ReusedResultGone(f"the reused result {source} is gone")
+    expect = _claim(services, job, key)
+    metadata = result_metadata(
+        job_id=job.job_id,
+        run_id=str(head.get("Metadata", {}).get("run-id", "")),
+        source_bucket=job.source_bucket,
+        source_key=job.source_key,
+        source_version=job.upload().version,
+        colour=job.color,
+    )
+    copy_from: dict[str, str] = {"Bucket": bucket, "Key": source}
+    if head.get("VersionId") and head["VersionId"] != "null":
+        copy_from["VersionId"] = str(head["VersionId"])
+    fence = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+    try:
+        services.s3.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource=copy_from,  # type: ignore[arg-type]
+            MetadataDirective="REPLACE",
+            Metadata=dict(metadata),
+            ContentType=str(head.get("ContentType") or "application/octet-stream"),
+            **fence,  # type: ignore[arg-type]
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "NoSuchVersion", "404"):
+            raise ReusedResultGone(f"the reused result {source} is gone") from exc
+        raise OutputCopyFailed(f"copying {source} to {key} failed: {exc}") from exc
+    return int(head.get("ContentLength", 0))
 
 
 def _head(services: Services, key: str) -> Mapping[str, Any] | None:
@@ -329,7 +404,7 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
         services,
         job,
         Status.SUPERSEDED,
-        {"error_code": ErrorCode.SUPERSEDED, "error_message": message, "superseded_by": published.job_id},
+        {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": published.job_id},
         metric="JobsSuperseded",
         run_id=job.run_id,
         detail=message,

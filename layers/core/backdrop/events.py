@@ -16,7 +16,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from backdrop.jobs import Job, Status, parse_iso
+from backdrop.content import settle_content
+from backdrop.jobs import Job, JobChanges, Status, parse_iso
 from backdrop.jobstore import Move
 from backdrop.observability import count, logger
 from backdrop.outcomes import ENDED, Outcome, Result
@@ -56,17 +57,20 @@ def completion_detail(job: Job) -> dict[str, Any]:
         "run_id": job.run_id,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "superseded_by": job.superseded_by,
+        "reused": job.reused_from is not None,
+        "reused_from": job.reused_from,
         "created_at": job.created_at,
         "completed_at": job.completed_at,
         "duration_ms": duration_ms,
     }
 
 
-def end_job(services: Services, job_id: str, status: Status, *, changes: Mapping[str, Any]) -> Move:
+def end_job(services: Services, job_id: str, status: Status, *, changes: JobChanges) -> Move:
     """Move a job to a terminal status and, if this move won, announce it."""
     move = services.jobs.try_transition(job_id, status, changes=changes)
     if move.moved and move.job is not None:
         announce(services, move.job)
+        settle_content(services, move.job)
     return move
 
 
@@ -74,7 +78,7 @@ def conclude(
     services: Services,
     job: Job,
     status: Status,
-    changes: Mapping[str, Any],
+    changes: JobChanges,
     *,
     metric: str,
     run_id: str | None = None,

@@ -15,14 +15,18 @@
 
 A retry (an operator's decision, ``JobStore.begin_retry``) is the only way back from a terminal
 status: it starts a new, numbered attempt of the same job and keeps the previous one in ``history``.
+A job that copies an earlier job's result (``reused_from``, no run) goes ``received → copying``;
+if that result vanished before the copy, ``JobStore.reopen_for_run`` puts it back to ``received``
+to run: the one move back between open statuses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from backdrop.runs import OutputRef
 from backdrop.uploads import UploadRef
@@ -112,37 +116,117 @@ def parse_iso(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def outputs_to_item(outputs: list[OutputRef] | tuple[OutputRef, ...]) -> list[dict[str, str]]:
+    return [{"url": o.url, **({"content_type": o.content_type} if o.content_type else {})} for o in outputs]
+
+
+def outputs_from_item(raw: Any) -> list[OutputRef]:
+    if not isinstance(raw, list):
+        return []
+    return [
+        OutputRef(str(o["url"]), str(o["content_type"]) if o.get("content_type") else None)
+        for o in raw
+        if isinstance(o, dict) and o.get("url")
+    ]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How one attribute of the job record is kept in the jobs table."""
+
+    # Stored value (plain, or DynamoDB's Decimal) to field value.
+    decode: Callable[[Any], Any]
+    # Field value to stored value; None (an empty list too) means the attribute is not stored.
+    encode: Callable[[Any], Any] = lambda value: value
+    # Belongs to one attempt: a retry puts it back to its default (removing it if that is empty).
+    per_attempt: bool = False
+    # The value of a required attribute an older item lacks, from the item (None: it is required).
+    absent: Callable[[Mapping[str, Any]], Any] | None = None
+
+
+def _opt(decode: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else decode(value)
+
+
+def _list_or_none(value: list[Any]) -> list[Any] | None:
+    return list(value) or None
+
+
+def _outputs_or_none(outputs: list[OutputRef]) -> list[dict[str, str]] | None:
+    return outputs_to_item(outputs) or None
+
+
+def _how(how: Stored) -> Mapping[str, Stored]:
+    return {"stored": how}
+
+
+# Field metadata for the common kinds of attribute.
+_REQUIRED = _how(Stored(str))
+_TEXT = _how(Stored(_opt(str)))
+_NUMBER = _how(Stored(_opt(int)))
+_ATTEMPT_TEXT = _how(Stored(_opt(str), per_attempt=True))
+_ATTEMPT_NUMBER = _how(Stored(_opt(int), per_attempt=True))
+
+
 @dataclass
 class Job:
-    job_id: str
-    status: Status
-    source_bucket: str
-    source_key: str
-    color: str
-    created_at: str
-    updated_at: str
-    source_version_id: str | None = None
-    source_etag: str | None = None
-    source_size: int | None = None
-    color_source: str | None = None
-    run_id: str | None = None
-    run_status: str | None = None
-    output_urls: list[OutputRef] = field(default_factory=list)
-    result_bucket: str | None = None
-    result_keys: list[str] = field(default_factory=list)
-    error_code: str | None = None
-    error_message: str | None = None
-    completed_at: str | None = None
-    submitted_at: str | None = None
-    runflow_duration_ms: int | None = None
-    runflow_request_id: str | None = None
-    retryable_errors: int = 0
-    create_pending_since: str | None = None
-    copy_requeued_at: str | None = None  # when the reconciler last queued this job's copy again
-    reserved_on: str | None = None  # the UTC day one run of the budget was reserved for this attempt
-    superseded_by: str | None = None
-    attempt: int = 1
-    history: list[dict[str, Any]] = field(default_factory=list)
+    """The job record: every attribute of a jobs-table item is a field here, and only here.
+
+    ``to_item``, ``from_item`` and a retry's clearing of the finished attempt are derived from these
+    declarations. ``open_shard`` is the one stored attribute that is not a field: it follows ``status``.
+    """
+
+    job_id: str = field(metadata=_REQUIRED)
+    status: Status = field(metadata=_how(Stored(Status, encode=lambda status: status.value)))
+    source_bucket: str = field(metadata=_REQUIRED)
+    source_key: str = field(metadata=_REQUIRED)
+    color: str = field(metadata=_how(Stored(str, absent=lambda item: "")))
+    created_at: str = field(metadata=_REQUIRED)
+    updated_at: str = field(metadata=_how(Stored(str, absent=lambda item: item["created_at"])))
+    source_version_id: str | None = field(default=None, metadata=_TEXT)
+    source_etag: str | None = field(default=None, metadata=_TEXT)
+    source_size: int | None = field(default=None, metadata=_NUMBER)
+    color_source: str | None = field(default=None, metadata=_TEXT)
+    run_id: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    run_status: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    output_urls: list[OutputRef] = field(
+        default_factory=list,
+        metadata=_how(Stored(outputs_from_item, encode=_outputs_or_none, per_attempt=True)),
+    )
+    result_bucket: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    result_keys: list[str] = field(
+        default_factory=list,
+        metadata=_how(Stored(lambda raw: [str(k) for k in raw], encode=_list_or_none, per_attempt=True)),
+    )
+    error_code: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    error_message: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    completed_at: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    submitted_at: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    runflow_duration_ms: int | None = field(default=None, metadata=_ATTEMPT_NUMBER)
+    # The request that created this attempt's run: a new attempt makes a new request.
+    runflow_request_id: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    retryable_errors: int = field(default=0, metadata=_how(Stored(int, per_attempt=True)))
+    create_pending_since: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    # When the reconciler last queued this job's copy again.
+    copy_requeued_at: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    # The UTC day one run of the budget was reserved for this attempt.
+    reserved_on: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    superseded_by: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    # SHA-256 (hex) of the source version's bytes: the same for every attempt.
+    content_digest: str | None = field(default=None, metadata=_TEXT)
+    # The earlier job whose result this attempt copied (no run of its own).
+    reused_from: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    attempt: int = field(default=1, metadata=_how(Stored(int)))
+    history: list[dict[str, Any]] = field(
+        default_factory=list, metadata=_how(Stored(lambda raw: [dict(h) for h in raw], encode=_list_or_none))
+    )
+    # When a finished attempt's record expires (DynamoDB TTL, epoch seconds); set by a terminal move.
+    expires_at: int | None = field(default=None, metadata=_ATTEMPT_NUMBER)
+    # The attempt's completion event: pending (sparse index PendingEvents) until published, claimed
+    # (epoch seconds) by a republisher, and when it was published.
+    event_shard: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    event_claimed_at: int | None = field(default=None, metadata=_ATTEMPT_NUMBER)
+    event_published_at: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
 
     @property
     def is_open(self) -> bool:
@@ -164,96 +248,70 @@ class Job:
         )
 
     def to_item(self) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "job_id": self.job_id,
-            "status": self.status.value,
-            "source_bucket": self.source_bucket,
-            "source_key": self.source_key,
-            "color": self.color,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "retryable_errors": self.retryable_errors,
-            "attempt": self.attempt,
-        }
-        optional: dict[str, Any] = {
-            "source_version_id": self.source_version_id,
-            "source_etag": self.source_etag,
-            "source_size": self.source_size,
-            "color_source": self.color_source,
-            "run_id": self.run_id,
-            "run_status": self.run_status,
-            "output_urls": outputs_to_item(self.output_urls) or None,
-            "result_bucket": self.result_bucket,
-            "result_keys": self.result_keys or None,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "completed_at": self.completed_at,
-            "submitted_at": self.submitted_at,
-            "runflow_duration_ms": self.runflow_duration_ms,
-            "runflow_request_id": self.runflow_request_id,
-            "create_pending_since": self.create_pending_since,
-            "copy_requeued_at": self.copy_requeued_at,
-            "reserved_on": self.reserved_on,
-            "superseded_by": self.superseded_by,
-            "history": self.history or None,
-        }
-        item.update({k: v for k, v in optional.items() if v is not None})
+        item: dict[str, Any] = {}
+        for f, how in STORED.items():
+            value = how.encode(getattr(self, f.name))
+            if value is not None:
+                item[f.name] = value
         if self.status in OPEN:
             item["open_shard"] = OPEN_SHARD
         return item
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Job:
-        def opt_int(name: str) -> int | None:
-            value = item.get(name)
-            return None if value is None else int(value)
-
-        def opt_str(name: str) -> str | None:
-            value = item.get(name)
-            return None if value is None else str(value)
-
-        return cls(
-            job_id=str(item["job_id"]),
-            status=Status(item["status"]),
-            source_bucket=str(item["source_bucket"]),
-            source_key=str(item["source_key"]),
-            color=str(item.get("color", "")),
-            created_at=str(item["created_at"]),
-            updated_at=str(item.get("updated_at", item["created_at"])),
-            source_version_id=opt_str("source_version_id"),
-            source_etag=opt_str("source_etag"),
-            source_size=opt_int("source_size"),
-            color_source=opt_str("color_source"),
-            run_id=opt_str("run_id"),
-            run_status=opt_str("run_status"),
-            output_urls=outputs_from_item(item.get("output_urls")),
-            result_bucket=opt_str("result_bucket"),
-            result_keys=[str(k) for k in item.get("result_keys", [])],
-            error_code=opt_str("error_code"),
-            error_message=opt_str("error_message"),
-            completed_at=opt_str("completed_at"),
-            submitted_at=opt_str("submitted_at"),
-            runflow_duration_ms=opt_int("runflow_duration_ms"),
-            runflow_request_id=opt_str("runflow_request_id"),
-            retryable_errors=int(item.get("retryable_errors", 0)),
-            create_pending_since=opt_str("create_pending_since"),
-            copy_requeued_at=opt_str("copy_requeued_at"),
-            reserved_on=opt_str("reserved_on"),
-            superseded_by=opt_str("superseded_by"),
-            attempt=int(item.get("attempt", 1)),
-            history=[dict(h) for h in item.get("history", [])],
-        )
+    def from_item(cls, item: Mapping[str, Any]) -> Job:
+        values: dict[str, Any] = {}
+        for f, how in STORED.items():
+            raw = item.get(f.name)
+            if raw is not None:
+                values[f.name] = how.decode(raw)
+            elif how.absent is not None:
+                values[f.name] = how.absent(item)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise KeyError(f.name)  # a required attribute
+        return cls(**values)
 
 
-def outputs_to_item(outputs: list[OutputRef] | tuple[OutputRef, ...]) -> list[dict[str, str]]:
-    return [{"url": o.url, **({"content_type": o.content_type} if o.content_type else {})} for o in outputs]
+# Every field of the record with how it is stored, in declaration order.
+STORED: dict[Field[Any], Stored] = {f: f.metadata["stored"] for f in fields(Job)}
 
 
-def outputs_from_item(raw: Any) -> list[OutputRef]:
-    if not isinstance(raw, list):
-        return []
-    return [
-        OutputRef(str(o["url"]), str(o["content_type"]) if o.get("content_type") else None)
-        for o in raw
-        if isinstance(o, dict) and o.get("url")
-    ]
+class JobChanges(TypedDict, total=False):
+    """The attributes one job write changes, as stored (None removes one), so that mypy refuses a
+    misspelt name. The status and the timestamps, index marks and counters that go with a move are the
+    job store's own writes, not changes."""
+
+    run_id: str | None
+    run_status: str | None
+    output_urls: list[dict[str, str]] | None
+    runflow_duration_ms: int | None
+    runflow_request_id: str | None
+    submitted_at: str | None
+    create_pending_since: str | None
+    reserved_on: str | None
+    copy_requeued_at: str | None
+    result_bucket: str | None
+    result_keys: list[str] | None
+    error_code: str | None
+    error_message: str | None
+    superseded_by: str | None
+    content_digest: str | None
+    reused_from: str | None
+
+
+# Longest error message a job keeps (Runflow's and exceptions' messages may be long).
+MAX_MESSAGE = 1000
+
+
+def failure(code: str, message: str) -> JobChanges:
+    """The error a job records: its code and (at most ``MAX_MESSAGE`` characters of) its message."""
+    return {"error_code": code, "error_message": message[:MAX_MESSAGE]}
+
+
+def attempt_defaults() -> dict[str, Any]:
+    """The attributes a retry clears, each with the stored value a new attempt starts from (None: absent)."""
+    cleared: dict[str, Any] = {}
+    for f, how in STORED.items():
+        if how.per_attempt:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            cleared[f.name] = how.encode(default)
+    return cleared

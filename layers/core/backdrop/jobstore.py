@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +10,18 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from backdrop.errors import ErrorCode
-from backdrop.jobs import ALLOWED_FROM, OPEN_SHARD, RETRYABLE, TERMINAL, Job, Status, iso_from_epoch
+from backdrop.jobs import (
+    ALLOWED_FROM,
+    MAX_MESSAGE,
+    OPEN_SHARD,
+    RETRYABLE,
+    TERMINAL,
+    Job,
+    JobChanges,
+    Status,
+    attempt_defaults,
+    iso_from_epoch,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
@@ -32,7 +43,7 @@ class Move:
 
 
 def _changes(
-    changes: Mapping[str, Any],
+    changes: JobChanges,
     names: dict[str, str],
     values: dict[str, Any],
     sets: list[str],
@@ -48,7 +59,7 @@ def _changes(
             sets.append(f"#c{i} = :c{i}")
 
 
-def _guards(only_if: Mapping[str, Any], names: dict[str, str], values: dict[str, Any]) -> list[str]:
+def _guards(only_if: JobChanges, names: dict[str, str], values: dict[str, Any]) -> list[str]:
     """Conditions that each attribute still holds exactly this value (None: is absent)."""
     conditions = []
     for i, (name, value) in enumerate(only_if.items()):
@@ -128,8 +139,8 @@ class JobStore:
         job_id: str,
         target: Status,
         *,
-        changes: Mapping[str, Any] | None = None,
-        only_if: Mapping[str, Any] | None = None,
+        changes: JobChanges | None = None,
+        only_if: JobChanges | None = None,
     ) -> Move:
         """Move a job to ``target`` if its current status allows it (and the ``only_if`` attributes
         hold exactly these values; None means absent). Changes set to None are removed."""
@@ -182,9 +193,9 @@ class JobStore:
         self,
         job_id: str,
         expected: Status,
-        changes: Mapping[str, Any],
+        changes: JobChanges,
         *,
-        only_if: Mapping[str, Any] | None = None,
+        only_if: JobChanges | None = None,
     ) -> bool:
         """Change attributes of an open job without moving it; False if it is no longer ``expected``
         (or an ``only_if`` attribute changed meanwhile)."""
@@ -222,7 +233,7 @@ class JobStore:
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":c": code,
-                    ":m": message[:1000],
+                    ":m": message[:MAX_MESSAGE],
                     ":now": self._now(),
                     ":one": 1,
                     ":expected": expected.value,
@@ -256,29 +267,38 @@ class JobStore:
             ":finished": [{k: v for k, v in finished.items() if v is not None}],
             ":empty": [],
             ":shard": OPEN_SHARD,
-            ":zero": 0,
         }
+        names = {"#status": "status"}
+        sets = [
+            "#status = :received",
+            "updated_at = :now",
+            "attempt = :next",
+            "open_shard = :shard",
+            "history = list_append(if_not_exists(history, :empty), :finished)",
+        ]
+        removes = []
+        # What belonged to the finished attempt goes back to a new attempt's value (the record says which).
+        for i, (name, value) in enumerate(attempt_defaults().items()):
+            names[f"#p{i}"] = name
+            if value is None:
+                removes.append(f"#p{i}")
+            else:
+                values[f":p{i}"] = value
+                sets.append(f"#p{i} = :p{i}")
         allowed = sorted(RETRYABLE if include_rejected else RETRYABLE - {Status.REJECTED})
         for i, status in enumerate(allowed):
             values[f":a{i}"] = status.value
         try:
             resp = self._table.update_item(
                 Key={"job_id": job.job_id},
-                UpdateExpression=(
-                    "SET #status = :received, updated_at = :now, attempt = :next, open_shard = :shard, "
-                    "history = list_append(if_not_exists(history, :empty), :finished), "
-                    "retryable_errors = :zero "
-                    "REMOVE run_id, run_status, output_urls, result_bucket, result_keys, error_code, "
-                    "error_message, completed_at, submitted_at, runflow_duration_ms, expires_at, "
-                    "create_pending_since, copy_requeued_at, superseded_by, event_published_at, reserved_on"
-                ),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
                 ConditionExpression=(
                     f"#status IN ({', '.join(f':a{i}' for i in range(len(allowed)))}) "
                     "AND (attempt = :attempt OR (attribute_not_exists(attempt) AND :attempt = :one)) "
                     # The finished attempt's completion event goes out before a new attempt starts.
                     "AND attribute_not_exists(event_shard)"
                 ),
-                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues={**values, ":one": 1},
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -288,6 +308,33 @@ class JobStore:
                 raise
             return Move(False, _old_item(exc))
         return Move(True, Job.from_item(dict(resp["Attributes"])))
+
+    def reopen_for_run(self, job: Job) -> bool:
+        """Put a job that was copying an earlier job's result (``reused_from``) back to
+        ``received``, to run after all: only while it is still that copy, of this attempt."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job.job_id},
+                UpdateExpression=(
+                    "SET #status = :received, updated_at = :now, open_shard = :shard "
+                    "REMOVE reused_from, copy_requeued_at, error_code, error_message"
+                ),
+                ConditionExpression="#status = :copying AND reused_from = :from AND attempt = :attempt",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":received": Status.RECEIVED.value,
+                    ":copying": Status.COPYING.value,
+                    ":now": self._now(),
+                    ":shard": OPEN_SHARD,
+                    ":from": job.reused_from,
+                    ":attempt": job.attempt,
+                },
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
 
     def mark_announced(self, job_id: str, attempt: int) -> bool:
         """The attempt's completion event was published: it leaves the PendingEvents index."""

@@ -9,12 +9,20 @@ that object holds the lease while it checks that its version is still the newest
 item also remembers which job and source version last published a result there. A copier that
 died leaves a lease that simply expires; a live copier renews it as it goes and stops before its
 final write if it could not, so two copies of one object never publish at the same time.
+
+Content records (one item per content and colour, ``content#<sha256>#<colour tag>``): ``done_*``
+names the latest job that succeeded for those pixels in that colour and its result keys; the
+content lease (``holder``: job id and attempt, ``holder_until``) names the one job allowed to run
+them now, and ``waiting`` the jobs (id and attempt) that wait for it. The lease ends with its
+holder's job (the job's end gives it up and hands ``waiting`` back to be woken) or at
+``holder_until``, the holder's run deadline, so a holder that never ends cannot block its content
+for ever.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -155,6 +163,132 @@ def _published(item: dict[str, Any]) -> Published | None:
         version=str(item.get("published_version", "")),
         job_created_at=str(item.get("published_job_created_at", "")),
         result_keys=tuple(str(k) for k in item.get("published_keys", [])),
+    )
+
+
+@dataclass(frozen=True)
+class ContentRecord:
+    """What the ledger knows of one content and colour."""
+
+    done_job_id: str | None
+    done_keys: tuple[str, ...]
+    holder: str | None  # "<job id>#<attempt>" while someone holds the content lease
+    holder_until: int  # epoch milliseconds
+
+
+def holder_of(job_id: str, attempt: int) -> str:
+    return f"{job_id}#{attempt}"
+
+
+def parse_holder(holder: str) -> tuple[str, int]:
+    """The job id and attempt of a ``holder`` (or waiter) value."""
+    job_id, _, attempt = holder.rpartition("#")
+    return (job_id, int(attempt)) if job_id and attempt.isdigit() else (holder, 1)
+
+
+class ContentLedger:
+    def __init__(self, table: Table, *, clock: Clock) -> None:
+        self._table = table
+        self._clock = clock
+
+    @staticmethod
+    def key_for(digest: str, colour_tag: str) -> str:
+        return f"content#{digest}#{colour_tag}"
+
+    def get(self, digest: str, colour_tag: str) -> ContentRecord:
+        item = self._table.get_item(Key={"pk": self.key_for(digest, colour_tag)}, ConsistentRead=True).get(
+            "Item"
+        )
+        return _content(item or {})
+
+    def hold(self, digest: str, colour_tag: str, holder: str, until: float) -> ContentRecord | None:
+        """Take the content lease for ``holder`` (until ``until``, epoch seconds): None if taken,
+        else the record as it was found. A holder that asks again keeps it; an expired lease is
+        free."""
+        try:
+            resp = self._table.update_item(
+                Key={"pk": self.key_for(digest, colour_tag)},
+                UpdateExpression="SET holder = :h, holder_until = :u DELETE waiting :me",
+                ConditionExpression="attribute_not_exists(holder) OR holder = :h OR holder_until < :now",
+                ExpressionAttributeValues={
+                    ":h": holder,
+                    ":u": _ms(until),
+                    ":now": _ms(self._clock()),
+                    ":me": {holder},
+                },
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return None
+            raise
+        return _content(resp.get("Attributes", {}))
+
+    def wait(self, digest: str, colour_tag: str, waiter: str) -> str | None:
+        """Add ``waiter`` (job id and attempt, named as a holder is) to the waiters of a live lease:
+        the holder, or None if the lease is free (or expired) by now, so the caller must not wait."""
+        try:
+            resp = self._table.update_item(
+                Key={"pk": self.key_for(digest, colour_tag)},
+                UpdateExpression="ADD waiting :me",
+                ConditionExpression="attribute_exists(holder) AND holder_until >= :now",
+                ExpressionAttributeValues={":me": {waiter}, ":now": _ms(self._clock())},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return None
+            raise
+        return str(resp["Attributes"]["holder"])
+
+    def release(self, digest: str, colour_tag: str, holder: str) -> list[str] | None:
+        """Give the lease up if ``holder`` still has it: the waiters (``<job id>#<attempt>``, to be
+        woken), or None when it held nothing."""
+        try:
+            resp = self._table.update_item(
+                Key={"pk": self.key_for(digest, colour_tag)},
+                UpdateExpression="REMOVE holder, holder_until, waiting",
+                ConditionExpression="holder = :h",
+                ExpressionAttributeValues={":h": holder},
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return None
+            raise
+        waiting: Any = resp.get("Attributes", {}).get("waiting", set())
+        return sorted(str(w) for w in waiting)
+
+    def record_done(self, digest: str, colour_tag: str, job_id: str, keys: list[str]) -> None:
+        """Remember the latest job that succeeded for this content and colour."""
+        self._table.update_item(
+            Key={"pk": self.key_for(digest, colour_tag)},
+            UpdateExpression="SET done_job_id = :j, done_keys = :k, done_at = :t",
+            ExpressionAttributeValues={":j": job_id, ":k": keys, ":t": _ms(self._clock())},
+        )
+
+    def forget_done(self, digest: str, colour_tag: str, job_id: str) -> None:
+        """Forget a done record whose result is gone, unless a newer one replaced it meanwhile."""
+        try:
+            self._table.update_item(
+                Key={"pk": self.key_for(digest, colour_tag)},
+                UpdateExpression="REMOVE done_job_id, done_keys, done_at",
+                ConditionExpression="done_job_id = :j",
+                ExpressionAttributeValues={":j": job_id},
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+
+
+def _content(item: Mapping[str, Any]) -> ContentRecord:
+    done = item.get("done_job_id")
+    holder = item.get("holder")
+    return ContentRecord(
+        done_job_id=str(done) if done else None,
+        done_keys=tuple(str(k) for k in item.get("done_keys", [])),
+        holder=str(holder) if holder else None,
+        holder_until=int(item.get("holder_until", 0)),
     )
 
 

@@ -43,6 +43,12 @@ class LazyTracer:
     def __init__(self) -> None:
         self._tracer: Tracer | None = None
         self._invoked = False
+        self._on_start: list[Callable[[], None]] = []
+
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the real Tracer is built (``backdrop.services`` forgets the
+        clients it built untraced); registered by the caller, so this module imports none of it."""
+        self._on_start.append(callback)
 
     @property
     def active(self) -> Tracer | None:
@@ -57,10 +63,8 @@ class LazyTracer:
             self._tracer = Tracer()
             # The SDK instruments HTTP clients created from now on; clients an earlier, untraced
             # invocation built are built again so that their calls are traced too.
-            from backdrop.services import get_services
-
-            if get_services.cache_info().currsize:
-                get_services.cache_clear()
+            for callback in self._on_start:
+                callback()
         return self._tracer
 
     @overload

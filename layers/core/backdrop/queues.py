@@ -12,13 +12,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CopyRequest:
-    """Ask the copy worker to finish a job whose run reported a terminal state."""
+    """Ask the copy worker to finish a job whose run reported a terminal state, or (``reused_from``
+    set, no run) to copy an earlier job's result for it."""
 
     job_id: str
     run_id: str
+    reused_from: str | None = None
 
     def body(self) -> str:
-        return json.dumps({"job_id": self.job_id, "run_id": self.run_id}, separators=(",", ":"))
+        data = {"job_id": self.job_id, "run_id": self.run_id}
+        if self.reused_from:
+            data["reused_from"] = self.reused_from
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def parse(cls, body: str) -> CopyRequest:
@@ -26,10 +31,13 @@ class CopyRequest:
         data: Any = json.loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
             raise ValueError("a copy request needs a job_id")
+        reused_from = data.get("reused_from")
+        if reused_from is not None and (not isinstance(reused_from, str) or not reused_from):
+            raise ValueError("reused_from names a job")
         run_id = data.get("run_id")
-        if not isinstance(run_id, str) or not run_id:
+        if not isinstance(run_id, str) or not (run_id or reused_from):
             raise ValueError("a copy request needs a run_id")
-        return cls(data["job_id"], run_id)
+        return cls(data["job_id"], run_id, reused_from)
 
 
 @dataclass(frozen=True)

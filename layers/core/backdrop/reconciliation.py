@@ -26,7 +26,7 @@ from enum import StrEnum
 from backdrop.completion import apply_run_report, requeue_copy
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude, republish_pending
-from backdrop.jobs import Job, Status, format_iso, iso_from_epoch, parse_iso
+from backdrop.jobs import Job, Status, failure, format_iso, iso_from_epoch, parse_iso
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.queues import JobMessage
@@ -122,14 +122,14 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
 
 def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyRequeues) -> Reconciled:
     overdue = now - parse_iso(job.created_at) > timedelta(minutes=services.settings.run_deadline_minutes)
-    if job.run_id is None:
-        return _without_run(services, job) if overdue else _resubmit(services, job)
-    if job.status is Status.COPYING:
+    if job.status is Status.COPYING:  # a reuse copies without a run of its own
         if overdue and job.retryable_errors > 0:
             return _time_out(
                 services, job, f"the output could not be copied before the run deadline: {job.error_message}"
             )
         return copies.requeue(job, now, overdue=overdue)
+    if job.run_id is None:
+        return _without_run(services, job) if overdue else _resubmit(services, job)
     return _check_run(services, job, job.run_id, overdue=overdue)
 
 
@@ -171,7 +171,7 @@ def _check_run(services: Services, job: Job, run_id: str, *, overdue: bool) -> R
             services,
             job,
             Status.FAILED,
-            {"error_code": exc.code, "error_message": exc.message},
+            failure(exc.code, exc.message),
             metric="JobsFailed",
             run_id=run_id,
         )
@@ -268,7 +268,7 @@ def _time_out(
         services,
         job,
         Status.TIMED_OUT,
-        {"error_code": code, "error_message": message[:1000]},
+        failure(code, message),
         metric="JobsTimedOut",
         run_id=job.run_id,
         detail=message,

@@ -36,8 +36,8 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, Literal
 
@@ -154,10 +154,23 @@ def parse_spec(entry: str, value: object) -> Spec:
     unknown = sorted(set(value) - SPEC_KEYS)
     if unknown:
         raise RenditionsError(f"rendition {entry!r}: unknown setting(s) {', '.join(map(repr, unknown))}")
-    base = Spec()
-    if "profile" in value:
-        base = parse_spec(entry, value["profile"])
-    changes: dict[str, Any] = {"profile": None}
+    base = parse_spec(entry, value["profile"]) if "profile" in value else Spec()
+    changes: dict[str, Any] = {"profile": None, **_canvas_changes(entry, value, base)}
+    # In this order, so that a spec with several mistakes is told about the same one each time.
+    for key, parse in _SETTINGS:
+        if key in value:
+            changes[key] = parse(entry, value[key])
+    spec = replace(base, **changes)
+    # The largest canvas the spec can make (an aspect alone follows the photo, capped).
+    width, height = spec.canvas((MAX_LONG_SIDE, MAX_LONG_SIDE))
+    if width * height > 64_000_000:
+        raise RenditionsError(f"rendition {entry!r}: canvas {width}x{height} is over 64 megapixels")
+    return spec
+
+
+def _canvas_changes(entry: str, value: Mapping[str, Any], base: Spec) -> dict[str, Any]:
+    """The canvas settings: width and height together, or an aspect with an optional long side."""
+    changes: dict[str, Any] = {}
     if "width" in value or "height" in value:
         if "width" not in value or "height" not in value or "aspect" in value:
             raise RenditionsError(f"rendition {entry!r}: give width and height together, or aspect")
@@ -165,57 +178,79 @@ def parse_spec(entry: str, value: object) -> Spec:
         changes["height"] = _int(entry, "height", value["height"], 1, MAX_LONG_SIDE)
         changes["aspect"] = None
     elif "aspect" in value:
-        aspect = value["aspect"]
-        found = _ASPECT.fullmatch(aspect) if isinstance(aspect, str) else None
-        if found is None:
-            raise RenditionsError(f'rendition {entry!r}: aspect must be like "4:5", not {aspect!r}')
-        changes.update(aspect=(int(found[1]), int(found[2])), width=None, height=None)
+        changes.update(aspect=_aspect(entry, value["aspect"]), width=None, height=None)
     elif base.width is None and base.aspect is None:
         raise RenditionsError(f"rendition {entry!r}: needs width and height, or aspect")
     if "long_side" in value:
         if changes.get("aspect", base.aspect) is None:
             raise RenditionsError(f"rendition {entry!r}: long_side goes with aspect")
         changes["long_side"] = _int(entry, "long_side", value["long_side"], 1, MAX_LONG_SIDE)
-    if "fit" in value:
-        if value["fit"] not in FITS:
-            raise RenditionsError(f"rendition {entry!r}: fit must be one of {', '.join(FITS)}")
-        changes["fit"] = value["fit"]
-    if "fill" in value:
-        fill = value["fill"]
-        if isinstance(fill, bool) or not isinstance(fill, int | float) or not 0.05 <= fill <= 1.0:
-            raise RenditionsError(f"rendition {entry!r}: fill must be a number 0.05..1, not {fill!r}")
-        changes["fill"] = float(fill)
-    if "align" in value:
-        if value["align"] not in ALIGNMENTS:
-            raise RenditionsError(f"rendition {entry!r}: align must be one of {', '.join(ALIGNMENTS)}")
-        changes["align"] = value["align"]
-    if "format" in value:
-        fmt = value["format"].upper() if isinstance(value["format"], str) else None
-        fmt = "JPEG" if fmt == "JPG" else fmt
-        if fmt not in FORMATS:
-            raise RenditionsError(f"rendition {entry!r}: format must be one of {', '.join(FORMATS)}")
-        changes["format"] = fmt
-    if "quality" in value:
-        changes["quality"] = _int(entry, "quality", value["quality"], 1, 100)
-    if "max_bytes" in value:
-        changes["max_bytes"] = _int(entry, "max_bytes", value["max_bytes"], 1_000, 1_000_000_000)
-    if "background" in value:
-        background = value["background"]
-        if background == "job":
-            changes["background"] = None
-        else:
-            try:
-                changes["background"] = parse_colour(background if isinstance(background, str) else "")
-            except ValueError:
-                raise RenditionsError(
-                    f'rendition {entry!r}: background must be "job" or a colour, not {background!r}'
-                ) from None
-    spec = replace(base, **changes)
-    # The largest canvas the spec can make (an aspect alone follows the photo, capped).
-    width, height = spec.canvas((MAX_LONG_SIDE, MAX_LONG_SIDE))
-    if width * height > 64_000_000:
-        raise RenditionsError(f"rendition {entry!r}: canvas {width}x{height} is over 64 megapixels")
-    return spec
+    return changes
+
+
+def _aspect(entry: str, aspect: object) -> tuple[int, int]:
+    found = _ASPECT.fullmatch(aspect) if isinstance(aspect, str) else None
+    if found is None:
+        raise RenditionsError(f'rendition {entry!r}: aspect must be like "4:5", not {aspect!r}')
+    return int(found[1]), int(found[2])
+
+
+def _fit(entry: str, fit: object) -> Fit:
+    for known in FITS:
+        if fit == known:
+            return known
+    raise RenditionsError(f"rendition {entry!r}: fit must be one of {', '.join(FITS)}")
+
+
+def _fill(entry: str, fill: object) -> float:
+    if isinstance(fill, bool) or not isinstance(fill, int | float) or not 0.05 <= fill <= 1.0:
+        raise RenditionsError(f"rendition {entry!r}: fill must be a number 0.05..1, not {fill!r}")
+    return float(fill)
+
+
+def _align(entry: str, align: object) -> str:
+    if not isinstance(align, str) or align not in ALIGNMENTS:
+        raise RenditionsError(f"rendition {entry!r}: align must be one of {', '.join(ALIGNMENTS)}")
+    return align
+
+
+def _format(entry: str, value: object) -> str:
+    fmt = value.upper() if isinstance(value, str) else None
+    fmt = "JPEG" if fmt == "JPG" else fmt
+    if fmt not in FORMATS:
+        raise RenditionsError(f"rendition {entry!r}: format must be one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _quality(entry: str, quality: object) -> int:
+    return _int(entry, "quality", quality, 1, 100)
+
+
+def _max_bytes(entry: str, max_bytes: object) -> int:
+    return _int(entry, "max_bytes", max_bytes, 1_000, 1_000_000_000)
+
+
+def _background(entry: str, background: object) -> Colour | None:
+    if background == "job":
+        return None
+    try:
+        return parse_colour(background if isinstance(background, str) else "")
+    except ValueError:
+        raise RenditionsError(
+            f'rendition {entry!r}: background must be "job" or a colour, not {background!r}'
+        ) from None
+
+
+# The settings besides the canvas, each read and checked by its own function.
+_SETTINGS: tuple[tuple[str, Callable[[str, object], object]], ...] = (
+    ("fit", _fit),
+    ("fill", _fill),
+    ("align", _align),
+    ("format", _format),
+    ("quality", _quality),
+    ("max_bytes", _max_bytes),
+    ("background", _background),
+)
 
 
 def parse_renditions(text: str) -> dict[str, Spec]:
@@ -363,9 +398,48 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
     photo's frame (cropped when it was taken) or the rendition's edge; it was enlarged more than
     ``UPSCALE_WARN`` times.
     """
-    fails: list[str] = []
-    warns: list[str] = []
-    checks: dict[str, Any] = {}
+    file = _read_back(rendered)
+    findings = _Findings()
+    _judge_file(spec, rendered, file, found, findings)
+    near_product = _judge_background(spec, rendered, file, findings)
+    _judge_product(spec, rendered, file, found, near_product, findings)
+    findings.checks["scale"] = round(float(rendered.layout.scale), 4)
+    if rendered.layout.scale > UPSCALE_WARN:
+        findings.warns.append(
+            f"enlarged {rendered.layout.scale:.2f} times from the result: softer than the original"
+        )
+    verdict = "fail" if findings.fails else "warn" if findings.warns else "pass"
+    return {
+        "width": file.width,
+        "height": file.height,
+        "format": file.format,
+        "bytes": len(rendered.data),
+        "verdict": verdict,
+        "reasons": findings.fails + findings.warns,
+        "checks": findings.checks,
+    }
+
+
+@dataclass(frozen=True)
+class _ReadBack:
+    """What the encoded file shows when it is read back."""
+
+    width: int
+    height: int
+    format: str
+    alpha: bool
+    colour_space: str
+    distance: Image.Image  # L: each pixel's distance to the background colour (max over channels)
+
+
+@dataclass
+class _Findings:
+    fails: list[str] = field(default_factory=list)
+    warns: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_back(rendered: Rendered) -> _ReadBack:
     with Image.open(io.BytesIO(rendered.data)) as image:
         width, height = image.size
         fmt = image.format or "unknown"
@@ -381,30 +455,43 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
             distance = channel if distance is None else ImageChops.lighter(distance, channel)
         del readback
     assert distance is not None
+    return _ReadBack(width, height, fmt, has_alpha, colour_space, distance)
+
+
+def _judge_file(
+    spec: Spec, rendered: Rendered, file: _ReadBack, found: Comparison, findings: _Findings
+) -> None:
+    """The file itself: canvas, format, alpha, colour space and size."""
+    width, height = file.width, file.height
     expected = spec.canvas(found.full_size)
-    checks.update(
+    findings.checks.update(
         width=width,
         height=height,
         aspect=round(width / height, 4),
-        format=fmt,
-        colour_space=colour_space,
-        alpha=has_alpha,
+        format=file.format,
+        colour_space=file.colour_space,
+        alpha=file.alpha,
         bytes=len(rendered.data),
         max_bytes=spec.max_bytes,
         quality=rendered.quality,
     )
+    fails = findings.fails
     if (width, height) != expected:
         fails.append(f"canvas is {width}x{height}, the spec asks {expected[0]}x{expected[1]}")
-    if fmt != spec.format:
-        fails.append(f"format is {fmt}, the spec asks {spec.format}")
-    if has_alpha:
+    if file.format != spec.format:
+        fails.append(f"format is {file.format}, the spec asks {spec.format}")
+    if file.alpha:
         fails.append("the file has an alpha channel")
-    if not colour_space.startswith("sRGB"):
-        fails.append(f"colour space is {colour_space!r}, not sRGB")
+    if not file.colour_space.startswith("sRGB"):
+        fails.append(f"colour space is {file.colour_space!r}, not sRGB")
     if spec.max_bytes is not None and len(rendered.data) > spec.max_bytes:
         fails.append(f"{len(rendered.data)} bytes, over the limit of {spec.max_bytes}")
 
-    guard = JPEG_GUARD_PX if fmt in LOSSY else 0
+
+def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings: _Findings) -> Image.Image:
+    """How exactly the background shows the colour; returns the mask of pixels near the product."""
+    width, height, distance = file.width, file.height, file.distance
+    guard = JPEG_GUARD_PX if file.format in LOSSY else 0
     near_product = _near(rendered.coverage.point(_ANY), guard)
     counts = distance.histogram(mask=ImageChops.invert(near_product))
     total = sum(counts)
@@ -417,55 +504,54 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
         (width - ring, 0, width, height),
     )
     border_pure = all(distance.crop(strip).getextrema()[1] == 0 for strip in strips)
-    checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
+    findings.checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
     if spec.background is not None:
         if share < EXACT_SHARE_FAIL:
-            fails.append(f"only {share:.2%} of the background is exactly {rendered.colour}")
+            findings.fails.append(f"only {share:.2%} of the background is exactly {rendered.colour}")
         elif share < 1.0:
-            warns.append(f"{1 - share:.3%} of the background is not exactly {rendered.colour}")
+            findings.warns.append(f"{1 - share:.3%} of the background is not exactly {rendered.colour}")
         if not border_pure:
-            fails.append(f"the border ring ({ring} px) is not exactly {rendered.colour}")
+            findings.fails.append(f"the border ring ({ring} px) is not exactly {rendered.colour}")
+    return near_product
 
+
+def _judge_product(
+    spec: Spec,
+    rendered: Rendered,
+    file: _ReadBack,
+    found: Comparison,
+    near_product: Image.Image,
+    findings: _Findings,
+) -> None:
+    """Where the product is and how much of the canvas it fills."""
     # The product as the file shows it: beyond ringing from the colour (exact), else its coverage.
     if spec.background is not None:
-        far = distance.point([255 if level > PRODUCT_TOLERANCE else 0 for level in range(256)])
+        far = file.distance.point([255 if level > PRODUCT_TOLERANCE else 0 for level in range(256)])
         product = ImageChops.multiply(far, near_product)
     else:
         product = rendered.coverage.point(_HALF)
     bbox = product.getbbox()
     if bbox is None:
-        checks.update(fill=0.0, touches_frame_edge=found.touches_edge(), touches_canvas_edge=False)
-        fails.append("no product in the rendition")
-    else:
-        left, top, right, bottom = bbox
-        fill = max((right - left) / width, (bottom - top) / height)
-        centre = ((left + right) / 2 / width, (top + bottom) / 2 / height)
-        on_canvas_edge = left == 0 or top == 0 or right == width or bottom == height
-        checks.update(
-            fill=round(fill, 4),
-            product_centre=[round(centre[0], 4), round(centre[1], 4)],
-            touches_frame_edge=found.touches_edge(),
-            touches_canvas_edge=on_canvas_edge,
-        )
-        if spec.fit == "pad" and abs(fill - spec.fill) > FILL_TOLERANCE:
-            warns.append(f"the product fills {fill:.1%} of the canvas, the spec asks {spec.fill:.0%}")
-        if found.touches_edge():
-            warns.append("the product touches the edge of the photo: it was probably cropped when taken")
-        if on_canvas_edge and spec.fit != "cover":
-            warns.append("the product touches the edge of the rendition")
-    checks["scale"] = round(float(rendered.layout.scale), 4)
-    if rendered.layout.scale > UPSCALE_WARN:
-        warns.append(f"enlarged {rendered.layout.scale:.2f} times from the result: softer than the original")
-    verdict = "fail" if fails else "warn" if warns else "pass"
-    return {
-        "width": width,
-        "height": height,
-        "format": fmt,
-        "bytes": len(rendered.data),
-        "verdict": verdict,
-        "reasons": fails + warns,
-        "checks": checks,
-    }
+        findings.checks.update(fill=0.0, touches_frame_edge=found.touches_edge(), touches_canvas_edge=False)
+        findings.fails.append("no product in the rendition")
+        return
+    width, height = file.width, file.height
+    left, top, right, bottom = bbox
+    fill = max((right - left) / width, (bottom - top) / height)
+    centre = ((left + right) / 2 / width, (top + bottom) / 2 / height)
+    on_canvas_edge = left == 0 or top == 0 or right == width or bottom == height
+    findings.checks.update(
+        fill=round(fill, 4),
+        product_centre=[round(centre[0], 4), round(centre[1], 4)],
+        touches_frame_edge=found.touches_edge(),
+        touches_canvas_edge=on_canvas_edge,
+    )
+    if spec.fit == "pad" and abs(fill - spec.fill) > FILL_TOLERANCE:
+        findings.warns.append(f"the product fills {fill:.1%} of the canvas, the spec asks {spec.fill:.0%}")
+    if found.touches_edge():
+        findings.warns.append("the product touches the edge of the photo: it was probably cropped when taken")
+    if on_canvas_edge and spec.fit != "cover":
+        findings.warns.append("the product touches the edge of the rendition")
 
 
 _ANY = [0] + [255] * 255

@@ -13,9 +13,10 @@ up by ``client_ref``, or waits for its callback). ``Idempotency-Key`` is still s
 depends on Runflow honouring it (it is documented for the batch route only).
 
 Reads (GET) are safe to repeat: 429, 5xx and network errors are retried inside a time budget.
-Backoff: 1 s, 2 s, 4 s, ... capped at 32 s, each plus up to half again of random jitter;
-``Retry-After`` (or ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is 0) is honoured when it
-fits the remaining budget, and when it does not the call gives up at once rather than spinning.
+Backoff (``backdrop.timing.RetryPolicy``): 1 s, 2 s, 4 s, ... capped at 32 s, each plus up to half
+again of random jitter; ``Retry-After`` (or ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is
+0) is honoured when it fits the remaining budget, and when it does not the call gives up at once
+rather than spinning.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
+
+# RetryPolicy is part of this client's interface; its values live with the other timings.
+from backdrop.timing import RetryPolicy as RetryPolicy
 
 MODEL_PATH = "/v1/models/runflow/background-color/runs"
 MAX_LIST_PAGES = 20
@@ -239,14 +243,6 @@ class RunRequest:
         }
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    first_delay: float = 1.0
-    max_delay: float = 32.0
-    budget_seconds: float = 20.0
-
-
 # Errors raised before a request left this machine: a create that met them made nothing.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -257,6 +253,17 @@ class _Retryable(Exception):
         self.problem = problem
         self.sent = sent
         self.retry_after = retry_after
+
+
+class RunflowApi(Protocol):
+    """The calls Backdrop makes to Runflow, as the use cases see them: ``RunflowClient`` below
+    talks HTTP; the unit tests' stand-in keeps runs in memory with Runflow's semantics."""
+
+    def create_run(self, request: RunRequest, *, idempotency_key: str) -> RunResult: ...
+
+    def get_run(self, run_id: str, *, budget_seconds: float | None = None) -> RunResult: ...
+
+    def find_runs(self, client_ref: str) -> list[RunResult]: ...
 
 
 # Where the API key comes from: called with ``refresh=False`` for every request (a cached read) and

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools.utilities import parameters
 
@@ -68,6 +68,15 @@ def parse_api_key(raw: Any) -> str:
     if not text:
         raise SecretError("Runflow API key secret is empty")
     return text
+
+
+class Secrets(Protocol):
+    """The two secrets as the use cases read them: ``SecretReader`` below reads Secrets Manager;
+    the unit tests' stand-in holds them in memory and rotates them on request."""
+
+    def api_key(self, *, refresh: bool = False) -> str: ...
+
+    def signing_secrets(self, *, refresh: bool = False) -> SigningSecrets: ...
 
 
 class SecretReader:

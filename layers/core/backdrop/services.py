@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -19,21 +19,19 @@ from botocore.config import Config
 
 from backdrop.config import Settings, get_settings
 from backdrop.jobstore import JobStore
-from backdrop.ledger import ResultLedger, RunBudget
+from backdrop.ledger import ContentLedger, ResultLedger, RunBudget
+from backdrop.observability import count, tracer
 from backdrop.outputs import Copier, OutputPolicy, Resolver, copy_output, system_resolver
 from backdrop.queues import WorkQueue
-from backdrop.runs import RetryPolicy, RunflowClient
-from backdrop.secrets import SecretReader
+from backdrop.runs import RunflowApi, RunflowClient
+from backdrop.secrets import SecretReader, Secrets
+from backdrop.timing import RetryPolicy, aws_config, events_config
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
-
-
-def _boto_config() -> Config:
-    return Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20)
 
 
 def _share_session_with_secrets_provider(session: boto3.session.Session) -> None:
@@ -60,9 +58,9 @@ class Services:
         ledger: ResultLedger | None = None,
         budget: RunBudget | None = None,
         eventbridge: EventBridgeClient | None = None,
-        secrets: SecretReader | None = None,
+        secrets: Secrets | None = None,
         http: httpx.Client | None = None,
-        runflow: RunflowClient | None = None,
+        runflow: RunflowApi | None = None,
         resolve: Resolver = system_resolver,
         copy: Copier = copy_output,
         clock: Callable[[], float] = time.time,
@@ -102,7 +100,7 @@ class Services:
 
     @property
     def s3(self) -> S3Client:
-        client: S3Client = self._get("s3", lambda: self.session.client("s3", config=_boto_config()))
+        client: S3Client = self._get("s3", lambda: self.session.client("s3", config=aws_config()))
         return client
 
     @property
@@ -115,12 +113,12 @@ class Services:
 
     @property
     def sqs(self) -> SQSClient:
-        client: SQSClient = self._get("sqs", lambda: self.session.client("sqs", config=_boto_config()))
+        client: SQSClient = self._get("sqs", lambda: self.session.client("sqs", config=aws_config()))
         return client
 
     def _dynamodb(self) -> DynamoDBServiceResource:
         resource: DynamoDBServiceResource = self._get(
-            "dynamodb", lambda: self.session.resource("dynamodb", config=_boto_config())
+            "dynamodb", lambda: self.session.resource("dynamodb", config=aws_config())
         )
         return resource
 
@@ -146,6 +144,14 @@ class Services:
         return ledger
 
     @property
+    def contents(self) -> ContentLedger:
+        contents: ContentLedger = self._get(
+            "contents",
+            lambda: ContentLedger(self._dynamodb().Table(self.settings.ledger_table), clock=self.clock),
+        )
+        return contents
+
+    @property
     def budget(self) -> RunBudget:
         budget: RunBudget = self._get(
             "budget",
@@ -159,16 +165,14 @@ class Services:
 
     @property
     def eventbridge(self) -> EventBridgeClient:
-        # No automatic retries: PutEvents is not idempotent, and a retry after a lost answer sends
-        # the event twice. A failed publish stays pending and the reconciler sends it once more.
-        config = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=10)
+        # No automatic retries (see backdrop.timing): PutEvents is not idempotent.
         client: EventBridgeClient = self._get(
-            "eventbridge", lambda: self.session.client("events", config=config)
+            "eventbridge", lambda: self.session.client("events", config=events_config())
         )
         return client
 
     @property
-    def secrets(self) -> SecretReader:
+    def secrets(self) -> Secrets:
         def build() -> SecretReader:
             _share_session_with_secrets_provider(self.session)
             return SecretReader(
@@ -178,7 +182,7 @@ class Services:
                 clock=self.clock,
             )
 
-        reader: SecretReader = self._get("secrets", build)
+        reader: Secrets = self._get("secrets", build)
         return reader
 
     @property
@@ -189,12 +193,10 @@ class Services:
         )
         return client
 
-    def runflow(self) -> RunflowClient:
+    def runflow(self) -> RunflowApi:
         """The Runflow client; it reads the API key through the secrets cache for every request."""
 
         def build() -> RunflowClient:
-            from backdrop.observability import count
-
             return RunflowClient(
                 self.settings.runflow_base_url,
                 lambda refresh: self.secrets.api_key(refresh=refresh),
@@ -204,7 +206,7 @@ class Services:
                 wall_clock=self.clock,
             )
 
-        client: RunflowClient = self._get("runflow", build)
+        client: RunflowApi = self._get("runflow", build)
         return client
 
     def uploads_queue(self) -> WorkQueue:
@@ -226,24 +228,16 @@ class Services:
         )
 
 
-# Replacements an execution environment installs before the first invocation (the local stack's
-# fault injection wraps the copier, for example); empty in AWS.
-_overrides: dict[str, Any] = {}
-
-
-def override_services(**replacements: Any) -> None:
-    """Use these in every ``Services`` built from now on (same names as the constructor's)."""
-    _overrides.update(replacements)
-    get_services.cache_clear()
-
-
 @functools.cache
-def get_services(needs: tuple[str, ...] = ()) -> Services:
+def get_services(needs: Collection[str] = ()) -> Services:
     """This execution environment's services; ``needs`` names the settings the function requires,
     checked once, so a deployment that lacks one fails its first invocation, naming it."""
-    return Services(get_settings().require(*needs), **_overrides)
+    return Services(get_settings().require(*needs))
+
+
+# Clients built before tracing started are built again, so that the X-Ray SDK sees their calls.
+tracer.on_start(get_services.cache_clear)
 
 
 def reset_services() -> None:
-    _overrides.clear()
     get_services.cache_clear()

@@ -26,9 +26,10 @@ from urllib.parse import quote
 from backdrop.colours import Colour, ColourChoice, choose_colour, parse_colour
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, iso_from_epoch, parse_iso
+from backdrop.jobs import Job, JobChanges, Status, failure, iso_from_epoch, parse_iso
 from backdrop.observability import count, gauge_percent, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
+from backdrop.reuse import reuse_or_wait, with_digest
 from backdrop.runs import (
     RunflowConflict,
     RunflowOutcomeUnknown,
@@ -38,6 +39,7 @@ from backdrop.runs import (
     RunResult,
 )
 from backdrop.services import Services
+from backdrop.timing import RESERVE_RACE_RETRY_SECONDS
 from backdrop.uploads import (
     SourceObject,
     UploadRef,
@@ -106,7 +108,7 @@ def submit_upload(upload: UploadRef, services: Services, *, colour: str | None =
         return _reject(services, job, *problem)
     if current is None or not current.upload.same_version(source.upload):
         return supersede(services, job, current)
-    return create_run(services, job)
+    return begin(services, job)
 
 
 def _new_job(job_id: str, source: SourceObject, choice: ColourChoice, now: str) -> Job:
@@ -157,7 +159,7 @@ def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Resu
         services,
         job,
         Status.REJECTED,
-        {"error_code": code, "error_message": message},
+        failure(code, message),
         metric="JobsRejected",
         detail=f"{code}: {message}",
         moved_on="job moved on before it was rejected",
@@ -168,20 +170,14 @@ def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Resu
 
 def supersede(services: Services, job: Job, current: SourceObject | None) -> Result:
     """End a job whose version is no longer the object's newest, naming the job that replaces it."""
+    changes: JobChanges
     if current is None:
-        changes = {
-            "error_code": ErrorCode.SOURCE_DELETED,
-            "error_message": "the object was deleted before this version's result was written",
-        }
+        message = "the object was deleted before this version's result was written"
+        changes = failure(ErrorCode.SOURCE_DELETED, message)
     else:
         newer = job_id_of(current, services)
-        changes = {
-            "error_code": ErrorCode.SUPERSEDED,
-            "error_message": (
-                f"a newer version of the object ({current.upload.version}) is processed by job {newer}"
-            ),
-            "superseded_by": newer,
-        }
+        message = f"a newer version of the object ({current.upload.version}) is processed by job {newer}"
+        changes = {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": newer}
     return conclude(
         services,
         job,
@@ -189,10 +185,10 @@ def supersede(services: Services, job: Job, current: SourceObject | None) -> Res
         changes,
         metric="JobsSuperseded",
         run_id=job.run_id,
-        detail=changes["error_message"],
+        detail=message,
         moved_on="job moved on before it was superseded",
         log="Job superseded",
-        extra={"reason": changes["error_message"]},
+        extra={"reason": message},
     )
 
 
@@ -213,55 +209,33 @@ def resubmit(services: Services, job: Job, *, recheck: bool = False) -> Result:
         problem = rejection_of(current, services.settings.max_input_bytes)
         if problem:
             return _reject(services, job, *problem)
-    return create_run(services, job)
+    return begin(services, job)
+
+
+def begin(services: Services, job: Job) -> Result:
+    """An upload that passed its checks: record what its pixels are, then reuse an earlier result
+    of them, wait for the job running them, or run."""
+    if job.create_pending_since is not None:
+        return create_run(services, job)  # a create was sent: that run, if any, is the job's
+    job = with_digest(services, job)
+    decided = reuse_or_wait(services, job)
+    return decided if decided is not None else create_run(services, job)
 
 
 def create_run(services: Services, job: Job) -> Result:
     """Create this attempt's one run, adopting an earlier attempt's run when there is one."""
     settings = services.settings
     if job.create_pending_since is not None:
-        adopted = adopt_earlier_run(services, job)
-        if adopted is not None:
-            return adopted
-        waited = services.clock() - parse_iso(job.create_pending_since).timestamp()
-        if waited < settings.create_settle_seconds:
-            raise RetryLater(
-                f"an earlier create of this run may still be in flight ({waited:.0f} s ago)",
-                after_seconds=settings.create_settle_seconds - waited,
-            )
-        # An empty list is no proof that the earlier create made nothing: Runflow's list may lag
-        # behind its creates, and a second create would be a second paid run. The run's callback
-        # (checked against Runflow) or a later lookup completes the job; the deadline ends it.
-        logger.info(
-            "An earlier create's outcome is still unknown; never creating again for this attempt",
-            extra={"pending_since": job.create_pending_since},
-        )
-        return Result(
-            Outcome.WAITING,
-            job.job_id,
-            detail="a create whose outcome is unknown may have made a run: "
-            "waiting for its callback or the run list",
-        )
-
+        return _earlier_create(services, job)
     if job.reserved_on is None:
         reserved = _reserve(services, job)
         if isinstance(reserved, Result):
             return reserved
         job = reserved
     marker = iso_from_epoch(services.clock())
-    if not services.jobs.update_open(
-        job.job_id,
-        job.status,
-        {"create_pending_since": marker},
-        only_if={"create_pending_since": job.create_pending_since},
-    ):
-        current = services.jobs.get(job.job_id)
-        if current is None or current.status is not job.status:
-            return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was created")
-        raise RetryLater(
-            "another attempt is creating this job's run", after_seconds=settings.create_settle_seconds
-        )
-
+    moved_on = _mark_create(services, job, marker)
+    if moved_on is not None:
+        return moved_on
     try:
         colour = parse_colour(job.color)
     except ValueError as exc:
@@ -302,7 +276,7 @@ def create_run(services: Services, job: Job) -> Result:
             services,
             job,
             Status.FAILED,
-            {"error_code": exc.code, "error_message": exc.message, "create_pending_since": None},
+            {**failure(exc.code, exc.message), "create_pending_since": None},
             metric="JobsFailed",
             detail=f"{exc.code}: {exc.message}",
             moved_on="job moved on before it was failed",
@@ -314,16 +288,58 @@ def create_run(services: Services, job: Job) -> Result:
         services.jobs.update_open(
             job.job_id,
             job.status,
-            {
-                "create_pending_since": None,
-                "error_code": ErrorCode.RUNFLOW_UNAVAILABLE,
-                "error_message": str(exc)[:1000],
-            },
+            {"create_pending_since": None, **failure(ErrorCode.RUNFLOW_UNAVAILABLE, str(exc))},
             only_if={"create_pending_since": marker},
         )
         count("SubmitRetries")
         raise RetryLater(str(exc), after_seconds=exc.retry_after) from exc
     return _record_run(services, job, run)
+
+
+def _earlier_create(services: Services, job: Job) -> Result:
+    """An earlier attempt at this create left its mark: adopt its run, wait for its answer to
+    settle, or (settled, nothing listed) never create again."""
+    adopted = adopt_earlier_run(services, job)
+    if adopted is not None:
+        return adopted
+    assert job.create_pending_since is not None
+    settle = services.settings.create_settle_seconds
+    waited = services.clock() - parse_iso(job.create_pending_since).timestamp()
+    if waited < settle:
+        raise RetryLater(
+            f"an earlier create of this run may still be in flight ({waited:.0f} s ago)",
+            after_seconds=settle - waited,
+        )
+    # An empty list is no proof that the earlier create made nothing: Runflow's list may lag
+    # behind its creates, and a second create would be a second paid run. The run's callback
+    # (checked against Runflow) or a later lookup completes the job; the deadline ends it.
+    logger.info(
+        "An earlier create's outcome is still unknown; never creating again for this attempt",
+        extra={"pending_since": job.create_pending_since},
+    )
+    return Result(
+        Outcome.WAITING,
+        job.job_id,
+        detail="a create whose outcome is unknown may have made a run: "
+        "waiting for its callback or the run list",
+    )
+
+
+def _mark_create(services: Services, job: Job, marker: str) -> Result | None:
+    """Mark the job as creating its run (only one attempt at a time may); a result if it moved on."""
+    if services.jobs.update_open(
+        job.job_id,
+        job.status,
+        {"create_pending_since": marker},
+        only_if={"create_pending_since": job.create_pending_since},
+    ):
+        return None
+    current = services.jobs.get(job.job_id)
+    if current is None or current.status is not job.status:
+        return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was created")
+    raise RetryLater(
+        "another attempt is creating this job's run", after_seconds=services.settings.create_settle_seconds
+    )
 
 
 def _reserve(services: Services, job: Job) -> Job | Result:
@@ -335,11 +351,11 @@ def _reserve(services: Services, job: Job) -> Job | Result:
             services,
             job,
             Status.HELD,
-            {
-                "error_code": ErrorCode.BUDGET_EXHAUSTED,
-                "error_message": f"today's run budget ({budget.daily} runs, UTC) is spent; "
+            failure(
+                ErrorCode.BUDGET_EXHAUSTED,
+                f"today's run budget ({budget.daily} runs, UTC) is spent; "
                 "resumed oldest first when it allows again",
-            },
+            ),
             outcome=Outcome.HELD,
             metric="JobsHeld",
             detail=ErrorCode.BUDGET_EXHAUSTED,
@@ -355,7 +371,9 @@ def _reserve(services: Services, job: Job) -> Job | Result:
         current = services.jobs.get(job.job_id)
         if current is None or current.status is not job.status:
             return Result(Outcome.ALREADY_DONE, job.job_id, detail="job moved on before its run was reserved")
-        raise RetryLater("another attempt is creating this job's run", after_seconds=5)
+        raise RetryLater(
+            "another attempt is creating this job's run", after_seconds=RESERVE_RACE_RETRY_SECONDS
+        )
     count("RunsReserved")
     if budget.daily > 0:
         gauge_percent("RunBudgetUsedPercent", 100.0 * used / budget.daily)

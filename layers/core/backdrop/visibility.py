@@ -9,9 +9,7 @@ from typing import Protocol
 from backdrop.observability import logger
 from backdrop.outcomes import RetryLater
 from backdrop.services import Services
-
-MIN_WAIT_SECONDS = 1
-MAX_WAIT_SECONDS = 900
+from backdrop.timing import MAX_WAIT_SECONDS, MIN_WAIT_SECONDS
 
 
 class QueuedMessage(Protocol):

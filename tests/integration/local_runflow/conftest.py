@@ -6,9 +6,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from local_runflow_support import API_KEY, ManualClock, SilentReceiver, Upstream, api, photo, running
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    API_KEY,
+    ManualClock,
+    SilentReceiver,
+    Upstream,
+    api,
+    photo,
+    running,
+)
 
 # Short retry delays keep callback tests fast; the schedule's shape (3 attempts) is unchanged.
 TEST_RETRY_DELAYS = (0.05, 0.1)

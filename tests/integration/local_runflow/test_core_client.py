@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from local_runflow_support import API_KEY
 
 from backdrop.runs import RunflowClient, RunflowConflict, RunRequest
 from backdrop_local.runflow import LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import API_KEY
 
 
 def request_for(image_url: str, job_id: str) -> RunRequest:

@@ -9,9 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import MODEL_RUNS, Upstream, api, create, run_body, wait_terminal
 
 from backdrop_local.runflow import LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    MODEL_RUNS,
+    Upstream,
+    api,
+    create,
+    run_body,
+    wait_terminal,
+)
 
 
 def _assert_envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -13,7 +13,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from local_runflow_support import (
+
+from backdrop.signatures import verify
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
     MODEL_RUNS,
     ManualClock,
     SilentReceiver,
@@ -24,9 +27,6 @@ from local_runflow_support import (
     running,
     wait_terminal,
 )
-
-from backdrop.signatures import verify
-from backdrop_local.runflow import FaultSettings, LocalRunflow
 
 PAYLOAD_KEYS = [
     "event",

@@ -8,9 +8,18 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import MODEL_RUNS, Upstream, api, create, photo, run_body, running, wait_terminal
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    MODEL_RUNS,
+    Upstream,
+    api,
+    create,
+    photo,
+    run_body,
+    running,
+    wait_terminal,
+)
 
 
 def _set_faults(runflow: LocalRunflow, **settings: Any) -> dict[str, Any]:

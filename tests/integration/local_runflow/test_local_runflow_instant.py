@@ -9,10 +9,18 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import Upstream, create, photo, png_chunks, run_body, wait_terminal
 from PIL import Image
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    Upstream,
+    create,
+    photo,
+    png_chunks,
+    run_body,
+    wait_terminal,
+)
+from tests.support.images import solid
 
 COLOUR = (12, 200, 99)
 
@@ -20,9 +28,7 @@ COLOUR = (12, 200, 99)
 def _jpeg_with_orientation(width: int, height: int, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), "red").save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
+    return solid("JPEG", (width, height), "red", exif=exif)
 
 
 def _succeeded(client: httpx.Client, image_url: str) -> dict[str, Any]:

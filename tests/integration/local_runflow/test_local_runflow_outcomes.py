@@ -12,7 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import (
+from PIL import Image
+
+from backdrop.signatures import verify
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
     Upstream,
     create,
     photo,
@@ -20,10 +24,6 @@ from local_runflow_support import (
     wait_status,
     wait_terminal,
 )
-from PIL import Image
-
-from backdrop.signatures import verify
-from backdrop_local.runflow import FaultSettings, LocalRunflow
 
 COLOUR = (30, 120, 220)
 

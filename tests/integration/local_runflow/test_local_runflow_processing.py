@@ -12,7 +12,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import numpy as np
 import pytest
-from local_runflow_support import (
+from PIL import Image
+
+from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
     DISC_COLOUR,
     MODEL_RUNS,
     ManualClock,
@@ -24,9 +27,7 @@ from local_runflow_support import (
     running,
     wait_terminal,
 )
-from PIL import Image
-
-from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.support.images import solid
 
 COLOUR = (30, 120, 220)
 
@@ -80,9 +81,7 @@ def test_png_and_webp_inputs_are_read_too(client: httpx.Client, upstream: Upstre
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A real 1x1 PNG whose header is rewritten to claim ``width`` x ``height`` (a pixel bomb)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
+    data = bytearray(solid("PNG", (1, 1), (0, 0, 0)))
     ihdr = data[12:29]  # b"IHDR" + 13 bytes of fields
     ihdr[4:12] = struct.pack(">II", width, height)
     data[12:29] = ihdr

@@ -8,9 +8,17 @@ from typing import Any
 
 import httpx
 import pytest
-from local_runflow_support import MODEL_RUNS, ManualClock, Upstream, api, create, run_body, running
 
 from backdrop_local.runflow import FaultSettings, LocalRunflow
+from tests.integration.local_runflow.local_runflow_support import (
+    MODEL_RUNS,
+    ManualClock,
+    Upstream,
+    api,
+    create,
+    run_body,
+    running,
+)
 
 RATE_HEADERS = ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from backdrop_local.runflow import pngfile
 from backdrop_local.runflow.processing import ProcessingFailed, probe_size
+from tests.support.images import encoded
 
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -115,30 +116,24 @@ def test_two_hundred_megabytes_of_padding_is_a_few_shared_buffers() -> None:
     assert len(distinct) < 12  # the full blocks all share one buffer of zeros and one CRC
 
 
-def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 def test_probe_size_reads_the_upright_size_from_the_header() -> None:
-    assert probe_size(_encoded(Image.new("RGB", (40, 30)), "PNG")) == (40, 30)
-    assert probe_size(_encoded(Image.new("RGB", (40, 30)), "WEBP")) == (40, 30)
+    assert probe_size(encoded(Image.new("RGB", (40, 30)), "PNG")) == (40, 30)
+    assert probe_size(encoded(Image.new("RGB", (40, 30)), "WEBP")) == (40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees to display
-    assert probe_size(_encoded(Image.new("RGB", (40, 30)), "JPEG", exif=exif)) == (30, 40)
+    assert probe_size(encoded(Image.new("RGB", (40, 30)), "JPEG", exif=exif)) == (30, 40)
     exif[0x0112] = 3  # rotate 180: no swap
-    assert probe_size(_encoded(Image.new("RGB", (40, 30)), "JPEG", exif=exif)) == (40, 30)
+    assert probe_size(encoded(Image.new("RGB", (40, 30)), "JPEG", exif=exif)) == (40, 30)
     # A body cut short after a valid header passes: only the header is read.
     noisy = Image.effect_noise((256, 256), 64).convert("RGB")
-    whole = _encoded(noisy, "JPEG", quality=95)
+    whole = encoded(noisy, "JPEG", quality=95)
     assert len(whole) > 20_000
     assert probe_size(whole[:2_000]) == (256, 256)
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"plain text", _encoded(Image.new("RGB", (8, 8)), "BMP")],
+    [b"", b"plain text", encoded(Image.new("RGB", (8, 8)), "BMP")],
 )
 def test_probe_size_refuses_what_is_not_a_jpeg_png_or_webp(data: bytes) -> None:
     with pytest.raises(ProcessingFailed) as caught:
@@ -148,5 +143,5 @@ def test_probe_size_refuses_what_is_not_a_jpeg_png_or_webp(data: bytes) -> None:
 
 def test_probe_size_refuses_too_many_pixels() -> None:
     with pytest.raises(ProcessingFailed) as caught:
-        probe_size(_encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
+        probe_size(encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
     assert caught.value.code == "INPUT_UNREADABLE" and "pixels" in caught.value.message

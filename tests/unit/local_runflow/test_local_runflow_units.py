@@ -3,7 +3,6 @@ compositing, decoding, callback payloads and delivery bookkeeping. No sockets.""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -26,6 +25,7 @@ from backdrop_local.runflow.processing import Colour, ProcessingFailed, composit
 from backdrop_local.runflow.query import Cursor, parse_filter, parse_limit
 from backdrop_local.runflow.store import FAILED, SUCCEEDED, AttemptOutcome, Run, Store
 from backdrop_local.runflow.validation import validate_run_request
+from tests.support.images import encoded
 
 POLICY = NetPolicy.from_origins(["http://127.0.0.1:5555"])
 
@@ -284,18 +284,12 @@ def test_without_background_the_colour_is_flat() -> None:
 
 
 # ---------------------------------------------------------------------------- decoding
-def _encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 def test_decode_applies_exif_orientation_and_flattens_transparency() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
-    upright = decode_image(_encoded(Image.new("RGB", (40, 20), "red"), "JPEG", exif=exif))
+    upright = decode_image(encoded(Image.new("RGB", (40, 20), "red"), "JPEG", exif=exif))
     assert upright.size == (20, 40) and upright.mode == "RGB"
-    clear = decode_image(_encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"))
+    clear = decode_image(encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"))
     assert clear.mode == "RGB" and clear.getpixel((0, 0)) == (255, 255, 255)
 
 
@@ -304,8 +298,8 @@ def test_decode_applies_exif_orientation_and_flattens_transparency() -> None:
     [
         b"",
         b"plain text",
-        _encoded(Image.new("RGB", (64, 64), "blue"), "JPEG")[:300],
-        _encoded(Image.new("RGB", (8, 8)), "BMP"),
+        encoded(Image.new("RGB", (64, 64), "blue"), "JPEG")[:300],
+        encoded(Image.new("RGB", (8, 8)), "BMP"),
     ],
 )
 def test_decode_refuses_what_is_not_a_readable_jpeg_png_or_webp(data: bytes) -> None:
@@ -316,7 +310,7 @@ def test_decode_refuses_what_is_not_a_readable_jpeg_png_or_webp(data: bytes) -> 
 
 def test_decode_refuses_too_many_pixels_before_decoding() -> None:
     with pytest.raises(ProcessingFailed) as caught:
-        decode_image(_encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
+        decode_image(encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
     assert caught.value.code == "INPUT_UNREADABLE" and "pixels" in caught.value.message
 
 
