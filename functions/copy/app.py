@@ -1,5 +1,7 @@
 """CopyFunction: finishes jobs whose runs reported their outcome, streaming outputs into the results
-bucket, fed by the copy queue (partial batch failures; a failed copy returns to the queue)."""
+bucket and making the configured renditions beside them, and makes a succeeded job's renditions
+again on request (no run); fed by the copy queue (partial batch failures; a failed copy returns to
+the queue). The one function that loads the imaging libraries."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.config import COPY_QUEUE, JOBS, RESULTS, RUN_BUDGET, RUNFLOW, UPLOADS
-from backdrop.copying import handle_copy_request
+from backdrop.copying import handle_copy_request, handle_render_request
 from backdrop.observability import logger, metrics, tracer
-from backdrop.outcomes import RetryLater
-from backdrop.queues import CopyRequest
+from backdrop.outcomes import Result, RetryLater
+from backdrop.queues import CopyRequest, RenderRequest
 from backdrop.services import Services, get_services
 from backdrop.visibility import retry_after
 
@@ -31,21 +33,28 @@ def services() -> Services:
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
-        request = CopyRequest.parse(record.body)
+        request = RenderRequest.parse(record.body) or CopyRequest.parse(record.body)
     except ValueError as exc:
-        logger.error("Not a copy request; dropped", extra={"reason": str(exc)})
+        logger.error("Not a copy or render request; dropped", extra={"reason": str(exc)})
         return
     deadline = (
         time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000.0 - SAFETY_MARGIN_SECONDS
     )
-    with logger.append_context_keys(job_id=request.job_id, run_id=request.run_id):
+    run_id = request.run_id if isinstance(request, CopyRequest) else None
+    with logger.append_context_keys(job_id=request.job_id, run_id=run_id):
         tracer.put_annotation("job_id", request.job_id)
         try:
-            result = handle_copy_request(request, services(), deadline=deadline)
+            result = _handle(request, deadline)
         except RetryLater as exc:
             retry_after(services(), services().settings.copy_queue_url, record, exc)
             raise
         logger.info("Copy request handled", extra={"outcome": result.outcome.value, "detail": result.detail})
+
+
+def _handle(request: CopyRequest | RenderRequest, deadline: float) -> Result:
+    if isinstance(request, RenderRequest):
+        return handle_render_request(request, services(), deadline=deadline)
+    return handle_copy_request(request, services(), deadline=deadline)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -378,6 +378,8 @@ def test_parameters_for_rules_budget_and_bus(template: dict[str, Any]) -> None:
     assert shared["BACKDROP_COLOR_RULES"] == {"Ref": "ColorRules"}
     assert shared["BACKDROP_DAILY_RUN_BUDGET"] == {"Ref": "DailyRunBudget"}
     assert shared["BACKDROP_EVENT_BUS"] == {"Ref": "EventBusName"}
+    assert params["Renditions"]["Default"] == "{}"
+    assert shared["BACKDROP_RENDITIONS"] == {"Ref": "Renditions"}
 
 
 def test_dashboard_shows_the_pipeline_and_is_an_output(template: dict[str, Any]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from backdrop.colours import Colour
@@ -312,3 +316,32 @@ def test_a_functions_needs_compose_from_named_groups_of_declared_settings() -> N
         settings.require(*composed)
     # Named in the declaration's order, whatever the group's.
     assert str(info.value).endswith("BACKDROP_JOBS_TABLE, BACKDROP_CALLBACK_URL")
+
+
+def test_renditions_read_and_bad_ones_named() -> None:
+    assert load_settings(env()).renditions == {}
+    assert load_settings(env(BACKDROP_RENDITIONS="{}")).renditions == {}
+    s = load_settings(env(BACKDROP_RENDITIONS='{"amazon": "amazon-main", "story": {"aspect": "9:16"}}'))
+    assert list(s.renditions) == ["amazon", "story"]
+    assert (s.renditions["amazon"].width, s.renditions["amazon"].height) == (2000, 2000)
+    assert s.renditions["story"].aspect == (9, 16)
+    with pytest.raises(ConfigError, match="BACKDROP_RENDITIONS: rendition 'story': fit must be one of"):
+        load_settings(env(BACKDROP_RENDITIONS='{"story": {"aspect": "9:16", "fit": "stretch"}}'))
+    with pytest.raises(ConfigError, match="BACKDROP_RENDITIONS: rendition 'amz': unknown profile 'amazon'"):
+        load_settings(env(BACKDROP_RENDITIONS='{"amz": "amazon"}'))
+    with pytest.raises(ConfigError, match="BACKDROP_RENDITIONS: Renditions is not valid JSON"):
+        load_settings(env(BACKDROP_RENDITIONS="{amazon}"))
+
+
+def test_reading_renditions_loads_no_imaging_library() -> None:
+    # Every function reads the setting at cold start; only the copy worker may load Pillow or numpy.
+    code = (
+        "import sys; from backdrop.config import load_settings; "
+        f"load_settings({{**{BASE_ENV!r}, 'BACKDROP_RENDITIONS': '{{\"a\": \"amazon-main\"}}'}}); "
+        "print(sorted(m for m in ('PIL', 'numpy') if m in sys.modules))"
+    )
+    core = str(Path(__file__).resolve().parents[2] / "layers" / "core")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": core}
+    )
+    assert out.stdout.strip() == "[]"

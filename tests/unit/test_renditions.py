@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backdrop import products, renditions
+from backdrop import products, profiles, renditions
 from backdrop.colours import Colour
-from backdrop.renditions import PROFILES, RenditionsError, Spec, parse_renditions
+from backdrop.profiles import PROFILES, RenditionsError, Spec, parse_renditions
 from tests.unit.imaging_fakes import MAKERS, SAMPLES, WHITE, photo, runflow, sample
 
 GREEN = Colour(20, 120, 60)
@@ -92,7 +92,7 @@ def test_builtin_profiles_are_documented_exactly() -> None:
     assert PROFILES["google-shopping"].canvas((1, 1)) == (1500, 1500)
     assert set(PROFILES) == {"amazon-main", "google-shopping", "shopify-square", "zalando", "thumbnail"}
     for name, spec in PROFILES.items():
-        assert f"``{name}``" in (renditions.__doc__ or "")
+        assert f"``{name}``" in (profiles.__doc__ or "")
         assert spec.profile == name
 
 

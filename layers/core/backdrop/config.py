@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backdrop.colours import Colour, ColourRules, parse_colour, parse_colour_rules
+from backdrop.profiles import RenditionsError, Spec, parse_renditions
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,13 @@ def _colour_rules(env: Mapping[str, str], name: str, default: str) -> ColourRule
         raise ConfigError(f"{name}: {exc}") from exc
 
 
+def _renditions(env: Mapping[str, str], name: str, default: str) -> Mapping[str, Spec]:
+    try:
+        return parse_renditions(env.get(name, default))
+    except RenditionsError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
 def _hosts(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in env.get(name, default).split(",") if h.strip())
 
@@ -201,6 +209,10 @@ class Settings:
         metadata=_from(
             Variable("BACKDROP_COLOR_RULES", _colour_rules, "", "ColorRules", parameter_default="{}")
         )
+    )
+    # Rendition name → how it is made from every result (``backdrop.profiles``); empty: none.
+    renditions: Mapping[str, Spec] = field(
+        metadata=_from(Variable("BACKDROP_RENDITIONS", _renditions, "", "Renditions", parameter_default="{}"))
     )
     # Runs per UTC day; 0 = unlimited (a stack caps it by default).
     daily_run_budget: int = field(

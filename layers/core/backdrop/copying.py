@@ -36,13 +36,23 @@ from botocore.exceptions import ClientError
 from backdrop.completion import apply_run_report, belongs_to
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
-from backdrop.jobs import Job, Status, failure, outputs_to_item, parse_iso
+from backdrop.jobs import Job, JobChanges, Status, failure, outputs_to_item, parse_iso, stored_map
 from backdrop.ledger import Lease, Published
 from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
-from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused
-from backdrop.queues import CopyRequest
-from backdrop.results import extension_of, names_source, result_folder, result_key, result_metadata
+from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused, ResultChanged
+from backdrop.profiles import Spec
+from backdrop.queues import CopyRequest, RenderRequest
+from backdrop.rendering import Made, make_all, reusable
+from backdrop.results import (
+    extension_of,
+    is_rendition,
+    names_source,
+    rendition_key,
+    result_folder,
+    result_key,
+    result_metadata,
+)
 from backdrop.reuse import fall_back
 from backdrop.runs import RunflowError, RunflowRejected, RunResult
 from backdrop.services import Services
@@ -85,6 +95,61 @@ def _publish_reuse(job: Job, reused_from: str, services: Services, deadline: flo
     if job.status is not Status.COPYING or job.reused_from != reused_from:
         return Result(Outcome.ALREADY_DONE, job.job_id, detail=f"job is {job.status.value}, not that reuse")
     return publish(job, services, deadline=deadline)
+
+
+def handle_render_request(request: RenderRequest, services: Services, *, deadline: float) -> Result:
+    """Make a succeeded job's renditions again from its stored result and original, with no run:
+    the ones named that are configured (others are left alone), or every configured one. Only while
+    this job's result is the one published for its source (the newest version wins), under the
+    source's result lease, fenced like the result."""
+    job = services.jobs.get(request.job_id)
+    if job is None:
+        return Result(Outcome.UNKNOWN_JOB, request.job_id)
+    if job.status is not Status.SUCCEEDED or not job.result_keys:
+        return Result(
+            Outcome.IGNORED, job.job_id, detail=f"job is {job.status.value}: nothing to render from"
+        )
+    configured = services.settings.renditions
+    names = request.renditions if request.renditions is not None else tuple(configured)
+    specs = {name: configured[name] for name in names if name in configured}
+    if not specs:
+        return Result(Outcome.IGNORED, job.job_id, detail=f"none of {list(names)} is a configured rendition")
+    with _result_lease(services, job) as held:
+        published = held.lease.published
+        if published is None or published.job_id != job.job_id:
+            newer = published.job_id if published else "none"
+            return Result(Outcome.ALREADY_DONE, job.job_id, detail=f"the published result is job {newer}'s")
+        return _render_again(job, services, held, specs, deadline)
+
+
+def _render_again(
+    job: Job, services: Services, held: _HeldLease, specs: Mapping[str, Spec], deadline: float
+) -> Result:
+    outputs = [key for key in job.result_keys if not is_rendition(key)]
+    keeper = _LeaseKeeper(services, held.lease)
+    made = make_all(services, job, outputs[0], specs, deadline=deadline, keep_lease=keeper)
+    fresh = _write_renditions(services, job, made)
+    entries = {**job.renditions, **fresh}
+    new_keys = {str(e["key"]) for e in fresh.values() if e.get("key")}
+    # A rendition now in another format (or not made) leaves its earlier file behind: deleted.
+    stale = [
+        str(job.renditions[name]["key"])
+        for name in fresh
+        if job.renditions.get(name, {}).get("key") and job.renditions[name]["key"] not in new_keys
+    ]
+    keys = [key for key in job.result_keys if key not in stale]
+    keys += sorted(new_keys - set(keys))
+    changes: JobChanges = {"renditions": stored_map(entries), "result_keys": keys}
+    if not services.jobs.update_succeeded(
+        job.job_id, changes, only_if={"result_keys": list(job.result_keys)}
+    ):
+        return Result(Outcome.ALREADY_DONE, job.job_id, detail="the job changed while rendering")
+    assert held.lease.published is not None
+    _delete_stale(services, job, held.lease.published, stale)
+    held.release_published(replace(held.lease.published, result_keys=tuple(keys)))
+    count("RenditionsMadeAgain")
+    verdicts = ",".join(f"{name}={entry['verdict']}" for name, entry in fresh.items())
+    return Result(Outcome.RENDERED, job.job_id, job.run_id, verdicts)
 
 
 def _read_run(services: Services, run_id: str) -> RunResult | None:
@@ -207,8 +272,11 @@ def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadlin
         return supersede(services, job, current)
     published = held.lease.published
     if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id or ""):
-        # An earlier try of this very copy got as far as publishing: just finish the job.
-        return _succeed(services, job, list(published.result_keys), 0)
+        # An earlier try of this very copy got as far as publishing: make the renditions (again,
+        # over the same keys) and finish the job.
+        outputs = [key for key in published.result_keys if not is_rendition(key)]
+        keys, renditions = _renditions(job, services, held.lease, outputs, {}, deadline)
+        return _succeed(services, job, keys, 0, renditions)
     if (
         published is not None
         and published.version == job.upload().version
@@ -216,16 +284,75 @@ def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadlin
     ):
         return _superseded_by_later_job(services, job, published)
     write = _copy_reused if job.reused_from else _copy_all
-    keys, copied = write(job, services, held.lease, deadline)
+    written, copied, kept = write(job, services, held.lease, deadline)
+    keys, renditions = _renditions(job, services, held.lease, written, kept, deadline)
     if published is not None:
         _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
     record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
     if not held.release_published(record):
         logger.error("Result lease lost after publishing", extra={"result_keys": keys})
-    return _succeed(services, job, keys, copied)
+    return _succeed(services, job, keys, copied, renditions)
 
 
-def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int]:
+Entries = dict[str, dict[str, Any]]
+
+
+def _renditions(
+    job: Job, services: Services, lease: Lease, keys: list[str], kept: Entries, deadline: float
+) -> tuple[list[str], Entries]:
+    """Make and write every configured rendition not ``kept`` (copied with a reused result), after
+    the result at ``keys`` is written; returns all result keys and the job's ``renditions``."""
+    configured = services.settings.renditions
+    wanted = {name: spec for name, spec in configured.items() if name not in kept}
+    outputs = [key for key in keys if not is_rendition(key)]
+    if not wanted or not outputs:
+        return keys, kept
+    made = make_all(
+        services, job, outputs[0], wanted, deadline=deadline, keep_lease=_LeaseKeeper(services, lease)
+    )
+    entries = {**kept, **_write_renditions(services, job, made)}
+    written = [str(e["key"]) for e in entries.values() if e.get("key")]
+    return keys + [key for key in written if key not in keys], entries
+
+
+def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries:
+    """Each rendition made written beside the result, fenced like the result (the object seen
+    before is still there); entries of those that could not be made keep ``key`` None."""
+    settings = services.settings
+    metadata = result_metadata(
+        job_id=job.job_id,
+        run_id=job.run_id or "",
+        source_bucket=job.source_bucket,
+        source_key=job.source_key,
+        source_version=job.upload().version,
+        colour=job.color,
+    )
+    entries: Entries = {}
+    for one in made:
+        if one.data is None:
+            entries[one.name] = one.entry
+            continue
+        key = rendition_key(
+            job.source_key, settings.upload_prefix, settings.results_prefix, one.name, one.extension
+        )
+        expect = _claim(services, job, key)
+        fence = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        try:
+            services.s3.put_object(
+                Bucket=settings.results_bucket,
+                Key=key,
+                Body=one.data,
+                ContentType=one.content_type,
+                Metadata={**metadata, "rendition": one.name},
+                **fence,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            raise ResultChanged(f"writing the rendition {key} failed: {exc}") from exc
+        entries[one.name] = {**one.entry, "key": key}
+    return entries
+
+
+def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int, Entries]:
     settings = services.settings
     keeper = _LeaseKeeper(services, lease)
     metadata = result_metadata(
@@ -259,31 +386,43 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
         )
         keys.append(stored.key)
         copied += stored.size
-    return keys, copied
+    return keys, copied, {}
 
 
 class ReusedResultGone(Exception):
     """An object of the result being reused no longer exists."""
 
 
-def _copy_reused(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int]:
+def _copy_reused(
+    job: Job, services: Services, lease: Lease, deadline: float
+) -> tuple[list[str], int, Entries]:
     """Copy the earlier job's result objects, server-side (no byte passes through here), to this
-    source's own result keys, with the same file names, fenced like a run's copy."""
+    source's own result keys, with the same file names, fenced like a run's copy. Its renditions
+    made exactly as configured now are copied with their verdicts; the others are left behind
+    (made again from the result)."""
     earlier = services.jobs.get(job.reused_from or "")
     if earlier is None or earlier.status is not Status.SUCCEEDED or not earlier.result_keys:
         raise ReusedResultGone(f"job {job.reused_from} has no result any more")
     keeper = _LeaseKeeper(services, lease)
     folder = result_folder(job.source_key, services.settings.upload_prefix, services.settings.results_prefix)
+    kept = reusable(services.settings.renditions, earlier)
+    kept_keys = {str(entry["key"]) for entry in kept.values() if entry.get("key")}
     keys: list[str] = []
     copied = 0
     for source in earlier.result_keys:
+        if is_rendition(source) and source not in kept_keys:
+            continue
         if time.monotonic() >= deadline:
             raise OutputCopyFailed("no time left to copy the reused result")
         keeper()
         key = folder + source.rpartition("/")[2]
         copied += _copy_one(services, job, source, key)
         keys.append(key)
-    return keys, copied
+    moved = {
+        name: {**entry, "key": folder + str(entry["key"]).rpartition("/")[2] if entry.get("key") else None}
+        for name, entry in kept.items()
+    }
+    return keys, copied, moved
 
 
 def _copy_one(services: Services, job: Job, source: str, key: str) -> int:
@@ -415,7 +554,7 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
     )
 
 
-def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Result:
+def _succeed(services: Services, job: Job, keys: list[str], copied: int, renditions: Entries) -> Result:
     def measure(done: Job) -> None:
         count_bytes("BytesCopied", copied)
         if done.completed_at:
@@ -429,6 +568,7 @@ def _succeed(services: Services, job: Job, keys: list[str], copied: int) -> Resu
         {
             "result_bucket": services.settings.results_bucket,
             "result_keys": keys,
+            "renditions": stored_map(renditions),
             "error_code": None,
             "error_message": None,
         },

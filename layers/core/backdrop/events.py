@@ -33,6 +33,8 @@ DETAIL_TYPES: Mapping[Status, str] = {
     Status.TIMED_OUT: "Job Timed Out",
     Status.SUPERSEDED: "Job Superseded",
 }
+# What the event tells of each rendition (the job's entry also keeps the measured checks).
+RENDITION_FIELDS = ("key", "width", "height", "format", "bytes", "verdict", "reasons")
 
 
 def completion_detail(job: Job) -> dict[str, Any]:
@@ -59,6 +61,11 @@ def completion_detail(job: Job) -> dict[str, Any]:
         "superseded_by": job.superseded_by,
         "reused": job.reused_from is not None,
         "reused_from": job.reused_from,
+        "renditions": {
+            name: {field: entry.get(field) for field in RENDITION_FIELDS}
+            for name, entry in job.renditions.items()
+        }
+        or None,
         "created_at": job.created_at,
         "completed_at": job.completed_at,
         "duration_ms": duration_ms,

@@ -22,9 +22,11 @@ to run: the one move back between open statuses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -156,6 +158,23 @@ def _outputs_or_none(outputs: list[OutputRef]) -> list[dict[str, str]] | None:
     return outputs_to_item(outputs) or None
 
 
+def stored_map(value: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A map of plain values as DynamoDB takes it (no floats: Decimals); None when empty."""
+    stored: dict[str, Any] | None = json.loads(json.dumps(value), parse_float=Decimal) if value else None
+    return stored
+
+
+def _plain(raw: Any) -> Any:
+    """A stored map back in plain values (DynamoDB's Decimals as int or float)."""
+    if isinstance(raw, Mapping):
+        return {str(k): _plain(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_plain(v) for v in raw]
+    if isinstance(raw, Decimal):
+        return int(raw) if raw == raw.to_integral_value() else float(raw)
+    return raw
+
+
 def _how(how: Stored) -> Mapping[str, Stored]:
     return {"stored": how}
 
@@ -216,6 +235,11 @@ class Job:
     content_digest: str | None = field(default=None, metadata=_TEXT)
     # The earlier job whose result this attempt copied (no run of its own).
     reused_from: str | None = field(default=None, metadata=_ATTEMPT_TEXT)
+    # Rendition name → {key, width, height, format, bytes, verdict, reasons, checks, spec}: what the
+    # copy worker made from the result (``key`` None: not made), ``spec`` the profile's fingerprint.
+    renditions: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata=_how(Stored(_plain, encode=stored_map, per_attempt=True))
+    )
     attempt: int = field(default=1, metadata=_how(Stored(int)))
     history: list[dict[str, Any]] = field(
         default_factory=list, metadata=_how(Stored(lambda raw: [dict(h) for h in raw], encode=_list_or_none))
@@ -296,6 +320,7 @@ class JobChanges(TypedDict, total=False):
     superseded_by: str | None
     content_digest: str | None
     reused_from: str | None
+    renditions: dict[str, Any] | None
 
 
 # Longest error message a job keeps (Runflow's and exceptions' messages may be long).

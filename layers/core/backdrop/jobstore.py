@@ -199,12 +199,20 @@ class JobStore:
     ) -> bool:
         """Change attributes of an open job without moving it; False if it is no longer ``expected``
         (or an ``only_if`` attribute changed meanwhile)."""
+        return self._update(job_id, expected, changes, only_if or {})
+
+    def update_succeeded(self, job_id: str, changes: JobChanges, *, only_if: JobChanges) -> bool:
+        """Change attributes of a succeeded job (its renditions made again); False if it is no
+        longer succeeded or an ``only_if`` attribute changed meanwhile (a retry began)."""
+        return self._update(job_id, Status.SUCCEEDED, changes, only_if)
+
+    def _update(self, job_id: str, expected: Status, changes: JobChanges, only_if: JobChanges) -> bool:
         names: dict[str, str] = {"#status": "status"}
         values: dict[str, Any] = {":expected": expected.value, ":now": self._now()}
         sets = ["updated_at = :now"]
         removes: list[str] = []
         _changes(changes, names, values, sets, removes)
-        conditions = ["#status = :expected", *_guards(only_if or {}, names, values)]
+        conditions = ["#status = :expected", *_guards(only_if, names, values)]
         expression = "SET " + ", ".join(sets)
         if removes:
             expression += " REMOVE " + ", ".join(removes)

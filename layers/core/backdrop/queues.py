@@ -41,6 +41,39 @@ class CopyRequest:
 
 
 @dataclass(frozen=True)
+class RenderRequest:
+    """Ask the copy worker to make a succeeded job's renditions again from its stored result, with
+    no run: the ones named, or (None) every configured one. Sent on the copy queue by the operator
+    command's ``render``; the body is ``{"render": "<job_id>", "renditions": ["name", ...] | null}``."""
+
+    job_id: str
+    renditions: tuple[str, ...] | None = None
+
+    def body(self) -> str:
+        names = list(self.renditions) if self.renditions is not None else None
+        return json.dumps({"render": self.job_id, "renditions": names}, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, body: str) -> RenderRequest | None:
+        """The request if ``body`` is one, None if it is not a render request (a copy request);
+        raises ValueError for a malformed one."""
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or "render" not in data:
+            return None
+        job_id, names = data["render"], data.get("renditions")
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("a render request names a job")
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise ValueError("renditions is a list of rendition names, or null for all")
+        return cls(job_id, tuple(names) if names is not None else None)
+
+
+@dataclass(frozen=True)
 class JobMessage:
     """Ask the submit function to create the run of an open job (a retry, a held job resumed).
     Sent on the uploads queue beside S3's notifications; ``sent_at`` makes each request distinct."""

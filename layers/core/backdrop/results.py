@@ -109,6 +109,11 @@ def result_key(
     return result_folder(source_key, upload_prefix, results_prefix) + result_name(index, extension)
 
 
+def is_rendition(key: str) -> bool:
+    """Whether a result key is a rendition's file (``rendition-<name>.<ext>``), not a run's output."""
+    return key.rpartition("/")[2].startswith(RENDITION_STEM + "-")
+
+
 def rendition_key(source_key: str, upload_prefix: str, results_prefix: str, name: str, extension: str) -> str:
     """Where the rendition ``name`` of ``source_key``'s result is stored."""
     return result_folder(source_key, upload_prefix, results_prefix) + rendition_name(name, extension)

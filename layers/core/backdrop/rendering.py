@@ -1,0 +1,106 @@
+"""Making a job's renditions: from its stored result and the exact source version it was made from.
+
+The product is found once per job (``backdrop.products``), then each rendition is drawn, encoded
+and judged (``backdrop.renditions``). Nothing here writes: the copy worker writes what is made
+under the source's result lease, as it writes the result itself. A rendition that cannot be made
+(a padded one when no product was found) is an entry with verdict ``fail`` and its reason, and no
+file. Only the copy worker imports this module: it loads Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from backdrop.colours import parse_colour
+from backdrop.jobs import Job
+from backdrop.observability import count, logger
+from backdrop.outputs import OutputCopyFailed
+from backdrop.products import compare_bytes
+from backdrop.profiles import Spec, fingerprint
+from backdrop.renditions import make
+from backdrop.services import Services
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "AVIF": "avif"}
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "AVIF": "image/avif"}
+
+
+@dataclass(frozen=True)
+class Made:
+    """One rendition: its encoded file (None: it could not be made) and its entry on the job (the
+    ``key`` is set by whoever writes the file)."""
+
+    name: str
+    data: bytes | None
+    entry: dict[str, Any]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[str(self.entry["format"])]
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[str(self.entry["format"])]
+
+
+def reusable(configured: Mapping[str, Spec], earlier: Job) -> dict[str, dict[str, Any]]:
+    """The earlier job's rendition entries made exactly as configured now (same name, same spec)."""
+    return {
+        name: entry
+        for name, entry in earlier.renditions.items()
+        if name in configured and entry.get("spec") == fingerprint(configured[name])
+    }
+
+
+def _read(services: Services, params: Mapping[str, Any], what: str) -> bytes:
+    try:
+        answer = services.s3.get_object(**params)
+        return answer["Body"].read()
+    except ClientError as exc:
+        raise OutputCopyFailed(f"reading {what} to render from failed: {exc}") from exc
+
+
+def make_all(
+    services: Services,
+    job: Job,
+    result_key: str,
+    specs: Mapping[str, Spec],
+    *,
+    deadline: float,
+    keep_lease: Callable[[], None],
+) -> list[Made]:
+    """Every rendition in ``specs``, from ``result_key`` and the job's source version."""
+    if not specs:
+        return []
+    result = _read(services, {"Bucket": services.settings.results_bucket, "Key": result_key}, "the result")
+    source = job.upload().object_params()
+    if not job.upload().versioned and job.source_etag:
+        source["IfMatch"] = job.source_etag  # the very bytes the run was made from
+    original = _read(services, source, "the original")
+    decoded, found = compare_bytes(result, original, parse_colour(job.color))
+    del result, original
+    made: list[Made] = []
+    for name, spec in specs.items():
+        if time.monotonic() >= deadline:
+            raise OutputCopyFailed("no time left to make the renditions")
+        keep_lease()
+        made.append(_make_one(name, spec, decoded, found))
+    return made
+
+
+def _make_one(name: str, spec: Spec, decoded: Any, found: Any) -> Made:
+    try:
+        data, verdict = make(spec, decoded, found)
+    except ValueError as exc:  # nothing to place: a padded rendition without a product
+        logger.warning("Rendition not made", extra={"rendition": name, "reason": str(exc)})
+        count("RenditionsFailed")
+        entry = {"key": None, "width": None, "height": None, "format": spec.format, "bytes": 0}
+        return Made(
+            name, None, {**entry, "verdict": "fail", "reasons": [str(exc)], "spec": fingerprint(spec)}
+        )
+    count(f"Renditions{verdict['verdict'].capitalize()}")
+    return Made(name, data, {"key": None, **verdict, "spec": fingerprint(spec)})
