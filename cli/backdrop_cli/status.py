@@ -14,6 +14,7 @@ from backdrop_cli import jobtable
 from backdrop_cli.app import App, job_doc, s3_url
 from backdrop_cli.contexts import StatusContext
 from backdrop_cli.errors import FAILED, OK, BadUsage
+from backdrop_cli.renditions import renditions_doc, renditions_of, renditions_table
 from backdrop_cli.times import ago, duration, seconds_between
 from backdrop_cli.ui import facts, table
 
@@ -47,18 +48,20 @@ def run_status(context: StatusContext) -> int:
             app.stack.uploads_bucket, key
         )
     current = _current_version(app, jobs[0] if by_id else None, key)
+    # The renditions' verdicts, as stored (one batch read of the jobs shown).
+    items = jobtable.get_items(app.stack, [job.job_id for job in jobs])
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
         "query": {"job_id": key} if by_id else {"key": key},
         "current_version": current,
-        "jobs": [job_doc(job) for job in jobs],
+        "jobs": [{**job_doc(job), "renditions": renditions_doc(items.get(job.job_id))} for job in jobs],
     }
     if app.ui.as_json:
         app.ui.emit(doc)
     elif not jobs:
         app.ui.print(f"No job for {s3_url(app.stack.uploads_bucket, key)}.")
     else:
-        _show_jobs(app, jobs, current)
+        _show_jobs(app, jobs, current, items)
     return OK if jobs else FAILED
 
 
@@ -80,7 +83,9 @@ def _is_current(job: Job, current: dict[str, Any] | None) -> bool:
     )
 
 
-def _show_jobs(app: App, jobs: list[Job], current: dict[str, Any] | None) -> None:
+def _show_jobs(
+    app: App, jobs: list[Job], current: dict[str, Any] | None, items: dict[str, dict[str, Any]]
+) -> None:
     first = jobs[0]
     where = s3_url(first.source_bucket, first.source_key)
     if current is None:
@@ -125,6 +130,9 @@ def _show_jobs(app: App, jobs: list[Job], current: dict[str, Any] | None) -> Non
                 f"run {earlier.get('run_id') or '-'} at {earlier.get('completed_at') or '?'}".strip(),
             )
         app.ui.print(Group("", grid))
+        renditions = renditions_of(items.get(job.job_id))
+        if renditions:
+            app.ui.print(renditions_table(renditions, job.result_bucket or app.stack.results_bucket))
 
 
 def _status_text(job: Job) -> str:
@@ -137,8 +145,12 @@ def _status_text(job: Job) -> str:
 def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -> int:
     with app.ui.progress() as bar:
         bar.update("scan", completed=0, total=None, description="Reading jobs")
+        items = {
+            str(item["job_id"]): item
+            for item in jobtable.scan_items(app.stack, jobtable.JobFilter(prefix=prefix, statuses=statuses))
+        }
         jobs = sorted(
-            jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, statuses=statuses)),
+            (Job.from_item(item) for item in items.values()),
             key=lambda j: (j.created_at, j.job_id),
             reverse=True,
         )
@@ -151,7 +163,7 @@ def _by_prefix(app: App, prefix: str, statuses: frozenset[Status], limit: int) -
                 "stack": app.stack_doc(),
                 "query": {"prefix": prefix, "statuses": sorted(s.value for s in statuses)},
                 "counts": dict(sorted(counts.items())),
-                "jobs": [job_doc(job) for job in jobs],
+                "jobs": [{**job_doc(job), "renditions": renditions_doc(items[job.job_id])} for job in jobs],
             }
         )
         return OK if jobs else FAILED
