@@ -167,7 +167,8 @@ def backdrop() -> Callable[..., Result]:
 
 class CopyWorker:
     """Plays the copy function's part: takes render requests off the copy queue and writes the
-    job's renditions (those asked for, or all), with a fresh ``updated_at``, as the job store does.
+    job's renditions (those asked for, or all; the others kept), with a fresh ``updated_at``, as
+    the job store does.
     Requests for jobs in ``lose`` are taken and dropped (the function died before writing)."""
 
     def __init__(self, world: World, made: dict[str, dict[str, Any]], lose: frozenset[str] = frozenset()):
@@ -194,11 +195,14 @@ class CopyWorker:
                 job_id = request["render"]
                 if job_id not in self.lose:
                     names = request["renditions"] or sorted(self.made)
+                    kept = table.get_item(Key={"job_id": job_id}, ConsistentRead=True)["Item"].get(
+                        "renditions"
+                    )
                     table.update_item(
                         Key={"job_id": job_id},
                         UpdateExpression="SET renditions = :r, updated_at = :now",
                         ExpressionAttributeValues={
-                            ":r": {name: self.made[name] for name in names},
+                            ":r": {**(kept or {}), **{name: self.made[name] for name in names}},
                             ":now": now_iso(),
                         },
                     )
@@ -294,6 +298,16 @@ def test_render_waits_for_the_renditions_then_status_and_report_show_them(
 
     report = json.loads(backdrop(state, "report", "--prefix", prefix, "--json").stdout)
     assert report["renditions"] == doc["verdicts"]
+
+    made["thumb"] = rendition("thumb", "fail", "over 100 kB")
+    with CopyWorker(world, made) as worker:
+        thumbs = backdrop(state, "render", prefix, "--rendition", "thumb", "--yes", "--json")
+    assert thumbs.exit_code == 0, thumbs.stderr
+    assert {r["renditions"] == ["thumb"] for r in worker.handled} == {True} and len(worker.handled) == 2
+    assert json.loads(thumbs.stdout)["verdicts"] == {
+        "amazon": {"pass": 0, "warn": 2, "fail": 0},  # kept as it was
+        "thumb": {"pass": 0, "warn": 0, "fail": 2},
+    }
     shown = backdrop(state, "report", "--prefix", prefix).stdout
     assert "verdicts per profile" in shown and "thumb" in shown
 
