@@ -96,7 +96,6 @@ class Planned:
     verdict: Verdict
     job: Job | None = None
     digest: str | None = None  # the content digest of an object to submit, when known
-    digest_source: str | None = None
     reuse: str | None = None  # how an object to submit would reuse a result instead of running
 
     @property

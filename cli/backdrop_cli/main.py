@@ -352,9 +352,12 @@ def backfill(context: BackfillContext) -> int:
     version and colour, no second run, the same rejections, and the daily run budget (jobs beyond
     it wait `held` and resume on their own). Resumable: which objects still need it is computed
     from the jobs table each time, so running it again after Ctrl-C or a crash sends only what is
-    missing. Ctrl-C stops sending after the batch in flight and prints what was sent. Then it shows
-    progress until every job it started has ended (or --no-wait), and a summary. Exit status 1 if
-    a job ended failed, canceled or timed out, or if not everything could be sent.
+    missing. With ReuseResults on, objects whose bytes and colour match an earlier result (or another
+    object sent with them) reuse it at $0, as `backdrop plan` counts them; the cost to confirm and
+    --max-runs count runs only. Ctrl-C stops sending after the batch in flight and prints what was
+    sent. Then it shows progress until every job it started has ended (or --no-wait), and a
+    summary. Exit status 1 if a job ended failed, canceled or timed out, or if not everything could
+    be sent.
 
     \b
     Examples:

@@ -47,6 +47,8 @@ CSV_COLUMNS = [
     "time_to_result_s",
     "runflow_duration_ms",
     "superseded_by",
+    "content_digest",
+    "reused_from",
 ]
 
 
@@ -203,6 +205,8 @@ def write_csv(path: Path, jobs: list[Job]) -> None:
                     "time_to_result_s": _num(seconds_between(job.created_at, job.completed_at)),
                     "runflow_duration_ms": "" if job.runflow_duration_ms is None else job.runflow_duration_ms,
                     "superseded_by": job.superseded_by or "",
+                    "content_digest": job.content_digest or "",
+                    "reused_from": job.reused_from or "",
                 }
             )
 

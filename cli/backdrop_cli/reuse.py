@@ -30,12 +30,6 @@ class Reuse(StrEnum):
     DUPLICATE = "duplicates_in_plan"  # the same bytes and colour as an object run in this plan
 
 
-class DigestSource(StrEnum):
-    JOB = "job"  # recorded by a job of the same object version
-    STORED = "s3_checksum"  # S3's stored full-object SHA-256
-    STREAMED = "streamed"  # the object read once (--digest)
-
-
 def assess(stack: Stack, plan: Plan, *, enabled: bool, stream: bool, workers: int = 16) -> None:
     """Mark each object the plan would submit with its digest and whether it would reuse."""
     plan.reuse_enabled = enabled
@@ -71,14 +65,11 @@ def find_digest(stack: Stack, planned: Planned, *, stream: bool) -> None:
     same_version = [j for j in jobs if j.upload().same_version(upload)]
     recorded = next((j.content_digest for j in same_version if j.content_digest), None)
     if recorded is not None:
-        planned.digest, planned.digest_source = recorded, DigestSource.JOB
+        planned.digest = recorded
         return
     try:
         stored = stored_sha256(stack.s3.head_object(**upload.object_params(), ChecksumMode="ENABLED"))
-        if stored is not None:
-            planned.digest, planned.digest_source = stored, DigestSource.STORED
-        elif stream:
-            planned.digest, planned.digest_source = content_digest(stack.s3, upload), DigestSource.STREAMED
+        planned.digest = stored if stored is not None or not stream else content_digest(stack.s3, upload)
     except ClientError as exc:
         if not _missing(exc):
             raise  # deleted since it was listed: its digest stays unknown (the pipeline ignores it)

@@ -93,11 +93,10 @@ def photo(fmt: str = "JPEG", colour: tuple[int, int, int] | None = None) -> byte
     """A small photo. Of a given ``colour``, the same bytes every time; without one, other bytes
     at each call (another size): the pipeline reuses one result for identical bytes, so objects
     meant to run each need their own pixels."""
-    size = (64, 48)
-    if colour is None:
-        drawn = next(_photos)
-        size = (64 + drawn % 64, 48 + drawn // 64)
-    return solid(fmt, size, colour or (150, 20, 25))
+    if colour is not None:
+        return solid(fmt, (64, 48), colour)
+    drawn = next(_photos)
+    return solid(fmt, (64 + drawn % 64, 48 + drawn // 64), (150, 20, 25))
 
 
 def cli_stack_for(resources: Resources, parameters: dict[str, str] | None = None) -> Stack:

@@ -17,6 +17,7 @@ from backdrop.errors import ErrorCode
 from backdrop.jobs import Status
 from backdrop.outcomes import Outcome, Result
 from backdrop.queues import CopyRequest
+from backdrop.reconciliation import reconcile
 from backdrop.runs import OutputRef
 from backdrop.signatures import sign
 from backdrop.submission import submit_job, submit_upload
@@ -248,3 +249,28 @@ def test_a_lease_whose_holder_never_ends_expires_at_the_run_deadline(world: Worl
     world.clock.advance(world.services.settings.run_deadline_minutes * 60 + 1)
     assert submit_job(follower.job_id, world.services).outcome is Outcome.SUBMITTED
     assert world.runflow.creates == 2
+
+
+def test_a_lost_wake_up_is_made_good_by_the_reconciler(world: World) -> None:
+    leader = submit_upload(upload(world, "uploads/a.jpg"), world.services)
+    follower = submit_upload(upload(world, "uploads/b.jpg"), world.services)
+    assert leader.job_id and leader.run_id and follower.outcome is Outcome.WAITING and follower.job_id
+    run_succeeds(world, leader.job_id, leader.run_id, cutout((9, 9, 9)))
+    assert woken(world) == [follower.job_id]  # and lost: nobody hands it to the submit function
+    world.clock.advance(world.services.settings.reconcile_min_age_seconds + 1)
+    reconcile(world.services, deadline=time.monotonic() + 60)
+    copy_all(world)
+    done = world.job(follower.job_id)
+    assert done.status is Status.SUCCEEDED and done.reused_from == leader.job_id
+    assert world.runflow.creates == 1
+
+
+def test_a_reuse_whose_copy_request_was_lost_is_queued_again_by_the_reconciler(world: World) -> None:
+    earlier = first_success(world)
+    result = submit_upload(upload(world, "uploads/b.jpg"), world.services)
+    assert result.outcome is Outcome.COPY_QUEUED and result.job_id
+    assert len(world.copy_requests()) == 1  # and lost
+    world.clock.advance(world.services.settings.reconcile_min_age_seconds + 1)
+    reconcile(world.services, deadline=time.monotonic() + 60)
+    assert [r.outcome for r in copy_all(world)] == [Outcome.SUCCEEDED]
+    assert world.job(result.job_id).reused_from == earlier and world.runflow.creates == 1

@@ -63,11 +63,7 @@ def handle_copy_request(request: CopyRequest, services: Services, *, deadline: f
     if job.status.is_terminal:
         return Result(Outcome.ALREADY_DONE, job.job_id, request.run_id, f"job is {job.status.value}")
     if request.reused_from is not None:
-        if job.status is not Status.COPYING or job.reused_from != request.reused_from:
-            return Result(
-                Outcome.ALREADY_DONE, job.job_id, detail=f"job is {job.status.value}, not that reuse"
-            )
-        return publish(job, services, deadline=deadline)
+        return _publish_reuse(job, request.reused_from, services, deadline)
     if job.run_id and job.run_id != request.run_id:
         return Result(Outcome.RUN_MISMATCH, job.job_id, request.run_id, f"job belongs to run {job.run_id}")
     if job.status is Status.COPYING and job.output_urls:
@@ -82,6 +78,13 @@ def handle_copy_request(request: CopyRequest, services: Services, *, deadline: f
         if moved is not None and moved.status is Status.COPYING:
             return publish(moved, services, deadline=deadline)
     return result
+
+
+def _publish_reuse(job: Job, reused_from: str, services: Services, deadline: float) -> Result:
+    """A reuse's copy request: only while the job is still copying that earlier job's result."""
+    if job.status is not Status.COPYING or job.reused_from != reused_from:
+        return Result(Outcome.ALREADY_DONE, job.job_id, detail=f"job is {job.status.value}, not that reuse")
+    return publish(job, services, deadline=deadline)
 
 
 def _read_run(services: Services, run_id: str) -> RunResult | None:
