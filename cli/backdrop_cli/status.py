@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from rich.console import Group
+from rich.table import Table
 
 from backdrop.jobs import Job, Status
 from backdrop.uploads import UploadRef, read_source
@@ -96,43 +97,48 @@ def _show_jobs(
             f" {len(jobs)} job(s), newest first:"
         )
     for job in jobs:
-        grid = facts()
-        grid.add_row("job", job.job_id + ("" if not _is_current(job, current) else "  (current version)"))
-        grid.add_row("status", _status_text(job))
-        if job.error_code:
-            grid.add_row("reason", f"{job.error_code}: {job.error_message or ''}")
-        grid.add_row("version", job.source_version_id or f"ETag {job.source_etag}")
-        grid.add_row("colour", f"{job.color} ({job.color_source or '?'})")
-        grid.add_row("content", f"sha256 {job.content_digest}" if job.content_digest else "-")
-        if job.reused_from:
-            grid.add_row("run", f"- (reused the result of job {job.reused_from}: no run, $0)")
-        else:
-            grid.add_row("run", job.run_id or "-")
-        if job.result_keys:
-            grid.add_row("result", "\n".join(s3_url(job.result_bucket or "", k) for k in job.result_keys))
-        if job.superseded_by:
-            grid.add_row("superseded by", job.superseded_by)
-        grid.add_row("created", f"{job.created_at} ({ago(job.created_at)})")
-        if job.submitted_at:
-            grid.add_row("submitted", job.submitted_at)
-        if job.completed_at:
-            took = duration(seconds_between(job.created_at, job.completed_at))
-            run = (
-                f", Runflow {duration(job.runflow_duration_ms / 1000)}"
-                if job.runflow_duration_ms is not None
-                else ""
-            )
-            grid.add_row("completed", f"{job.completed_at} (time to result {took}{run})")
-        for earlier in job.history:
-            grid.add_row(
-                f"attempt {earlier.get('attempt')}",
-                f"{earlier.get('status')} {earlier.get('error_code') or ''} "
-                f"run {earlier.get('run_id') or '-'} at {earlier.get('completed_at') or '?'}".strip(),
-            )
-        app.ui.print(Group("", grid))
+        app.ui.print(Group("", _job_facts(job, current)))
         renditions = renditions_of(items.get(job.job_id))
         if renditions:
             app.ui.print(renditions_table(renditions, job.result_bucket or app.stack.results_bucket))
+
+
+def _job_facts(job: Job, current: dict[str, Any] | None) -> Table:
+    """One job's labelled values, as ``status`` shows them."""
+    grid = facts()
+    grid.add_row("job", job.job_id + ("" if not _is_current(job, current) else "  (current version)"))
+    grid.add_row("status", _status_text(job))
+    if job.error_code:
+        grid.add_row("reason", f"{job.error_code}: {job.error_message or ''}")
+    grid.add_row("version", job.source_version_id or f"ETag {job.source_etag}")
+    grid.add_row("colour", f"{job.color} ({job.color_source or '?'})")
+    grid.add_row("content", f"sha256 {job.content_digest}" if job.content_digest else "-")
+    if job.reused_from:
+        grid.add_row("run", f"- (reused the result of job {job.reused_from}: no run, $0)")
+    else:
+        grid.add_row("run", job.run_id or "-")
+    if job.result_keys:
+        grid.add_row("result", "\n".join(s3_url(job.result_bucket or "", k) for k in job.result_keys))
+    if job.superseded_by:
+        grid.add_row("superseded by", job.superseded_by)
+    grid.add_row("created", f"{job.created_at} ({ago(job.created_at)})")
+    if job.submitted_at:
+        grid.add_row("submitted", job.submitted_at)
+    if job.completed_at:
+        took = duration(seconds_between(job.created_at, job.completed_at))
+        run = (
+            f", Runflow {duration(job.runflow_duration_ms / 1000)}"
+            if job.runflow_duration_ms is not None
+            else ""
+        )
+        grid.add_row("completed", f"{job.completed_at} (time to result {took}{run})")
+    for earlier in job.history:
+        grid.add_row(
+            f"attempt {earlier.get('attempt')}",
+            f"{earlier.get('status')} {earlier.get('error_code') or ''} "
+            f"run {earlier.get('run_id') or '-'} at {earlier.get('completed_at') or '?'}".strip(),
+        )
+    return grid
 
 
 def _status_text(job: Job) -> str:
