@@ -167,7 +167,7 @@ def run_render(context: RenderContext) -> int:
         checkpoint = checkpoint.begin(prefix, names)
     report, result, tracked = _send_and_wait(context, todo, names)
     failed = _summarise(app, doc, report, result, tracked)
-    if doc["wait"] and not failed:  # every job sent has its renditions: nothing left to resume
+    if not todo or (doc["wait"] and not failed):  # every job has its renditions: nothing to resume
         checkpoint.remove()
     if app.ui.as_json:
         app.ui.emit(doc)

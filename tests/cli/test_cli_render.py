@@ -340,3 +340,12 @@ def test_an_interrupted_render_resumes_with_what_is_left(
 
     fresh = json.loads(backdrop(state, "render", prefix, "--yes", "--no-wait", "--json").stdout)
     assert fresh["to_render"] == 3 and fresh["resumed_from"] is None
+    assert len(list(notes.iterdir())) == 1  # not waited for: it may be resumed
+    with CopyWorker(world, made) as worker:
+        deadline = time.monotonic() + 30
+        while len(worker.handled) < 3:
+            assert time.monotonic() < deadline, worker.handled
+            time.sleep(0.2)
+    after = json.loads(backdrop(state, "render", prefix, "--yes", "--json").stdout)
+    assert after["already_rendered"] == 3 and after["to_render"] == 0 and after["sent"] == {"total": 0}
+    assert not list(notes.iterdir())  # nothing was left to resume
