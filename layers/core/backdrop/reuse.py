@@ -22,7 +22,7 @@ from backdrop.content import wake
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude
 from backdrop.identity import content_digest
-from backdrop.jobs import Job, Status
+from backdrop.jobs import Job, Status, failure
 from backdrop.ledger import ContentRecord, holder_of, parse_holder
 from backdrop.observability import count, logger
 from backdrop.outcomes import Outcome, Result, RetryLater
@@ -142,9 +142,7 @@ def _wait(services: Services, job: Job, holder: str) -> Result:
         f"job {running} is running the same content in this colour; "
         "this job reuses its result when it ends (or runs, if that run fails)"
     )
-    services.jobs.update_open(
-        job.job_id, job.status, {"error_code": ErrorCode.CONTENT_IN_FLIGHT, "error_message": message}
-    )
+    services.jobs.update_open(job.job_id, job.status, failure(ErrorCode.CONTENT_IN_FLIGHT, message))
     if job.error_code != ErrorCode.CONTENT_IN_FLIGHT:  # counted once, not at each look again
         count("ContentWaits")
     logger.info("Waiting for the job running the same content", extra={"holder": holder})
