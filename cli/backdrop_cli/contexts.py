@@ -97,3 +97,12 @@ class ReportContext(CommandContext):
     prefix: str | None
     csv_path: Path | None
     top: int
+
+
+@dataclass(frozen=True)
+class RenderContext(CommandContext):
+    prefix: str | None
+    rendition: str | None
+    yes: bool
+    wait: bool
+    wait_timeout: float | None

@@ -29,16 +29,24 @@ def get_many(
     stack: Stack, job_ids: Iterable[str], *, consistent: bool = True, workers: int = 8
 ) -> dict[str, Job]:
     """The jobs that exist among ``job_ids``, by id (unprocessed keys are asked for again)."""
+    items = get_items(stack, job_ids, consistent=consistent, workers=workers)
+    return {job_id: Job.from_item(item) for job_id, item in items.items()}
+
+
+def get_items(
+    stack: Stack, job_ids: Iterable[str], *, consistent: bool = True, workers: int = 8
+) -> dict[str, dict[str, Any]]:
+    """The stored items of the jobs that exist among ``job_ids``, by id: every attribute, also
+    those the job record does not model (a rendition's verdicts)."""
     unique = list(dict.fromkeys(job_ids))
     chunks = [unique[i : i + BATCH_GET_LIMIT] for i in range(0, len(unique), BATCH_GET_LIMIT)]
-    found: dict[str, Job] = {}
+    found: dict[str, dict[str, Any]] = {}
     if not chunks:
         return found
     with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
         for items in pool.map(lambda chunk: _get_chunk(stack, chunk, consistent), chunks):
             for item in items:
-                job = Job.from_item(item)
-                found[job.job_id] = job
+                found[str(item["job_id"])] = item
     return found
 
 
@@ -92,16 +100,21 @@ class JobFilter:
 def scan(stack: Stack, where: JobFilter, *, segments: int = 4) -> Iterator[Job]:
     """Every job the filter keeps: a parallel scan (a report or a selection by status has no index
     to use; the filter runs server-side, so only matching jobs travel)."""
+    return (Job.from_item(item) for item in scan_items(stack, where, segments=segments))
+
+
+def scan_items(stack: Stack, where: JobFilter, *, segments: int = 4) -> Iterator[dict[str, Any]]:
+    """``scan``, as the stored items (every attribute)."""
     condition = where.condition()
 
-    def one_segment(segment: int) -> list[Job]:
+    def one_segment(segment: int) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"Segment": segment, "TotalSegments": segments}
         if condition is not None:
             kwargs["FilterExpression"] = condition
-        jobs: list[Job] = []
+        jobs: list[dict[str, Any]] = []
         while True:
             answer = stack.jobs.scan(**kwargs)
-            jobs += [Job.from_item(dict(item)) for item in answer.get("Items", [])]
+            jobs += [dict(item) for item in answer.get("Items", [])]
             start = answer.get("LastEvaluatedKey")
             if not start:
                 return jobs

@@ -19,6 +19,7 @@ from backdrop_cli.contexts import (
     BackfillContext,
     CommandContext,
     PlanContext,
+    RenderContext,
     ReportContext,
     RetryContext,
     StatusContext,
@@ -269,6 +270,7 @@ def cli(**_global: Any) -> None:
       backdrop status --local uploads/shoes/red.jpg
       backdrop retry --stack backdrop --status failed --error-code UNAUTHORIZED --yes
       backdrop report --stack backdrop --since 7d --csv jobs.csv
+      backdrop render --stack backdrop uploads/spring/ --rendition amazon --yes
     """
 
 
@@ -492,6 +494,53 @@ def report(context: ReportContext) -> int:
     from backdrop_cli.report import run_report
 
     return run_report(context)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("prefix", required=False)
+@click.option(
+    "--rendition",
+    metavar="NAME",
+    help="Make only this rendition (one of the names in the stack's Renditions); default: all of them.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do it without asking (required when there is no terminal).")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=900.0,
+    show_default=True,
+    help="Stop waiting after this long (exit status 1 if jobs are not rendered yet).",
+)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    help="Wait until every job's renditions are written (default), or return once the requests are sent.",
+)
+@stack_command(RenderContext)
+def render(context: RenderContext) -> int:
+    """Make the renditions of existing results again, at $0: no run.
+
+    For the newest succeeded job of each object under PREFIX (default: the upload prefix), asks
+    the copy function to make the renditions the stack's Renditions parameter names (or only
+    --rendition NAME) from the stored result and the original, as it does for a new result, with
+    their verdicts: after the profiles changed, for example. Shows the plan (jobs, renditions,
+    cost $0.00), asks, sends one request per job on the copy queue with progress, and waits until
+    every job's renditions are written (or --wait-timeout). Resumable: run it again after Ctrl-C,
+    a crash or a timeout, and the jobs rendered since the unfinished render began are skipped
+    (a note under .backdrop/renders/ says when it began). A stack without Renditions: exit
+    status 2, nothing sent. Exit status 1 if a job was not rendered or not everything was sent.
+    (--profile is the AWS profile, as everywhere: the rendition is --rendition.)
+
+    \b
+    Examples:
+      backdrop render --stack backdrop uploads/spring/ --yes
+      backdrop render --stack backdrop --rendition amazon --yes --json
+      backdrop render --local uploads/ --no-wait --yes
+    """
+    from backdrop_cli.render import run_render
+
+    return run_render(context)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from backdrop_cli.app import App
 from backdrop_cli.contexts import ReportContext
 from backdrop_cli.errors import OK
 from backdrop_cli.groups import FAILURES
+from backdrop_cli.renditions import count_verdicts, verdicts_table
 from backdrop_cli.rules import usd
 from backdrop_cli.times import ago, duration, seconds_between
 from backdrop_cli.ui import facts, table
@@ -219,7 +220,8 @@ def run_report(context: ReportContext) -> int:
     now = datetime.now(UTC)
     with app.ui.progress() as bar:
         bar.update("scan", completed=0, total=None, description="Reading jobs")
-        jobs = list(jobtable.scan(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
+        items = list(jobtable.scan_items(app.stack, jobtable.JobFilter(prefix=prefix, created_since=since)))
+        jobs = [Job.from_item(item) for item in items]
         bar.update("scan", completed=len(jobs), total=len(jobs), description="Reading jobs")
     doc: dict[str, Any] = {
         "stack": app.stack_doc(),
@@ -227,6 +229,7 @@ def run_report(context: ReportContext) -> int:
         "price_per_run_usd": app.rules.price_per_run,
         **summarise(jobs, app.rules.price_per_run, top=context.top, now=now),
         **reuse_summary(jobs, app.rules.price_per_run),
+        "renditions": count_verdicts(items),
     }
     # Spend per day over the report's window: from --since (or the oldest job in it) to today.
     first = (
@@ -267,6 +270,8 @@ def _show(app: App, doc: dict[str, Any], now: datetime) -> None:
                 ago(row["oldest_created_at"], now),
             )
         app.ui.print(backlog)
+    if doc["renditions"]:
+        app.ui.print(verdicts_table(doc["renditions"]))
     app.ui.print(_spend_table(doc, now))
 
 

@@ -3,6 +3,10 @@ backoff, only for jobs not finished yet. The wait ends when every job has ended,
 more can happen today (every job left is ``held`` and the day's run budget is spent: they resume
 on their own), at the timeout, or at Ctrl-C (the jobs go on; only the waiting stops).
 
+A render awaits something else of a job that has already ended: that its record changed (its
+renditions, or their rewrite) from what it was before the render request was sent
+(``Tracked.before``).
+
 ``wait_with_progress`` is that wait as ``backfill`` and ``retry`` show it, and ``summarise_wait``
 what they report of it."""
 
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -37,6 +41,14 @@ class Tracked:
     job_id: str
     attempt: int  # the attempt whose end is awaited
     upload: UploadRef
+    # A render's: the job's renditions and record time before the request; awaited: a change of them.
+    before: tuple[Any, Any] | None = None
+
+
+def rendering_mark(item: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """What a render request changes in a job's record: its renditions, and when it was written."""
+    item = item or {}
+    return item.get("renditions"), item.get("updated_at")
 
 
 @dataclass
@@ -45,13 +57,20 @@ class Snapshot:
 
     total: int
     jobs: dict[str, Job] = field(default_factory=dict)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # the jobs as stored
     vanished: set[str] = field(default_factory=set)  # no job will come: the object version is gone
 
     def finished(self, tracked: Tracked) -> bool:
         job = self.jobs.get(tracked.job_id)
         if job is None:
             return tracked.job_id in self.vanished
+        if tracked.before is not None:
+            return rendering_mark(self.items.get(tracked.job_id)) != tracked.before
         return job.status.is_terminal and job.attempt >= tracked.attempt
+
+    def update(self, items: dict[str, dict[str, Any]]) -> None:
+        self.items.update(items)
+        self.jobs.update({job_id: Job.from_item(item) for job_id, item in items.items()})
 
     def statuses(self) -> Counter[str]:
         counts = Counter(job.status.value for job in self.jobs.values())
@@ -99,14 +118,14 @@ def wait_for(
     interval = FIRST_POLL_SECONDS
     while True:
         polled = [t for t in tracked if not snapshot.finished(t)]
-        before = {t.job_id: _state(snapshot.jobs.get(t.job_id)) for t in polled}
-        snapshot.jobs.update(jobtable.get_many(stack, [t.job_id for t in polled]))
+        before = {t.job_id: snapshot.items.get(t.job_id) for t in polled}
+        snapshot.update(jobtable.get_items(stack, [t.job_id for t in polled]))
         now = clock()
         missing.check(snapshot, polled, now)
         on_poll(snapshot)
         if _settled(result, tracked, budget, timeout, now - started):
             return result
-        changed = any(before[t.job_id] != _state(snapshot.jobs.get(t.job_id)) for t in polled)
+        changed = any(before[t.job_id] != snapshot.items.get(t.job_id) for t in polled)
         interval = FIRST_POLL_SECONDS if changed else min(interval * 1.5, MAX_POLL_SECONDS)
         if timeout is not None:
             interval = max(0.05, min(interval, timeout - (now - started)))
@@ -158,10 +177,6 @@ def _settled(
         result.timed_out = True
         return True
     return False
-
-
-def _state(job: Job | None) -> tuple[str, int, str | None] | None:
-    return None if job is None else (job.status.value, job.attempt, job.run_id)
 
 
 def wait_with_progress(

@@ -26,7 +26,14 @@ from backdrop.services import Services
 from backdrop.submission import colour_of, job_id_of, rejection_of
 from backdrop.uploads import SourceObject, UploadRef, decode_event_key
 from backdrop_cli.backfill import BudgetOutlook
-from backdrop_cli.contexts import BackfillContext, PlanContext, ReportContext, RetryContext, StatusContext
+from backdrop_cli.contexts import (
+    BackfillContext,
+    PlanContext,
+    RenderContext,
+    ReportContext,
+    RetryContext,
+    StatusContext,
+)
 from backdrop_cli.errors import BadUsage
 from backdrop_cli.inventory import Entry, Verdict, effective_prefix
 from backdrop_cli.jobtable import JobFilter, get_many, runs_billed, scan
@@ -410,6 +417,7 @@ def test_each_command_has_a_context_with_a_field_per_option() -> None:
         "status": StatusContext,
         "retry": RetryContext,
         "report": ReportContext,
+        "render": RenderContext,
     }
     assert set(cli.commands) == set(contexts)
     global_names = {option.name for option in GLOBAL_OPTIONS}

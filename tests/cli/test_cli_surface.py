@@ -45,6 +45,8 @@ def world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     template = Template(ROOT / "template.yaml", stack_name=name, region="us-east-1")
     resources = provision(template, moto_endpoint, api_key="rf_live_test", callback_secret="whsec_test")
     state = tmp_path_factory.mktemp("surface")
+    # Renditions named, so that `render` runs (on an empty prefix: nothing to send).
+    parameters = {**template.parameters, "Renditions": '{"thumb": "thumbnail"}'}
     (state / "local-stack.json").write_text(
         json.dumps(
             {
@@ -60,7 +62,7 @@ def world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "queue_url": resources.queue_url,
                 "dead_letter_queue_url": resources.dlq_url,
                 "copy_queue_url": resources.copy_queue_url,
-                "parameters": dict(template.parameters),
+                "parameters": parameters,
                 "pid": os.getpid(),
             }
         )
@@ -75,7 +77,6 @@ def world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "DeadLetterQueueUrl": resources.dlq_url,
         "CopyQueueUrl": resources.copy_queue_url,
     }
-    parameters = dict(template.parameters)
     body = {
         "Parameters": {key: {"Type": "String"} for key in parameters},
         "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
@@ -181,6 +182,7 @@ SUBCOMMANDS: dict[str, tuple[list[str], int]] = {
     "status": (["uploads/nothing-here.jpg"], 1),
     "retry": (["--status", "timed_out", "--prefix", "uploads/nothing-here/", "--yes", "--no-wait"], 0),
     "report": (["--prefix", "uploads/nothing-here/"], 0),
+    "render": (["uploads/nothing-here/", "--yes"], 0),
 }
 
 
@@ -392,6 +394,7 @@ JOB_DOC = {
     "history",
     "content_digest",
     "reused_from",
+    "renditions",
 }
 
 
@@ -500,12 +503,14 @@ def test_report_json_document(world: World, backdrop: Any, tmp_path: Path) -> No
         "cost_usd",
         "reused",
         "saved_usd",
+        "renditions",
         "time_to_result_s",
         "open",
         "spend",
         "queues",
         "csv",
     }
+    assert doc["renditions"] == {}  # no job here has renditions
     assert set(doc["window"]) == {"since", "until", "prefix"}
     assert set(doc["open"]) == {"total", "by_status", "last_errors", "oldest", "largest_backlog"}
     assert set(doc["spend"]) == {"daily_run_budget", "days"}
