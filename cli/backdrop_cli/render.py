@@ -1,8 +1,8 @@
 """``backdrop render``: make the renditions of existing results again, with no run.
 
-The newest succeeded job of each source key under PREFIX gets one render request on the stack's
-copy queue, ``{"render": <job_id>, "renditions": [name, ...] or null}`` (null: every rendition
-the stack's ``Renditions`` names). The copy function makes them from the stored result and the
+The newest succeeded job of each source key under PREFIX gets one render request
+(``backdrop.queues.RenderRequest``) on the stack's copy queue: the renditions named, or every one
+the stack's ``Renditions`` names. The copy function makes them from the stored result and the
 original, the way it makes a new result's, and writes them to the job: nothing reaches Runflow,
 so a render costs $0. The command then waits until each job's renditions have been written.
 
@@ -25,6 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from backdrop.jobs import Job, Status, now_iso
+from backdrop.queues import RenderRequest
 from backdrop_cli import jobtable
 from backdrop_cli.app import App
 from backdrop_cli.contexts import RenderContext
@@ -41,14 +42,10 @@ PARAMETER = "Renditions"
 
 
 def wanted(app: App, only: str | None) -> tuple[list[str], str]:
-    """The rendition names to make (all the stack's, or ``only``), and the stack's Renditions text."""
+    """The rendition names to make (every one the stack's Renditions names, or ``only``), and the
+    parameter's text. The names are the functions' own settings, parsed and checked by the core."""
+    names = sorted(app.rules.settings.renditions)
     text = app.stack.parameters.get(PARAMETER, "").strip()
-    from backdrop.renditions import RenditionsError, parse_renditions  # the imaging library: here only
-
-    try:
-        names = sorted(parse_renditions(text)) if text else []
-    except RenditionsError as exc:
-        raise BadUsage(f"the stack's {PARAMETER} parameter is not valid: {exc}") from exc
     if not names:
         raise BadUsage(
             f"the stack has no renditions (its {PARAMETER} parameter is {text or 'empty'}): nothing to"
@@ -110,10 +107,6 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def message(job_id: str, names: Sequence[str] | None) -> str:
-    return json.dumps({"render": job_id, "renditions": list(names) if names else None}, separators=(",", ":"))
 
 
 def plan_doc(
@@ -180,8 +173,8 @@ def _send_and_wait(
     context: RenderContext, todo: list[dict[str, Any]], names: list[str]
 ) -> tuple[SendReport, WaitResult | None, list[Tracked]]:
     app = context.app
-    only = names if context.rendition else None
-    messages = [(str(item["job_id"]), message(str(item["job_id"]), only)) for item in todo]
+    only = tuple(names) if context.rendition else None  # None: every rendition the stack names
+    messages = [(str(item["job_id"]), RenderRequest(str(item["job_id"]), only).body()) for item in todo]
     report = SendReport()
     result: WaitResult | None = None
     with StopFlag() as stop, app.ui.progress() as bar:

@@ -221,6 +221,8 @@ def test_a_stack_without_renditions_is_told_so_and_nothing_is_sent(
     ran = backdrop(world.state_dir("unset"), "render", "uploads/none/", "--yes", "--json")
     assert ran.exit_code == 2
     assert "no renditions" in json.loads(ran.stdout)["error"]["message"]
+    bad = backdrop(world.state_dir("bad", Renditions='{"shop": "no-such-profile"}'), "render", "--yes")
+    assert bad.exit_code == 2 and "not valid" in bad.stderr and "shop" in bad.stderr
     unknown = backdrop(state, "render", "uploads/none/", "--rendition", "zalando", "--yes")
     assert unknown.exit_code == 2 and "names amazon, thumb" in unknown.stderr
     assert world.render_requests() == []
