@@ -5,8 +5,9 @@ Per photo size, a synthetic product shot (JPEG original) and its result (PNG, co
 local Runflow's own formula) are written to a scratch folder. Each variant then runs in a fresh
 process, so that its peak resident memory is its own:
 
-- ``backdrop``: ``backdrop.products.compare_bytes`` once, then ``backdrop.renditions.make`` for
-  each profile (rendering, encoding and the verdict read back from the encoded file);
+- ``backdrop``: ``backdrop.products.compare_region`` once (the product found, only its region kept
+  at full size), then ``backdrop.renditions.make`` for each profile (rendering, encoding and the
+  verdict read back from the encoded file);
 - ``naive``: for each profile, decode the result, LANCZOS-resize it to fit the canvas and encode it
   in the profile's format and quality (no product, no exact background, no verdict);
 - ``pyvips`` (only where pyvips is installed): for each profile, ``thumbnail_buffer`` and encode.
@@ -102,9 +103,9 @@ def _backdrop(result: bytes, original: bytes) -> None:
     from backdrop import products, renditions
     from backdrop.colours import Colour
 
-    decoded, found = products.compare_bytes(result, original, Colour(255, 255, 255))
+    region, found = products.compare_region(result, original, Colour(255, 255, 255))
     for spec in renditions.PROFILES.values():
-        renditions.make(spec, decoded, found)
+        renditions.make(spec, region, found)
 
 
 def _pyvips(result: bytes) -> None:
