@@ -69,7 +69,7 @@ JPEG_GUARD_PX = 16  # two 8x8 blocks: lossy ringing next to the product is not c
 FILL_TOLERANCE = 0.03  # measured fill may differ from the spec's by this much (pad)
 PRODUCT_TOLERANCE = 32  # read back, a pixel this far from the colour is product (beyond ringing)
 UPSCALE_WARN = 1.05  # the product enlarged more than this: softer than the channel expects
-READ_BACK_ROWS = 256  # rows of the read-back file turned into distances at a time
+READ_BACK_ROWS = 512  # rows of the read-back file compared with the colour at a time
 EXACT_SHARE_FAIL = 0.99  # share of background pixels exactly on the colour below which it fails
 
 
@@ -401,7 +401,11 @@ def _resample(
         min(float(found.size[0]), box[2] * kx),
         min(float(found.size[1]), box[3] * ky),
     )
-    return found.result_image().resize(size, Image.Resampling.LANCZOS, box=small), False
+    # Enlarged (a background as made, around a product drawn at full size): the model's shading
+    # is smooth, and bilinear costs a third of Lanczos.
+    enlarged = plan.scale > working_scale
+    method = Image.Resampling.BILINEAR if enlarged else Image.Resampling.LANCZOS
+    return found.result_image().resize(size, method, box=small), False
 
 
 def _coverage(plan: Layout, product: tuple[Rect, Box] | None, found: Comparison) -> Image.Image:
@@ -531,7 +535,8 @@ class _ReadBack:
     format: str
     alpha: bool
     colour_space: str
-    distance: Image.Image  # L: each pixel's distance to the background colour (max over channels)
+    pixels: Image.Image  # RGB, as decoded
+    off: Image.Image  # L: 0 where a pixel is exactly the background colour, above 0 elsewhere
 
 
 @dataclass
@@ -541,25 +546,30 @@ class _Findings:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
+def _beyond(pixels: Image.Image, box: Rect, colour: Colour, tolerance: int) -> Image.Image:
+    """L over ``box`` of ``pixels``: 0 where every channel is within ``tolerance`` of ``colour``,
+    above 0 elsewhere. Each channel is flagged 0 or 255 by a table, and any flag survives the
+    conversion to L (its smallest weight, blue's, still gives 29). A strip at a time: beside the
+    decoded file, only a strip's temporaries."""
+    table = [0 if abs(level - value) <= tolerance else 255 for value in colour for level in range(256)]
+    left, top, right, bottom = box
+    flags = Image.new("L", (right - left, bottom - top), 0)
+    for row in range(top, bottom, READ_BACK_ROWS):
+        strip = pixels.crop((left, row, right, min(bottom, row + READ_BACK_ROWS)))
+        flags.paste(strip.point(table).convert("L"), (0, row - top))
+    return flags
+
+
 def _read_back(rendered: Rendered) -> _ReadBack:
     with Image.open(io.BytesIO(rendered.data)) as image:
         width, height = image.size
         fmt = image.format or "unknown"
         has_alpha = "A" in image.getbands() or "transparency" in image.info
         colour_space = _colour_space(image)
-        # Distance to the colour, max over the channels, one channel at a time (memory: the
-        # decoded file and two single-channel images).
-        readback = image if image.mode == "RGB" else image.convert("RGB")
-        # Per-channel tables in one pass, then the max of the channels, a strip at a time: beside
-        # the decoded file only the distance image and a strip's temporaries are held.
-        lut = [abs(level - value) for value in rendered.colour for level in range(256)]
-        distance = Image.new("L", (width, height), 0)
-        for row in range(0, height, READ_BACK_ROWS):
-            strip = readback.crop((0, row, width, min(height, row + READ_BACK_ROWS))).point(lut)
-            red, green, blue = strip.split()
-            distance.paste(ImageChops.lighter(ImageChops.lighter(red, green), blue), (0, row))
-        del readback
-    return _ReadBack(width, height, fmt, has_alpha, colour_space, distance)
+        image.load()
+        pixels = image if image.mode == "RGB" else image.convert("RGB")
+    off = _beyond(pixels, (0, 0, width, height), rendered.colour, 0)
+    return _ReadBack(width, height, fmt, has_alpha, colour_space, pixels, off)
 
 
 def _judge_file(
@@ -594,14 +604,14 @@ def _judge_file(
 
 def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings: _Findings) -> Image.Image:
     """How exactly the background shows the colour; returns the mask of pixels near the product."""
-    width, height, distance = file.width, file.height, file.distance
+    width, height, off = file.width, file.height, file.off
     guard = JPEG_GUARD_PX if file.format in LOSSY else 0
     near_product = _near(rendered.coverage, guard)
     # The background's histogram: the whole canvas's less the part near the product.
-    counts = distance.histogram()
+    counts = off.histogram()
     reach = near_product.getbbox()
     if reach is not None:
-        near = distance.crop(reach).histogram(mask=near_product.crop(reach))
+        near = off.crop(reach).histogram(mask=near_product.crop(reach))
         counts = [all_ - near_ for all_, near_ in zip(counts, near, strict=True)]
     total = sum(counts)
     share = counts[0] / total if total else 1.0
@@ -612,7 +622,7 @@ def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings:
         (0, 0, ring, height),
         (width - ring, 0, width, height),
     )
-    border_pure = all(distance.crop(strip).getextrema()[1] == 0 for strip in strips)
+    border_pure = all(off.crop(strip).getextrema()[1] == 0 for strip in strips)
     findings.checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
     if spec.background is not None:
         if share < EXACT_SHARE_FAIL:
@@ -660,7 +670,6 @@ def _judge_product(
 
 _ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
-_FAR = [255 if level > PRODUCT_TOLERANCE else 0 for level in range(256)]
 
 
 def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product: Image.Image) -> Rect | None:
@@ -671,7 +680,7 @@ def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product:
     reach = near_product.getbbox()
     if reach is None:
         return None
-    far = file.distance.crop(reach).point(_FAR)
+    far = _beyond(file.pixels, reach, rendered.colour, PRODUCT_TOLERANCE)
     inside = ImageChops.multiply(far, near_product.crop(reach)).getbbox()
     if inside is None:
         return None
@@ -682,19 +691,18 @@ def _near(coverage: Image.Image, radius: int) -> Image.Image:
     """Pixels within ``radius`` (square) of the product's coverage, as a 0/255 mask: a box blur is
     above 0 wherever a covered pixel is near, in linear time at any radius. Blurred only around
     the coverage's box: elsewhere nothing is near."""
-    covered = coverage.point(_ANY)
-    reach = covered.getbbox()
+    reach = coverage.getbbox()
     if radius <= 0 or reach is None:
-        return covered
-    width, height = covered.size
+        return coverage.point(_ANY)
+    width, height = coverage.size
     around = (
         max(0, reach[0] - radius - 1),
         max(0, reach[1] - radius - 1),
         min(width, reach[2] + radius + 1),
         min(height, reach[3] + radius + 1),
     )
-    near = Image.new("L", covered.size, 0)
-    near.paste(covered.crop(around).filter(ImageFilter.BoxBlur(radius)).point(_ANY), around[:2])
+    near = Image.new("L", coverage.size, 0)
+    near.paste(coverage.crop(around).point(_ANY).filter(ImageFilter.BoxBlur(radius)).point(_ANY), around[:2])
     return near
 
 
