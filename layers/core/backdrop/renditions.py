@@ -277,7 +277,7 @@ def parse_renditions(text: str) -> dict[str, Spec]:
 
 
 @cache
-def _srgb_icc() -> bytes:
+def srgb_icc() -> bytes:
     return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
 
 
@@ -320,7 +320,7 @@ class Rendered:
 
 def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
     out = io.BytesIO()
-    icc = _srgb_icc()
+    icc = srgb_icc()
     if fmt == "JPEG":
         image.save(out, "JPEG", quality=quality, subsampling=0, icc_profile=icc)
     elif fmt == "PNG":
@@ -535,8 +535,7 @@ class _ReadBack:
     format: str
     alpha: bool
     colour_space: str
-    pixels: Image.Image  # RGB, as decoded
-    off: Image.Image  # L: 0 where a pixel is exactly the background colour, above 0 elsewhere
+    off: Image.Image  # L: how far each pixel is from the background colour (see ``_levels``)
 
 
 @dataclass
@@ -546,18 +545,27 @@ class _Findings:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
-def _beyond(pixels: Image.Image, box: Rect, colour: Colour, tolerance: int) -> Image.Image:
-    """L over ``box`` of ``pixels``: 0 where every channel is within ``tolerance`` of ``colour``,
-    above 0 elsewhere. Each channel is flagged 0 or 255 by a table, and any flag survives the
-    conversion to L (its smallest weight, blue's, still gives 29). A strip at a time: beside the
-    decoded file, only a strip's temporaries."""
-    table = [0 if abs(level - value) <= tolerance else 255 for value in colour for level in range(256)]
-    left, top, right, bottom = box
-    flags = Image.new("L", (right - left, bottom - top), 0)
-    for row in range(top, bottom, READ_BACK_ROWS):
-        strip = pixels.crop((left, row, right, min(bottom, row + READ_BACK_ROWS)))
-        flags.paste(strip.point(table).convert("L"), (0, row - top))
-    return flags
+# Per channel: 0 exactly on the colour, NEAR_FLAG within PRODUCT_TOLERANCE, 255 beyond. Converted to
+# L (weights 0.299, 0.587, 0.114, rounded), any off channel gives at least 1 and at most NEAR_FLAG
+# while all are within the tolerance, and any channel beyond it gives at least 29 (blue alone).
+NEAR_FLAG = 5
+
+
+def _levels(pixels: Image.Image, colour: Colour) -> Image.Image:
+    """L: 0 where a pixel is exactly ``colour``, 1..``NEAR_FLAG`` where it is within
+    ``PRODUCT_TOLERANCE``, above ``NEAR_FLAG`` beyond it. One table and one conversion, a strip
+    at a time: beside the decoded file, only a strip's temporaries."""
+    table = [
+        0 if level == value else NEAR_FLAG if abs(level - value) <= PRODUCT_TOLERANCE else 255
+        for value in colour
+        for level in range(256)
+    ]
+    width, height = pixels.size
+    levels = Image.new("L", (width, height), 0)
+    for row in range(0, height, READ_BACK_ROWS):
+        strip = pixels.crop((0, row, width, min(height, row + READ_BACK_ROWS)))
+        levels.paste(strip.point(table).convert("L"), (0, row))
+    return levels
 
 
 def _read_back(rendered: Rendered) -> _ReadBack:
@@ -568,8 +576,8 @@ def _read_back(rendered: Rendered) -> _ReadBack:
         colour_space = _colour_space(image)
         image.load()
         pixels = image if image.mode == "RGB" else image.convert("RGB")
-    off = _beyond(pixels, (0, 0, width, height), rendered.colour, 0)
-    return _ReadBack(width, height, fmt, has_alpha, colour_space, pixels, off)
+        off = _levels(pixels, rendered.colour)
+    return _ReadBack(width, height, fmt, has_alpha, colour_space, off)
 
 
 def _judge_file(
@@ -670,6 +678,7 @@ def _judge_product(
 
 _ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
+_FAR = [255 if level > NEAR_FLAG else 0 for level in range(256)]
 
 
 def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product: Image.Image) -> Rect | None:
@@ -680,7 +689,7 @@ def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product:
     reach = near_product.getbbox()
     if reach is None:
         return None
-    far = _beyond(file.pixels, reach, rendered.colour, PRODUCT_TOLERANCE)
+    far = file.off.crop(reach).point(_FAR)
     inside = ImageChops.multiply(far, near_product.crop(reach)).getbbox()
     if inside is None:
         return None
