@@ -5,15 +5,17 @@ Per photo size, a synthetic product shot (JPEG original) and its result (PNG, co
 local Runflow's own formula) are written to a scratch folder. Each variant then runs in a fresh
 process, so that its peak resident memory is its own:
 
-- ``backdrop``: ``backdrop.products.compare_bytes`` once, then ``backdrop.renditions.make`` for
-  each profile (rendering, encoding and the verdict read back from the encoded file);
+- ``backdrop``: ``backdrop.products.compare_region`` once (the product found, only its region kept
+  at full size), then ``backdrop.renditions.make`` for each profile (rendering, encoding and the
+  verdict read back from the encoded file);
 - ``naive``: for each profile, decode the result, LANCZOS-resize it to fit the canvas and encode it
   in the profile's format and quality (no product, no exact background, no verdict);
 - ``pyvips`` (only where pyvips is installed): for each profile, ``thumbnail_buffer`` and encode.
 
 Figures: ms per photo (all profiles; median of the repeats) as CPU time of the process, which
 other load on a shared machine moves far less than wall time (printed too), and peak extra RSS
-(MB above the process's resident memory once the files are read and the libraries imported),
+(MB above the process's resident memory once the files are read, the libraries imported and
+Pillow's format plugins loaded),
 with the ratios. ``speed_ratio`` is the naive baseline's CPU time over ours.
 Targets: ``speed_ratio`` >= 2, ``rss_vs_decoded`` (peak extra RSS / one decoded RGB photo) <= 2.
 Import times and the unpacked size of the libraries go to stderr.
@@ -102,9 +104,9 @@ def _backdrop(result: bytes, original: bytes) -> None:
     from backdrop import products, renditions
     from backdrop.colours import Colour
 
-    decoded, found = products.compare_bytes(result, original, Colour(255, 255, 255))
+    region, found = products.compare_region(result, original, Colour(255, 255, 255))
     for spec in renditions.PROFILES.values():
-        renditions.make(spec, decoded, found)
+        renditions.make(spec, region, found)
 
 
 def _pyvips(result: bytes) -> None:
@@ -135,9 +137,14 @@ def reset_peak_rss() -> float:
 def child(variant: str, original_path: str, result_path: str, repeats: int) -> dict[str, float]:
     original, result = Path(original_path).read_bytes(), Path(result_path).read_bytes()
     import numpy  # noqa: F401  (imported before the baseline, as a warm function would have it)
-    from PIL import Image  # noqa: F401
+    from PIL import Image
 
-    import backdrop.renditions  # noqa: F401
+    import backdrop.renditions
+
+    # Pillow's format plugins and the sRGB profile, loaded as a warm function has them: otherwise
+    # whichever run loads them first counts them as its own memory.
+    Image.init()
+    backdrop.renditions.srgb_icc()
 
     if variant == "pyvips":
         import pyvips  # noqa: F401

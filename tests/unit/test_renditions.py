@@ -13,7 +13,7 @@ from PIL import Image
 from backdrop import products, profiles, renditions
 from backdrop.colours import Colour
 from backdrop.profiles import PROFILES, RenditionsError, Spec, parse_renditions
-from tests.unit.imaging_fakes import MAKERS, SAMPLES, WHITE, photo, runflow, sample
+from tests.unit.imaging_fakes import MAKERS, SAMPLES, WHITE, encode, photo, runflow, sample
 
 GREEN = Colour(20, 120, 60)
 
@@ -225,3 +225,37 @@ def test_exact_colour_that_jpeg_cannot_hold_fails() -> None:
     assert (verdict["verdict"] == "fail") == (
         exact < renditions.EXACT_SHARE_FAIL or not verdict["checks"]["border_pure"]
     )
+
+
+# --- the region kept for rendering ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("colour", [WHITE, GREEN])
+def test_region_renders_the_same_verdicts_as_the_whole_result(colour: Colour) -> None:
+    original, truth = photo(size=(2400, 1800), box=(700, 300, 1500, 1500))
+    result = runflow(original, truth, colour)
+    region, found = products.compare_region(encode(result), encode(original, "JPEG"), colour)
+    whole, _ = products.compare_bytes(encode(result), encode(original, "JPEG"), colour)
+    # Only the product's box is kept at full size, and it holds the result's own pixels.
+    assert region.frame == (2400, 1800) and region.image.width * region.image.height < 2400 * 1800 / 2
+    x, y = region.offset
+    box = (x, y, x + region.image.width, y + region.image.height)
+    assert np.array_equal(np.asarray(region.image), np.asarray(whole.crop(box)))
+    for name, spec in PROFILES.items():
+        data, verdict = renditions.make(spec, region, found)
+        _, expected = renditions.make(spec, whole, found)
+        assert (verdict["verdict"], verdict["reasons"]) == (expected["verdict"], expected["reasons"]), name
+        checks, reference = verdict["checks"], expected["checks"]
+        assert abs(checks["fill"] - reference["fill"]) <= 0.002, name
+        assert checks["border_pure"] == reference["border_pure"], name
+        if spec.background is not None:
+            assert checks["background_exact_share"] == reference["background_exact_share"] == 1.0, name
+        # The product itself comes from full size: it matches the whole result's rendition.
+        if spec.fit == "pad":
+            ours = _decoded(data).astype(np.int16)
+            theirs = _decoded(renditions.make(spec, whole, found)[0]).astype(np.int16)
+            height, width = ours.shape[:2]
+            centre = (slice(height // 2 - 50, height // 2 + 50), slice(width // 2 - 50, width // 2 + 50))
+            difference = np.abs(ours[centre] - theirs[centre])
+            # The same pixels up to a sub-pixel shift of the sampling grid and the JPEG's rounding.
+            assert difference.mean() < 0.5 and difference.max() <= 12, name

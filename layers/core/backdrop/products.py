@@ -20,12 +20,15 @@ soft edge is, or how the result was encoded (PNG, or a JPEG: the tests use quali
 
 from __future__ import annotations
 
+import ctypes
 import io
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from backdrop.colours import Colour
 
@@ -34,6 +37,31 @@ NOISE_TOLERANCE = 12  # max channel difference still "unchanged" at the working 
 ON_COLOUR_TOLERANCE = 10  # an unchanged pixel this close to the colour is background
 EDGE_BAND_SHARE = 0.006  # soft edge searched up to this share of the shorter side outside the product
 MAX_PIXELS = 50_000_000  # as the pipeline's own input limit
+# Working px kept at full size around the product's soft edge: room for the resampling kernel of any
+# rendition finer than the working size (3 working px) and for the mask's interpolation.
+REGION_MARGIN = 5
+STRIP_ROWS = 64  # rows copied or reduced at a time out of the full-size result (small temporaries)
+DISTANCE_ROWS = 128  # working-size rows compared at a time
+
+
+def _return_freed_memory() -> None:
+    """Hand every freed image buffer back to the system at once. glibc raises its mmap threshold
+    to the size of the first large buffer freed, so later buffers of a few MB come from the heap,
+    whose freed space it keeps: the process then holds the sum of every temporary image rather
+    than their peak. A fixed threshold keeps resident memory close to what is in use."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 256 * 1024
+_return_freed_memory()
 
 U8 = np.ndarray[Any, np.dtype[np.uint8]]
 Box = tuple[float, float, float, float]
@@ -131,20 +159,104 @@ class Comparison:
     def alpha_image(self) -> Image.Image:
         return Image.fromarray(self.alpha, mode="L")
 
+    def result_image(self) -> Image.Image:
+        """The whole result at the working size."""
+        return Image.fromarray(self.result, mode="RGB")
 
-def _max_channel(image: Image.Image) -> Image.Image:
-    red, green, blue = image.split()
-    return ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    def soft_box(self, margin: int = 0) -> tuple[int, int, int, int] | None:
+        """The box of every pixel with any product opacity (working px), widened by ``margin`` and
+        clipped to the frame; None when there is none."""
+        any_alpha = self.alpha > 0
+        rows, cols = np.flatnonzero(any_alpha.any(axis=1)), np.flatnonzero(any_alpha.any(axis=0))
+        if rows.size == 0:
+            return None
+        width, height = self.size
+        return (
+            max(0, int(cols[0]) - margin),
+            max(0, int(rows[0]) - margin),
+            min(width, int(cols[-1]) + 1 + margin),
+            min(height, int(rows[-1]) + 1 + margin),
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """The full-size pixels of a result that rendering needs: a box around the product, or the
+    whole frame when the result was given whole. The rest of the frame is in the ``Comparison``,
+    at the working size."""
+
+    image: Image.Image  # RGB
+    offset: tuple[int, int]  # the image's top-left in the frame
+    frame: tuple[int, int]  # the frame's full size (width, height)
+
+    @classmethod
+    def whole(cls, image: Image.Image) -> Region:
+        return cls(image, (0, 0), image.size)
+
+    @property
+    def covers_frame(self) -> bool:
+        return self.offset == (0, 0) and self.image.size == self.frame
+
+    def holds(self, box: Box) -> bool:
+        """Whether ``box`` (frame px) lies inside the region."""
+        x, y = self.offset
+        left, top, right, bottom = box
+        slack = 1e-6
+        return (
+            left >= x - slack
+            and top >= y - slack
+            and right <= x + self.image.width + slack
+            and bottom <= y + self.image.height + slack
+        )
+
+
+Mask = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+def _neighbours(mask: Mask) -> list[Mask]:
+    """The 3x3 neighbourhood of every pixel, the frame's edge repeated (as Pillow's rank filters)."""
+    padded = np.pad(mask, 1, mode="edge")
+    height, width = mask.shape
+    return [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+
+
+def _erode(mask: Mask) -> Mask:
+    """3x3 minimum of a boolean mask: in numpy, a fraction of the time of a rank filter."""
+    eroded: Mask = np.logical_and.reduce(_neighbours(mask))
+    return eroded
+
+
+def _dilate3(mask: Mask) -> Mask:
+    """3x3 maximum of a boolean mask."""
+    dilated: Mask = np.logical_or.reduce(_neighbours(mask))
+    return dilated
+
+
+def _distance(pixels: U8, other: U8) -> U8:
+    """Max over the channels of ``|pixels - other|`` (``other``: pixels of the same shape, or one
+    colour), a band of rows at a time so that the temporaries stay small."""
+    distance = np.empty(pixels.shape[:2], dtype=np.uint8)
+    for row in range(0, pixels.shape[0], DISTANCE_ROWS):
+        part = pixels[row : row + DISTANCE_ROWS]
+        against = other if other.ndim == 1 else other[row : row + DISTANCE_ROWS]
+        distance[row : row + DISTANCE_ROWS] = (np.maximum(part, against) - np.minimum(part, against)).max(
+            axis=2
+        )
+    return distance
 
 
 def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Box-average ``image`` down to ``size``; an integer reduction first, so that no temporary
-    image of the full height is made."""
+    """Box-average ``image`` down to ``size``, ``STRIP_ROWS`` output rows at a time: the
+    resampling's temporary images stay a strip's size (the same pixels as one whole resize)."""
     if image.size == size:
         return image
-    factor = max(1, min(image.width // size[0], image.height // size[1]))
-    smaller = image.reduce(factor) if factor > 1 else image
-    return smaller if smaller.size == size else smaller.resize(size, Image.Resampling.BOX)
+    reduced = Image.new("RGB", size)
+    scale = image.height / size[1]
+    for row in range(0, size[1], STRIP_ROWS):
+        end = min(size[1], row + STRIP_ROWS)
+        box = (0.0, row * scale, float(image.width), min(float(image.height), end * scale))
+        reduced.paste(image.resize((size[0], end - row), Image.Resampling.BOX, box=box), (0, row))
+    return reduced
 
 
 def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Comparison:
@@ -158,33 +270,31 @@ def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Compa
     if abs(result.width * original.height - result.height * original.width) > max(result.size):
         raise ValueError(f"result {result.size} and original {original.size} do not have the same shape")
     size = working_size(result.size)
-    small, source = _reduce(result, size), _reduce(original, size)
-    # Channel differences in Pillow (8-bit, one channel at a time): small temporary images.
-    changed = np.asarray(_max_channel(ImageChops.difference(small, source)), dtype=np.uint8)
-    flat = Image.new("RGB", size, tuple(colour))
-    off_colour = np.asarray(_max_channel(ImageChops.difference(small, flat)), dtype=np.uint8)
-    del flat
-    on_colour = off_colour <= ON_COLOUR_TOLERANCE
+    # As arrays at once (they are kept in the comparison): no working-size image is held twice.
+    small = np.asarray(_reduce(result, size), dtype=np.uint8)
+    source = np.asarray(_reduce(original, size), dtype=np.uint8)
+    changed = _distance(small, source)
+    flat = np.array(tuple(colour), dtype=np.uint8)
+    on_colour = _distance(small, flat) <= ON_COLOUR_TOLERANCE
     kept = (changed <= NOISE_TOLERANCE) & ~on_colour
-    core = Image.fromarray(np.where(kept, 255, 0).astype(np.uint8), mode="L")
     # Opening then closing: isolated specks where a background pixel happens to match the original
     # go, pinholes of noise inside the product close.
-    core = core.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-    core = core.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
-    alpha = np.asarray(core, dtype=np.uint8).copy()
+    kept = _erode(_dilate3(_dilate3(_erode(kept))))
+    alpha = np.where(kept, 255, 0).astype(np.uint8)
+    core = Image.fromarray(alpha, mode="L")
     # Soft edge: a pixel near the product that moved part of the way from the original to the
     # colour is that part background.
     band_radius = max(1, round(EDGE_BAND_SHARE * min(size)))
     band = (np.asarray(_dilate(core, band_radius)) > 0) & (alpha == 0) & ~on_colour
-    flat = Image.new("RGB", size, tuple(colour))
-    span = np.asarray(_max_channel(ImageChops.difference(source, flat)), dtype=np.float32) - NOISE_TOLERANCE
-    moved = changed.astype(np.float32) - NOISE_TOLERANCE
-    with np.errstate(divide="ignore", invalid="ignore"):
-        opacity = np.clip(1.0 - moved / np.maximum(span, 1.0), 0.0, 1.0)
-    alpha[band] = np.rint(opacity[band] * 254).astype(np.uint8)
+    # In floats on the band's pixels only: whole-frame float temporaries would cost more memory
+    # than the working-size images themselves.
+    span = _distance(source, flat)[band]
+    moved = changed[band].astype(np.float32) - NOISE_TOLERANCE
+    opacity = np.clip(1.0 - moved / np.maximum(span.astype(np.float32) - NOISE_TOLERANCE, 1.0), 0.0, 1.0)
+    alpha[band] = np.rint(opacity * 254).astype(np.uint8)
     return Comparison(
-        result=np.asarray(small, dtype=np.uint8),
-        original=np.asarray(source, dtype=np.uint8),
+        result=small,
+        original=source,
         changed=changed,
         alpha=alpha,
         colour=colour,
@@ -203,3 +313,27 @@ def compare_bytes(result: bytes, original: bytes, colour: Colour) -> tuple[Image
     source = _reduce(open_upright(original, at_least=size), size)
     decoded = open_upright(result)
     return decoded, compare(decoded, source, colour)
+
+
+def compare_region(result: bytes, original: bytes, colour: Colour) -> tuple[Region, Comparison]:
+    """As ``compare_bytes``, but only the product's box (widened by ``REGION_MARGIN`` working px)
+    is kept at full size, and the full-size result is dropped as soon as the product is found: the
+    renditions never hold a whole decoded result beside their own canvases."""
+    decoded, found = compare_bytes(result, original, colour)
+    frame = decoded.size
+    soft = found.soft_box(REGION_MARGIN) or (0, 0, 0, 0)
+    sx, sy = frame[0] / found.size[0], frame[1] / found.size[1]
+    left, top = math.floor(soft[0] * sx), math.floor(soft[1] * sy)
+    right, bottom = min(frame[0], math.ceil(soft[2] * sx)), min(frame[1], math.ceil(soft[3] * sy))
+    if (left, top, right, bottom) == (0, 0, *frame):
+        return Region.whole(decoded), found
+    # Copied a strip at a time into 3 bytes a pixel (Pillow keeps 4): beside the decoded result,
+    # the copy costs three quarters of a crop.
+    pixels = np.empty((bottom - top, right - left, 3), dtype=np.uint8)
+    for row in range(top, bottom, STRIP_ROWS):
+        end = min(bottom, row + STRIP_ROWS)
+        pixels[row - top : end - top] = np.asarray(decoded.crop((left, row, right, end)), dtype=np.uint8)
+    del decoded
+    image = Image.fromarray(pixels, mode="RGB")
+    del pixels
+    return Region(image, (left, top), frame), found

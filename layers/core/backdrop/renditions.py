@@ -14,6 +14,7 @@ The verdict (``verdict``) is measured on the encoded file read back; see ``judge
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from PIL import Image, ImageChops, ImageCms, ImageFilter
 
 from backdrop.colours import Colour
-from backdrop.products import Comparison
+from backdrop.products import Comparison, Region
 from backdrop.profiles import ALIGNMENTS, LOSSY, MIN_QUALITY, Spec
 
 # The profiles and their parser, also reachable from here (they live apart so that reading the
@@ -34,11 +35,12 @@ JPEG_GUARD_PX = 16  # two 8x8 blocks: lossy ringing next to the product is not c
 FILL_TOLERANCE = 0.03  # measured fill may differ from the spec's by this much (pad)
 PRODUCT_TOLERANCE = 32  # read back, a pixel this far from the colour is product (beyond ringing)
 UPSCALE_WARN = 1.05  # the product enlarged more than this: softer than the channel expects
+READ_BACK_ROWS = 512  # rows of the read-back file compared with the colour at a time
 EXACT_SHARE_FAIL = 0.99  # share of background pixels exactly on the colour below which it fails
 
 
 @cache
-def _srgb_icc() -> bytes:
+def srgb_icc() -> bytes:
     return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
 
 
@@ -81,7 +83,7 @@ class Rendered:
 
 def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
     out = io.BytesIO()
-    icc = _srgb_icc()
+    icc = srgb_icc()
     if fmt == "JPEG":
         image.save(out, "JPEG", quality=quality, subsampling=0, icc_profile=icc)
     elif fmt == "PNG":
@@ -93,40 +95,116 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
     return out.getvalue()
 
 
-def render(spec: Spec, result: Image.Image, found: Comparison) -> Rendered:
-    """Draw and encode one rendition from the full-size ``result`` and what ``found`` found in it."""
-    frame = result.size
-    plan = layout(spec, frame, found.bbox())
+Rect = tuple[int, int, int, int]  # canvas px: left, top, right, bottom
+Box = tuple[float, float, float, float]  # frame px
+
+
+def _visible(plan: Layout, frame: tuple[int, int]) -> tuple[Rect, Box] | None:
+    """The part of the frame that lands on the canvas, in canvas and frame coordinates."""
     width, height = plan.canvas
-    colour = spec.background or found.colour
-    coverage = Image.new("L", (width, height), 0)
-    patch: Image.Image | None = None
-    # The part of the frame that lands on the canvas, in source and canvas coordinates.
-    left = max(0.0, -plan.origin[0] / plan.scale)
-    top = max(0.0, -plan.origin[1] / plan.scale)
-    right = min(float(frame[0]), (width - plan.origin[0]) / plan.scale)
-    bottom = min(float(frame[1]), (height - plan.origin[1]) / plan.scale)
-    x0, y0 = round(plan.origin[0] + left * plan.scale), round(plan.origin[1] + top * plan.scale)
-    x1, y1 = round(plan.origin[0] + right * plan.scale), round(plan.origin[1] + bottom * plan.scale)
-    size = (min(x1, width) - x0, min(y1, height) - y0)
-    if size[0] > 0 and size[1] > 0:
-        box = (left, top, right, bottom)
-        patch = result.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-        sx, sy = found.size[0] / frame[0], found.size[1] / frame[1]
-        mask_box = (left * sx, top * sy, right * sx, bottom * sy)
-        alpha = found.alpha_image().resize(size, Image.Resampling.BILINEAR, box=mask_box)
-        coverage.paste(alpha, (x0, y0))
-        del alpha
-    # The canvas is allocated only now, after the resizing's temporary images are gone.
-    canvas = Image.new("RGB", (width, height), tuple(colour))
-    if patch is not None:
-        # Exact colour: only the product's pixels come from the result. As made: the whole frame.
-        canvas.paste(
-            patch,
-            (x0, y0),
-            coverage.crop((x0, y0, x0 + size[0], y0 + size[1])) if spec.background is not None else None,
+    (ox, oy), scale = plan.origin, plan.scale
+    left, top = max(0.0, -ox / scale), max(0.0, -oy / scale)
+    right = min(float(frame[0]), (width - ox) / scale)
+    bottom = min(float(frame[1]), (height - oy) / scale)
+    x0, y0 = round(ox + left * scale), round(oy + top * scale)
+    x1, y1 = min(round(ox + right * scale), width), min(round(oy + bottom * scale), height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1, y1), (left, top, right, bottom)
+
+
+def _product_rect(plan: Layout, visible: tuple[Rect, Box], found: Comparison) -> tuple[Rect, Box] | None:
+    """The canvas pixels the product's soft edge can reach (its mask interpolated), inside the
+    visible part, with the frame box they show; None when no product lands on the canvas."""
+    (ox, oy), scale = plan.origin, plan.scale
+    sx, sy = found.full_size[0] / found.size[0], found.full_size[1] / found.size[1]
+    # The interpolation reaches a pixel, or a canvas pixel's worth of working pixels, further.
+    soft = found.soft_box(math.ceil(max(1.0, 1 / (scale * min(sx, sy)))) + 1)
+    if soft is None:
+        return None
+    (vx0, vy0, vx1, vy1), (left, top, right, bottom) = visible
+    x0 = max(vx0, math.floor(ox + soft[0] * sx * scale))
+    y0 = max(vy0, math.floor(oy + soft[1] * sy * scale))
+    x1 = min(vx1, math.ceil(ox + soft[2] * sx * scale))
+    y1 = min(vy1, math.ceil(oy + soft[3] * sy * scale))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # Where the rectangle meets the visible part's edge, the visible box's own (rounded) mapping.
+    box = (
+        left if x0 == vx0 else (x0 - ox) / scale,
+        top if y0 == vy0 else (y0 - oy) / scale,
+        right if x1 == vx1 else (x1 - ox) / scale,
+        bottom if y1 == vy1 else (y1 - oy) / scale,
+    )
+    return (x0, y0, x1, y1), box
+
+
+def _resample(
+    region: Region, found: Comparison, plan: Layout, rect: Rect, box: Box
+) -> tuple[Image.Image, bool]:
+    """The frame's ``box`` resampled to the canvas ``rect``: from the full-size region when it holds
+    the box and the canvas is finer than the working size, else from the working-size result.
+    Returns the patch and whether it came from full size."""
+    size = (rect[2] - rect[0], rect[3] - rect[1])
+    working_scale = found.size[0] / found.full_size[0]
+    if region.covers_frame or (plan.scale >= working_scale and region.holds(box)):
+        x, y = region.offset
+        width, height = region.image.size
+        inside = (
+            max(0.0, box[0] - x),
+            max(0.0, box[1] - y),
+            min(float(width), box[2] - x),
+            min(float(height), box[3] - y),
         )
-        del patch
+        return region.image.resize(size, Image.Resampling.LANCZOS, box=inside, reducing_gap=3.0), True
+    kx, ky = working_scale, found.size[1] / found.full_size[1]
+    small = (
+        max(0.0, box[0] * kx),
+        max(0.0, box[1] * ky),
+        min(float(found.size[0]), box[2] * kx),
+        min(float(found.size[1]), box[3] * ky),
+    )
+    # Enlarged (a background as made, around a product drawn at full size): the model's shading
+    # is smooth, and bilinear costs a third of Lanczos.
+    enlarged = plan.scale > working_scale
+    method = Image.Resampling.BILINEAR if enlarged else Image.Resampling.LANCZOS
+    return found.result_image().resize(size, method, box=small), False
+
+
+def _coverage(plan: Layout, product: tuple[Rect, Box] | None, found: Comparison) -> Image.Image:
+    """Where the product is on the canvas (its opacity), from the mask interpolated."""
+    coverage = Image.new("L", plan.canvas, 0)
+    if product is not None:
+        rect, box = product
+        kx, ky = found.size[0] / found.full_size[0], found.size[1] / found.full_size[1]
+        mask_box = (box[0] * kx, box[1] * ky, box[2] * kx, box[3] * ky)
+        size = (rect[2] - rect[0], rect[3] - rect[1])
+        coverage.paste(found.alpha_image().resize(size, Image.Resampling.BILINEAR, box=mask_box), rect[:2])
+    return coverage
+
+
+def render(spec: Spec, result: Image.Image | Region, found: Comparison) -> Rendered:
+    """Draw and encode one rendition from the result (the full-size image, or the ``Region`` kept
+    by ``products.compare_region``) and what ``found`` found in it.
+
+    Only the canvas pixels the product can reach are resampled from full size; an exact background
+    needs nothing else. A background as made takes the rest of the frame from the full-size image
+    when it was given whole, else from the working-size result (the model's shading is smooth)."""
+    region = result if isinstance(result, Region) else Region.whole(result)
+    plan = layout(spec, region.frame, found.bbox())
+    colour = spec.background or found.colour
+    visible = _visible(plan, region.frame)
+    product = _product_rect(plan, visible, found) if visible is not None else None
+    coverage = _coverage(plan, product, found)
+    if spec.background is not None:
+        # The patch first, the canvas once the resampling's temporary image is gone.
+        patch = _resample(region, found, plan, *product)[0] if product is not None else None
+        canvas = Image.new("RGB", plan.canvas, tuple(colour))
+        if patch is not None and product is not None:
+            canvas.paste(patch, product[0][:2], coverage.crop(product[0]))
+            del patch
+    else:
+        canvas = _as_made(region, found, plan, visible, product, coverage)
     quality = spec.quality if spec.format in LOSSY else None
     data = _encode(canvas, spec.format, spec.quality)
     while spec.max_bytes is not None and len(data) > spec.max_bytes and quality is not None:
@@ -135,6 +213,34 @@ def render(spec: Spec, result: Image.Image, found: Comparison) -> Rendered:
         quality = max(MIN_QUALITY, quality - 10)
         data = _encode(canvas, spec.format, quality)
     return Rendered(data=data, coverage=coverage, layout=plan, colour=colour, quality=quality)
+
+
+def _as_made(
+    region: Region,
+    found: Comparison,
+    plan: Layout,
+    visible: tuple[Rect, Box] | None,
+    product: tuple[Rect, Box] | None,
+    coverage: Image.Image,
+) -> Image.Image:
+    """The result's own background over the canvas, the job's colour outside the frame; the
+    product at full size over it where the frame was not resampled from full size."""
+    if visible is None:
+        return Image.new("RGB", plan.canvas, tuple(found.colour))
+    rect = visible[0]
+    base, fine = _resample(region, found, plan, *visible)
+    if rect == (0, 0, *plan.canvas):
+        canvas = base  # the frame fills the canvas: no second canvas-sized image
+    else:
+        canvas = Image.new("RGB", plan.canvas, tuple(found.colour))
+        canvas.paste(base, rect[:2])
+    del base
+    working_scale = found.size[0] / found.full_size[0]
+    if not fine and product is not None and plan.scale >= working_scale and region.holds(product[1]):
+        patch, _ = _resample(region, found, plan, *product)
+        # Blended by the product's opacity: the seam lies along its outline, not in the background.
+        canvas.paste(patch, product[0][:2], coverage.crop(product[0]))
+    return canvas
 
 
 def _colour_space(image: Image.Image) -> str:
@@ -192,7 +298,7 @@ class _ReadBack:
     format: str
     alpha: bool
     colour_space: str
-    distance: Image.Image  # L: each pixel's distance to the background colour (max over channels)
+    off: Image.Image  # L: how far each pixel is from the background colour (see ``_levels``)
 
 
 @dataclass
@@ -202,23 +308,39 @@ class _Findings:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
+# Per channel: 0 exactly on the colour, NEAR_FLAG within PRODUCT_TOLERANCE, 255 beyond. Converted to
+# L (weights 0.299, 0.587, 0.114, rounded), any off channel gives at least 1 and at most NEAR_FLAG
+# while all are within the tolerance, and any channel beyond it gives at least 29 (blue alone).
+NEAR_FLAG = 5
+
+
+def _levels(pixels: Image.Image, colour: Colour) -> Image.Image:
+    """L: 0 where a pixel is exactly ``colour``, 1..``NEAR_FLAG`` where it is within
+    ``PRODUCT_TOLERANCE``, above ``NEAR_FLAG`` beyond it. One table and one conversion, a strip
+    at a time: beside the decoded file, only a strip's temporaries."""
+    table = [
+        0 if level == value else NEAR_FLAG if abs(level - value) <= PRODUCT_TOLERANCE else 255
+        for value in colour
+        for level in range(256)
+    ]
+    width, height = pixels.size
+    levels = Image.new("L", (width, height), 0)
+    for row in range(0, height, READ_BACK_ROWS):
+        strip = pixels.crop((0, row, width, min(height, row + READ_BACK_ROWS)))
+        levels.paste(strip.point(table).convert("L"), (0, row))
+    return levels
+
+
 def _read_back(rendered: Rendered) -> _ReadBack:
     with Image.open(io.BytesIO(rendered.data)) as image:
         width, height = image.size
         fmt = image.format or "unknown"
         has_alpha = "A" in image.getbands() or "transparency" in image.info
         colour_space = _colour_space(image)
-        # Distance to the colour, max over the channels, one channel at a time (memory: the
-        # decoded file and two single-channel images).
-        readback = image if image.mode == "RGB" else image.convert("RGB")
-        distance: Image.Image | None = None
-        for index, value in enumerate(rendered.colour):
-            lut = [abs(level - value) for level in range(256)]
-            channel = readback.getchannel(index).point(lut)
-            distance = channel if distance is None else ImageChops.lighter(distance, channel)
-        del readback
-    assert distance is not None
-    return _ReadBack(width, height, fmt, has_alpha, colour_space, distance)
+        image.load()
+        pixels = image if image.mode == "RGB" else image.convert("RGB")
+        off = _levels(pixels, rendered.colour)
+    return _ReadBack(width, height, fmt, has_alpha, colour_space, off)
 
 
 def _judge_file(
@@ -253,10 +375,15 @@ def _judge_file(
 
 def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings: _Findings) -> Image.Image:
     """How exactly the background shows the colour; returns the mask of pixels near the product."""
-    width, height, distance = file.width, file.height, file.distance
+    width, height, off = file.width, file.height, file.off
     guard = JPEG_GUARD_PX if file.format in LOSSY else 0
-    near_product = _near(rendered.coverage.point(_ANY), guard)
-    counts = distance.histogram(mask=ImageChops.invert(near_product))
+    near_product = _near(rendered.coverage, guard)
+    # The background's histogram: the whole canvas's less the part near the product.
+    counts = off.histogram()
+    reach = near_product.getbbox()
+    if reach is not None:
+        near = off.crop(reach).histogram(mask=near_product.crop(reach))
+        counts = [all_ - near_ for all_, near_ in zip(counts, near, strict=True)]
     total = sum(counts)
     share = counts[0] / total if total else 1.0
     ring = max(2, round(0.005 * min(width, height)))
@@ -266,7 +393,7 @@ def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings:
         (0, 0, ring, height),
         (width - ring, 0, width, height),
     )
-    border_pure = all(distance.crop(strip).getextrema()[1] == 0 for strip in strips)
+    border_pure = all(off.crop(strip).getextrema()[1] == 0 for strip in strips)
     findings.checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
     if spec.background is not None:
         if share < EXACT_SHARE_FAIL:
@@ -288,12 +415,7 @@ def _judge_product(
 ) -> None:
     """Where the product is and how much of the canvas it fills."""
     # The product as the file shows it: beyond ringing from the colour (exact), else its coverage.
-    if spec.background is not None:
-        far = file.distance.point([255 if level > PRODUCT_TOLERANCE else 0 for level in range(256)])
-        product = ImageChops.multiply(far, near_product)
-    else:
-        product = rendered.coverage.point(_HALF)
-    bbox = product.getbbox()
+    bbox = _product_bbox(spec, rendered, file, near_product)
     if bbox is None:
         findings.checks.update(fill=0.0, touches_frame_edge=found.touches_edge(), touches_canvas_edge=False)
         findings.fails.append("no product in the rendition")
@@ -319,17 +441,47 @@ def _judge_product(
 
 _ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
+_FAR = [255 if level > NEAR_FLAG else 0 for level in range(256)]
 
 
-def _near(mask: Image.Image, radius: int) -> Image.Image:
-    """Pixels within ``radius`` (square) of a 0/255 mask: a box blur is above 0 wherever a 255 is
-    near, in linear time at any radius."""
-    if radius <= 0:
-        return mask
-    return mask.filter(ImageFilter.BoxBlur(radius)).point(_ANY)
+def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product: Image.Image) -> Rect | None:
+    """The product's box as the file shows it: beyond ringing from the colour and near the
+    product (exact background), else where its coverage is at least half."""
+    if spec.background is None:
+        return rendered.coverage.point(_HALF).getbbox()
+    reach = near_product.getbbox()
+    if reach is None:
+        return None
+    far = file.off.crop(reach).point(_FAR)
+    inside = ImageChops.multiply(far, near_product.crop(reach)).getbbox()
+    if inside is None:
+        return None
+    return (inside[0] + reach[0], inside[1] + reach[1], inside[2] + reach[0], inside[3] + reach[1])
 
 
-def make(spec: Spec, result: Image.Image, found: Comparison) -> tuple[bytes, dict[str, Any]]:
-    """The encoded rendition and its verdict (the job's ``renditions`` entry without ``key``)."""
+def _near(coverage: Image.Image, radius: int) -> Image.Image:
+    """Pixels within ``radius`` (square) of the product's coverage, as a 0/255 mask: a box blur is
+    above 0 wherever a covered pixel is near, in linear time at any radius. Blurred only around
+    the coverage's box: elsewhere nothing is near."""
+    reach = coverage.getbbox()
+    if radius <= 0 or reach is None:
+        return coverage.point(_ANY)
+    width, height = coverage.size
+    around = (
+        max(0, reach[0] - radius - 1),
+        max(0, reach[1] - radius - 1),
+        min(width, reach[2] + radius + 1),
+        min(height, reach[3] + radius + 1),
+    )
+    near = Image.new("L", coverage.size, 0)
+    near.paste(coverage.crop(around).point(_ANY).filter(ImageFilter.BoxBlur(radius)).point(_ANY), around[:2])
+    return near
+
+
+def make(spec: Spec, result: Image.Image | Region, found: Comparison) -> tuple[bytes, dict[str, Any]]:
+    """The encoded rendition and its verdict (the job's ``renditions`` entry without ``key``).
+
+    ``result``: the full-size result, or the ``Region`` that ``products.compare_region`` kept (the
+    same renditions from a fraction of the memory)."""
     rendered = render(spec, result, found)
     return rendered.data, judge(spec, rendered, found)
