@@ -143,6 +143,17 @@ def test_a_rendition_that_cannot_be_made_fails_alone_and_the_job_succeeds(world:
     assert job.renditions["thumb"]["key"] == "results/blank.jpg/rendition-thumb.webp"  # contain needs none
 
 
+def test_a_result_that_cannot_be_decoded_fails_every_rendition_and_the_job_succeeds(world: World) -> None:
+    source, output = shot(4)
+    truncated = output[: len(output) // 2]  # a PNG's header, then nothing: stored, but not decodable
+    job = world.job(succeed(world, "uploads/cut.jpg", source, truncated))
+    assert job.status is Status.SUCCEEDED and job.result_keys == ["results/cut.jpg/result.png"]
+    assert set(job.renditions) == {"amazon", "thumb", "story"}
+    assert {entry["verdict"] for entry in job.renditions.values()} == {"fail"}
+    assert all(entry["key"] is None for entry in job.renditions.values())
+    assert "cannot be compared with its original" in job.renditions["thumb"]["reasons"][0]
+
+
 def test_no_renditions_configured_is_todays_behaviour(
     resources: Resources, output_server: OutputServer
 ) -> None:

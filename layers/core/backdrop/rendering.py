@@ -20,7 +20,7 @@ from backdrop.colours import parse_colour
 from backdrop.jobs import Job
 from backdrop.observability import count, logger
 from backdrop.outputs import OutputCopyFailed
-from backdrop.products import compare_region
+from backdrop.products import Comparison, Region, compare_region
 from backdrop.profiles import Spec, fingerprint
 from backdrop.renditions import make
 from backdrop.services import Services
@@ -81,8 +81,12 @@ def make_all(
     if not job.upload().versioned and job.source_etag:
         source["IfMatch"] = job.source_etag  # the very bytes the run was made from
     original = _read(services, source, "the original")
-    # Only the product's region stays at full size: memory stays near one decoded photo.
-    decoded, found = compare_region(result, original, parse_colour(job.color))
+    try:
+        # Only the product's region stays at full size: memory stays near one decoded photo.
+        decoded, found = compare_region(result, original, parse_colour(job.color))
+    except (ValueError, OSError) as exc:  # another shape than the original, or not decodable
+        reason = f"the result cannot be compared with its original: {exc}"
+        return [_not_made(name, spec, reason) for name, spec in specs.items()]
     del result, original
     made: list[Made] = []
     for name, spec in specs.items():
@@ -93,15 +97,18 @@ def make_all(
     return made
 
 
-def _make_one(name: str, spec: Spec, decoded: Any, found: Any) -> Made:
+def _make_one(name: str, spec: Spec, decoded: Region, found: Comparison) -> Made:
     try:
         data, verdict = make(spec, decoded, found)
     except ValueError as exc:  # nothing to place: a padded rendition without a product
-        logger.warning("Rendition not made", extra={"rendition": name, "reason": str(exc)})
-        count("RenditionsFailed")
-        entry = {"key": None, "width": None, "height": None, "format": spec.format, "bytes": 0}
-        return Made(
-            name, None, {**entry, "verdict": "fail", "reasons": [str(exc)], "spec": fingerprint(spec)}
-        )
+        return _not_made(name, spec, str(exc))
     count(f"Renditions{verdict['verdict'].capitalize()}")
     return Made(name, data, {"key": None, **verdict, "spec": fingerprint(spec)})
+
+
+def _not_made(name: str, spec: Spec, reason: str) -> Made:
+    """A rendition that cannot be made: verdict ``fail`` with the reason, and no file."""
+    logger.warning("Rendition not made", extra={"rendition": name, "reason": reason})
+    count("RenditionsFailed")
+    entry = {"key": None, "width": None, "height": None, "format": spec.format, "bytes": 0}
+    return Made(name, None, {**entry, "verdict": "fail", "reasons": [reason], "spec": fingerprint(spec)})
