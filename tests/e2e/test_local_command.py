@@ -81,11 +81,12 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
             aws_secret_access_key=info["aws_secret_access_key"],
         ).Table(info["jobs_table"])
 
-        def upload(name: str) -> str:
+        def upload(name: str, shade: int) -> str:
+            # Pixels of its own: identical bytes would reuse the first result instead of running.
             s3.put_object(
                 Bucket=info["uploads_bucket"],
                 Key=f"{info['upload_prefix']}{name}",
-                Body=solid("JPEG", (80, 60), (240, 240, 240)),
+                Body=solid("JPEG", (80, 60), (shade, shade, shade)),
             )
             key = f"{info['upload_prefix']}{name}"
             return results.result_key(key, info["upload_prefix"], info["results_prefix"], "png")
@@ -102,9 +103,9 @@ def test_local_stack_command(built: Path, tmp_path: Path) -> None:
         def statuses() -> list[str]:
             return sorted(str(item["status"]) for item in ddb.scan()["Items"])
 
-        wait_for_result(upload("hello.jpg"))  # the day's one run
+        wait_for_result(upload("hello.jpg", 240))  # the day's one run
 
-        second = upload("second.jpg")
+        second = upload("second.jpg", 200)
         deadline = time.monotonic() + 60
         while statuses() != ["held", "succeeded"]:
             assert time.monotonic() < deadline, f"the second upload was not held: {statuses()}"
