@@ -264,7 +264,9 @@ def _renditions_cell(row: SheetRow, out_dir: Path) -> str:
         cells.append(
             f'<div class="rendition">{image}<b>{esc(cell.name)}</b> '
             f'<span class="verdict {esc(cell.verdict)}">{esc(cell.verdict)}</span>{size}'
-            f'<br><span class="reason">{esc(cell.first_reason)}</span></div>'
+            # Every reason in the tooltip; the first on the sheet, where space is short.
+            f'<br><span class="reason" title="{esc("; ".join(cell.reasons))}">'
+            f"{esc(cell.first_reason)}</span></div>"
         )
     return f'<td><div class="renditions">{"".join(cells)}</div></td>'
 

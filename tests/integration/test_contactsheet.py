@@ -211,6 +211,6 @@ def test_renditions_drawn_with_their_verdicts(tmp_path: Path) -> None:
     assert "results/demo/shoe.jpg/thumb.png" in parser.sources
     for verdict in ("pass", "warn", "fail"):
         assert f'<span class="verdict {verdict}">{verdict}</span>' in text
-    assert "the product touches the edge of the photo" in text  # the first reason
-    assert "small" not in text.split("the product touches the edge of the photo")[1].split("</div>")[0]
+    assert '">the product touches the edge of the photo</span>' in text  # the first reason shown
     assert "no product found in the result" in text and "2000x2000 JPEG" in text
+    assert 'title="the product touches the edge of the photo; small"' in text  # every reason on hover
