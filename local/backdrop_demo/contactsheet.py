@@ -1,12 +1,14 @@
-"""Contact sheet of a demo run: every job's original, result, colour, status and timings.
+"""Contact sheet of a demo run: every job's original, result, colour, status, timings and renditions.
 
 Two renderings of the same rows, both written into the output directory:
 
 * ``contact-sheet.html``: self-contained (inline CSS, no scripts). Its ``<img>`` tags use paths relative
   to the sheet, so the whole directory can be zipped or moved and still open in a browser.
 * ``contact-sheet.png``: a single image drawn with Pillow. Each row holds the original thumbnail, the
-  result thumbnail, a swatch of the colour with its ``R,G,B``, and the status and timings. The font is
-  Pillow's built-in one, so no font files are needed.
+  result thumbnail, a swatch of the colour with its ``R,G,B``, and the status and timings; below them a
+  strip of the job's renditions, each a small thumbnail labelled with its name, its verdict in the
+  verdict's colour (pass green, warn amber, fail red) and its first reason. The font is Pillow's
+  built-in one, so no font files are needed.
 
 Nothing here knows about the stack. The functions take :class:`SheetRow` values and a directory, so
 the sheet can be tested with generated images.
@@ -32,6 +34,21 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @dataclass(frozen=True)
+class RenditionCell:
+    """One rendition of a job as the contact sheet shows it."""
+
+    name: str  # the rendition's name in the stack's Renditions parameter, e.g. "amazon"
+    verdict: str  # pass, warn or fail
+    reasons: tuple[str, ...] = ()
+    path: Path | None = None  # the rendition file on disk (None: not made or not downloaded)
+    size: str = ""  # e.g. "2000x2000 JPEG"
+
+    @property
+    def first_reason(self) -> str:
+        return self.reasons[0] if self.reasons else ""
+
+
+@dataclass(frozen=True)
 class SheetRow:
     """One job as the contact sheet shows it."""
 
@@ -46,6 +63,7 @@ class SheetRow:
     processing_ms: int | None = None  # Runflow's started_at to completed_at: the work itself
     end_to_end_s: float | None = None  # upload until the job completed
     result_key: str | None = None  # where the result landed in the results bucket
+    renditions: tuple[RenditionCell, ...] = ()  # in the order of the stack's Renditions parameter
 
     @property
     def succeeded(self) -> bool:
@@ -65,6 +83,10 @@ SWATCH_W = 128
 SWATCH_H = THUMB - 36  # the colour; its R,G,B text goes below it
 TEXT_W = 380
 HEADER_H = 84
+RENDITION_THUMB = 96  # rendition thumbnails fit in a RENDITION_THUMB square
+RENDITION_W = 150  # one rendition cell: its thumbnail and, below, name, verdict and first reason
+RENDITION_LABEL_H = 56
+RENDITIONS_H = RENDITION_THUMB + RENDITION_LABEL_H + PAD
 ROW_H = THUMB + 2 * PAD
 COLUMNS_X = (
     PAD,  # original
@@ -83,27 +105,61 @@ BAD: RGB = (200, 35, 51)
 BORDER: RGB = (173, 181, 189)
 
 
-def sheet_size(rows: int) -> tuple[int, int]:
-    """Width and height of the PNG for this many rows."""
-    return SHEET_W, HEADER_H + max(rows, 1) * ROW_H + PAD
+VERDICT_COLOURS: dict[str, RGB] = {"pass": GOOD, "warn": (214, 137, 16), "fail": BAD}
 
 
-def row_top(index: int) -> int:
-    return HEADER_H + index * ROW_H
+def verdict_colour(verdict: str) -> RGB:
+    return VERDICT_COLOURS.get(verdict, MUTED)
 
 
-def swatch_box(index: int) -> tuple[int, int, int, int]:
+def _row_height(row: SheetRow) -> int:
+    return ROW_H + (RENDITIONS_H if row.renditions else 0)
+
+
+def _sheet_width(rows: Sequence[SheetRow]) -> int:
+    widest = max((len(r.renditions) for r in rows), default=0)
+    return max(SHEET_W, PAD + widest * (RENDITION_W + PAD))
+
+
+def sheet_size(rows: int | Sequence[SheetRow]) -> tuple[int, int]:
+    """Width and height of the PNG for these rows (or this many rows without renditions)."""
+    if isinstance(rows, int):
+        return SHEET_W, HEADER_H + max(rows, 1) * ROW_H + PAD
+    height = sum(_row_height(r) for r in rows) if rows else ROW_H
+    return _sheet_width(rows), HEADER_H + height + PAD
+
+
+def row_top(index: int, rows: Sequence[SheetRow] = ()) -> int:
+    """Top of row ``index``; pass the rows when some have renditions (their rows are taller)."""
+    above = rows[:index]
+    return HEADER_H + sum(_row_height(r) for r in above) + (index - len(above)) * ROW_H
+
+
+def swatch_box(index: int, rows: Sequence[SheetRow] = ()) -> tuple[int, int, int, int]:
     """The colour swatch of row ``index`` in the PNG: (left, top, right, bottom), right/bottom exclusive."""
     left = COLUMNS_X[2]
-    top = row_top(index) + PAD
+    top = row_top(index, rows) + PAD
     return left, top, left + SWATCH_W, top + SWATCH_H
 
 
-def thumb_box(index: int, column: int) -> tuple[int, int, int, int]:
+def thumb_box(index: int, column: int, rows: Sequence[SheetRow] = ()) -> tuple[int, int, int, int]:
     """The box of the original (column 0) or result (column 1) thumbnail of row ``index``."""
     left = COLUMNS_X[column]
-    top = row_top(index) + PAD
+    top = row_top(index, rows) + PAD
     return left, top, left + THUMB, top + THUMB
+
+
+def rendition_box(index: int, position: int, rows: Sequence[SheetRow]) -> tuple[int, int, int, int]:
+    """The thumbnail box of rendition ``position`` of row ``index``; its label lies below it."""
+    left = PAD + position * (RENDITION_W + PAD)
+    top = row_top(index, rows) + ROW_H
+    return left, top, left + RENDITION_THUMB, top + RENDITION_THUMB
+
+
+def verdict_box(index: int, position: int, rows: Sequence[SheetRow]) -> tuple[int, int, int, int]:
+    """The verdict badge of rendition ``position`` of row ``index``: filled with the verdict's colour."""
+    left, _, _, bottom = rendition_box(index, position, rows)
+    return left, bottom + 4, left + 44, bottom + 22
 
 
 # ---------------------------------------------------------------------------- public API
@@ -165,6 +221,14 @@ td.img img { max-width: 200px; max-height: 200px; display: block; margin: auto;
 .status { font-weight: 600; color: #c82333; }
 .status.succeeded { color: #198754; }
 .error { color: #c82333; max-width: 320px; overflow-wrap: anywhere; }
+.renditions { display: flex; gap: 10px; flex-wrap: wrap; }
+.rendition { width: 120px; font-size: 12px; }
+.rendition img { max-width: 96px; max-height: 96px; display: block; border: 1px solid #adb5bd; }
+.verdict { font-weight: 600; color: #fff; border-radius: 3px; padding: 0 5px; }
+.verdict.pass { background: #198754; }
+.verdict.warn { background: #d68910; }
+.verdict.fail { background: #c82333; }
+.reason { color: #6c757d; overflow-wrap: anywhere; }
 .key { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 """
@@ -183,6 +247,28 @@ def _img_cell(path: Path | None, out_dir: Path, alt: str) -> str:
     return (
         f'<td class="img"><a href="{src}"><img src="{src}" alt="{html.escape(alt)}" loading="lazy"></a></td>'
     )
+
+
+def _renditions_cell(row: SheetRow, out_dir: Path) -> str:
+    esc = html.escape
+    if not row.renditions:
+        return '<td><span class="none">none</span></td>'
+    cells = []
+    for cell in row.renditions:
+        if cell.path is not None and cell.path.is_file():
+            src = _src(cell.path, out_dir)
+            image = f'<a href="{src}"><img src="{src}" alt="{esc(cell.name)}" loading="lazy"></a>'
+        else:
+            image = '<span class="none">no file</span>'
+        size = f"<br>{esc(cell.size)}" if cell.size else ""
+        cells.append(
+            f'<div class="rendition">{image}<b>{esc(cell.name)}</b> '
+            f'<span class="verdict {esc(cell.verdict)}">{esc(cell.verdict)}</span>{size}'
+            # Every reason in the tooltip; the first on the sheet, where space is short.
+            f'<br><span class="reason" title="{esc("; ".join(cell.reasons))}">'
+            f"{esc(cell.first_reason)}</span></div>"
+        )
+    return f'<td><div class="renditions">{"".join(cells)}</div></td>'
 
 
 def render_html(rows: Sequence[SheetRow], out_dir: Path, *, title: str, generated: str) -> str:
@@ -208,6 +294,7 @@ def render_html(rows: Sequence[SheetRow], out_dir: Path, *, title: str, generate
             f'<td class="num">{runflow}</td>'
             f'<td class="num">{processing}</td>'
             f'<td class="num">{e2e}</td>'
+            f"{_renditions_cell(row, out_dir)}"
             "</tr>"
         )
     return f"""<!doctype html>
@@ -224,7 +311,8 @@ def render_html(rows: Sequence[SheetRow], out_dir: Path, *, title: str, generate
 <thead><tr><th>#</th><th>Upload → result key</th><th>Original</th><th>Result</th><th>Colour</th>
 <th>Status</th><th>Error</th>
 <th title="Runflow duration_ms: run created to completed, queueing included">Runflow ms</th>
-<th title="Runflow started_at to completed_at">Processing ms</th><th>End-to-end s</th></tr></thead>
+<th title="Runflow started_at to completed_at">Processing ms</th><th>End-to-end s</th>
+<th>Renditions: verdict, first reason</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody>
@@ -256,10 +344,10 @@ def _checkerboard(size: tuple[int, int], cell: int = 8) -> Image.Image:
     return board
 
 
-def _thumbnail(path: Path) -> Image.Image:
+def _thumbnail(path: Path, size: int) -> Image.Image:
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened)
-        image.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
             board = _checkerboard(rgba.size)
@@ -275,12 +363,12 @@ def _draw_thumb(
     problem = "none"
     if path is not None and path.is_file():
         try:
-            thumb = _thumbnail(path)
+            thumb = _thumbnail(path, right - left)
         except OSError as exc:  # unreadable image: say so in its cell rather than lose the whole sheet
             problem = f"unreadable: {exc.__class__.__name__}"
         else:
-            x = left + (THUMB - thumb.width) // 2
-            y = top + (THUMB - thumb.height) // 2
+            x = left + (right - left - thumb.width) // 2
+            y = top + (bottom - top - thumb.height) // 2
             sheet.paste(thumb, (x, y))
             draw.rectangle((x - 1, y - 1, x + thumb.width, y + thumb.height), outline=BORDER)
             return
@@ -316,25 +404,49 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int, max_line
     return lines
 
 
+def _draw_renditions(
+    sheet: Image.Image, draw: ImageDraw.ImageDraw, rows: Sequence[SheetRow], index: int
+) -> None:
+    font = _font(13)
+    for position, cell in enumerate(rows[index].renditions):
+        _draw_thumb(sheet, draw, cell.path, rendition_box(index, position, rows))
+        left, top, right, bottom = verdict_box(index, position, rows)
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=verdict_colour(cell.verdict))
+        draw.text(
+            ((left + right) // 2, (top + bottom) // 2),
+            cell.verdict,
+            fill=(255, 255, 255),
+            font=font,
+            anchor="mm",
+        )
+        draw.text((right + 6, top + 2), cell.name, fill=INK, font=font)
+        y = bottom + 3
+        for line in _wrap(draw, cell.first_reason, font, RENDITION_W, 2):
+            draw.text((left, y), line, fill=MUTED, font=font)
+            y += 15
+
+
 def render_png(rows: Sequence[SheetRow], *, title: str, generated: str) -> Image.Image:
-    sheet = Image.new("RGB", sheet_size(len(rows)), BACKGROUND)
+    sheet = Image.new("RGB", sheet_size(rows), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     title_font, body_font, small_font, status_font = _font(22), _font(15), _font(13), _font(18)
 
     draw.text((PAD, PAD), title, fill=INK, font=title_font)
     draw.text((PAD, PAD + 32), f"{summary(rows)} · {generated}", fill=MUTED, font=small_font)
-    draw.line((0, HEADER_H - 1, SHEET_W, HEADER_H - 1), fill=BORDER)
+    width = sheet.width
+    draw.line((0, HEADER_H - 1, width, HEADER_H - 1), fill=BORDER)
     headings = ("original", "result", "colour", "status")
     for x, heading in zip(COLUMNS_X, headings, strict=True):
         draw.text((x, HEADER_H - 6), heading.upper(), fill=MUTED, font=small_font, anchor="ls")
 
     for index, row in enumerate(rows):
-        top = row_top(index)
-        draw.rectangle((0, top, SHEET_W - 1, top + ROW_H - 1), fill=ROW_SHADES[index % 2])
-        _draw_thumb(sheet, draw, row.original, thumb_box(index, 0))
-        _draw_thumb(sheet, draw, row.result, thumb_box(index, 1))
+        top = row_top(index, rows)
+        draw.rectangle((0, top, width - 1, top + _row_height(row) - 1), fill=ROW_SHADES[index % 2])
+        _draw_thumb(sheet, draw, row.original, thumb_box(index, 0, rows))
+        _draw_thumb(sheet, draw, row.result, thumb_box(index, 1, rows))
+        _draw_renditions(sheet, draw, rows, index)
 
-        left, s_top, right, s_bottom = swatch_box(index)
+        left, s_top, right, s_bottom = swatch_box(index, rows)
         draw.rectangle((left, s_top, right - 1, s_bottom - 1), fill=row.colour)
         draw.rectangle((left - 1, s_top - 1, right, s_bottom), outline=BORDER)
         draw.text((left, s_bottom + 6), colour_text(row.colour), fill=INK, font=body_font)

@@ -6,7 +6,10 @@ every photo in ``samples/`` under ``uploads/demo/``. Each photo goes up once wit
 ``uploads/demo/brand/``, where the stack's ``ColorRules`` parameter gives it the brand's grey.
 The demo then waits for every job to finish and downloads originals and results into
 ``demo-output/``, where it also writes a contact sheet (HTML and PNG). Last it prints a summary
-table. The exit status is 0 only if every job succeeded. The stack is always stopped, on Ctrl-C too.
+table. The stack's ``Renditions`` parameter names one rendition for each built-in profile, so every
+result also gets its renditions, each with a verdict: the demo downloads them beside the results,
+draws them on the contact sheet and gives the summary table a verdict column per rendition.
+The exit status is 0 only if every job succeeded. The stack is always stopped, on Ctrl-C too.
 
     PYTHONPATH=local:layers/core .venv/bin/python -m backdrop_demo [--timeout 300]
 """
@@ -23,7 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -34,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.colours import parse_colour
 from backdrop.jobs import Job, Status, parse_iso
-from backdrop_demo.contactsheet import RGB, SheetRow, build_contact_sheet, colour_text
+from backdrop_demo.contactsheet import RGB, RenditionCell, SheetRow, build_contact_sheet, colour_text
 from backdrop_local.aws import scan_items
 from backdrop_local.progress import ProgressLine
 from backdrop_local.stack import ROOT, LocalStack, StackOptions
@@ -67,6 +70,16 @@ DEFAULT = ColourChoice("default", None)
 # A sales channel's prefix with its own background, set as the ColorRules template parameter.
 BRAND = ColourChoice("brand-rule", None, folder="brand/", rule="241,241,241")
 COLOR_RULES = json.dumps({f"uploads/{DEMO_FOLDER}/{BRAND.folder}": BRAND.rule})
+# One rendition per built-in profile, set as the Renditions template parameter; the dict's order is
+# the order of the sheet's renditions and of the summary table's verdict columns.
+RENDITION_PROFILES = {
+    "amazon": "amazon-main",
+    "google": "google-shopping",
+    "shopify": "shopify-square",
+    "zalando": "zalando",
+    "thumb": "thumbnail",
+}
+RENDITIONS = json.dumps(RENDITION_PROFILES)
 # Per-object colours, given in each of the notations users write.
 PER_OBJECT = (
     ColourChoice("dodger-blue", "#1E90FF"),
@@ -92,6 +105,7 @@ class Outcome:
     result: Path | None = None
     problem: str | None = None  # why this upload counts as a failure of the demo (None: it succeeded)
     processing_ms: int | None = None  # Runflow's started_at → completed_at: the work without queueing
+    files: dict[str, Path] = field(default_factory=dict)  # result key → the downloaded file
 
     @property
     def status(self) -> str:
@@ -232,6 +246,7 @@ def collect_files(s3: S3Client, info: dict[str, Any], outcomes: Iterable[Outcome
                 if outcome.problem is None:
                     outcome.problem = f"result s3://{bucket}/{result_key} could not be downloaded: {exc}"
                 continue
+            outcome.files[result_key] = path
             if index == 0:
                 outcome.result = path
 
@@ -281,6 +296,30 @@ def judge(outcome: Outcome, timeout: float) -> None:
         )
     elif not job.result_keys:
         outcome.problem = "succeeded without a result key"
+    elif missing := [name for name in RENDITION_PROFILES if name not in job.renditions]:
+        outcome.problem = f"succeeded without the renditions {', '.join(missing)}"
+
+
+def rendition_cells(outcome: Outcome) -> tuple[RenditionCell, ...]:
+    """The job's renditions in the order of ``RENDITION_PROFILES``, each with its downloaded file."""
+    made = outcome.job.renditions if outcome.job else {}
+    cells = []
+    for name in RENDITION_PROFILES:
+        entry = made.get(name)
+        if entry is None:
+            continue
+        key = entry.get("key")
+        size = f"{entry.get('width')}x{entry.get('height')} {entry.get('format') or ''}".strip()
+        cells.append(
+            RenditionCell(
+                name=name,
+                verdict=str(entry.get("verdict")),
+                reasons=tuple(str(r) for r in entry.get("reasons") or ()),
+                path=outcome.files.get(key) if isinstance(key, str) else None,
+                size=size if key else "",
+            )
+        )
+    return tuple(cells)
 
 
 def sheet_rows(outcomes: Iterable[Outcome], upload_prefix: str) -> list[SheetRow]:
@@ -303,6 +342,7 @@ def sheet_rows(outcomes: Iterable[Outcome], upload_prefix: str) -> list[SheetRow
                 processing_ms=o.processing_ms,
                 end_to_end_s=o.end_to_end_s,
                 result_key=job.result_keys[0] if job and job.result_keys else None,
+                renditions=rendition_cells(o),
             )
         )
     return rows
@@ -322,6 +362,12 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: se
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
+def verdicts(outcome: Outcome) -> list[str]:
+    """One cell per rendition: its verdict, ``-`` where the job has none."""
+    made = outcome.job.renditions if outcome.job else {}
+    return [str(made[name].get("verdict")) if name in made else "-" for name in RENDITION_PROFILES]
+
+
 def summary_table(outcomes: Sequence[Outcome], upload_prefix: str) -> str:
     rows = []
     for o in outcomes:
@@ -335,10 +381,20 @@ def summary_table(outcomes: Sequence[Outcome], upload_prefix: str) -> str:
                 f"{job.runflow_duration_ms:,}" if job and job.runflow_duration_ms is not None else "-",
                 f"{o.processing_ms:,}" if o.processing_ms is not None else "-",
                 f"{e2e:.1f}" if e2e is not None else "-",
-                ", ".join(job.result_keys) if job and job.result_keys else "-",
+                *verdicts(o),
+                job.result_keys[0] if job and job.result_keys else "-",
             )
         )
-    header = ("key", "colour", "status", "runflow ms", "processing ms", "end-to-end s", "result key")
+    header = (
+        "key",
+        "colour",
+        "status",
+        "runflow ms",
+        "processing ms",
+        "end-to-end s",
+        *RENDITION_PROFILES,
+        "result key",
+    )
     return format_table(header, rows, right={3, 4, 5})
 
 
@@ -390,6 +446,7 @@ def run(stack: LocalStack, samples: Sequence[Path], out_dir: Path, timeout: floa
     print(summary_table(ordered, info["upload_prefix"]))
     print("runflow ms: Runflow's duration_ms, run created to completed, queueing included;")
     print("processing ms: the run's started_at to completed_at (fetch, u2netp, composite, encode).")
+    print(f"Renditions ({RENDITIONS}): each one's verdict, pass, warn or fail; the reasons are on the sheet.")
     print()
     durations = sorted(d for o in ordered if (d := o.end_to_end_s) is not None)
     if durations:
@@ -397,7 +454,7 @@ def run(stack: LocalStack, samples: Sequence[Path], out_dir: Path, timeout: floa
         print(f"End-to-end per job: median {median:.1f} s, slowest {durations[-1]:.1f} s")
     print(f"All jobs done {t_done - t_upload:.1f} s after the first upload", end="; ")
     print(f"demo total {time.monotonic() - t0:.1f} s")
-    print(f"Originals and results: {out_dir}/originals, {out_dir}/results")
+    print(f"Originals, results and renditions: {out_dir}/originals, {out_dir}/results")
     print(f"Contact sheet: {sheet.html}")
     print(f"               {sheet.png}")
 
@@ -444,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StackOptions(
             reconcile_every_seconds=10,
             reconcile_min_age_seconds=30,
-            parameter_overrides={"ColorRules": COLOR_RULES},
+            parameter_overrides={"ColorRules": COLOR_RULES, "Renditions": RENDITIONS},
         )
     )
     try:

@@ -13,11 +13,15 @@ from backdrop_demo.contactsheet import (
     PAD,
     ROW_H,
     SHEET_W,
+    RenditionCell,
     SheetRow,
     build_contact_sheet,
+    rendition_box,
     sheet_size,
     swatch_box,
     thumb_box,
+    verdict_box,
+    verdict_colour,
 )
 from PIL import Image
 
@@ -154,3 +158,59 @@ def test_unreadable_and_missing_images_still_make_a_sheet(tmp_path: Path) -> Non
     parser = _Images()
     parser.feed(sheet.html.read_text(encoding="utf-8"))
     assert parser.sources == [str(Path("..") / "broken.jpg")]  # missing files are not referenced
+
+
+def test_renditions_drawn_with_their_verdicts(tmp_path: Path) -> None:
+    out = tmp_path / "demo-output"
+    original = _photo(out / "originals" / "demo" / "shoe.jpg", (300, 300), (220, 20, 20), "JPEG")
+    amazon = _photo(out / "results" / "demo" / "shoe.jpg" / "amazon.jpg", (400, 400), DODGER_BLUE, "JPEG")
+    thumb = _photo(out / "results" / "demo" / "shoe.jpg" / "thumb.png", (120, 120), (20, 180, 40), "PNG")
+    renditions = (
+        RenditionCell("amazon", "pass", (), amazon, "2000x2000 JPEG"),
+        RenditionCell("thumb", "warn", ("the product touches the edge of the photo", "small"), thumb),
+        RenditionCell("zalando", "fail", ("no product found in the result",), None),
+    )
+    rows = [
+        SheetRow(label="demo/plain.jpg", colour=ZALANDO_GREY, status="succeeded", original=original),
+        SheetRow(
+            label="demo/shoe.jpg",
+            colour=DODGER_BLUE,
+            status="succeeded",
+            original=original,
+            renditions=renditions,
+        ),
+    ]
+    sheet = build_contact_sheet(rows, out, generated=GENERATED)
+
+    image = Image.open(sheet.png).convert("RGB")
+    assert image.size == sheet_size(rows)
+    assert image.height > sheet_size(2)[1]  # the row with renditions is taller
+    # The second row's cells sit below the first row, whatever its height.
+    assert swatch_box(1, rows)[1] == swatch_box(1)[1]
+    left, top, right, bottom = swatch_box(1, rows)
+    assert image.getpixel(((left + right) // 2, (top + bottom) // 2)) == DODGER_BLUE
+
+    def centre(box: tuple[int, int, int, int]) -> tuple[int, int]:
+        return (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+
+    # Each rendition's thumbnail is its own file, and its badge has its verdict's colour.
+    r, g, b = _rgb(image.getpixel(centre(rendition_box(1, 0, rows))))
+    assert b > 200 and r < 80
+    r, g, b = _rgb(image.getpixel(centre(rendition_box(1, 1, rows))))
+    assert g > 140 and r < 60
+    for position, verdict in enumerate(("pass", "warn", "fail")):
+        left, top, right, bottom = verdict_box(1, position, rows)
+        corner = image.getpixel((left + 1, top + 1))
+        assert corner == verdict_colour(verdict), (verdict, corner)
+    assert len({verdict_colour(v) for v in ("pass", "warn", "fail")}) == 3
+
+    text = sheet.html.read_text(encoding="utf-8")
+    parser = _Images()
+    parser.feed(text)
+    assert "results/demo/shoe.jpg/amazon.jpg" in parser.sources
+    assert "results/demo/shoe.jpg/thumb.png" in parser.sources
+    for verdict in ("pass", "warn", "fail"):
+        assert f'<span class="verdict {verdict}">{verdict}</span>' in text
+    assert '">the product touches the edge of the photo</span>' in text  # the first reason shown
+    assert "no product found in the result" in text and "2000x2000 JPEG" in text
+    assert 'title="the product touches the edge of the photo; small"' in text  # every reason on hover
