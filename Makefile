@@ -83,13 +83,15 @@ lint: venv
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
 # The fault-injection suite mostly waits (list lag, reconciler passes, redeliveries), so it runs in a
-# second pytest process beside the rest; its output follows the rest's, and either failing fails.
+# second pytest process beside the rest, followed there by the operator command's tests (which also
+# wait on their local stacks); that lane's output follows the rest's, and either failing fails.
 test: venv build lint
 	@mkdir -p .backdrop
-	@$(PY) -m pytest -p no:cacheprovider tests/chaos > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
-	$(PY) -m pytest --ignore=tests/chaos; rest=$$?; \
+	@$(PY) -m pytest -p no:cacheprovider tests/chaos tests/cli > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
+	$(PY) -m pytest --ignore=tests/chaos --ignore=tests/cli; rest=$$?; \
 	wait $$chaos; chaos_status=$$?; \
-	echo "== fault-injection suite (tests/chaos), run beside the rest"; cat .backdrop/chaos-suite.log; \
+	echo "== fault-injection suite (tests/chaos) and the command's tests (tests/cli), run beside the rest"; \
+	cat .backdrop/chaos-suite.log; \
 	test $$rest -eq 0 && test $$chaos_status -eq 0
 
 test-fast: venv
