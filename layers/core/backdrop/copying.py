@@ -315,11 +315,9 @@ def _renditions(
     return keys + [key for key in written if key not in keys], entries
 
 
-def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries:
-    """Each rendition made written beside the result, fenced like the result (the object seen
-    before is still there); entries of those that could not be made keep ``key`` None."""
-    settings = services.settings
-    metadata = result_metadata(
+def _metadata_of(job: Job) -> Mapping[str, str]:
+    """The metadata every object this job writes carries (its result, renditions and copies)."""
+    return result_metadata(
         job_id=job.job_id,
         run_id=job.run_id or "",
         source_bucket=job.source_bucket,
@@ -327,6 +325,13 @@ def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries
         source_version=job.upload().version,
         colour=job.color,
     )
+
+
+def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries:
+    """Each rendition made written beside the result, fenced like the result (the object seen
+    before is still there); entries of those that could not be made keep ``key`` None."""
+    settings = services.settings
+    metadata = _metadata_of(job)
     entries: Entries = {}
     for one in made:
         if one.data is None:
@@ -355,14 +360,7 @@ def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries
 def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int, Entries]:
     settings = services.settings
     keeper = _LeaseKeeper(services, lease)
-    metadata = result_metadata(
-        job_id=job.job_id,
-        run_id=job.run_id or "",
-        source_bucket=job.source_bucket,
-        source_key=job.source_key,
-        source_version=job.upload().version,
-        colour=job.color,
-    )
+    metadata = _metadata_of(job)
     keys: list[str] = []
     copied = 0
     for index, output in enumerate(job.output_urls):
