@@ -58,7 +58,9 @@ function render() {
     button.append(element("span", job.source.key), element("small", `${waited(job.waiting_s)} · ${job.reasons.join("; ")}`));
     if (i === state.index) button.setAttribute("aria-current", "true");
     button.addEventListener("click", () => { state.index = i; render(); });
-    queue.append(element("li")).append(button);
+    const item = element("li");
+    item.append(button);
+    queue.append(item);
   });
   const job = state.jobs[state.index];
   $("job").hidden = !job;
