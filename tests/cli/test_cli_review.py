@@ -9,6 +9,9 @@ function's own handling of them, and the page in a browser, are tested on the lo
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ from backdrop_cli.sending import StopFlag
 from backdrop_cli.ui import Ui
 from backdrop_local.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY, Resources, client, provision
 from backdrop_local.template import Template
+from tests.cli.cliworld import BACKDROP
 from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -369,3 +373,44 @@ def test_the_page_answers_only_with_the_token_and_decides_through_the_queue(
             "/api/decisions", json={"job_id": "e1" * 16, "decision": "approve"}, headers=headers
         )
         assert twice.status_code == 409 and "not waiting for review: rejected" in twice.text
+
+
+def test_serve_prints_the_url_with_its_token_first_and_binds_loopback(
+    world: World, state: Path, backdrop: Callable[..., Result]
+) -> None:
+    refused = backdrop(state, "review", "--serve", "--json")
+    assert (
+        refused.exit_code == 2 and "--json is for the list" in json.loads(refused.stdout)["error"]["message"]
+    )
+    command = [str(BACKDROP), "review", "--serve", "--no-open", "--local", "--state-dir", str(state)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKDROP_")}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as server:
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            host, _, token = url.removeprefix("http://").partition("/?token=")
+            assert host.startswith("127.0.0.1:") and len(token) >= 32, url
+            assert httpx.get(url, timeout=10).status_code == 200
+            assert httpx.get(url.replace(token, "not" + token), timeout=10).status_code == 403
+            assert listening_on(int(host.rsplit(":", 1)[1])) == ["127.0.0.1"]
+        finally:
+            server.terminate()
+            _, stderr = server.communicate(timeout=10)
+    assert "127.0.0.1 only" in stderr and token not in stderr
+
+
+def listening_on(port: int) -> list[str]:
+    """The addresses a socket listens on at ``port``, from the kernel's own tables (IPv4 as
+    dotted quads, IPv6 as the table's hex)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                if len(address) == 8:
+                    address = socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1])
+                found.append(address)
+    return found
