@@ -28,7 +28,7 @@ import pytest
 from backdrop.jobs import Job, Status
 from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import LocalStack, StackOptions
-from tests.cli.cliworld import BACKDROP, jobs_of, put, resources
+from tests.cli.cliworld import BACKDROP, Cli, jobs_of, put, resources
 from tests.support.images import solid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,6 @@ def chromium_or_skip() -> Any:
 
 @pytest.fixture(scope="module")
 def stack(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    chromium_or_skip()  # before the stack starts
     options = StackOptions(
         stack_name="review-page",
         state_dir=tmp_path_factory.mktemp("review-page"),
@@ -176,3 +175,42 @@ def test_a_reviewer_approves_and_rejects_held_results_in_the_browser(
     assert (
         s3.list_objects_v2(Bucket=bucket, Prefix=review_prefix).get("KeyCount", 0) == 0
     )  # nothing left held
+
+
+def test_the_command_approves_rejects_and_retries_held_results(stack: LocalStack) -> None:
+    """The same decisions from the command line (no browser needed), through the copy function."""
+    cli = Cli(stack.state_dir)
+    keys = [f"{PREFIX}cli/flat-{n}.png" for n in range(2)]
+    for n, key in enumerate(keys):
+        put(stack, key, solid("PNG", (160, 120), (40 + 60 * n, 90, 160)))
+    approve, reject = (held(stack, key) for key in keys)
+
+    listed = cli.json("review")
+    mine = {j["job_id"]: j for j in listed["jobs"] if j["source"]["key"] in keys}
+    assert sorted(mine) == sorted([approve.job_id, reject.job_id])
+    assert mine[approve.job_id]["verdict"] == "doubt" and mine[approve.job_id]["checks"]["product_share"] == 0
+    assert any(r.startswith("nothing found") for r in mine[approve.job_id]["reasons"])
+
+    approved = cli.json("review", "approve", approve.job_id, "--reviewer", "ops@example.com")
+    [done] = approved["decided"]
+    assert done["status"] == "succeeded" and done["review"]["reviewer"] == "ops@example.com"
+    s3, bucket = stack.s3(), resources(stack).results_bucket
+    for key in done["result_keys"]:
+        s3.head_object(Bucket=bucket, Key=key)
+    for key in approve.held_keys:
+        with pytest.raises(s3.exceptions.ClientError):
+            s3.head_object(Bucket=bucket, Key=key)  # moved, not copied
+
+    unasked = cli("review", "reject", reject.job_id, "--note", "blank", "--retry")
+    assert unasked.code == 2 and "Refusing without --yes" in unasked.stderr and "1 new runs" in unasked.stdout
+    rejected = cli.json("review", "reject", reject.job_id, "--note", "blank", "--retry", "--yes")
+    assert rejected["decided"][0]["status"] == "rejected"
+    assert rejected["decided"][0]["error_code"] == "REJECTED_BY_REVIEW"
+    assert rejected["retry"]["started"] == [{"job_id": reject.job_id, "key": keys[1], "attempt": 2}]
+    again = held(stack, keys[1])  # the new run's result is doubtful again: held again
+    assert again.attempt == 2 and again.history[-1]["error_message"] == "blank"
+
+    refused = cli("review", "approve", approve.job_id)
+    assert refused.code == 1 and "not waiting for review: succeeded" in refused.stdout
+    cli.json("review", "reject", again.job_id, "--note", "still blank")  # nothing left waiting
+    assert cli.json("review")["needs_review"] == 0
