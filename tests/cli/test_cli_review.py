@@ -151,6 +151,14 @@ def backdrop(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
     return run
 
 
+def backdrop_before(state: Path, *args: str) -> Result:
+    """``backdrop --local --state-dir STATE --json ARGS``, in process."""
+    from backdrop_cli.main import cli
+
+    given = ["--local", "--state-dir", str(state), "--json", *args]
+    return CliRunner(mix_stderr=False).invoke(cli, given, prog_name="backdrop", catch_exceptions=False)
+
+
 class Reviewer:
     """Plays the copy function's part for review requests: approve moves the held objects' keys
     under the results prefix and ends the job succeeded; reject ends it rejected with the note;
@@ -234,6 +242,11 @@ def test_the_list_shows_the_held_jobs_their_reasons_and_checks(
     assert early["renditions"]["thumb"]["key"] == f"review/{'a2' * 16}/rendition-thumb.webp"
     assert early["waiting_s"] > late["waiting_s"] > 0
 
+    before = backdrop_before(state, "review")  # the global options before the subcommand
+    assert before.exit_code == 0 and [j["job_id"] for j in json.loads(before.stdout)["jobs"]] == [
+        "a2" * 16,
+        "a1" * 16,
+    ]
     text = backdrop(state, "review").stdout
     for shown in ("Waiting for review: 2", "uploads/list/early.png", "nothing found", "product_share 0"):
         assert shown in text, (shown, text)
