@@ -19,9 +19,11 @@ from backdrop_local.aws import Resources
 NOW = 1_780_000_000.0
 RETENTION_DAYS = 7
 R, H, S, C = Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING
+NR = Status.NEEDS_REVIEW
 ALLOWED = {
     (R, H), (H, H), (R, S), (H, S), (R, C), (S, C), (C, C), (C, Status.SUCCEEDED), (R, Status.REJECTED),
-    *((o, t) for o in (R, H, S, C)
+    (C, NR), (NR, Status.SUCCEEDED), (NR, Status.REJECTED),
+    *((o, t) for o in (R, H, S, C, NR)
       for t in (Status.FAILED, Status.CANCELED, Status.TIMED_OUT, Status.SUPERSEDED)),
 }  # fmt: skip
 TARGETS = [s for s in Status if s is not Status.RECEIVED]  # nothing moves to received but a retry

@@ -394,7 +394,9 @@ class JobStore:
             limit,
         )
 
-    def _query_index(self, index: str, condition: str, values: dict[str, Any], limit: int) -> Iterator[Job]:
+    def _query_index(
+        self, index: str, condition: str, values: dict[str, Any], limit: int, where: str | None = None
+    ) -> Iterator[Job]:
         remaining = limit
         start: dict[str, Any] | None = None
         while remaining > 0:
@@ -405,6 +407,10 @@ class JobStore:
                 "ScanIndexForward": True,
                 "Limit": min(remaining, 100),
             }
+            if where:
+                # Read past the items it leaves out: ``limit`` counts the jobs that match.
+                kwargs["FilterExpression"] = where
+                kwargs["ExpressionAttributeNames"] = {"#status": "status"}
             if start:
                 kwargs["ExclusiveStartKey"] = start
             resp = self._table.query(**kwargs)
@@ -418,9 +424,25 @@ class JobStore:
                 return
 
     def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
-        """Open jobs, oldest first, created before the given timestamp; at most ``limit``."""
+        """Open jobs the pipeline works on, oldest first, created before the given timestamp; at most
+        ``limit``. Jobs waiting for a person (``needs_review``) are left out: however many there are,
+        they never crowd out the others."""
         yield from self._query_index(
-            "OpenJobs", "open_shard = :s AND created_at < :c", {":s": OPEN_SHARD, ":c": created_before}, limit
+            "OpenJobs",
+            "open_shard = :s AND created_at < :c",
+            {":s": OPEN_SHARD, ":c": created_before, ":review": Status.NEEDS_REVIEW.value},
+            limit,
+            where="#status <> :review",
+        )
+
+    def review_backlog(self, *, limit: int = 100_000) -> Iterator[Job]:
+        """Jobs waiting for a person's decision (``needs_review``), oldest first."""
+        yield from self._query_index(
+            "OpenJobs",
+            "open_shard = :s",
+            {":s": OPEN_SHARD, ":review": Status.NEEDS_REVIEW.value},
+            limit,
+            where="#status = :review",
         )
 
     def jobs_for_source(self, bucket: str, key: str) -> list[Job]:

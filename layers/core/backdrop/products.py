@@ -234,14 +234,17 @@ def _dilate3(mask: Mask) -> Mask:
 
 def _distance(pixels: U8, other: U8) -> U8:
     """Max over the channels of ``|pixels - other|`` (``other``: pixels of the same shape, or one
-    colour), a band of rows at a time so that the temporaries stay small."""
+    colour), a band of rows at a time so that the temporaries stay small. The channels are taken
+    as three strided planes: numpy's reduction over a last axis of 3 costs ten times as much."""
     distance = np.empty(pixels.shape[:2], dtype=np.uint8)
     for row in range(0, pixels.shape[0], DISTANCE_ROWS):
         part = pixels[row : row + DISTANCE_ROWS]
         against = other if other.ndim == 1 else other[row : row + DISTANCE_ROWS]
-        distance[row : row + DISTANCE_ROWS] = (np.maximum(part, against) - np.minimum(part, against)).max(
-            axis=2
-        )
+        apart = np.maximum(part, against)
+        apart -= np.minimum(part, against)
+        out = distance[row : row + DISTANCE_ROWS]
+        np.maximum(apart[..., 0], apart[..., 1], out=out)
+        np.maximum(out, apart[..., 2], out=out)
     return distance
 
 
