@@ -20,7 +20,8 @@ from backdrop.runs import OutputRef
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
-from tests.unit.imaging_fakes import WHITE, blank, encode, photo, runflow
+from backdrop_local.runflow.doubtful import blank
+from tests.unit.imaging_fakes import WHITE, encode, photo, runflow
 from tests.unit.world import OutputServer, World, build_world, metric_total
 
 
@@ -68,7 +69,11 @@ def gate_world(resources: Resources, output_server: OutputServer, gate: str, **e
 def shot(seed: int = 0) -> tuple[bytes, bytes, bytes]:
     """A product photo (JPEG), a good result for it on white and a blank one (PNG)."""
     original, mask = photo(box=(90 + seed, 50, 230 + seed, 200))
-    return encode(original, "JPEG"), encode(runflow(original, mask, WHITE)), encode(blank(original, WHITE))
+    return (
+        encode(original, "JPEG"),
+        encode(runflow(original, mask, WHITE)),
+        encode(blank(original.size, tuple(WHITE))),
+    )
 
 
 def finish(world: World, key: str, source: bytes, output: bytes) -> str:
