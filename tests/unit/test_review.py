@@ -72,7 +72,7 @@ def shot(seed: int = 0) -> tuple[bytes, bytes, bytes]:
     return (
         encode(original, "JPEG"),
         encode(runflow(original, mask, WHITE)),
-        encode(blank(original.size, tuple(WHITE))),
+        encode(blank(original.size, WHITE)),
     )
 
 
