@@ -15,7 +15,7 @@ from backdrop.jobs import Status
 from backdrop.observability import metrics
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest, Decision, RenderRequest, ReviewRequest
-from backdrop.reconciliation import reconcile
+from backdrop.reconciliation import EVENT_GRACE_SECONDS, reconcile
 from backdrop.runs import OutputRef
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
@@ -319,3 +319,22 @@ def test_the_reconciler_leaves_held_jobs_and_their_duplicates_alone_and_measures
     metrics.clear_metrics()
     reconcile(world.services, deadline=time.monotonic() + 30)
     assert metric_total("ReviewBacklog") == 0
+
+
+def test_a_needs_review_event_eventbridge_refused_is_sent_by_the_reconciler(
+    resources: Resources, output_server: OutputServer
+) -> None:
+    world = gate_world(resources, output_server, "hold")
+    working = world.services.settings
+    world.services.settings = type(working)(**{**working.__dict__, "event_bus": "no-such-bus"})
+    source, _, flat = shot(10)
+    job_id = finish(world, "uploads/unheard.jpg", source, flat)
+    assert world.job(job_id).status is Status.NEEDS_REVIEW and events_of(world, job_id) == []
+    assert world.job(job_id).event_published_at is None and metric_total("EventsDeferred") == 1
+    world.services.settings = working  # EventBridge is back
+    world.clock.advance(EVENT_GRACE_SECONDS + 1)
+    assert reconcile(world.services, deadline=time.monotonic() + 30).as_dict()["review_events_sent"] == 1
+    (event,) = events_of(world, job_id)
+    assert event["detail-type"] == "Job Needs Review" and world.job(job_id).event_published_at
+    # Sent once: the next pass leaves it.
+    assert "review_events_sent" not in reconcile(world.services, deadline=time.monotonic() + 30).as_dict()
