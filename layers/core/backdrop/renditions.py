@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from PIL import Image, ImageChops, ImageCms, ImageFilter
+import numpy as np
+from PIL import Image, ImageCms, ImageFilter
 
 from backdrop.colours import Colour
 from backdrop.products import Comparison, Region
@@ -35,8 +36,12 @@ JPEG_GUARD_PX = 16  # two 8x8 blocks: lossy ringing next to the product is not c
 FILL_TOLERANCE = 0.03  # measured fill may differ from the spec's by this much (pad)
 PRODUCT_TOLERANCE = 32  # read back, a pixel this far from the colour is product (beyond ringing)
 UPSCALE_WARN = 1.05  # the product enlarged more than this: softer than the channel expects
-READ_BACK_ROWS = 512  # rows of the read-back file compared with the colour at a time
+SCAN_BYTES = 192 * 1024  # read-back pixels scanned at a time (4 bytes each): below glibc's mmap threshold
 EXACT_SHARE_FAIL = 0.99  # share of background pixels exactly on the colour below which it fails
+
+
+Rect = tuple[int, int, int, int]  # canvas px: left, top, right, bottom
+Box = tuple[float, float, float, float]  # frame px
 
 
 @cache
@@ -73,9 +78,29 @@ def layout(spec: Spec, frame: tuple[int, int], bbox: tuple[float, float, float, 
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """Where the product is on the canvas (its opacity): an L patch over the canvas rectangle the
+    product can reach, 0 everywhere else (no patch: no product on the canvas)."""
+
+    canvas: tuple[int, int]
+    patch: Image.Image | None = None
+    origin: tuple[int, int] = (0, 0)
+
+    def bbox(self, table: list[int]) -> Rect | None:
+        """The canvas box of the pixels ``table`` maps to non-zero."""
+        if self.patch is None:
+            return None
+        box = self.patch.point(table).getbbox()
+        if box is None:
+            return None
+        x, y = self.origin
+        return (box[0] + x, box[1] + y, box[2] + x, box[3] + y)
+
+
+@dataclass(frozen=True)
 class Rendered:
     data: bytes
-    coverage: Image.Image  # L, canvas size: where the product is (its opacity)
+    coverage: Coverage
     layout: Layout
     colour: Colour  # the background colour
     quality: int | None
@@ -93,10 +118,6 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
     else:
         image.save(out, "AVIF", quality=quality, speed=8, subsampling="4:4:4", icc_profile=icc)
     return out.getvalue()
-
-
-Rect = tuple[int, int, int, int]  # canvas px: left, top, right, bottom
-Box = tuple[float, float, float, float]  # frame px
 
 
 def _visible(plan: Layout, frame: tuple[int, int]) -> tuple[Rect, Box] | None:
@@ -171,16 +192,17 @@ def _resample(
     return found.result_image().resize(size, method, box=small), False
 
 
-def _coverage(plan: Layout, product: tuple[Rect, Box] | None, found: Comparison) -> Image.Image:
-    """Where the product is on the canvas (its opacity), from the mask interpolated."""
-    coverage = Image.new("L", plan.canvas, 0)
-    if product is not None:
-        rect, box = product
-        kx, ky = found.size[0] / found.full_size[0], found.size[1] / found.full_size[1]
-        mask_box = (box[0] * kx, box[1] * ky, box[2] * kx, box[3] * ky)
-        size = (rect[2] - rect[0], rect[3] - rect[1])
-        coverage.paste(found.alpha_image().resize(size, Image.Resampling.BILINEAR, box=mask_box), rect[:2])
-    return coverage
+def _coverage(plan: Layout, product: tuple[Rect, Box] | None, found: Comparison) -> Coverage:
+    """Where the product is on the canvas (its opacity), from the mask interpolated: only over
+    the product's rectangle (the rest of the canvas is 0 by construction)."""
+    if product is None:
+        return Coverage(plan.canvas)
+    rect, box = product
+    kx, ky = found.size[0] / found.full_size[0], found.size[1] / found.full_size[1]
+    mask_box = (box[0] * kx, box[1] * ky, box[2] * kx, box[3] * ky)
+    size = (rect[2] - rect[0], rect[3] - rect[1])
+    patch = found.alpha_image().resize(size, Image.Resampling.BILINEAR, box=mask_box)
+    return Coverage(plan.canvas, patch, rect[:2])
 
 
 def render(spec: Spec, result: Image.Image | Region, found: Comparison) -> Rendered:
@@ -201,7 +223,7 @@ def render(spec: Spec, result: Image.Image | Region, found: Comparison) -> Rende
         patch = _resample(region, found, plan, *product)[0] if product is not None else None
         canvas = Image.new("RGB", plan.canvas, tuple(colour))
         if patch is not None and product is not None:
-            canvas.paste(patch, product[0][:2], coverage.crop(product[0]))
+            canvas.paste(patch, product[0][:2], coverage.patch)
             del patch
     else:
         canvas = _as_made(region, found, plan, visible, product, coverage)
@@ -221,7 +243,7 @@ def _as_made(
     plan: Layout,
     visible: tuple[Rect, Box] | None,
     product: tuple[Rect, Box] | None,
-    coverage: Image.Image,
+    coverage: Coverage,
 ) -> Image.Image:
     """The result's own background over the canvas, the job's colour outside the frame; the
     product at full size over it where the frame was not resampled from full size."""
@@ -239,7 +261,7 @@ def _as_made(
     if not fine and product is not None and plan.scale >= working_scale and region.holds(product[1]):
         patch, _ = _resample(region, found, plan, *product)
         # Blended by the product's opacity: the seam lies along its outline, not in the background.
-        canvas.paste(patch, product[0][:2], coverage.crop(product[0]))
+        canvas.paste(patch, product[0][:2], coverage.patch)
     return canvas
 
 
@@ -267,11 +289,11 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
     photo's frame (cropped when it was taken) or the rendition's edge; it was enlarged more than
     ``UPSCALE_WARN`` times.
     """
-    file = _read_back(rendered)
+    file = _read_back(rendered, product=spec.background is not None)
     findings = _Findings()
     _judge_file(spec, rendered, file, found, findings)
-    near_product = _judge_background(spec, rendered, file, findings)
-    _judge_product(spec, rendered, file, found, near_product, findings)
+    _judge_background(spec, rendered, file, findings)
+    _judge_product(spec, rendered, file, found, findings)
     findings.checks["scale"] = round(float(rendered.layout.scale), 4)
     if rendered.layout.scale > UPSCALE_WARN:
         findings.warns.append(
@@ -290,6 +312,24 @@ def judge(spec: Spec, rendered: Rendered, found: Comparison) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class _Near:
+    """The canvas pixels near the product: ``mask`` covers a box of the canvas from ``origin``."""
+
+    mask: np.ndarray[Any, np.dtype[np.bool_]]
+    origin: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What the read-back pixels show against the background colour."""
+
+    exact: int  # background pixels (outside the product's neighbourhood) exactly on the colour
+    background: int  # pixels outside the product's neighbourhood
+    border_pure: bool  # every pixel of the border ring is exactly on the colour
+    product: Rect | None  # box of the pixels beyond PRODUCT_TOLERANCE and near the product
+
+
+@dataclass(frozen=True)
 class _ReadBack:
     """What the encoded file shows when it is read back."""
 
@@ -298,7 +338,7 @@ class _ReadBack:
     format: str
     alpha: bool
     colour_space: str
-    off: Image.Image  # L: how far each pixel is from the background colour (see ``_levels``)
+    scan: _Scan
 
 
 @dataclass
@@ -308,30 +348,9 @@ class _Findings:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
-# Per channel: 0 exactly on the colour, NEAR_FLAG within PRODUCT_TOLERANCE, 255 beyond. Converted to
-# L (weights 0.299, 0.587, 0.114, rounded), any off channel gives at least 1 and at most NEAR_FLAG
-# while all are within the tolerance, and any channel beyond it gives at least 29 (blue alone).
-NEAR_FLAG = 5
-
-
-def _levels(pixels: Image.Image, colour: Colour) -> Image.Image:
-    """L: 0 where a pixel is exactly ``colour``, 1..``NEAR_FLAG`` where it is within
-    ``PRODUCT_TOLERANCE``, above ``NEAR_FLAG`` beyond it. One table and one conversion, a strip
-    at a time: beside the decoded file, only a strip's temporaries."""
-    table = [
-        0 if level == value else NEAR_FLAG if abs(level - value) <= PRODUCT_TOLERANCE else 255
-        for value in colour
-        for level in range(256)
-    ]
-    width, height = pixels.size
-    levels = Image.new("L", (width, height), 0)
-    for row in range(0, height, READ_BACK_ROWS):
-        strip = pixels.crop((0, row, width, min(height, row + READ_BACK_ROWS)))
-        levels.paste(strip.point(table).convert("L"), (0, row))
-    return levels
-
-
-def _read_back(rendered: Rendered) -> _ReadBack:
+def _read_back(rendered: Rendered, *, product: bool) -> _ReadBack:
+    """Decode the encoded file and scan its pixels (``product``: also find the product's box as
+    the file shows it)."""
     with Image.open(io.BytesIO(rendered.data)) as image:
         width, height = image.size
         fmt = image.format or "unknown"
@@ -339,8 +358,81 @@ def _read_back(rendered: Rendered) -> _ReadBack:
         colour_space = _colour_space(image)
         image.load()
         pixels = image if image.mode == "RGB" else image.convert("RGB")
-        off = _levels(pixels, rendered.colour)
-    return _ReadBack(width, height, fmt, has_alpha, colour_space, off)
+        near = _near(rendered.coverage, JPEG_GUARD_PX if fmt in LOSSY else 0)
+        scan = _scan(pixels, rendered.colour, near, product=product)
+    return _ReadBack(width, height, fmt, has_alpha, colour_space, scan)
+
+
+def _ring(width: int, height: int) -> int:
+    return max(2, round(0.005 * min(width, height)))
+
+
+def _scan(pixels: Image.Image, colour: Colour, near: _Near | None, *, product: bool) -> _Scan:
+    """Count the pixels exactly on ``colour`` (all, and near the product), check the border ring
+    and, with ``product``, box the pixels beyond ``PRODUCT_TOLERANCE`` near the product.
+
+    A strip of rows at a time, as 32-bit words (Pillow keeps RGB as R, G, B and a pad byte): one
+    comparison a pixel for exactness, and every temporary small enough to be reused from the
+    heap rather than mapped afresh."""
+    width, height = pixels.size
+    ring = _ring(width, height)
+    key = colour.red | colour.green << 8 | colour.blue << 16
+    rows = max(1, SCAN_BYTES // (4 * width))
+    exact_all = exact_near = 0
+    border_pure = True
+    found: list[int] = [width, height, 0, 0]
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        raw = pixels.crop((0, top, width, bottom)).tobytes("raw", "RGBX")
+        exact = (np.frombuffer(raw, dtype="<u4").reshape(bottom - top, width) & 0xFFFFFF) == key
+        exact_all += int(np.count_nonzero(exact))
+        if border_pure:
+            border_pure = _border_pure(exact, top, height, ring)
+        if near is None:
+            continue
+        (nx, ny), (nh, nw) = near.origin, near.mask.shape
+        y0, y1 = max(top, ny), min(bottom, ny + nh)
+        if y0 >= y1:
+            continue
+        inside = near.mask[y0 - ny : y1 - ny]
+        exact_near += int(np.count_nonzero(exact[y0 - top : y1 - top, nx : nx + nw] & inside))
+        if product:
+            channels = np.frombuffer(raw, dtype=np.uint8).reshape(bottom - top, width, 4)
+            beyond = _beyond(channels[y0 - top : y1 - top, nx : nx + nw], colour) & inside
+            _extend(found, beyond, nx, y0)
+    near_count = int(np.count_nonzero(near.mask)) if near is not None else 0
+    box = (found[0], found[1], found[2], found[3]) if found[2] > found[0] else None
+    return _Scan(exact_all - exact_near, width * height - near_count, border_pure, box)
+
+
+def _border_pure(exact: np.ndarray[Any, np.dtype[np.bool_]], top: int, height: int, ring: int) -> bool:
+    """Whether the strip's part of the border ring (``exact`` holds rows from ``top``) is exact."""
+    if not (exact[:, :ring].all() and exact[:, -ring:].all()):
+        return False
+    if top < ring and not exact[: ring - top].all():
+        return False
+    return bool(exact[max(0, height - ring - top) :].all())
+
+
+def _beyond(channels: np.ndarray[Any, np.dtype[np.uint8]], colour: Colour) -> np.ndarray[Any, Any]:
+    """Pixels (R, G, B, pad bytes) with a channel more than ``PRODUCT_TOLERANCE`` from the colour."""
+    beyond = np.zeros(channels.shape[:2], dtype=np.bool_)
+    for index, value in enumerate(colour):
+        if value - PRODUCT_TOLERANCE > 0:
+            beyond |= channels[..., index] < value - PRODUCT_TOLERANCE
+        if value + PRODUCT_TOLERANCE < 255:
+            beyond |= channels[..., index] > value + PRODUCT_TOLERANCE
+    return beyond
+
+
+def _extend(box: list[int], flags: np.ndarray[Any, np.dtype[np.bool_]], x: int, y: int) -> None:
+    """Grow ``box`` (left, top, right, bottom) over the set ``flags``, whose (0, 0) is at (x, y)."""
+    rows = np.flatnonzero(flags.any(axis=1))
+    if rows.size == 0:
+        return
+    cols = np.flatnonzero(flags.any(axis=0))
+    box[0], box[1] = min(box[0], x + int(cols[0])), min(box[1], y + int(rows[0]))
+    box[2], box[3] = max(box[2], x + int(cols[-1]) + 1), max(box[3], y + int(rows[-1]) + 1)
 
 
 def _judge_file(
@@ -373,49 +465,28 @@ def _judge_file(
         fails.append(f"{len(rendered.data)} bytes, over the limit of {spec.max_bytes}")
 
 
-def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings: _Findings) -> Image.Image:
-    """How exactly the background shows the colour; returns the mask of pixels near the product."""
-    width, height, off = file.width, file.height, file.off
-    guard = JPEG_GUARD_PX if file.format in LOSSY else 0
-    near_product = _near(rendered.coverage, guard)
-    # The background's histogram: the whole canvas's less the part near the product.
-    counts = off.histogram()
-    reach = near_product.getbbox()
-    if reach is not None:
-        near = off.crop(reach).histogram(mask=near_product.crop(reach))
-        counts = [all_ - near_ for all_, near_ in zip(counts, near, strict=True)]
-    total = sum(counts)
-    share = counts[0] / total if total else 1.0
-    ring = max(2, round(0.005 * min(width, height)))
-    strips = (
-        (0, 0, width, ring),
-        (0, height - ring, width, height),
-        (0, 0, ring, height),
-        (width - ring, 0, width, height),
-    )
-    border_pure = all(off.crop(strip).getextrema()[1] == 0 for strip in strips)
-    findings.checks.update(background_exact_share=round(share, 6), border_pure=border_pure)
+def _judge_background(spec: Spec, rendered: Rendered, file: _ReadBack, findings: _Findings) -> None:
+    """How exactly the background shows the colour."""
+    scan = file.scan
+    share = scan.exact / scan.background if scan.background else 1.0
+    findings.checks.update(background_exact_share=round(share, 6), border_pure=scan.border_pure)
     if spec.background is not None:
         if share < EXACT_SHARE_FAIL:
             findings.fails.append(f"only {share:.2%} of the background is exactly {rendered.colour}")
         elif share < 1.0:
             findings.warns.append(f"{1 - share:.3%} of the background is not exactly {rendered.colour}")
-        if not border_pure:
+        if not scan.border_pure:
+            ring = _ring(file.width, file.height)
             findings.fails.append(f"the border ring ({ring} px) is not exactly {rendered.colour}")
-    return near_product
 
 
 def _judge_product(
-    spec: Spec,
-    rendered: Rendered,
-    file: _ReadBack,
-    found: Comparison,
-    near_product: Image.Image,
-    findings: _Findings,
+    spec: Spec, rendered: Rendered, file: _ReadBack, found: Comparison, findings: _Findings
 ) -> None:
-    """Where the product is and how much of the canvas it fills."""
-    # The product as the file shows it: beyond ringing from the colour (exact), else its coverage.
-    bbox = _product_bbox(spec, rendered, file, near_product)
+    """Where the product is and how much of the canvas it fills: as the file shows it, beyond
+    ringing from the colour near the product (exact background), else where its coverage is at
+    least half."""
+    bbox = file.scan.product if spec.background is not None else rendered.coverage.bbox(_HALF)
     if bbox is None:
         findings.checks.update(fill=0.0, touches_frame_edge=found.touches_edge(), touches_canvas_edge=False)
         findings.fails.append("no product in the rendition")
@@ -441,41 +512,29 @@ def _judge_product(
 
 _ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
-_FAR = [255 if level > NEAR_FLAG else 0 for level in range(256)]
 
 
-def _product_bbox(spec: Spec, rendered: Rendered, file: _ReadBack, near_product: Image.Image) -> Rect | None:
-    """The product's box as the file shows it: beyond ringing from the colour and near the
-    product (exact background), else where its coverage is at least half."""
-    if spec.background is None:
-        return rendered.coverage.point(_HALF).getbbox()
-    reach = near_product.getbbox()
-    if reach is None:
+def _near(coverage: Coverage, radius: int) -> _Near | None:
+    """Pixels within ``radius`` (square) of the product's coverage: a box blur is above 0 wherever
+    a covered pixel is near, in linear time at any radius. Blurred only around the coverage's box:
+    elsewhere nothing is near. None: no coverage at all."""
+    patch, (x, y) = coverage.patch, coverage.origin
+    reach = patch.getbbox() if patch is not None else None
+    if patch is None or reach is None:
         return None
-    far = file.off.crop(reach).point(_FAR)
-    inside = ImageChops.multiply(far, near_product.crop(reach)).getbbox()
-    if inside is None:
-        return None
-    return (inside[0] + reach[0], inside[1] + reach[1], inside[2] + reach[0], inside[3] + reach[1])
-
-
-def _near(coverage: Image.Image, radius: int) -> Image.Image:
-    """Pixels within ``radius`` (square) of the product's coverage, as a 0/255 mask: a box blur is
-    above 0 wherever a covered pixel is near, in linear time at any radius. Blurred only around
-    the coverage's box: elsewhere nothing is near."""
-    reach = coverage.getbbox()
-    if radius <= 0 or reach is None:
-        return coverage.point(_ANY)
-    width, height = coverage.size
+    if radius <= 0:
+        return _Near(np.asarray(patch.crop(reach)) > 0, (x + reach[0], y + reach[1]))
+    width, height = coverage.canvas
     around = (
-        max(0, reach[0] - radius - 1),
-        max(0, reach[1] - radius - 1),
-        min(width, reach[2] + radius + 1),
-        min(height, reach[3] + radius + 1),
+        max(0, x + reach[0] - radius - 1),
+        max(0, y + reach[1] - radius - 1),
+        min(width, x + reach[2] + radius + 1),
+        min(height, y + reach[3] + radius + 1),
     )
-    near = Image.new("L", coverage.size, 0)
-    near.paste(coverage.crop(around).point(_ANY).filter(ImageFilter.BoxBlur(radius)).point(_ANY), around[:2])
-    return near
+    # Cropped beyond the patch's edges, the patch reads 0 there: as the canvas around it.
+    around_patch = patch.crop((around[0] - x, around[1] - y, around[2] - x, around[3] - y))
+    blurred = around_patch.point(_ANY).filter(ImageFilter.BoxBlur(radius))
+    return _Near(np.asarray(blurred) > 0, around[:2])
 
 
 def make(spec: Spec, result: Image.Image | Region, found: Comparison) -> tuple[bytes, dict[str, Any]]:
