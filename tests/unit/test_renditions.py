@@ -311,3 +311,29 @@ def test_verdict_sees_one_off_pixel_anywhere_in_the_file(x: int, y: int, on_bord
     assert verdict["checks"]["background_exact_share"] == round(1 - 1 / background, 6)
     assert verdict["checks"]["border_pure"] is not on_border
     assert verdict["verdict"] == ("fail" if on_border else "warn")
+
+
+def test_pixels_near_the_product_are_exactly_those_within_the_guard() -> None:
+    """The guard around the product (background pixels closer than it are not judged) is a square
+    of exactly ``radius`` pixels, clipped to the canvas: checked against a brute-force dilation."""
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        width, height = (int(v) for v in rng.integers(5, 50, 2))
+        pw, ph = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+        ox, oy = int(rng.integers(0, width - pw + 1)), int(rng.integers(0, height - ph + 1))
+        patch = ((rng.random((ph, pw)) > 0.92) * rng.integers(1, 256, (ph, pw))).astype(np.uint8)
+        radius = int(rng.integers(0, 8))
+        covered = np.zeros((height, width), dtype=bool)
+        covered[oy : oy + ph, ox : ox + pw] = patch > 0
+        expected = np.zeros_like(covered)
+        for y, x in zip(*np.nonzero(covered), strict=True):
+            expected[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1] = True
+        near = renditions._near(
+            renditions.Coverage((width, height), Image.fromarray(patch), (ox, oy)), radius
+        )
+        got = np.zeros_like(covered)
+        if near is not None:
+            (nx, ny), (nh, nw) = near.origin, near.mask.shape
+            assert nx >= 0 and ny >= 0 and nx + nw <= width and ny + nh <= height
+            got[ny : ny + nh, nx : nx + nw] = near.mask
+        assert np.array_equal(got, expected)

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFilter
+from PIL import Image, ImageCms
 
 from backdrop.colours import Colour
 from backdrop.products import Comparison, Region
@@ -565,31 +565,43 @@ def _judge_product(
         findings.warns.append("the product touches the edge of the rendition")
 
 
-_ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
 
 
 def _near(coverage: Coverage, radius: int) -> _Near | None:
-    """Pixels within ``radius`` (square) of the product's coverage: a box blur is above 0 wherever
-    a covered pixel is near, in linear time at any radius. Blurred only around the coverage's box:
-    elsewhere nothing is near. None: no coverage at all."""
+    """Pixels within ``radius`` (square, exactly) of the product's coverage, as a mask over the
+    coverage's box widened by ``radius`` (clipped to the canvas). None: no coverage at all."""
     patch, (x, y) = coverage.patch, coverage.origin
     reach = patch.getbbox() if patch is not None else None
     if patch is None or reach is None:
         return None
+    covered = np.asarray(patch.crop(reach)) > 0
     if radius <= 0:
-        return _Near(np.asarray(patch.crop(reach)) > 0, (x + reach[0], y + reach[1]))
-    width, height = coverage.canvas
-    around = (
-        max(0, x + reach[0] - radius - 1),
-        max(0, y + reach[1] - radius - 1),
-        min(width, x + reach[2] + radius + 1),
-        min(height, y + reach[3] + radius + 1),
-    )
-    # Cropped beyond the patch's edges, the patch reads 0 there: as the canvas around it.
-    around_patch = patch.crop((around[0] - x, around[1] - y, around[2] - x, around[3] - y))
-    blurred = around_patch.point(_ANY).filter(ImageFilter.BoxBlur(radius))
-    return _Near(np.asarray(blurred) > 0, around[:2])
+        return _Near(covered, (x + reach[0], y + reach[1]))
+    height, width = covered.shape
+    # Shifted by 2 x radius, then each pixel takes the OR of the next 2 x radius + 1 along both
+    # axes: pixel (i, j) of ``near`` is the square of side 2 x radius + 1 centred on
+    # (i - radius, j - radius) of ``covered``.
+    near = np.zeros((height + 2 * radius, width + 2 * radius), dtype=np.bool_)
+    near[2 * radius :, 2 * radius :] = covered
+    _or_ahead(near, 2 * radius + 1)
+    _or_ahead(near.T, 2 * radius + 1)
+    left, top = x + reach[0] - radius, y + reach[1] - radius
+    canvas_width, canvas_height = coverage.canvas
+    x0, y0 = max(0, -left), max(0, -top)
+    x1 = min(near.shape[1], canvas_width - left)
+    y1 = min(near.shape[0], canvas_height - top)
+    return _Near(near[y0:y1, x0:x1], (left + x0, top + y0))
+
+
+def _or_ahead(flags: np.ndarray[Any, np.dtype[np.bool_]], window: int) -> None:
+    """In place, each row's every element becomes the OR of itself and the next ``window - 1``
+    along the row (past the end: none): doubling spans, about log2(window) passes."""
+    span = 1
+    while span < window:
+        step = min(span, window - span)
+        np.logical_or(flags[:, :-step], flags[:, step:], out=flags[:, :-step])
+        span += step
 
 
 def make(spec: Spec, result: Image.Image | Region, found: Comparison) -> tuple[bytes, dict[str, Any]]:
