@@ -21,12 +21,15 @@ import json
 import secrets
 import sys
 import webbrowser
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.queues import Decision
 from backdrop_cli.app import App
@@ -163,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")  # the page's URL holds the token
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -178,7 +183,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/api/jobs":
             if not self._allowed(self.headers.get(TOKEN_HEADER)):
                 return self._forbidden()
-            return self._json(HTTPStatus.OK, self.server.page.jobs())
+            return self._answer(lambda: (HTTPStatus.OK, self.server.page.jobs()))
         query_token = parse_qs(url.query).get("token", [None])[0]
         if not self._allowed(query_token):
             return self._forbidden()
@@ -196,15 +201,24 @@ class Handler(BaseHTTPRequestHandler):
             return self._forbidden()
         if urlsplit(self.path).path != "/api/decisions":
             return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-        length = int(self.headers.get("Content-Length") or 0)
-        if not self.headers.get("Content-Type", "").startswith("application/json") or length > MAX_BODY:
+        length = self.headers.get("Content-Length", "")
+        json_type = self.headers.get("Content-Type", "").startswith("application/json")
+        if not json_type or not length.isdigit() or int(length) > MAX_BODY:
+            self.close_connection = True  # the body, if any, is left unread
             return self._json(HTTPStatus.BAD_REQUEST, {"error": "a JSON body of at most 16 KiB"})
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
+            body = json.loads(self.rfile.read(int(length)) or b"null")
         except ValueError:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
-        status, doc = self.server.page.decide(body)
-        return self._json(status, doc)
+        return self._answer(lambda: self.server.page.decide(body))
+
+    def _answer(self, work: Callable[[], tuple[HTTPStatus, dict[str, Any]]]) -> None:
+        """The API's answer; AWS's errors as a 502 the page shows (the server goes on)."""
+        try:
+            status, doc = work()
+        except (BotoCoreError, ClientError) as exc:
+            status, doc = HTTPStatus.BAD_GATEWAY, {"error": f"AWS: {exc}"}
+        self._json(status, doc)
 
 
 def serve(context: ReviewContext) -> int:

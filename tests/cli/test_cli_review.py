@@ -367,6 +367,10 @@ def test_the_page_answers_only_with_the_token_and_decides_through_the_queue(
         assert job["images"]["result"] is not None and job["renditions"]["thumb"]["url"]
 
         headers = {TOKEN_HEADER: "s3cret-token"}
+        form = http.post("/api/decisions", data={"job_id": "e1" * 16, "decision": "approve"}, headers=headers)
+        assert (
+            form.status_code == 400
+        )  # only JSON (a form post from another page never has the header anyway)
         no_note = http.post(
             "/api/decisions", json={"job_id": "e1" * 16, "decision": "reject"}, headers=headers
         )

@@ -16,7 +16,12 @@ function element(tag, text, attributes = {}) {
 
 async function api(path, options = {}) {
   const headers = { "X-Backdrop-Token": token, ...(options.headers || {}) };
-  const answer = await fetch(path, { ...options, headers, cache: "no-store" });
+  let answer;
+  try {
+    answer = await fetch(path, { ...options, headers, cache: "no-store" });
+  } catch (error) {
+    return { status: 0, body: { error: `the review server does not answer (${error.message}): is it still running?` } };
+  }
   let body = {};
   try { body = await answer.json(); } catch (_) { /* a 403 is plain text */ }
   return { status: answer.status, body };
@@ -37,7 +42,7 @@ function number(value) {
 async function load(message) {
   const { status, body } = await api("/api/jobs");
   if (status !== 200) {
-    $("summary").textContent = `Cannot read the jobs (HTTP ${status}).`;
+    $("summary").textContent = `Cannot read the jobs: ${body.error || `HTTP ${status}`}`;
     return;
   }
   state.jobs = body.jobs;
