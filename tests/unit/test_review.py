@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from backdrop import copying
 from backdrop.copying import handle_copy_request, handle_review_request
 from backdrop.jobs import Status
 from backdrop.observability import metrics
@@ -338,3 +339,27 @@ def test_a_needs_review_event_eventbridge_refused_is_sent_by_the_reconciler(
     assert event["detail-type"] == "Job Needs Review" and world.job(job_id).event_published_at
     # Sent once: the next pass leaves it.
     assert "review_events_sent" not in reconcile(world.services, deadline=time.monotonic() + 30).as_dict()
+
+
+def test_an_approve_that_stopped_after_publishing_is_finished_by_its_redelivery(
+    resources: Resources, output_server: OutputServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = gate_world(resources, output_server, "hold")
+    source, _, flat = shot(11)
+    job_id = finish(world, "uploads/crash.jpg", source, flat)
+    held_bytes = under(world, "review/")
+
+    def crash(*args: Any, **kwargs: Any) -> Result:
+        raise RuntimeError("the function died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(copying, "_succeed", crash)
+        with pytest.raises(RuntimeError):
+            decide(world, job_id, Decision.APPROVE)
+    # Published, the held copies gone, but the job never moved: the request comes back.
+    assert world.job(job_id).status is Status.NEEDS_REVIEW and under(world, "review/") == {}
+    assert decide(world, job_id, Decision.APPROVE).outcome is Outcome.SUCCEEDED
+    job = world.job(job_id)
+    assert job.result_keys == ["results/crash.jpg/result.png", "results/crash.jpg/rendition-thumb.webp"]
+    assert job.renditions["thumb"]["key"] == "results/crash.jpg/rendition-thumb.webp"
+    assert world.results()["results/crash.jpg/result.png"] == held_bytes[f"review/{job_id}/result.png"]
