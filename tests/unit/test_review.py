@@ -10,17 +10,19 @@ from typing import Any
 
 import pytest
 
+from backdrop import copying
 from backdrop.copying import handle_copy_request, handle_review_request
 from backdrop.jobs import Status
 from backdrop.observability import metrics
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.queues import CopyRequest, Decision, RenderRequest, ReviewRequest
-from backdrop.reconciliation import reconcile
+from backdrop.reconciliation import EVENT_GRACE_SECONDS, reconcile
 from backdrop.runs import OutputRef
 from backdrop.submission import submit_job, submit_upload
 from backdrop.uploads import UploadRef
 from backdrop_local.aws import Resources
-from tests.unit.imaging_fakes import WHITE, blank, encode, photo, runflow
+from backdrop_local.runflow.doubtful import blank
+from tests.unit.imaging_fakes import WHITE, encode, photo, runflow
 from tests.unit.world import OutputServer, World, build_world, metric_total
 
 
@@ -68,7 +70,11 @@ def gate_world(resources: Resources, output_server: OutputServer, gate: str, **e
 def shot(seed: int = 0) -> tuple[bytes, bytes, bytes]:
     """A product photo (JPEG), a good result for it on white and a blank one (PNG)."""
     original, mask = photo(box=(90 + seed, 50, 230 + seed, 200))
-    return encode(original, "JPEG"), encode(runflow(original, mask, WHITE)), encode(blank(original, WHITE))
+    return (
+        encode(original, "JPEG"),
+        encode(runflow(original, mask, WHITE)),
+        encode(blank(original.size, WHITE)),
+    )
 
 
 def finish(world: World, key: str, source: bytes, output: bytes) -> str:
@@ -314,3 +320,46 @@ def test_the_reconciler_leaves_held_jobs_and_their_duplicates_alone_and_measures
     metrics.clear_metrics()
     reconcile(world.services, deadline=time.monotonic() + 30)
     assert metric_total("ReviewBacklog") == 0
+
+
+def test_a_needs_review_event_eventbridge_refused_is_sent_by_the_reconciler(
+    resources: Resources, output_server: OutputServer
+) -> None:
+    world = gate_world(resources, output_server, "hold")
+    working = world.services.settings
+    world.services.settings = type(working)(**{**working.__dict__, "event_bus": "no-such-bus"})
+    source, _, flat = shot(10)
+    job_id = finish(world, "uploads/unheard.jpg", source, flat)
+    assert world.job(job_id).status is Status.NEEDS_REVIEW and events_of(world, job_id) == []
+    assert world.job(job_id).event_published_at is None and metric_total("EventsDeferred") == 1
+    world.services.settings = working  # EventBridge is back
+    world.clock.advance(EVENT_GRACE_SECONDS + 1)
+    assert reconcile(world.services, deadline=time.monotonic() + 30).as_dict()["review_events_sent"] == 1
+    (event,) = events_of(world, job_id)
+    assert event["detail-type"] == "Job Needs Review" and world.job(job_id).event_published_at
+    # Sent once: the next pass leaves it.
+    assert "review_events_sent" not in reconcile(world.services, deadline=time.monotonic() + 30).as_dict()
+
+
+def test_an_approve_that_stopped_after_publishing_is_finished_by_its_redelivery(
+    resources: Resources, output_server: OutputServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = gate_world(resources, output_server, "hold")
+    source, _, flat = shot(11)
+    job_id = finish(world, "uploads/crash.jpg", source, flat)
+    held_bytes = under(world, "review/")
+
+    def crash(*args: Any, **kwargs: Any) -> Result:
+        raise RuntimeError("the function died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(copying, "_succeed", crash)
+        with pytest.raises(RuntimeError):
+            decide(world, job_id, Decision.APPROVE)
+    # Published, the held copies gone, but the job never moved: the request comes back.
+    assert world.job(job_id).status is Status.NEEDS_REVIEW and under(world, "review/") == {}
+    assert decide(world, job_id, Decision.APPROVE).outcome is Outcome.SUCCEEDED
+    job = world.job(job_id)
+    assert job.result_keys == ["results/crash.jpg/result.png", "results/crash.jpg/rendition-thumb.webp"]
+    assert job.renditions["thumb"]["key"] == "results/crash.jpg/rendition-thumb.webp"
+    assert world.results()["results/crash.jpg/result.png"] == held_bytes[f"review/{job_id}/result.png"]
