@@ -175,6 +175,9 @@ def _approve(job: Job, request: ReviewRequest, services: Services, held: _HeldLe
     except HeldResultGone as exc:
         logger.error("A held object is gone: the job cannot be approved", extra={"reason": str(exc)})
         return Result(Outcome.IGNORED, job.job_id, detail=f"{exc}: reject it instead")
+    except OutputCopyFailed as exc:  # S3 failed, or the lease was lost: the request is tried again
+        logger.warning("Approving a held result failed; tried again", extra={"reason": str(exc)})
+        raise RetryLater(str(exc), after_seconds=COPY_FAILED_RETRY_SECONDS) from exc
     except OutputRefused as exc:
         result = _refused(services, job, exc, also=_UNHELD)
     if result.outcome is not Outcome.ALREADY_DONE:

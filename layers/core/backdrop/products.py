@@ -358,7 +358,7 @@ def compare_region(result: bytes, original: bytes, colour: Colour) -> tuple[Regi
     # Copied a strip at a time into 3 bytes a pixel (Pillow keeps 4): beside the decoded result,
     # the copy costs three quarters of a crop.
     pixels = np.empty((bottom - top, right - left, 3), dtype=np.uint8)
-    rows = max(1, STRIP_BYTES // (4 * (right - left)))
+    rows = max(1, STRIP_BYTES // (4 * max(1, right - left)))
     for row in range(top, bottom, rows):
         end = min(bottom, row + rows)
         pixels[row - top : end - top] = np.asarray(decoded.crop((left, row, right, end)), dtype=np.uint8)
