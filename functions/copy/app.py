@@ -1,6 +1,7 @@
 """CopyFunction: finishes jobs whose runs reported their outcome, streaming outputs into the results
-bucket and making the configured renditions beside them, and makes a succeeded job's renditions
-again on request (no run); fed by the copy queue (partial batch failures; a failed copy returns to
+bucket and making the configured renditions beside them (judged by the quality gate), makes a
+succeeded job's renditions again on request (no run), and carries out a person's decision on a
+held result; fed by the copy queue (partial batch failures; a failed copy returns to
 the queue). The one function that loads the imaging libraries."""
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from backdrop.config import COPY_QUEUE, JOBS, RESULTS, RUN_BUDGET, RUNFLOW, UPLOADS
-from backdrop.copying import handle_copy_request, handle_render_request
+from backdrop.copying import handle_copy_request, handle_render_request, handle_review_request
 from backdrop.observability import logger, metrics, tracer
 from backdrop.outcomes import Result, RetryLater
-from backdrop.queues import CopyRequest, RenderRequest
+from backdrop.queues import CopyRequest, RenderRequest, ReviewRequest
 from backdrop.services import Services, get_services
 from backdrop.visibility import retry_after
 
@@ -33,9 +34,9 @@ def services() -> Services:
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
-        request = RenderRequest.parse(record.body) or CopyRequest.parse(record.body)
+        request = _parse(record.body)
     except ValueError as exc:
-        logger.error("Not a copy or render request; dropped", extra={"reason": str(exc)})
+        logger.error("Not a copy, render or review request; dropped", extra={"reason": str(exc)})
         return
     deadline = (
         time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000.0 - SAFETY_MARGIN_SECONDS
@@ -51,7 +52,16 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
         logger.info("Copy request handled", extra={"outcome": result.outcome.value, "detail": result.detail})
 
 
-def _handle(request: CopyRequest | RenderRequest, deadline: float) -> Result:
+Request = CopyRequest | RenderRequest | ReviewRequest
+
+
+def _parse(body: str) -> Request:
+    return ReviewRequest.parse(body) or RenderRequest.parse(body) or CopyRequest.parse(body)
+
+
+def _handle(request: Request, deadline: float) -> Result:
+    if isinstance(request, ReviewRequest):
+        return handle_review_request(request, services(), deadline=deadline)
     if isinstance(request, RenderRequest):
         return handle_render_request(request, services(), deadline=deadline)
     return handle_copy_request(request, services(), deadline=deadline)

@@ -6,8 +6,8 @@ Results are made four ways, so that nothing depends on one compositing formula:
 compositing, with a given mask instead of its model) and ``recompressed`` (any of them through a
 quality 85 JPEG).
 
-The doubtful kinds: ``unchanged``, ``blank``, ``cropped`` (part of the product replaced by the
-colour) and ``halo`` (a ring of the original background left around the product).
+The doubtful kinds are defined once, in ``backdrop_local.runflow.doubtful`` (the local Runflow's
+output faults use them too).
 
 ``tests/unit/data/sample_masks`` holds the local Runflow's model masks
 (``backdrop_local.runflow.segmentation.subject_mask``) of the bundled samples, so that the tests
@@ -104,33 +104,6 @@ MAKERS = {
     "runflow": runflow,
     "runflow_jpeg": lambda o, m, c: recompressed(runflow(o, m, c)),
 }
-
-
-def unchanged(original: Image.Image) -> Image.Image:
-    return original.copy()
-
-
-def blank(original: Image.Image, colour: Colour) -> Image.Image:
-    return Image.new("RGB", original.size, tuple(colour))
-
-
-def cropped(result: Image.Image, mask: Image.Image, colour: Colour, part: float = 0.4) -> Image.Image:
-    """The top ``part`` of the product replaced by the colour."""
-    _, top, _, bottom = mask.point(lambda v: 255 if v >= 128 else 0).getbbox() or (0, 0, 0, 0)
-    cut = result.copy()
-    ImageDraw.Draw(cut).rectangle((0, top, cut.width, top + round((bottom - top) * part)), fill=tuple(colour))
-    return cut
-
-
-def halo(
-    result: Image.Image, original: Image.Image, mask: Image.Image, width_share: float = 0.04
-) -> Image.Image:
-    """A ring of the original background, ``width_share`` of the shorter side wide, left around
-    the product."""
-    radius = max(2, round(width_share * min(result.size)))
-    binary = mask.point(lambda v: 255 if v >= 128 else 0)
-    ring = binary.filter(ImageFilter.BoxBlur(radius)).point(lambda v: 255 if v > 0 else 0)
-    return Image.composite(original, result, ring)
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -66,6 +66,8 @@ def test_rejected_upload_publishes_one_event_with_the_documented_detail(world: W
         "reused": False,
         "reused_from": None,
         "renditions": None,
+        "quality": None,
+        "review": None,
         "created_at": item["created_at"],
         "completed_at": item["completed_at"],
         "duration_ms": 0,

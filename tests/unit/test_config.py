@@ -345,3 +345,33 @@ def test_reading_renditions_loads_no_imaging_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": core}
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_quality_gate_is_flag_unless_set_and_a_bad_value_names_the_variable() -> None:
+    assert load_settings(BASE_ENV).quality_gate == "flag"
+    assert load_settings(env(BACKDROP_QUALITY_GATE=" HOLD ")).quality_gate == "hold"
+    assert load_settings(env(BACKDROP_QUALITY_GATE="off")).holds_for_review is False
+    with pytest.raises(
+        ConfigError, match="BACKDROP_QUALITY_GATE must be one of off, flag, hold, got 'strict'"
+    ):
+        load_settings(env(BACKDROP_QUALITY_GATE="strict"))
+
+
+def test_review_prefix_is_never_empty_and_never_overlaps_the_results_prefix_when_holding() -> None:
+    assert load_settings(BASE_ENV).review_prefix == "review/"
+    assert load_settings(env(BACKDROP_REVIEW_PREFIX="/held")).review_prefix == "held/"
+    with pytest.raises(ConfigError, match="BACKDROP_REVIEW_PREFIX must not be empty"):
+        load_settings(env(BACKDROP_REVIEW_PREFIX=" "))
+    for review, results in (
+        ("results/review/", "results/"),
+        ("out/", "out/results/"),
+        ("results/", "results/"),
+    ):
+        overlapping = env(BACKDROP_REVIEW_PREFIX=review, BACKDROP_RESULTS_PREFIX=results)
+        assert load_settings(overlapping).review_prefix == review  # unused unless the gate holds
+        with pytest.raises(ConfigError) as info:
+            load_settings(overlapping | {"BACKDROP_QUALITY_GATE": "hold"})
+        assert "BACKDROP_REVIEW_PREFIX" in str(info.value) and "BACKDROP_RESULTS_PREFIX" in str(info.value)
+    # Siblings that only share leading characters do not overlap.
+    held = load_settings(env(BACKDROP_REVIEW_PREFIX="results-review/", BACKDROP_QUALITY_GATE="hold"))
+    assert (held.review_prefix, held.results_prefix) == ("results-review/", "results/")

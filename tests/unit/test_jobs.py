@@ -26,14 +26,15 @@ from backdrop.runs import OutputRef
 
 R, H, S, C = Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING
 OK, FAILED, CANCELED, REJECTED = Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.REJECTED
-TIMED_OUT, SUPERSEDED = Status.TIMED_OUT, Status.SUPERSEDED
+TIMED_OUT, SUPERSEDED, REVIEW = Status.TIMED_OUT, Status.SUPERSEDED, Status.NEEDS_REVIEW
 
 # The lifecycle as the README documents it, written out here rather than read from the code.
 EXPECTED_MOVES = {
     (R, H), (H, H), (R, S), (H, S), (R, C), (S, C), (C, C), (C, OK), (R, REJECTED),
-    *((o, t) for o in (R, H, S, C) for t in (FAILED, CANCELED, TIMED_OUT, SUPERSEDED)),
+    (C, REVIEW), (REVIEW, OK), (REVIEW, REJECTED),
+    *((o, t) for o in (R, H, S, C, REVIEW) for t in (FAILED, CANCELED, TIMED_OUT, SUPERSEDED)),
 }  # fmt: skip
-DOCUMENTED_OPEN = {"received", "held", "submitted", "copying"}
+DOCUMENTED_OPEN = {"received", "held", "submitted", "copying", "needs_review"}
 DOCUMENTED_TERMINAL = {"succeeded", "failed", "canceled", "rejected", "timed_out", "superseded"}
 
 
@@ -104,6 +105,13 @@ def test_item_round_trip_full() -> None:
         retryable_errors=2,
         create_pending_since="2026-05-06T10:00:01.500Z",
         superseded_by="j2",
+        quality={
+            "verdict": "doubt",
+            "reasons": ["nothing found"],
+            "checks": {"subject_share": 0.0, "halo": 1.5},
+        },
+        held_keys=["review/j1/result.png", "review/j1/rendition-amazon.jpg"],
+        review={"decision": "approve", "note": None, "reviewer": "ana", "at": "2026-05-06T10:02:00.000Z"},
         attempt=3,
         history=[{"attempt": 1, "status": "failed", "error_code": "UNAUTHORIZED"}],
     )
@@ -113,6 +121,14 @@ def test_item_round_trip_full() -> None:
         {"url": "https://a.runflow.io/2"},
     ]
     assert Job.from_item(item) == job
+    # DynamoDB holds no floats: the measured checks are stored as Decimals and read back as numbers.
+    assert item["quality"]["checks"] == {"subject_share": Decimal(0), "halo": Decimal("1.5")}
+    assert item["review"] == {
+        "decision": "approve",
+        "reviewer": "ana",
+        "at": "2026-05-06T10:02:00.000Z",
+        "note": None,
+    }
 
 
 def test_item_of_a_new_job_has_no_empty_attributes() -> None:

@@ -92,6 +92,16 @@ def _prefix(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _choice(*allowed: str) -> Reader:
+    def read(env: Mapping[str, str], name: str, default: str) -> str:
+        raw = env.get(name, "").strip().lower() or default
+        if raw not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return read
+
+
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, "").strip() or default
     if not raw:
@@ -289,6 +299,22 @@ class Settings:
         metadata=_from(Variable("BACKDROP_REUSE_RESULTS", _bool, "true", "ReuseResults"))
     )
 
+    # What the copy worker does with the quality checks' verdict (README "The quality gate"):
+    # off (no checks), flag (publish and record it), hold (a doubtful result waits for a person).
+    quality_gate: str = field(
+        metadata=_from(
+            Variable("BACKDROP_QUALITY_GATE", _choice("off", "flag", "hold"), "flag", "QualityGate")
+        )
+    )
+    # Where held results wait in the results bucket, apart from the published ones.
+    review_prefix: str = field(
+        metadata=_from(Variable("BACKDROP_REVIEW_PREFIX", _prefix, "review/", "ReviewPrefix"))
+    )
+
+    @property
+    def holds_for_review(self) -> bool:
+        return self.quality_gate == "hold"
+
     @property
     def runflow_origin(self) -> str:
         return _origin(self.runflow_base_url)
@@ -343,7 +369,21 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     settings = Settings(**{name: variable.load(env) for name, variable in VARIABLES.items()})
     if not settings.allowed_output_hosts and not settings.insecure_output_origin:
         raise ConfigError(f"{ENV_NAMES['allowed_output_hosts']} must name at least one host")
+    _check_review_prefix(settings)
     return settings
+
+
+def _check_review_prefix(settings: Settings) -> None:
+    """Held results must never be found under the results prefix, nor published ones under the
+    review prefix: a shop reading one must not see the other's objects."""
+    review, results = settings.review_prefix, settings.results_prefix
+    if not review:
+        raise ConfigError(f"{ENV_NAMES['review_prefix']} must not be empty")
+    if settings.holds_for_review and (review.startswith(results) or results.startswith(review)):
+        raise ConfigError(
+            f"{ENV_NAMES['review_prefix']} ({review!r}) and {ENV_NAMES['results_prefix']} ({results!r}) "
+            "must not overlap (neither may be a prefix of the other) when the quality gate is hold"
+        )
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,18 +42,26 @@ from backdrop.observability import count, count_bytes, logger, milliseconds
 from backdrop.outcomes import Outcome, Result, RetryLater
 from backdrop.outputs import Destination, OutputCopyFailed, OutputRefused, ResultChanged
 from backdrop.profiles import Spec
-from backdrop.queues import CopyRequest, RenderRequest
-from backdrop.rendering import Made, make_all, reusable
+from backdrop.queues import CopyRequest, Decision, RenderRequest, ReviewRequest
+from backdrop.rendering import Made, judge, make_all, reusable
 from backdrop.results import (
     extension_of,
     is_rendition,
     names_source,
-    rendition_key,
+    rendition_name,
     result_folder,
-    result_key,
     result_metadata,
+    result_name,
 )
 from backdrop.reuse import fall_back
+from backdrop.review import (
+    discard_folder,
+    held_folder,
+    hold_for_review,
+    passes,
+    reject,
+    review_record,
+)
 from backdrop.runs import RunflowError, RunflowRejected, RunResult
 from backdrop.services import Services
 from backdrop.submission import supersede
@@ -70,7 +78,8 @@ def handle_copy_request(request: CopyRequest, services: Services, *, deadline: f
     job = services.jobs.get(request.job_id)
     if job is None:
         return Result(Outcome.UNKNOWN_JOB, request.job_id, request.run_id)
-    if job.status.is_terminal:
+    if job.status.is_terminal or job.status is Status.NEEDS_REVIEW:
+        # A held job moves on only by a person's decision (``handle_review_request``).
         return Result(Outcome.ALREADY_DONE, job.job_id, request.run_id, f"job is {job.status.value}")
     if request.reused_from is not None:
         return _publish_reuse(job, request.reused_from, services, deadline)
@@ -122,13 +131,67 @@ def handle_render_request(request: RenderRequest, services: Services, *, deadlin
         return _render_again(job, services, held, specs, deadline)
 
 
+def handle_review_request(request: ReviewRequest, services: Services, *, deadline: float) -> Result:
+    """A person's decision on a held job: approve publishes exactly the held objects (no run, no
+    budget) under the source's result lease and the same newest-version-wins checks as any publish;
+    reject deletes them and ends the job ``rejected``. Only while the job is ``needs_review``, read
+    again under the lease: a decision delivered twice, or racing the other one, acts once."""
+    job = services.jobs.get(request.job_id)
+    if job is None:
+        return Result(Outcome.UNKNOWN_JOB, request.job_id)
+    if job.status is Status.NEEDS_REVIEW:
+        with _result_lease(services, job) as held:
+            now = services.jobs.get(job.job_id)
+            if now is not None and now.status is Status.NEEDS_REVIEW and now.attempt == job.attempt:
+                if request.decision is Decision.REJECT:
+                    return reject(services, now, request)
+                return _approve(now, request, services, held)
+            job = now or job
+    logger.info(
+        "Review request for a job that is not waiting for review; ignored", extra={"status": job.status}
+    )
+    return Result(Outcome.IGNORED, job.job_id, detail=f"job is {job.status.value}, not needs_review")
+
+
+def _approve(job: Job, request: ReviewRequest, services: Services, held: _HeldLease) -> Result:
+    try:
+        current = read_source(services.s3, job.source_bucket, job.source_key, sniff=False)
+        if current is None or not current.upload.same_version(job.upload()):
+            result = supersede(services, job, current, also=_UNHELD)
+        elif _published_later(held.lease.published, job):
+            assert held.lease.published is not None
+            result = _superseded_by_later_job(services, job, held.lease.published, also=_UNHELD)
+        else:
+            result = _publish_held(
+                job,
+                services,
+                held,
+                _Judged(list(job.held_keys), 0, job.renditions, job.quality or None),
+                review=review_record(request),
+            )
+            if result.outcome is Outcome.SUCCEEDED:
+                count("JobsApprovedByReview")
+            return result
+    except HeldResultGone as exc:
+        logger.error("A held object is gone: the job cannot be approved", extra={"reason": str(exc)})
+        return Result(Outcome.IGNORED, job.job_id, detail=f"{exc}: reject it instead")
+    except OutputCopyFailed as exc:  # S3 failed, or the lease was lost: the request is tried again
+        logger.warning("Approving a held result failed; tried again", extra={"reason": str(exc)})
+        raise RetryLater(str(exc), after_seconds=COPY_FAILED_RETRY_SECONDS) from exc
+    except OutputRefused as exc:
+        result = _refused(services, job, exc, also=_UNHELD)
+    if result.outcome is not Outcome.ALREADY_DONE:
+        discard_folder(services, job.job_id)
+    return result
+
+
 def _render_again(
     job: Job, services: Services, held: _HeldLease, specs: Mapping[str, Spec], deadline: float
 ) -> Result:
     outputs = [key for key in job.result_keys if not is_rendition(key)]
     keeper = _LeaseKeeper(services, held.lease)
     made = make_all(services, job, outputs[0], specs, deadline=deadline, keep_lease=keeper)
-    fresh = _write_renditions(services, job, made)
+    fresh = _write_renditions(services, job, made, _folder_of(services, job))
     entries = {**job.renditions, **fresh}
     new_keys = {str(e["key"]) for e in fresh.values() if e.get("key")}
     # A rendition now in another format (or not made) leaves its earlier file behind: deleted.
@@ -253,17 +316,32 @@ def _publish_once(job: Job, services: Services, deadline: float) -> Result:
             logger.info("Reused result gone", extra={"reason": str(exc)})
             return fall_back(services, job)
         except OutputRefused as exc:
-            logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
-            return conclude(
-                services,
-                job,
-                Status.FAILED,
-                failure(exc.code, exc.message),
-                metric="JobsFailed",
-                run_id=job.run_id,
-                detail=str(exc),
-                moved_on=str(exc),
-            )
+            if services.settings.holds_for_review:
+                discard_folder(services, job.job_id)
+            return _refused(services, job, exc)
+
+
+def _refused(services: Services, job: Job, exc: OutputRefused, also: JobChanges | None = None) -> Result:
+    logger.warning("Output refused", extra={"error_code": exc.code, "reason": exc.message})
+    return conclude(
+        services,
+        job,
+        Status.FAILED,
+        {**failure(exc.code, exc.message), **(also or {})},
+        metric="JobsFailed",
+        run_id=job.run_id,
+        detail=str(exc),
+        moved_on=str(exc),
+    )
+
+
+def _published_later(published: Published | None, job: Job) -> bool:
+    """Whether a job of the same version created later already published (it wins)."""
+    return (
+        published is not None
+        and published.version == job.upload().version
+        and published.job_created_at > job.created_at
+    )
 
 
 def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadline: float) -> Result:
@@ -272,47 +350,142 @@ def _publish_under_lease(job: Job, services: Services, held: _HeldLease, deadlin
         return supersede(services, job, current)
     published = held.lease.published
     if published is not None and (published.job_id, published.run_id) == (job.job_id, job.run_id or ""):
-        # An earlier try of this very copy got as far as publishing: make the renditions (again,
-        # over the same keys) and finish the job.
-        outputs = [key for key in published.result_keys if not is_rendition(key)]
-        keys, renditions = _renditions(job, services, held.lease, outputs, {}, deadline)
-        return _succeed(services, job, keys, 0, renditions)
-    if (
-        published is not None
-        and published.version == job.upload().version
-        and published.job_created_at > job.created_at
-    ):
+        return _finish_published(job, services, held, published, deadline)
+    if _published_later(published, job):
+        assert published is not None
         return _superseded_by_later_job(services, job, published)
+    holding = services.settings.holds_for_review
+    # Under ``hold`` nothing is written under the results prefix before the verdict.
+    folder = held_folder(services, job.job_id) if holding else _folder_of(services, job)
     write = _copy_reused if job.reused_from else _copy_all
-    written, copied, kept = write(job, services, held.lease, deadline)
-    keys, renditions = _renditions(job, services, held.lease, written, kept, deadline)
-    if published is not None:
-        _delete_stale(services, job, published, [k for k in published.result_keys if k not in keys])
-    record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(keys))
-    if not held.release_published(record):
-        logger.error("Result lease lost after publishing", extra={"result_keys": keys})
-    return _succeed(services, job, keys, copied, renditions)
+    judged = _judge(
+        job, services, held.lease, write(job, services, held.lease, folder, deadline), folder, deadline
+    )
+    if not holding:
+        return _publish(job, services, held, judged)
+    if not passes(judged.quality, judged.review):
+        return hold_for_review(services, job, judged.keys, judged.renditions, judged.quality or {})
+    return _publish_held(job, services, held, judged)
+
+
+def _finish_published(
+    job: Job, services: Services, held: _HeldLease, published: Published, deadline: float
+) -> Result:
+    """An earlier try of this very copy got as far as publishing: make the renditions (again, over
+    the same keys), judge the result, and finish the job."""
+    outputs = [key for key in published.result_keys if not is_rendition(key)]
+    judged = _judge(job, services, held.lease, _Judged(outputs, 0), _folder_of(services, job), deadline)
+    if services.settings.holds_for_review:
+        discard_folder(services, job.job_id)  # it stopped before tidying the held copies up
+    return _succeed(services, job, judged)
 
 
 Entries = dict[str, dict[str, Any]]
 
 
-def _renditions(
-    job: Job, services: Services, lease: Lease, keys: list[str], kept: Entries, deadline: float
-) -> tuple[list[str], Entries]:
-    """Make and write every configured rendition not ``kept`` (copied with a reused result), after
-    the result at ``keys`` is written; returns all result keys and the job's ``renditions``."""
-    configured = services.settings.renditions
-    wanted = {name: spec for name, spec in configured.items() if name not in kept}
-    outputs = [key for key in keys if not is_rendition(key)]
-    if not wanted or not outputs:
-        return keys, kept
-    made = make_all(
-        services, job, outputs[0], wanted, deadline=deadline, keep_lease=_LeaseKeeper(services, lease)
+@dataclass(frozen=True)
+class _Judged:
+    """A job's objects as written (result keys first), the bytes copied, its renditions, and the
+    quality checks of its result (None: the gate is off) with a person's decision on those pixels."""
+
+    keys: list[str]
+    copied: int
+    renditions: Entries = field(default_factory=dict)
+    quality: dict[str, Any] | None = None
+    review: dict[str, Any] | None = None
+
+
+def _judge(
+    job: Job, services: Services, lease: Lease, written: _Judged, folder: str, deadline: float
+) -> _Judged:
+    """Make and write into ``folder`` every configured rendition not copied with a reused result,
+    and (the gate on, no verdict copied with it) judge the result: one read and one comparison."""
+    gate_on = services.settings.quality_gate != "off"
+    wanted = {
+        name: spec for name, spec in services.settings.renditions.items() if name not in written.renditions
+    }
+    outputs = [key for key in written.keys if not is_rendition(key)]
+    if not outputs:
+        return written
+    judged = judge(
+        services,
+        job,
+        outputs[0],
+        wanted,
+        assessed=gate_on and written.quality is None,
+        deadline=deadline,
+        keep_lease=_LeaseKeeper(services, lease),
     )
-    entries = {**kept, **_write_renditions(services, job, made)}
-    written = [str(e["key"]) for e in entries.values() if e.get("key")]
-    return keys + [key for key in written if key not in keys], entries
+    entries = {**written.renditions, **_write_renditions(services, job, judged.made, folder)}
+    made = [str(e["key"]) for e in entries.values() if e.get("key")]
+    quality = (written.quality or judged.quality) if gate_on else None
+    keys = written.keys + [key for key in made if key not in written.keys]
+    return replace(written, keys=keys, renditions=entries, quality=quality)
+
+
+def _publish(
+    job: Job, services: Services, held: _HeldLease, judged: _Judged, review: dict[str, Any] | None = None
+) -> Result:
+    """The objects at ``judged.keys`` become the source's published result, and the job succeeds."""
+    published = held.lease.published
+    if published is not None:
+        _delete_stale(services, job, published, [k for k in published.result_keys if k not in judged.keys])
+    record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(judged.keys))
+    if not held.release_published(record):
+        logger.error("Result lease lost after publishing", extra={"result_keys": judged.keys})
+    return _succeed(services, job, judged, review)
+
+
+class HeldResultGone(Exception):
+    """A held object to publish no longer exists."""
+
+
+def _publish_held(
+    job: Job, services: Services, held: _HeldLease, judged: _Judged, review: dict[str, Any] | None = None
+) -> Result:
+    """Publish held objects: each copied server-side into the source's result folder under its
+    file name (fenced like any result write), then published as any result; the held copies are
+    deleted once the job succeeded."""
+    folder = _folder_of(services, job)
+    keeper = _LeaseKeeper(services, held.lease)
+    moved: dict[str, str] = {}
+    for key in judged.keys:
+        keeper()
+        moved[key] = folder + key.rpartition("/")[2]
+        _copy_held(services, job, key, moved[key])
+    entries = {
+        name: {**entry, "key": moved.get(str(entry["key"])) if entry.get("key") else None}
+        for name, entry in judged.renditions.items()
+    }
+    result = _publish(
+        job, services, held, replace(judged, keys=list(moved.values()), renditions=entries), review
+    )
+    if result.outcome is Outcome.SUCCEEDED:
+        discard_folder(services, job.job_id)
+    return result
+
+
+def _copy_held(services: Services, job: Job, source: str, key: str) -> None:
+    bucket = services.settings.results_bucket
+    expect = _claim(services, job, key)
+    fence = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+    try:
+        services.s3.copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": source},
+            MetadataDirective="COPY",
+            **fence,  # type: ignore[arg-type]
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise HeldResultGone(f"the held object {source} is gone") from exc
+        raise OutputCopyFailed(f"publishing the held object {source} as {key} failed: {exc}") from exc
+
+
+def _folder_of(services: Services, job: Job) -> str:
+    """The source's own result folder."""
+    return result_folder(job.source_key, services.settings.upload_prefix, services.settings.results_prefix)
 
 
 def _metadata_of(job: Job) -> Mapping[str, str]:
@@ -327,9 +500,9 @@ def _metadata_of(job: Job) -> Mapping[str, str]:
     )
 
 
-def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries:
-    """Each rendition made written beside the result, fenced like the result (the object seen
-    before is still there); entries of those that could not be made keep ``key`` None."""
+def _write_renditions(services: Services, job: Job, made: list[Made], folder: str) -> Entries:
+    """Each rendition made written into ``folder`` beside the result, fenced like the result (the
+    object seen before is still there); entries of those that could not be made keep ``key`` None."""
     settings = services.settings
     metadata = _metadata_of(job)
     entries: Entries = {}
@@ -337,9 +510,7 @@ def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries
         if one.data is None:
             entries[one.name] = one.entry
             continue
-        key = rendition_key(
-            job.source_key, settings.upload_prefix, settings.results_prefix, one.name, one.extension
-        )
+        key = folder + rendition_name(one.name, one.extension)
         expect = _claim(services, job, key)
         fence = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
         try:
@@ -357,7 +528,8 @@ def _write_renditions(services: Services, job: Job, made: list[Made]) -> Entries
     return entries
 
 
-def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tuple[list[str], int, Entries]:
+def _copy_all(job: Job, services: Services, lease: Lease, folder: str, deadline: float) -> _Judged:
+    """The run's outputs streamed into ``folder``: ``result.<ext>``, ``result-2.<ext>``…"""
     settings = services.settings
     keeper = _LeaseKeeper(services, lease)
     metadata = _metadata_of(job)
@@ -367,9 +539,7 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
 
         def place(kind: ImageType, index: int = index) -> Destination:
             # Called once the output's first bytes are known: the key's extension follows them.
-            key = result_key(
-                job.source_key, settings.upload_prefix, settings.results_prefix, extension_of(kind), index
-            )
+            key = folder + result_name(index, extension_of(kind))
             return Destination(settings.results_bucket, key, metadata, _claim(services, job, key))
 
         stored = services.copy(
@@ -384,25 +554,22 @@ def _copy_all(job: Job, services: Services, lease: Lease, deadline: float) -> tu
         )
         keys.append(stored.key)
         copied += stored.size
-    return keys, copied, {}
+    return _Judged(keys, copied)
 
 
 class ReusedResultGone(Exception):
     """An object of the result being reused no longer exists."""
 
 
-def _copy_reused(
-    job: Job, services: Services, lease: Lease, deadline: float
-) -> tuple[list[str], int, Entries]:
-    """Copy the earlier job's result objects, server-side (no byte passes through here), to this
-    source's own result keys, with the same file names, fenced like a run's copy. Its renditions
-    made exactly as configured now are copied with their verdicts; the others are left behind
-    (made again from the result)."""
+def _copy_reused(job: Job, services: Services, lease: Lease, folder: str, deadline: float) -> _Judged:
+    """Copy the earlier job's result objects, server-side (no byte passes through here), into
+    ``folder`` with the same file names, fenced like a run's copy. Its renditions made exactly as
+    configured now are copied with their verdicts; the others are left behind (made again from the
+    result). Its quality checks come along: those pixels were judged (or approved by a person)."""
     earlier = services.jobs.get(job.reused_from or "")
     if earlier is None or earlier.status is not Status.SUCCEEDED or not earlier.result_keys:
         raise ReusedResultGone(f"job {job.reused_from} has no result any more")
     keeper = _LeaseKeeper(services, lease)
-    folder = result_folder(job.source_key, services.settings.upload_prefix, services.settings.results_prefix)
     kept = reusable(services.settings.renditions, earlier)
     kept_keys = {str(entry["key"]) for entry in kept.values() if entry.get("key")}
     keys: list[str] = []
@@ -420,7 +587,7 @@ def _copy_reused(
         name: {**entry, "key": folder + str(entry["key"]).rpartition("/")[2] if entry.get("key") else None}
         for name, entry in kept.items()
     }
-    return keys, copied, moved
+    return _Judged(keys, copied, moved, earlier.quality or None, earlier.review or None)
 
 
 def _copy_one(services: Services, job: Job, source: str, key: str) -> int:
@@ -538,13 +705,19 @@ def _fresh_outputs(services: Services, job: Job) -> Job | None:
     return replace(job, output_urls=list(run.outputs))
 
 
-def _superseded_by_later_job(services: Services, job: Job, published: Published) -> Result:
+# What a held job that ends without being published no longer has.
+_UNHELD: JobChanges = {"held_keys": None, "renditions": None}
+
+
+def _superseded_by_later_job(
+    services: Services, job: Job, published: Published, *, also: JobChanges | None = None
+) -> Result:
     message = f"job {published.job_id}, created later for the same version, already wrote the result"
     return conclude(
         services,
         job,
         Status.SUPERSEDED,
-        {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": published.job_id},
+        {**failure(ErrorCode.SUPERSEDED, message), "superseded_by": published.job_id, **(also or {})},
         metric="JobsSuperseded",
         run_id=job.run_id,
         detail=message,
@@ -552,9 +725,13 @@ def _superseded_by_later_job(services: Services, job: Job, published: Published)
     )
 
 
-def _succeed(services: Services, job: Job, keys: list[str], copied: int, renditions: Entries) -> Result:
+def _succeed(services: Services, job: Job, judged: _Judged, review: dict[str, Any] | None = None) -> Result:
+    keys, copied = judged.keys, judged.copied
+
     def measure(done: Job) -> None:
         count_bytes("BytesCopied", copied)
+        if judged.quality and judged.quality.get("verdict") == "doubt" and not (review or judged.review):
+            count("DoubtfulPublished")  # under ``flag``: published, and marked doubtful
         if done.completed_at:
             elapsed = parse_iso(done.completed_at) - parse_iso(done.created_at)
             milliseconds("TimeToResult", elapsed.total_seconds() * 1000)
@@ -566,7 +743,10 @@ def _succeed(services: Services, job: Job, keys: list[str], copied: int, renditi
         {
             "result_bucket": services.settings.results_bucket,
             "result_keys": keys,
-            "renditions": stored_map(renditions),
+            "renditions": stored_map(judged.renditions),
+            "quality": stored_map(judged.quality or {}),
+            "review": stored_map(review or {}),
+            "held_keys": None,
             "error_code": None,
             "error_message": None,
         },

@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "TOO_LARGE"
     UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
     UNSUPPORTED_KEY = "UNSUPPORTED_KEY"
+    # A held result a person rejected (the message is their note).
+    REJECTED_BY_REVIEW = "REJECTED_BY_REVIEW"
     # Superseded jobs.
     SUPERSEDED = "SUPERSEDED"
     SOURCE_DELETED = "SOURCE_DELETED"

@@ -66,6 +66,9 @@ def completion_detail(job: Job) -> dict[str, Any]:
             for name, entry in job.renditions.items()
         }
         or None,
+        # The quality checks of the result (absent: the gate is off), and a person's decision on it.
+        "quality": job.quality or None,
+        "review": job.review or None,
         "created_at": job.created_at,
         "completed_at": job.completed_at,
         "duration_ms": duration_ms,

@@ -1,9 +1,9 @@
 """Jobs: one per uploaded object version and colour, and the forward-only state machine they follow.
 
     received ──► submitted ──► copying ──► succeeded
-      │  ▲           │            │
-      ▼  │           │            │
-     held ───────────┘            │
+      │  ▲           │            │  │          ▲
+      ▼  │           │            │  ▼          │ approved
+     held ───────────┘            │ needs_review ──► rejected (by a person, with a note)
       └──────────────┴────────────┴──────► failed | canceled | timed_out | superseded
     received ──► rejected   (bad upload: never sent to Runflow)
 
@@ -11,6 +11,8 @@
 ``held``      waiting for the daily run budget; resumed oldest first when it allows again.
 ``submitted`` Runflow accepted the run; ``run_id`` is set; waiting for its outcome.
 ``copying``   the run finished with outputs; the copy worker is writing them to the results bucket.
+``needs_review`` the quality gate (``hold``) found the result doubtful: it waits under the review prefix
+              for a person to approve (published as held) or reject it; never timed out.
 ``superseded`` a newer version of the same object won; this version's result is never written.
 
 A retry (an operator's decision, ``JobStore.begin_retry``) is the only way back from a terminal
@@ -45,6 +47,7 @@ class Status(StrEnum):
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
     SUPERSEDED = "superseded"
+    NEEDS_REVIEW = "needs_review"
 
     @property
     def is_open(self) -> bool:
@@ -57,7 +60,9 @@ class Status(StrEnum):
 
 # The status groups, one name each; the CLI and the job store use them as they are, never a copy.
 # Stated, not derived: adding a status means deciding here which side it is on (checked below).
-OPEN: frozenset[Status] = frozenset({Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING})
+OPEN: frozenset[Status] = frozenset(
+    {Status.RECEIVED, Status.HELD, Status.SUBMITTED, Status.COPYING, Status.NEEDS_REVIEW}
+)
 TERMINAL: frozenset[Status] = frozenset(
     {
         Status.SUCCEEDED,
@@ -83,12 +88,15 @@ ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.SUBMITTED: frozenset({Status.RECEIVED, Status.HELD}),
     # Received too: the callback may overtake the submit's own record of the run.
     Status.COPYING: frozenset({Status.RECEIVED, Status.SUBMITTED, Status.COPYING}),
-    Status.SUCCEEDED: frozenset({Status.COPYING}),
+    # A doubtful result waits for a person; approving it publishes what was held.
+    Status.NEEDS_REVIEW: frozenset({Status.COPYING}),
+    Status.SUCCEEDED: frozenset({Status.COPYING, Status.NEEDS_REVIEW}),
     Status.FAILED: OPEN,
     Status.CANCELED: OPEN,
     Status.TIMED_OUT: OPEN,
     Status.SUPERSEDED: OPEN,
-    Status.REJECTED: frozenset({Status.RECEIVED}),
+    # A bad upload, or a held result a person rejected.
+    Status.REJECTED: frozenset({Status.RECEIVED, Status.NEEDS_REVIEW}),
 }
 
 # The partition value every open job carries in the sparse OpenJobs index.
@@ -240,6 +248,20 @@ class Job:
     renditions: dict[str, dict[str, Any]] = field(
         default_factory=dict, metadata=_how(Stored(_plain, encode=stored_map, per_attempt=True))
     )
+    # The quality gate's assessment of the result (``backdrop.quality``): {verdict, reasons, checks};
+    # absent when the gate is off.
+    quality: dict[str, Any] = field(
+        default_factory=dict, metadata=_how(Stored(_plain, encode=stored_map, per_attempt=True))
+    )
+    # Where a held result and its renditions wait (under the review prefix) while ``needs_review``.
+    held_keys: list[str] = field(
+        default_factory=list,
+        metadata=_how(Stored(lambda raw: [str(k) for k in raw], encode=_list_or_none, per_attempt=True)),
+    )
+    # A person's decision on a held result: {decision, note, reviewer, at}.
+    review: dict[str, Any] = field(
+        default_factory=dict, metadata=_how(Stored(_plain, encode=stored_map, per_attempt=True))
+    )
     attempt: int = field(default=1, metadata=_how(Stored(int)))
     history: list[dict[str, Any]] = field(
         default_factory=list, metadata=_how(Stored(lambda raw: [dict(h) for h in raw], encode=_list_or_none))
@@ -321,6 +343,9 @@ class JobChanges(TypedDict, total=False):
     content_digest: str | None
     reused_from: str | None
     renditions: dict[str, Any] | None
+    quality: dict[str, Any] | None
+    held_keys: list[str] | None
+    review: dict[str, Any] | None
 
 
 # Longest error message a job keeps (Runflow's and exceptions' messages may be long).

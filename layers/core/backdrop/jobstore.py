@@ -363,6 +363,23 @@ class JobStore:
             raise
         return True
 
+    def mark_review_announced(self, job_id: str) -> bool:
+        """A held job's ``Job Needs Review`` event was sent. ``updated_at`` is left alone: it says
+        when the job was held, which the review backlog's age is measured from."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET event_published_at = :now",
+                ConditionExpression="#status = :review AND attribute_not_exists(event_published_at)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":now": self._now(), ":review": Status.NEEDS_REVIEW.value},
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
     def claim_announcement(self, job_id: str, attempt: int) -> bool:
         """Claim a pending event to republish it, unless another republisher has it now."""
         now = self._clock()
@@ -394,7 +411,9 @@ class JobStore:
             limit,
         )
 
-    def _query_index(self, index: str, condition: str, values: dict[str, Any], limit: int) -> Iterator[Job]:
+    def _query_index(
+        self, index: str, condition: str, values: dict[str, Any], limit: int, where: str | None = None
+    ) -> Iterator[Job]:
         remaining = limit
         start: dict[str, Any] | None = None
         while remaining > 0:
@@ -405,6 +424,10 @@ class JobStore:
                 "ScanIndexForward": True,
                 "Limit": min(remaining, 100),
             }
+            if where:
+                # Read past the items it leaves out: ``limit`` counts the jobs that match.
+                kwargs["FilterExpression"] = where
+                kwargs["ExpressionAttributeNames"] = {"#status": "status"}
             if start:
                 kwargs["ExclusiveStartKey"] = start
             resp = self._table.query(**kwargs)
@@ -418,9 +441,25 @@ class JobStore:
                 return
 
     def open_jobs(self, *, created_before: str, limit: int) -> Iterator[Job]:
-        """Open jobs, oldest first, created before the given timestamp; at most ``limit``."""
+        """Open jobs the pipeline works on, oldest first, created before the given timestamp; at most
+        ``limit``. Jobs waiting for a person (``needs_review``) are left out: however many there are,
+        they never crowd out the others."""
         yield from self._query_index(
-            "OpenJobs", "open_shard = :s AND created_at < :c", {":s": OPEN_SHARD, ":c": created_before}, limit
+            "OpenJobs",
+            "open_shard = :s AND created_at < :c",
+            {":s": OPEN_SHARD, ":c": created_before, ":review": Status.NEEDS_REVIEW.value},
+            limit,
+            where="#status <> :review",
+        )
+
+    def review_backlog(self, *, limit: int = 100_000) -> Iterator[Job]:
+        """Jobs waiting for a person's decision (``needs_review``), oldest first."""
+        yield from self._query_index(
+            "OpenJobs",
+            "open_shard = :s",
+            {":s": OPEN_SHARD, ":review": Status.NEEDS_REVIEW.value},
+            limit,
+            where="#status = :review",
         )
 
     def jobs_for_source(self, bucket: str, key: str) -> list[Job]:

@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     UNKNOWN_JOB = "unknown_job"
     RUN_MISMATCH = "run_mismatch"  # a run that is not the job's (a duplicate run): never writes
     RUN_REFUSED = "run_refused"  # Runflow does not say the run is this attempt's: never adopted
+    HELD_FOR_REVIEW = "held_for_review"  # a doubtful result waits for a person (``needs_review``)
     RENDERED = "rendered"  # a succeeded job's renditions made again from its stored result (no run)
     ALREADY_DONE = "already_done"  # the job was already past this point (duplicate, late or replayed)
 

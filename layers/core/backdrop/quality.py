@@ -46,12 +46,16 @@ F32 = np.ndarray[Any, np.dtype[np.float32]]
 
 
 def box_sum(values: F32, radius: int) -> F32:
-    """Sum over the (2r+1)^2 square around each pixel, zero outside, by prefix sums."""
+    """Sum over the (2r+1)^2 square around each pixel, zero outside, by prefix sums, one axis at a
+    time. ``values`` hold whole numbers (masks, 8-bit pixels), so the sums are exact in 32-bit
+    integers (255 x 2^23 pixels at most): half the memory traffic of floats in 64 bits."""
     size = 2 * radius + 1
-    pad = [(radius + 1, radius), (radius + 1, radius)] + [(0, 0)] * (values.ndim - 2)
-    total = np.pad(values.astype(np.float64), pad).cumsum(0).cumsum(1)
-    window = total[size:, size:] - total[:-size, size:] - total[size:, :-size] + total[:-size, :-size]
-    return window.astype(np.float32)
+    extra = [(0, 0)] * (values.ndim - 2)
+    whole = values.astype(np.int32)
+    rows = np.pad(whole, [(radius + 1, radius), (0, 0), *extra]).cumsum(0, dtype=np.int32)
+    down = rows[size:] - rows[:-size]
+    cols = np.pad(down, [(0, 0), (radius + 1, radius), *extra]).cumsum(1, dtype=np.int32)
+    return (cols[:, size:] - cols[:, :-size]).astype(np.float32)
 
 
 def near(mask: Bool2, radius: int) -> Bool2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -71,6 +72,54 @@ class RenderRequest:
         ):
             raise ValueError("renditions is a list of rendition names, or null for all")
         return cls(job_id, tuple(names) if names is not None else None)
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """A person's decision on a job held for review (``needs_review``): approve publishes what was
+    held, reject ends the job ``rejected`` with the note. Sent on the copy queue by the operator
+    command's ``review``; the body is
+    ``{"review": "<job_id>", "decision": "approve"|"reject", "note": str|null, "reviewer": str}``."""
+
+    job_id: str
+    decision: Decision
+    reviewer: str
+    note: str | None = None
+
+    def body(self) -> str:
+        data = {
+            "review": self.job_id,
+            "decision": self.decision.value,
+            "note": self.note,
+            "reviewer": self.reviewer,
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, body: str) -> ReviewRequest | None:
+        """The request if ``body`` is one, None if it is not a review request; raises ValueError for
+        a malformed one."""
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or "review" not in data:
+            return None
+        job_id, decision, note, reviewer = (data.get(k) for k in ("review", "decision", "note", "reviewer"))
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("a review request names a job")
+        if decision not in {d.value for d in Decision}:
+            raise ValueError("a review decision is approve or reject")
+        if note is not None and not isinstance(note, str):
+            raise ValueError("a review note is text or null")
+        if not isinstance(reviewer, str) or not reviewer.strip():
+            raise ValueError("a review request names its reviewer")
+        return cls(job_id, Decision(decision), reviewer.strip(), note)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,11 @@ Runs on a schedule over the sparse OpenJobs index, oldest first and bounded per 
   ``RUN_UNCONFIRMED`` when a create was sent and no run was ever confirmed;
 - jobs ``held`` for the daily run budget, oldest first, as far as today's budget allows: handed to
   the submit function again (they never time out: they wait for the budget, not for Runflow);
-- completion events still pending (their publish failed): published again.
+- completion events still pending (their publish failed): published again;
+- jobs held for review (``needs_review``) wait for a person: never timed out, never queued again,
+  and never counted against the batch; each pass measures their backlog and the oldest one's age
+  (``ReviewBacklog``, ``OldestReviewAgeMinutes``) and sends a ``Job Needs Review`` event not sent
+  yet. A job waiting for the content a held job holds is not timed out while it waits.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from backdrop.completion import apply_run_report, requeue_copy
 from backdrop.errors import ErrorCode
 from backdrop.events import conclude, republish_pending
 from backdrop.jobs import Job, Status, failure, format_iso, iso_from_epoch, parse_iso
-from backdrop.observability import count, logger
+from backdrop.ledger import parse_holder
+from backdrop.observability import count, logger, metrics
 from backdrop.outcomes import Outcome, RetryLater
 from backdrop.queues import JobMessage
+from backdrop.review import announce_review
 from backdrop.runs import RunflowError, RunflowRejected
 from backdrop.services import Services
 from backdrop.submission import adopt_earlier_run, resubmit
@@ -55,6 +63,8 @@ class Seen(StrEnum):
     RETRY_LATER = "retry_later"
     DEFERRED_FOR_TIME = "deferred_for_time"
     EVENTS_REPUBLISHED = "events_republished"
+    WAITING_FOR_REVIEW = "waiting_for_review"  # held for a person's decision: left alone
+    REVIEW_EVENTS_SENT = "review_events_sent"
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ def reconcile(services: Services, *, deadline: float) -> ReconcileReport:
     )
     if republished:
         report.add(Reconciled(Seen.EVENTS_REPUBLISHED), republished)
+    _watch_reviews(services, now, report)
     resumable = _Resumable(services)
     copies = _CopyRequeues(services)
     for job in services.jobs.open_jobs(created_before=cutoff, limit=settings.reconcile_batch_size):
@@ -129,8 +140,44 @@ def _reconcile_one(services: Services, job: Job, now: datetime, copies: _CopyReq
             )
         return copies.requeue(job, now, overdue=overdue)
     if job.run_id is None:
-        return _without_run(services, job) if overdue else _resubmit(services, job)
+        if overdue and not _waits_for_review(services, job):
+            return _without_run(services, job)
+        return _resubmit(services, job)
     return _check_run(services, job, job.run_id, overdue=overdue)
+
+
+def _watch_reviews(services: Services, now: datetime, report: ReconcileReport) -> None:
+    """Held jobs are only measured (for the dashboard and its alarm), and announced if their
+    ``Job Needs Review`` event was not sent when they were held."""
+    backlog, oldest, sent = 0, 0.0, 0
+    announce_before = format_iso(now - timedelta(seconds=EVENT_GRACE_SECONDS))
+    for job in services.jobs.review_backlog():
+        backlog += 1
+        oldest = max(oldest, (now - parse_iso(job.updated_at)).total_seconds() / 60)
+        if (
+            job.event_published_at is None
+            and job.updated_at < announce_before
+            and announce_review(services, job)
+        ):
+            sent += 1
+    metrics.add_metric(name="ReviewBacklog", unit=MetricUnit.Count, value=backlog)
+    metrics.add_metric(name="OldestReviewAgeMinutes", unit=MetricUnit.NoUnit, value=round(oldest, 1))
+    if backlog:
+        report.add(Reconciled(Seen.WAITING_FOR_REVIEW), backlog)
+    if sent:
+        report.add(Reconciled(Seen.REVIEW_EVENTS_SENT), sent)
+
+
+def _waits_for_review(services: Services, job: Job) -> bool:
+    """Whether the job waits for content whose holder is held for review: it waits for that
+    decision (then reuses the approved result, or runs), however long a person takes."""
+    if job.error_code != ErrorCode.CONTENT_IN_FLIGHT or job.content_digest is None:
+        return False
+    holder = services.contents.get(job.content_digest, job.color).holder
+    if holder is None:
+        return False
+    held = services.jobs.get(parse_holder(holder)[0])
+    return held is not None and held.status is Status.NEEDS_REVIEW
 
 
 def _resubmit(services: Services, job: Job) -> Reconciled:

@@ -1,6 +1,8 @@
-"""Making a job's renditions: from its stored result and the exact source version it was made from.
+"""Making a job's renditions, and judging its result: from its stored result and the exact source
+version it was made from.
 
-The product is found once per job (``backdrop.products``), then each rendition is drawn, encoded
+The product is found once per job (``backdrop.products``); that one comparison gives the quality
+checks of the result (``backdrop.quality``, when the gate is on) and each rendition, drawn, encoded
 and judged (``backdrop.renditions``). Nothing here writes: the copy worker writes what is made
 under the source's result lease, as it writes the result itself. A rendition that cannot be made
 (a padded one when no product was found) is an entry with verdict ``fail`` and its reason, and no
@@ -22,6 +24,7 @@ from backdrop.observability import count, logger
 from backdrop.outputs import OutputCopyFailed
 from backdrop.products import Comparison, Region, compare_region
 from backdrop.profiles import Spec, fingerprint
+from backdrop.quality import assess
 from backdrop.renditions import make
 from backdrop.services import Services
 
@@ -64,6 +67,15 @@ def _read(services: Services, params: Mapping[str, Any], what: str) -> bytes:
         raise OutputCopyFailed(f"reading {what} to render from failed: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Judged:
+    """What one comparison of a result with its original gave: the renditions made, and the
+    quality checks (None: not assessed, the gate is off)."""
+
+    made: list[Made]
+    quality: dict[str, Any] | None
+
+
 def make_all(
     services: Services,
     job: Job,
@@ -74,8 +86,25 @@ def make_all(
     keep_lease: Callable[[], None],
 ) -> list[Made]:
     """Every rendition in ``specs``, from ``result_key`` and the job's source version."""
-    if not specs:
-        return []
+    return judge(
+        services, job, result_key, specs, assessed=False, deadline=deadline, keep_lease=keep_lease
+    ).made
+
+
+def judge(
+    services: Services,
+    job: Job,
+    result_key: str,
+    specs: Mapping[str, Spec],
+    *,
+    assessed: bool,
+    deadline: float,
+    keep_lease: Callable[[], None],
+) -> Judged:
+    """Every rendition in ``specs`` and (``assessed``) the quality checks, from ``result_key`` and
+    the job's source version, decoded and compared once. Reads nothing when there is nothing to do."""
+    if not specs and not assessed:
+        return Judged([], None)
     result = _read(services, {"Bucket": services.settings.results_bucket, "Key": result_key}, "the result")
     source = job.upload().object_params()
     if not job.upload().versioned and job.source_etag:
@@ -86,15 +115,18 @@ def make_all(
         decoded, found = compare_region(result, original, parse_colour(job.color))
     except (ValueError, OSError) as exc:  # another shape than the original, or not decodable
         reason = f"the result cannot be compared with its original: {exc}"
-        return [_not_made(name, spec, reason) for name, spec in specs.items()]
+        # A result nobody can check is doubtful by definition.
+        quality = {"verdict": "doubt", "reasons": [reason], "checks": {}} if assessed else None
+        return Judged([_not_made(name, spec, reason) for name, spec in specs.items()], quality)
     del result, original
+    quality = assess(found) if assessed else None
     made: list[Made] = []
     for name, spec in specs.items():
         if time.monotonic() >= deadline:
             raise OutputCopyFailed("no time left to make the renditions")
         keep_lease()
         made.append(_make_one(name, spec, decoded, found))
-    return made
+    return Judged(made, quality)
 
 
 def _make_one(name: str, spec: Spec, decoded: Region, found: Comparison) -> Made:

@@ -168,8 +168,11 @@ def _reject(services: Services, job: Job, code: ErrorCode, message: str) -> Resu
     )
 
 
-def supersede(services: Services, job: Job, current: SourceObject | None) -> Result:
-    """End a job whose version is no longer the object's newest, naming the job that replaces it."""
+def supersede(
+    services: Services, job: Job, current: SourceObject | None, *, also: JobChanges | None = None
+) -> Result:
+    """End a job whose version is no longer the object's newest, naming the job that replaces it
+    (``also``: further changes that go with it)."""
     changes: JobChanges
     if current is None:
         message = "the object was deleted before this version's result was written"
@@ -182,7 +185,7 @@ def supersede(services: Services, job: Job, current: SourceObject | None) -> Res
         services,
         job,
         Status.SUPERSEDED,
-        changes,
+        {**changes, **(also or {})},
         metric="JobsSuperseded",
         run_id=job.run_id,
         detail=message,

@@ -21,6 +21,8 @@ runs canceled while they ran), ``unauthorized_requests``, the callback counters
 ``callback_answer_ms`` and ``callback_attempts_by_status`` (see ``store``), the output counters
 (``output_fetches``, ``output_fetch_errors``, ``output_url_rejections``), ``callback_secrets``,
 ``runs_by_status`` (every status a run can have, 0 included) and ``faults_fired`` (per rate).
+``output_faults()`` (also ``GET /_emulator/output-faults``) maps each run an output fault struck
+to the fault's setting (see ``faults``).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ class LocalRunflow:
 
     def stats(self) -> dict[str, Any]:
         return self._service.stats()
+
+    def output_faults(self) -> dict[str, str]:
+        """Run id to the output fault that struck it (also ``GET /_emulator/output-faults``)."""
+        return self.store.output_faults()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no run is queued, dispatching or running, no worker is still finishing a run

@@ -24,6 +24,23 @@ Rates: probabilities in 0..1, default 0.
 - ``outcome_canceled``, ``outcome_timed_out``, ``outcome_expired``, ``outcome_partial``,
   ``outcome_no_outputs``: terminal outcomes of a run that would otherwise succeed, decided when
   it finishes; tried in that order and at most one applies (see ``outcomes``).
+- ``output_unchanged``, ``output_blank``, ``output_cropped``, ``output_halo``: doubtful results,
+  the way a background replacement fails without any error (see ``doubtful`` for the exact
+  pixels). Decided when the run's processing has finished, before the outcome settings; tried in
+  that order and at most one applies. Applied to every output of the run:
+
+  - ``output_unchanged``: the input photo as it is (decoded upright, as PNG like every output);
+  - ``output_blank``: only the flat colour, at the input's size;
+  - ``output_cropped``: the top 40 % of the product's bounding box (the model's mask at 50 %)
+    painted the flat colour;
+  - ``output_halo``: the original photo left standing in a ring around the product, 4 % of the
+    shorter side wide.
+
+  With ``processing: "instant"`` the output is flat already: ``output_unchanged`` answers the
+  decoded input (a corrupt body then fails the run with ``INPUT_UNREADABLE``, as a real run
+  would), the three others leave it as it is (there is no product). A faulted run whose outcome
+  then ends it without outputs still counts the fault as fired. ``GET /_emulator/output-faults``
+  lists every run an output fault struck: ``{"runs": {run_id: setting}}``.
 - ``failure_output_envelope``: the callback of a run ending ``failed``, ``timed_out`` or ``expired``
   carries ``output: {"error": {"code", "message"}}`` instead of ``null`` (decided when it ends).
 
@@ -167,6 +184,14 @@ class FaultSettings:
         metadata=_int(
             "pad instant outputs to exactly this many bytes (0: natural)", 0, MAX_INSTANT_OUTPUT_BYTES
         ),
+    )
+    output_unchanged: float = field(default=0.0, metadata=_rate("a run's output is its input, unchanged"))
+    output_blank: float = field(default=0.0, metadata=_rate("a run's output is only the colour"))
+    output_cropped: float = field(
+        default=0.0, metadata=_rate("the top 40 percent of the product box is painted the colour")
+    )
+    output_halo: float = field(
+        default=0.0, metadata=_rate("a ring of the original background is left around the product")
     )
 
     def __post_init__(self) -> None:

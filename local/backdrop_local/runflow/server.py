@@ -57,10 +57,11 @@ _ROUTES = Map(
         Rule("/outputs/<run_id>/<int:index>.png", endpoint="output", methods=["GET"]),
         Rule("/_emulator/faults", endpoint="faults", methods=["GET", "POST"]),
         Rule("/_emulator/stats", endpoint="stats", methods=["GET"]),
+        Rule("/_emulator/output-faults", endpoint="output_faults", methods=["GET"]),
     ],
     strict_slashes=False,
 )
-_OPEN_ENDPOINTS = frozenset({"health", "readiness", "output", "faults", "stats"})
+_OPEN_ENDPOINTS = frozenset({"health", "readiness", "output", "faults", "stats", "output_faults"})
 _RATE_LIMITED_ENDPOINTS = frozenset({"create_run", "get_run", "list_runs"})
 
 
@@ -236,3 +237,6 @@ class RunflowApp:
 
     def _on_stats(self, request: Request) -> Reply:
         return Reply(200, self._service.stats())
+
+    def _on_output_faults(self, request: Request) -> Reply:
+        return Reply(200, self._service.output_faults())

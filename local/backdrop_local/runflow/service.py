@@ -352,6 +352,9 @@ class RunflowService:
     def stats(self) -> dict[str, Any]:
         return {**self.store.stats(), "faults_fired": self.faults.fired()}
 
+    def output_faults(self) -> dict[str, Any]:
+        return {"runs": self.store.output_faults()}
+
 
 def _rate_limited() -> ApiError:
     return ApiError(429, "RATE_LIMITED", "Rate limit exceeded: too many requests (injected fault)")

@@ -93,6 +93,7 @@ class Run:
     # How this run's callbacks differ from its run object (decided once, when it turns terminal).
     callback_hides_outputs: bool = False
     callback_error_envelope: bool = False
+    output_fault: str | None = None  # the output fault that struck its outputs (emulator only)
 
     @property
     def duration_ms(self) -> int | None:
@@ -235,6 +236,11 @@ class Store:
     def get_run(self, run_id: str) -> Run | None:
         with self.lock:
             return self._runs.get(run_id)
+
+    def output_faults(self) -> dict[str, str]:
+        """Run id to the output fault that struck it, for every run one struck."""
+        with self.lock:
+            return {run.id: run.output_fault for run in self._runs.values() if run.output_fault}
 
     def start_run(self, run_id: str) -> Run | None:
         """queued → dispatching; None if the run is not queued (so it is never run twice)."""

@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from backdrop_local.runflow import outcomes, pngfile
+from backdrop_local.runflow import doubtful, outcomes, pngfile
 from backdrop_local.runflow.faults import FaultInjector
 from backdrop_local.runflow.instant import InstantResults
 from backdrop_local.runflow.netpolicy import NetPolicy, http_client
@@ -98,36 +99,13 @@ class RunExecutor:
         run = self._store.begin_running(run_id) if dispatched else None
         if run is None:
             return
-        settings = self._faults.settings
         started = time.perf_counter()
         try:
             if self._faults.roll("processing_failure"):
                 raise ProcessingFailed(
                     "PROCESSING_FAILED", "the model failed to process the image", "processing"
                 )
-            fetched = time.perf_counter()
-            data = fetch_image(self._http, str(run.input["image_url"]), self._policy)
-            fetch_ms = round((time.perf_counter() - fetched) * 1000)
-            colour = Colour(
-                int(run.input["color_red"]), int(run.input["color_green"]), int(run.input["color_blue"])
-            )
-            count = settings.outputs_per_run
-            if settings.processing == "instant":
-                step = time.perf_counter()
-                files = self._instant.produce(run_id, data, colour, count, settings.instant_output_bytes)
-                timing = {"instant_ms": round((time.perf_counter() - step) * 1000)}
-            else:
-                png, timing = real_renderer()(data, colour)
-                del data
-                files = [
-                    OutputFile(
-                        index=index,
-                        content_type="image/png",
-                        size=self._outputs.write_parts(run_id, index, pngfile.with_variant(png, index)),
-                    )
-                    for index in range(count)
-                ]
-                del png
+            files, timing, fault = self._produce(run_id, run.input)
         except ProcessingFailed as failure:
             self._fail(run_id, failure.code, failure.message, failure.stage)
             return
@@ -135,13 +113,61 @@ class RunExecutor:
             log.exception("run %s failed unexpectedly", run_id)
             self._fail(run_id, "PROCESSING_FAILED", f"internal error: {type(exc).__name__}", "processing")
             return
-        timing = {"fetch_ms": fetch_ms, **timing, "total_ms": round((time.perf_counter() - started) * 1000)}
-        self._succeed(run_id, files, timing)
+        timing = {**timing, "total_ms": round((time.perf_counter() - started) * 1000)}
+        self._succeed(run_id, files, timing, fault)
 
-    def _succeed(self, run_id: str, files: list[OutputFile], timing: dict[str, int]) -> None:
+    def _produce(
+        self, run_id: str, run_input: dict[str, Any]
+    ) -> tuple[list[OutputFile], dict[str, int], str | None]:
+        """Fetch the input and write the run's outputs (real or instant processing), with an output
+        fault applied when one fires (decided once the processing is done); raises ProcessingFailed.
+        Returns the outputs, the timing so far and the fault."""
+        settings = self._faults.settings
+        fetched = time.perf_counter()
+        data = fetch_image(self._http, str(run_input["image_url"]), self._policy)
+        fetch_ms = round((time.perf_counter() - fetched) * 1000)
+        rgb = (int(run_input["color_red"]), int(run_input["color_green"]), int(run_input["color_blue"]))
+        colour = Colour(*rgb)
+        count = settings.outputs_per_run
+        step = time.perf_counter()
+        if settings.processing == "instant":
+            fault = self._faults.first(doubtful.OUTPUT_FAULTS)
+            faulted = doubtful.faulted_output(fault, data, None, rgb) if fault else None
+            if faulted is None:
+                files = self._instant.produce(run_id, data, colour, count, settings.instant_output_bytes)
+            else:
+                files = self._write(run_id, faulted, count, settings.instant_output_bytes)
+            instant_ms = round((time.perf_counter() - step) * 1000)
+            return files, {"fetch_ms": fetch_ms, "instant_ms": instant_ms}, fault
+        png, timing = real_renderer()(data, colour)
+        fault = self._faults.first(doubtful.OUTPUT_FAULTS)
+        if fault is not None:
+            png = doubtful.faulted_output(fault, data, png, rgb) or png
+        del data
+        return self._write(run_id, png, count, 0), {"fetch_ms": fetch_ms, **timing}, fault
+
+    def _write(self, run_id: str, png: bytes, count: int, total_bytes: int) -> list[OutputFile]:
+        files = []
+        for index in range(count):
+            parts = pngfile.with_variant(png, index)
+            if total_bytes:
+                try:
+                    parts = pngfile.padded(parts, total_bytes)
+                except pngfile.PaddingImpossible as exc:
+                    raise ProcessingFailed(
+                        "PROCESSING_FAILED", f"instant_output_bytes={total_bytes}: {exc}", "processing"
+                    ) from exc
+            size = self._outputs.write_parts(run_id, index, parts)
+            files.append(OutputFile(index=index, content_type="image/png", size=size))
+        return files
+
+    def _succeed(
+        self, run_id: str, files: list[OutputFile], timing: dict[str, int], fault: str | None
+    ) -> None:
         kept: list[OutputFile] = []
 
         def settle(target: Run) -> None:
+            target.output_fault = fault
             outcome = outcomes.choose_success_outcome(self._faults)
             outcomes.settle_success(target, outcome, files, timing, self._faults)
             kept.extend(target.outputs)

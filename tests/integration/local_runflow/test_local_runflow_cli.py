@@ -157,6 +157,10 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
             "--processing=instant",
             "--instant-output-bytes=1000000",
             "--create-429=0.05",
+            "--output-unchanged=0.01",
+            "--output-blank=0.02",
+            "--output-cropped=0.03",
+            "--output-halo=0.04",
         ]
     )
     assert faults_from_args(args) == FaultSettings(
@@ -179,4 +183,16 @@ def test_every_setting_is_a_flag_of_any_parser_that_adds_them() -> None:
         processing="instant",
         instant_output_bytes=1_000_000,
         create_429=0.05,
+        output_unchanged=0.01,
+        output_blank=0.02,
+        output_cropped=0.03,
+        output_halo=0.04,
     )
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(f"--{name.replace('_', '-')}" in shown for name in FaultSettings().to_dict())
