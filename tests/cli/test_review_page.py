@@ -150,6 +150,11 @@ def test_a_reviewer_approves_and_rejects_held_results_in_the_browser(
             page.screenshot(path=shot, full_page=True)
 
         page.click(f"#queue button[data-job='{plain.job_id}']")
+        shown = page.inner_text("#job-key")
+        page.keyboard.press("j")  # the next job, then back
+        assert page.inner_text("#job-key") != shown
+        page.keyboard.press("k")
+        assert page.inner_text("#job-key") == shown == PLAIN_KEY
         page.keyboard.press("a")  # approve, by the shortcut
         page.wait_for_selector("#message:has-text('succeeded')", timeout=60_000)
         assert page.inner_text("#job-key") == HOSTILE_KEY  # the other job is next

@@ -584,8 +584,8 @@ def _near(coverage: Coverage, radius: int) -> _Near | None:
     # (i - radius, j - radius) of ``covered``.
     near = np.zeros((height + 2 * radius, width + 2 * radius), dtype=np.bool_)
     near[2 * radius :, 2 * radius :] = covered
-    _or_ahead(near, 2 * radius + 1)
-    _or_ahead(near.T, 2 * radius + 1)
+    _or_ahead(near, 2 * radius + 1, axis=0)
+    _or_ahead(near, 2 * radius + 1, axis=1)
     left, top = x + reach[0] - radius, y + reach[1] - radius
     canvas_width, canvas_height = coverage.canvas
     x0, y0 = max(0, -left), max(0, -top)
@@ -594,14 +594,24 @@ def _near(coverage: Coverage, radius: int) -> _Near | None:
     return _Near(near[y0:y1, x0:x1], (left + x0, top + y0))
 
 
-def _or_ahead(flags: np.ndarray[Any, np.dtype[np.bool_]], window: int) -> None:
-    """In place, each row's every element becomes the OR of itself and the next ``window - 1``
-    along the row (past the end: none): doubling spans, about log2(window) passes."""
+def _or_ahead(flags: np.ndarray[Any, np.dtype[np.bool_]], window: int, *, axis: int) -> None:
+    """In place, every element becomes the OR of itself and the next ``window - 1`` along ``axis``
+    (past the end: none): doubling spans, about log2(window) passes over whole rows of memory,
+    between two buffers (an OR into its own overlapping input would copy it every pass)."""
+
+    def part(array: np.ndarray[Any, Any], start: int | None, stop: int | None) -> np.ndarray[Any, Any]:
+        return array[start:stop] if axis == 0 else array[:, start:stop]
+
+    source, target = flags, np.empty_like(flags)
     span = 1
     while span < window:
         step = min(span, window - span)
-        np.logical_or(flags[:, :-step], flags[:, step:], out=flags[:, :-step])
+        np.logical_or(part(source, None, -step), part(source, step, None), out=part(target, None, -step))
+        part(target, -step, None)[...] = part(source, -step, None)
+        source, target = target, source
         span += step
+    if source is not flags:
+        flags[...] = source
 
 
 def make(spec: Spec, result: Image.Image | Region, found: Comparison) -> tuple[bytes, dict[str, Any]]:
