@@ -363,3 +363,25 @@ def test_an_approve_that_stopped_after_publishing_is_finished_by_its_redelivery(
     assert job.result_keys == ["results/crash.jpg/result.png", "results/crash.jpg/rendition-thumb.webp"]
     assert job.renditions["thumb"]["key"] == "results/crash.jpg/rendition-thumb.webp"
     assert world.results()["results/crash.jpg/result.png"] == held_bytes[f"review/{job_id}/result.png"]
+
+
+def test_under_hold_a_reused_doubtful_result_nobody_approved_is_held(
+    resources: Resources, output_server: OutputServer
+) -> None:
+    flagged = gate_world(resources, output_server, "flag", BACKDROP_REUSE_RESULTS="true")
+    source, _, flat = shot(12)
+    earlier = flagged.job(finish(flagged, "uploads/first.jpg", source, flat))
+    assert earlier.status is Status.SUCCEEDED and earlier.quality["verdict"] == "doubt"
+    # The gate is turned to hold: the same bytes elsewhere reuse those pixels, judged doubtful before.
+    world = build_world(
+        resources,
+        output_server,
+        BACKDROP_QUALITY_GATE="hold",
+        BACKDROP_REUSE_RESULTS="true",
+        BACKDROP_RENDITIONS=THUMB,
+    )
+    job = world.job(finish(world, "uploads/second.jpg", source, flat))
+    assert job.reused_from == earlier.job_id and world.runflow.creates == 0
+    assert job.status is Status.NEEDS_REVIEW and job.quality == earlier.quality
+    assert job.held_keys == [f"review/{job.job_id}/result.png", f"review/{job.job_id}/rendition-thumb.webp"]
+    assert under(world, "results/second.jpg/") == {}

@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.errors import ErrorCode
-from backdrop.events import SOURCE, conclude
+from backdrop.events import RENDITION_FIELDS, SOURCE, conclude
 from backdrop.jobs import Job, Status, failure, now_iso, stored_map
 from backdrop.ledger import holder_of
 from backdrop.observability import count, logger
@@ -32,7 +32,6 @@ from backdrop.queues import Decision, ReviewRequest
 from backdrop.services import Services
 
 NEEDS_REVIEW_DETAIL_TYPE = "Job Needs Review"
-RENDITION_FIELDS = ("key", "width", "height", "format", "bytes", "verdict", "reasons")
 
 
 def held_folder(services: Services, job_id: str) -> str:
