@@ -14,7 +14,7 @@ N ?= 2000
 # the local stack through the environment, so JSON values reach it exactly as typed.
 export PARAMETER_OVERRIDES
 
-.PHONY: help venv lock build lint test test-fast demo local local-update chaos bench sam-local clean
+.PHONY: help venv lock build lint test browser test-fast demo local local-update chaos bench sam-local clean
 
 help:
 	@echo "make demo        set everything up and run the end-to-end demo (results in demo-output/)"
@@ -71,6 +71,10 @@ BUILD_INPUTS := template.yaml $(shell find functions layers -type f -not -path '
 
 build: .aws-sam/build/template.yaml
 
+# Debian's chromium for the review page's browser test (apt-get, as root; exit 3 where it cannot).
+browser:
+	bash local/browser/install-chromium.sh
+
 # Offline, every step: the lock check reads only pyproject.toml and the lock files, and checkov
 # fetches nothing (skip-download in .checkov.yaml).
 lint: venv
@@ -87,6 +91,7 @@ lint: venv
 # wait on their local stacks); that lane's output follows the rest's, and either failing fails.
 test: venv build lint
 	@mkdir -p .backdrop
+	@bash local/browser/install-chromium.sh || test $$? -eq 3  # 3: none here; the browser test says so
 	@$(PY) -m pytest -p no:cacheprovider tests/chaos tests/cli > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
 	$(PY) -m pytest --ignore=tests/chaos --ignore=tests/cli; rest=$$?; \
 	wait $$chaos; chaos_status=$$?; \

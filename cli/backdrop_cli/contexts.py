@@ -16,6 +16,9 @@ from backdrop_cli.app import App
 from backdrop_cli.errors import BadUsage
 from backdrop_cli.groups import RETRY_BY_DEFAULT
 
+REVIEW_ACTIONS = ("approve", "reject")
+NOTE_LIMIT = 1000  # a note is the job's error message: kept short enough to read in a table
+
 
 @dataclass(frozen=True)
 class CommandContext:
@@ -106,3 +109,35 @@ class RenderContext(CommandContext):
     yes: bool
     wait: bool
     wait_timeout: float | None
+
+
+@dataclass(frozen=True)
+class ReviewContext(CommandContext):
+    action: str | None  # None: list the held jobs
+    job_ids: tuple[str, ...]
+    note: str | None
+    reviewer: str | None
+    retry: bool
+    yes: bool
+    wait_timeout: float
+    serve: bool
+    port: int
+    open_browser: bool
+
+    def check(self) -> None:
+        if self.serve and (self.action or self.job_ids):
+            raise BadUsage("--serve shows the page, where decisions are made: give no approve/reject")
+        if self.serve and self.app.ui.as_json:
+            raise BadUsage("--serve prints the page's URL: --json is for the list and the decisions")
+        if self.action is None and self.job_ids:
+            raise BadUsage(f"approve or reject {self.job_ids[0]}? `backdrop review approve|reject JOB...`")
+        if self.action is not None and not self.job_ids:
+            raise BadUsage(
+                f"which jobs? `backdrop review {self.action} JOB...` (`backdrop review` lists them)"
+            )
+        if self.action != "reject" and (self.note is not None or self.retry):
+            raise BadUsage("--note and --retry go with `reject`")
+        if self.action == "reject" and not (self.note or "").strip():
+            raise BadUsage("a rejection needs --note TEXT: it is the job's error message")
+        if self.note is not None and len(self.note) > NOTE_LIMIT:
+            raise BadUsage(f"--note is at most {NOTE_LIMIT} characters")

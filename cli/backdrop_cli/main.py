@@ -16,12 +16,15 @@ from backdrop.colours import Colour, parse_colour
 from backdrop.jobs import Status
 from backdrop_cli.app import App, Target
 from backdrop_cli.contexts import (
+    NOTE_LIMIT,
+    REVIEW_ACTIONS,
     BackfillContext,
     CommandContext,
     PlanContext,
     RenderContext,
     ReportContext,
     RetryContext,
+    ReviewContext,
     StatusContext,
 )
 from backdrop_cli.errors import FAILED, Failure
@@ -254,7 +257,7 @@ def wait_options[F: Callable[..., Any]](function: F) -> F:
 @click.version_option(package_name="backdrop", prog_name="backdrop")
 @global_options
 def cli(**_global: Any) -> None:
-    """Operate a Backdrop stack: plan and run backfills, look jobs up, retry failures, report.
+    """Operate a Backdrop stack: plan and run backfills, look jobs up, retry failures, report, review.
 
     Every subcommand talks to a deployed stack (--stack NAME, with --profile and --region; its
     resources and parameters come from CloudFormation) or to the local stack (--local). Add --json
@@ -271,6 +274,7 @@ def cli(**_global: Any) -> None:
       backdrop retry --stack backdrop --status failed --error-code UNAUTHORIZED --yes
       backdrop report --stack backdrop --since 7d --csv jobs.csv
       backdrop render --stack backdrop uploads/spring/ --rendition amazon --yes
+      backdrop review --stack backdrop --serve
     """
 
 
@@ -541,6 +545,74 @@ def render(context: RenderContext) -> int:
     from backdrop_cli.render import run_render
 
     return run_render(context)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("action", type=click.Choice(REVIEW_ACTIONS), required=False)
+@click.argument("job_ids", metavar="[JOB_ID]...", nargs=-1)
+@click.option(
+    "--note",
+    metavar="TEXT",
+    help=f"With reject: why (the job's error message; {NOTE_LIMIT} characters at most).",
+)
+@click.option(
+    "--reviewer",
+    metavar="NAME",
+    help="Who decides, as recorded on the job (default: the AWS identity's ARN; $USER for --local).",
+)
+@click.option("--retry", is_flag=True, help="With reject: then retry the rejected jobs (new, billed runs).")
+@click.option(
+    "--yes", "-y", is_flag=True, help="With --retry: do it without asking (required without a terminal)."
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=300.0,
+    show_default=True,
+    help="Stop waiting for the decisions after this long (exit status 1 if a job is still held).",
+)
+@click.option("--serve", is_flag=True, help="Serve the review page on 127.0.0.1 (Ctrl-C stops it).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="With --serve: 0 picks a free port.",
+)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    help="With --serve: open the page in the default browser (default), or only print its URL.",
+)
+@stack_command(ReviewContext)
+def review(context: ReviewContext) -> int:
+    """Results held back as doubtful (needs_review): list them, approve or reject them.
+
+    With the stack's QualityGate at hold, a result the quality checks doubt is not published: its
+    job waits in needs_review, the result and its renditions under the review prefix. Without
+    an action, lists those jobs (longest waiting first) with the checks' values and reasons.
+    approve JOB... publishes exactly what was held (no run, $0); reject JOB... --note TEXT ends
+    each job rejected (REJECTED_BY_REVIEW, the note as its message), and --retry then starts
+    a new, billed attempt of each (cost shown and confirmed first). Both send one request per job
+    on the copy queue and wait until the job has left needs_review. A job not waiting for review
+    is refused, nothing sent for it (exit status 1).
+
+    --serve serves the review page on 127.0.0.1 only: the original and the held result side by
+    side (short-lived presigned URLs), the checks and reasons, approve and reject buttons and
+    keyboard shortcuts. The first line on stdout is its URL, with the session's token.
+
+    \b
+    Examples:
+      backdrop review --stack backdrop
+      backdrop review --stack backdrop approve 3f1c0d0b8b7e4c55a2e0c3d1f6a9b2e4
+      backdrop review --local reject 3f1c0d0b8b7e4c55a2e0c3d1f6a9b2e4 --note "label cut off" --retry --yes
+      backdrop review --stack backdrop --serve
+    """
+    from backdrop_cli.review import run_review
+
+    return run_review(context)
 
 
 def main() -> None:

@@ -295,6 +295,29 @@ def test_open_jobs_page_oldest_first_before_a_time(store: JobStore) -> None:
     ]
 
 
+def test_held_jobs_never_crowd_the_open_jobs_out_and_are_listed_on_their_own(store: JobStore) -> None:
+    # 150 held results, older than every other open job: more than a query page (100).
+    for i in range(150):
+        store.claim(_job(f"held-{i:03d}", NR, created_at=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}.000Z"))
+    store.claim(_job("copying", C, created_at="2026-01-02T00:00:00.000Z"))
+    store.claim(_job("received", created_at="2026-01-03T00:00:00.000Z"))
+    before = "2026-03-01T00:00:00.000Z"
+    assert [j.job_id for j in store.open_jobs(created_before=before, limit=2)] == ["copying", "received"]
+    backlog = list(store.review_backlog())
+    assert [j.job_id for j in backlog] == [f"held-{i:03d}" for i in range(150)]
+    assert {j.status for j in backlog} == {NR}
+
+
+def test_a_held_jobs_event_is_noted_once_and_its_held_time_kept(store: JobStore) -> None:
+    store.claim(_job("held", NR, created_at="2026-01-01T00:00:00.000Z"))
+    store.claim(_job("copying", C))
+    assert store.mark_review_announced("held") and not store.mark_review_announced("held")
+    assert not store.mark_review_announced("copying")  # only a held job's
+    held = store.get("held")
+    assert held is not None and held.event_published_at == iso_from_epoch(NOW)
+    assert held.updated_at == "2026-01-01T00:00:00.000Z"  # the backlog's age counts from it
+
+
 def test_jobs_of_one_object_newest_first(store: JobStore) -> None:
     store.claim(_job("v1", created_at="2026-01-01T00:00:00.000Z", source_key="uploads/x.jpg"))
     store.claim(_job("v2", created_at="2026-01-02T00:00:00.000Z", source_key="uploads/x.jpg"))

@@ -404,6 +404,38 @@ def test_dashboard_shows_the_pipeline_and_is_an_output(template: dict[str, Any])
     assert template["Outputs"]["DashboardName"]["Value"] == {"Ref": "Dashboard"}
 
 
+def test_the_review_backlog_is_on_the_dashboard_with_an_alarm_on_its_age(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    body = json.loads(resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"])
+    metrics = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"]}
+    assert {"ReviewBacklog", "OldestReviewAgeMinutes", "JobsHeldForReview", "DoubtfulPublished"} <= metrics
+    alarm = resources["ReviewAgeAlarm"]["Properties"]
+    assert (alarm["MetricName"], alarm["Statistic"]) == ("OldestReviewAgeMinutes", "Maximum")
+    assert alarm["Threshold"] == {"Ref": "ReviewAlarmMinutes"}
+    assert int(template["Parameters"]["ReviewAlarmMinutes"]["Default"]) == 1440
+    assert template["Parameters"]["QualityGate"]["AllowedValues"] == ["off", "flag", "hold"]
+
+
+def test_only_the_copy_function_touches_held_results(resources: dict[str, Any]) -> None:
+    held = "/${ReviewPrefix}*"
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        statements = [
+            st for policy in function["Properties"].get("Policies", []) for st in policy["Statement"]
+        ]
+        on_held = [st for st in statements if str(st["Resource"]).find(held) >= 0]
+        if name != "CopyFunction":
+            assert on_held == [], name
+            continue
+        (statement,) = on_held
+        assert set(statement["Action"]) == {
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:AbortMultipartUpload",
+            "s3:DeleteObject",
+        }
+
+
 def test_alarms_on_backlog_age_throttles_and_api_errors(resources: dict[str, Any]) -> None:
     alarms = {name: res["Properties"] for name, res in _of_type(resources, "AWS::CloudWatch::Alarm").items()}
     by_metric: dict[str, list[str]] = {}

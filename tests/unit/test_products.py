@@ -72,3 +72,11 @@ def test_result_of_another_shape_is_refused() -> None:
     original, _ = photo()
     with pytest.raises(ValueError, match="same shape"):
         products.compare(original.resize((100, 300)), original, WHITE)
+
+
+def test_result_without_a_product_keeps_an_empty_region() -> None:
+    original, _ = photo()
+    blank = Image.new("RGB", original.size, (255, 255, 255))
+    region, found = products.compare_region(encode(blank), encode(original, "JPEG"), WHITE)
+    assert found.share == 0.0 and found.bbox() is None
+    assert region.frame == original.size and region.image.width * region.image.height == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -259,3 +260,80 @@ def test_region_renders_the_same_verdicts_as_the_whole_result(colour: Colour) ->
             difference = np.abs(ours[centre] - theirs[centre])
             # The same pixels up to a sub-pixel shift of the sampling grid and the JPEG's rounding.
             assert difference.mean() < 0.5 and difference.max() <= 12, name
+
+
+def test_product_drawn_in_bands_matches_one_whole_resize() -> None:
+    original, truth = photo(size=(2400, 1800), box=(700, 300, 1500, 1500))
+    result = runflow(original, truth, WHITE)
+    region, found = products.compare_region(encode(result), encode(original, "JPEG"), WHITE)
+    spec = Spec(width=1000, height=1000, format="PNG", background=WHITE)
+    data, verdict = renditions.make(spec, region, found)
+    assert verdict["verdict"] == "pass", verdict["reasons"]
+    # The reference: the product's whole rectangle resampled at once, pasted by its coverage.
+    plan = renditions.layout(spec, region.frame, found.bbox())
+    visible = renditions._visible(plan, region.frame)
+    assert visible is not None
+    product = renditions._product_rect(plan, visible, found)
+    assert product is not None
+    rect, box = product
+    inside = renditions._full_size_box(region, found, plan, box)
+    assert inside is not None
+    size = (rect[2] - rect[0], rect[3] - rect[1])
+    reference = Image.new("RGB", plan.canvas, tuple(WHITE))
+    patch = region.image.resize(size, Image.Resampling.LANCZOS, box=inside)
+    reference.paste(patch, rect[:2], renditions._coverage(plan, product, found).patch)
+    difference = np.abs(_decoded(data).astype(np.int16) - np.asarray(reference).astype(np.int16))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.001
+    # Bands skip the rectangle's empty corners: more than one band, each narrower than the rectangle.
+    assert size[1] > renditions.BAND_ROWS
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "on_border"),
+    [(10, 100, False), (0, 0, True), (300, 210, True), (300, 100, True), (150, 210, True)],
+)
+def test_verdict_sees_one_off_pixel_anywhere_in_the_file(x: int, y: int, on_border: bool) -> None:
+    """The read-back is scanned a strip at a time: one pixel off the colour is seen wherever it is."""
+    result, found = _found("hard_cutout", size=(640, 480), box=(180, 100, 460, 400))
+    spec = Spec(width=301, height=211, format="PNG", background=WHITE)
+    rendered = renditions.render(spec, result, found)
+    clean = renditions.judge(spec, rendered, found)
+    assert clean["verdict"] == "pass" and clean["checks"]["background_exact_share"] == 1.0
+    with Image.open(io.BytesIO(rendered.data)) as file:
+        icc = file.info["icc_profile"]
+        canvas = file.convert("RGB")
+    canvas.putpixel((x, y), (255, 254, 255))
+    out = io.BytesIO()
+    canvas.save(out, "PNG", icc_profile=icc)
+    verdict = renditions.judge(spec, replace(rendered, data=out.getvalue()), found)
+    near = np.count_nonzero(np.asarray(rendered.coverage.patch))  # lossless: no guard around the product
+    background = 301 * 211 - near
+    assert verdict["checks"]["background_exact_share"] == round(1 - 1 / background, 6)
+    assert verdict["checks"]["border_pure"] is not on_border
+    assert verdict["verdict"] == ("fail" if on_border else "warn")
+
+
+def test_pixels_near_the_product_are_exactly_those_within_the_guard() -> None:
+    """The guard around the product (background pixels closer than it are not judged) is a square
+    of exactly ``radius`` pixels, clipped to the canvas: checked against a brute-force dilation."""
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        width, height = (int(v) for v in rng.integers(5, 50, 2))
+        pw, ph = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+        ox, oy = int(rng.integers(0, width - pw + 1)), int(rng.integers(0, height - ph + 1))
+        patch = ((rng.random((ph, pw)) > 0.92) * rng.integers(1, 256, (ph, pw))).astype(np.uint8)
+        radius = int(rng.integers(0, 8))
+        covered = np.zeros((height, width), dtype=bool)
+        covered[oy : oy + ph, ox : ox + pw] = patch > 0
+        expected = np.zeros_like(covered)
+        for y, x in zip(*np.nonzero(covered), strict=True):
+            expected[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1] = True
+        near = renditions._near(
+            renditions.Coverage((width, height), Image.fromarray(patch), (ox, oy)), radius
+        )
+        got = np.zeros_like(covered)
+        if near is not None:
+            (nx, ny), (nh, nw) = near.origin, near.mask.shape
+            assert nx >= 0 and ny >= 0 and nx + nw <= width and ny + nh <= height
+            got[ny : ny + nh, nx : nx + nw] = near.mask
+        assert np.array_equal(got, expected)

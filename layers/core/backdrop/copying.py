@@ -25,7 +25,7 @@ the queue and the reconciler remains the safety net.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -162,19 +162,23 @@ def _approve(job: Job, request: ReviewRequest, services: Services, held: _HeldLe
             assert held.lease.published is not None
             result = _superseded_by_later_job(services, job, held.lease.published, also=_UNHELD)
         else:
-            result = _publish_held(
-                job,
-                services,
-                held,
-                _Judged(list(job.held_keys), 0, job.renditions, job.quality or None),
-                review=review_record(request),
-            )
+            judged = _Judged(list(job.held_keys), 0, job.renditions, job.quality or None)
+            published = held.lease.published
+            if published is not None and published.job_id == job.job_id:
+                # An earlier try published the held objects and stopped before the job moved.
+                discard_folder(services, job.job_id)
+                result = _succeed(services, job, _as_published(services, job, judged), review_record(request))
+            else:
+                result = _publish_held(job, services, held, judged, review=review_record(request))
             if result.outcome is Outcome.SUCCEEDED:
                 count("JobsApprovedByReview")
             return result
     except HeldResultGone as exc:
         logger.error("A held object is gone: the job cannot be approved", extra={"reason": str(exc)})
         return Result(Outcome.IGNORED, job.job_id, detail=f"{exc}: reject it instead")
+    except OutputCopyFailed as exc:  # S3 failed, or the lease was lost: the request is tried again
+        logger.warning("Approving a held result failed; tried again", extra={"reason": str(exc)})
+        raise RetryLater(str(exc), after_seconds=COPY_FAILED_RETRY_SECONDS) from exc
     except OutputRefused as exc:
         result = _refused(services, job, exc, also=_UNHELD)
     if result.outcome is not Outcome.ALREADY_DONE:
@@ -421,15 +425,24 @@ def _judge(
 
 
 def _publish(
-    job: Job, services: Services, held: _HeldLease, judged: _Judged, review: dict[str, Any] | None = None
+    job: Job,
+    services: Services,
+    held: _HeldLease,
+    judged: _Judged,
+    review: dict[str, Any] | None = None,
+    *,
+    tidy: Callable[[], None] | None = None,
 ) -> Result:
-    """The objects at ``judged.keys`` become the source's published result, and the job succeeds."""
+    """The objects at ``judged.keys`` become the source's published result, ``tidy`` runs, and the
+    job succeeds."""
     published = held.lease.published
     if published is not None:
         _delete_stale(services, job, published, [k for k in published.result_keys if k not in judged.keys])
     record = Published(job.job_id, job.run_id or "", job.upload().version, job.created_at, tuple(judged.keys))
     if not held.release_published(record):
         logger.error("Result lease lost after publishing", extra={"result_keys": judged.keys})
+    if tidy is not None:
+        tidy()
     return _succeed(services, job, judged, review)
 
 
@@ -442,24 +455,25 @@ def _publish_held(
 ) -> Result:
     """Publish held objects: each copied server-side into the source's result folder under its
     file name (fenced like any result write), then published as any result; the held copies are
-    deleted once the job succeeded."""
-    folder = _folder_of(services, job)
+    deleted before the job says it succeeded (a try that stops in between finds the result published
+    by this job, and finishes it)."""
     keeper = _LeaseKeeper(services, held.lease)
-    moved: dict[str, str] = {}
-    for key in judged.keys:
+    published = _as_published(services, job, judged)
+    for key, target in zip(judged.keys, published.keys, strict=True):
         keeper()
-        moved[key] = folder + key.rpartition("/")[2]
-        _copy_held(services, job, key, moved[key])
+        _copy_held(services, job, key, target)
+    return _publish(job, services, held, published, review, tidy=lambda: discard_folder(services, job.job_id))
+
+
+def _as_published(services: Services, job: Job, judged: _Judged) -> _Judged:
+    """Held objects as they are once published: the same file names in the source's result folder."""
+    folder = _folder_of(services, job)
+    moved = {key: folder + key.rpartition("/")[2] for key in judged.keys}
     entries = {
         name: {**entry, "key": moved.get(str(entry["key"])) if entry.get("key") else None}
         for name, entry in judged.renditions.items()
     }
-    result = _publish(
-        job, services, held, replace(judged, keys=list(moved.values()), renditions=entries), review
-    )
-    if result.outcome is Outcome.SUCCEEDED:
-        discard_folder(services, job.job_id)
-    return result
+    return replace(judged, keys=list(moved.values()), renditions=entries)
 
 
 def _copy_held(services: Services, job: Job, source: str, key: str) -> None:

@@ -346,7 +346,6 @@ class JobChanges(TypedDict, total=False):
     quality: dict[str, Any] | None
     held_keys: list[str] | None
     review: dict[str, Any] | None
-    event_published_at: str | None
 
 
 # Longest error message a job keeps (Runflow's and exceptions' messages may be long).

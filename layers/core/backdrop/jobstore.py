@@ -363,6 +363,23 @@ class JobStore:
             raise
         return True
 
+    def mark_review_announced(self, job_id: str) -> bool:
+        """A held job's ``Job Needs Review`` event was sent. ``updated_at`` is left alone: it says
+        when the job was held, which the review backlog's age is measured from."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET event_published_at = :now",
+                ConditionExpression="#status = :review AND attribute_not_exists(event_published_at)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":now": self._now(), ":review": Status.NEEDS_REVIEW.value},
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
     def claim_announcement(self, job_id: str, attempt: int) -> bool:
         """Claim a pending event to republish it, unless another republisher has it now."""
         now = self._clock()

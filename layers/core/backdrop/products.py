@@ -40,8 +40,10 @@ MAX_PIXELS = 50_000_000  # as the pipeline's own input limit
 # Working px kept at full size around the product's soft edge: room for the resampling kernel of any
 # rendition finer than the working size (3 working px) and for the mask's interpolation.
 REGION_MARGIN = 5
-STRIP_ROWS = 64  # rows copied or reduced at a time out of the full-size result (small temporaries)
-DISTANCE_ROWS = 128  # working-size rows compared at a time
+# Bytes of the temporaries made a strip at a time out of the full-size result: below glibc's mmap
+# threshold (MMAP_THRESHOLD_BYTES), they are reused from the heap rather than mapped afresh, page
+# by page, for every strip.
+STRIP_BYTES = 192 * 1024
 
 
 def _return_freed_memory() -> None:
@@ -62,6 +64,19 @@ def _return_freed_memory() -> None:
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 256 * 1024
 _return_freed_memory()
+
+
+def _release_free_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``): what an earlier
+    job left free in the heap would otherwise count on top of this job's peak."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to release
+        return
+    trim(0)
+
 
 U8 = np.ndarray[Any, np.dtype[np.uint8]]
 Box = tuple[float, float, float, float]
@@ -213,23 +228,29 @@ class Region:
 Mask = np.ndarray[Any, np.dtype[np.bool_]]
 
 
-def _neighbours(mask: Mask) -> list[Mask]:
-    """The 3x3 neighbourhood of every pixel, the frame's edge repeated (as Pillow's rank filters)."""
-    padded = np.pad(mask, 1, mode="edge")
+def _neighbourhood(mask: Mask, combine: Any) -> Mask:
+    """``combine`` (``np.logical_and``: 3x3 minimum; ``np.logical_or``: maximum) over the 3x3
+    neighbourhood of every pixel, the frame's edge repeated (as Pillow's rank filters): separable,
+    in place, without stacking the nine shifted copies."""
     height, width = mask.shape
-    return [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+    padded = np.pad(mask, 1, mode="edge")
+    rows = padded[:, 0:width].copy()
+    combine(rows, padded[:, 1 : width + 1], out=rows)
+    combine(rows, padded[:, 2 : width + 2], out=rows)
+    out = rows[0:height].copy()
+    combine(out, rows[1 : height + 1], out=out)
+    combine(out, rows[2 : height + 2], out=out)
+    return out
 
 
 def _erode(mask: Mask) -> Mask:
     """3x3 minimum of a boolean mask: in numpy, a fraction of the time of a rank filter."""
-    eroded: Mask = np.logical_and.reduce(_neighbours(mask))
-    return eroded
+    return _neighbourhood(mask, np.logical_and)
 
 
 def _dilate3(mask: Mask) -> Mask:
     """3x3 maximum of a boolean mask."""
-    dilated: Mask = np.logical_or.reduce(_neighbours(mask))
-    return dilated
+    return _neighbourhood(mask, np.logical_or)
 
 
 def _distance(pixels: U8, other: U8) -> U8:
@@ -237,26 +258,29 @@ def _distance(pixels: U8, other: U8) -> U8:
     colour), a band of rows at a time so that the temporaries stay small. The channels are taken
     as three strided planes: numpy's reduction over a last axis of 3 costs ten times as much."""
     distance = np.empty(pixels.shape[:2], dtype=np.uint8)
-    for row in range(0, pixels.shape[0], DISTANCE_ROWS):
-        part = pixels[row : row + DISTANCE_ROWS]
-        against = other if other.ndim == 1 else other[row : row + DISTANCE_ROWS]
+    rows = max(1, STRIP_BYTES // (3 * pixels.shape[1]))
+    for row in range(0, pixels.shape[0], rows):
+        part = pixels[row : row + rows]
+        against = other if other.ndim == 1 else other[row : row + rows]
         apart = np.maximum(part, against)
         apart -= np.minimum(part, against)
-        out = distance[row : row + DISTANCE_ROWS]
+        out = distance[row : row + rows]
         np.maximum(apart[..., 0], apart[..., 1], out=out)
         np.maximum(out, apart[..., 2], out=out)
     return distance
 
 
 def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Box-average ``image`` down to ``size``, ``STRIP_ROWS`` output rows at a time: the
-    resampling's temporary images stay a strip's size (the same pixels as one whole resize)."""
+    """Box-average ``image`` down to ``size``, a strip of output rows at a time: the resampling's
+    temporary images (its source rows at the output's width) stay within ``STRIP_BYTES`` (the
+    same pixels as one whole resize)."""
     if image.size == size:
         return image
     reduced = Image.new("RGB", size)
     scale = image.height / size[1]
-    for row in range(0, size[1], STRIP_ROWS):
-        end = min(size[1], row + STRIP_ROWS)
+    rows = max(1, int(STRIP_BYTES / (4 * size[0] * (scale + 1))))
+    for row in range(0, size[1], rows):
+        end = min(size[1], row + rows)
         box = (0.0, row * scale, float(image.width), min(float(image.height), end * scale))
         reduced.paste(image.resize((size[0], end - row), Image.Resampling.BOX, box=box), (0, row))
     return reduced
@@ -283,7 +307,7 @@ def compare(result: Image.Image, original: Image.Image, colour: Colour) -> Compa
     # Opening then closing: isolated specks where a background pixel happens to match the original
     # go, pinholes of noise inside the product close.
     kept = _erode(_dilate3(_dilate3(_erode(kept))))
-    alpha = np.where(kept, 255, 0).astype(np.uint8)
+    alpha = np.where(kept, np.uint8(255), np.uint8(0))  # uint8 at once: no 8-byte temporary
     core = Image.fromarray(alpha, mode="L")
     # Soft edge: a pixel near the product that moved part of the way from the original to the
     # colour is that part background.
@@ -322,6 +346,7 @@ def compare_region(result: bytes, original: bytes, colour: Colour) -> tuple[Regi
     """As ``compare_bytes``, but only the product's box (widened by ``REGION_MARGIN`` working px)
     is kept at full size, and the full-size result is dropped as soon as the product is found: the
     renditions never hold a whole decoded result beside their own canvases."""
+    _release_free_heap()
     decoded, found = compare_bytes(result, original, colour)
     frame = decoded.size
     soft = found.soft_box(REGION_MARGIN) or (0, 0, 0, 0)
@@ -333,8 +358,9 @@ def compare_region(result: bytes, original: bytes, colour: Colour) -> tuple[Regi
     # Copied a strip at a time into 3 bytes a pixel (Pillow keeps 4): beside the decoded result,
     # the copy costs three quarters of a crop.
     pixels = np.empty((bottom - top, right - left, 3), dtype=np.uint8)
-    for row in range(top, bottom, STRIP_ROWS):
-        end = min(bottom, row + STRIP_ROWS)
+    rows = max(1, STRIP_BYTES // (4 * max(1, right - left)))
+    for row in range(top, bottom, rows):
+        end = min(bottom, row + rows)
         pixels[row - top : end - top] = np.asarray(decoded.crop((left, row, right, end)), dtype=np.uint8)
     del decoded
     image = Image.fromarray(pixels, mode="RGB")

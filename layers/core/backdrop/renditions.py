@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFilter
+from PIL import Image, ImageCms
 
 from backdrop.colours import Colour
 from backdrop.products import Comparison, Region
@@ -36,6 +36,8 @@ JPEG_GUARD_PX = 16  # two 8x8 blocks: lossy ringing next to the product is not c
 FILL_TOLERANCE = 0.03  # measured fill may differ from the spec's by this much (pad)
 PRODUCT_TOLERANCE = 32  # read back, a pixel this far from the colour is product (beyond ringing)
 UPSCALE_WARN = 1.05  # the product enlarged more than this: softer than the channel expects
+REDUCING_GAP = 3.0  # Pillow reduces by a whole factor first when the scale is under 1 / (2 x this)
+BAND_ROWS = 96  # canvas rows of the product resampled at a time
 SCAN_BYTES = 192 * 1024  # read-back pixels scanned at a time (4 bytes each): below glibc's mmap threshold
 EXACT_SHARE_FAIL = 0.99  # share of background pixels exactly on the colour below which it fails
 
@@ -160,6 +162,22 @@ def _product_rect(plan: Layout, visible: tuple[Rect, Box], found: Comparison) ->
     return (x0, y0, x1, y1), box
 
 
+def _full_size_box(region: Region, found: Comparison, plan: Layout, box: Box) -> Box | None:
+    """The frame's ``box`` in the region's pixels when it is drawn from full size: the region holds
+    it and the canvas is finer than the working size (or the region is the whole frame)."""
+    working_scale = found.size[0] / found.full_size[0]
+    if not (region.covers_frame or (plan.scale >= working_scale and region.holds(box))):
+        return None
+    x, y = region.offset
+    width, height = region.image.size
+    return (
+        max(0.0, box[0] - x),
+        max(0.0, box[1] - y),
+        min(float(width), box[2] - x),
+        min(float(height), box[3] - y),
+    )
+
+
 def _resample(
     region: Region, found: Comparison, plan: Layout, rect: Rect, box: Box
 ) -> tuple[Image.Image, bool]:
@@ -167,17 +185,11 @@ def _resample(
     the box and the canvas is finer than the working size, else from the working-size result.
     Returns the patch and whether it came from full size."""
     size = (rect[2] - rect[0], rect[3] - rect[1])
+    inside = _full_size_box(region, found, plan, box)
+    if inside is not None:
+        resized = region.image.resize(size, Image.Resampling.LANCZOS, box=inside, reducing_gap=REDUCING_GAP)
+        return resized, True
     working_scale = found.size[0] / found.full_size[0]
-    if region.covers_frame or (plan.scale >= working_scale and region.holds(box)):
-        x, y = region.offset
-        width, height = region.image.size
-        inside = (
-            max(0.0, box[0] - x),
-            max(0.0, box[1] - y),
-            min(float(width), box[2] - x),
-            min(float(height), box[3] - y),
-        )
-        return region.image.resize(size, Image.Resampling.LANCZOS, box=inside, reducing_gap=3.0), True
     kx, ky = working_scale, found.size[1] / found.full_size[1]
     small = (
         max(0.0, box[0] * kx),
@@ -219,12 +231,9 @@ def render(spec: Spec, result: Image.Image | Region, found: Comparison) -> Rende
     product = _product_rect(plan, visible, found) if visible is not None else None
     coverage = _coverage(plan, product, found)
     if spec.background is not None:
-        # The patch first, the canvas once the resampling's temporary image is gone.
-        patch = _resample(region, found, plan, *product)[0] if product is not None else None
         canvas = Image.new("RGB", plan.canvas, tuple(colour))
-        if patch is not None and product is not None:
-            canvas.paste(patch, product[0][:2], coverage.patch)
-            del patch
+        if product is not None:
+            _draw_product(canvas, region, found, plan, product, coverage)
     else:
         canvas = _as_made(region, found, plan, visible, product, coverage)
     quality = spec.quality if spec.format in LOSSY else None
@@ -259,10 +268,56 @@ def _as_made(
     del base
     working_scale = found.size[0] / found.full_size[0]
     if not fine and product is not None and plan.scale >= working_scale and region.holds(product[1]):
-        patch, _ = _resample(region, found, plan, *product)
         # Blended by the product's opacity: the seam lies along its outline, not in the background.
-        canvas.paste(patch, product[0][:2], coverage.patch)
+        _draw_product(canvas, region, found, plan, product, coverage)
     return canvas
+
+
+def _draw_product(
+    canvas: Image.Image,
+    region: Region,
+    found: Comparison,
+    plan: Layout,
+    product: tuple[Rect, Box],
+    coverage: Coverage,
+) -> None:
+    """The product's rectangle resampled onto ``canvas``, blended by its coverage.
+
+    From full size, a band of ``BAND_ROWS`` canvas rows at a time, each only between the first and
+    the last column the product covers in it: the corners of the rectangle around a round or
+    slanted product are never resampled, and the temporaries stay a band's size. Each band maps
+    its canvas pixels to the same frame coordinates as one whole resize: the same Lanczos weights,
+    the pixels those of one resize (a few differ by one level, where rounding falls the other way)."""
+    rect, box = product
+    size = (rect[2] - rect[0], rect[3] - rect[1])
+    inside = _full_size_box(region, found, plan, box)
+    if inside is None or coverage.patch is None or _reduces(inside, size):
+        patch, _ = _resample(region, found, plan, rect, box)
+        canvas.paste(patch, rect[:2], coverage.patch)
+        return
+    covered = np.asarray(coverage.patch)
+    sx, sy = (inside[2] - inside[0]) / size[0], (inside[3] - inside[1]) / size[1]
+    width, height = region.image.size
+    for top in range(0, size[1], BAND_ROWS):
+        bottom = min(size[1], top + BAND_ROWS)
+        columns = np.flatnonzero(covered[top:bottom].any(axis=0))
+        if columns.size == 0:
+            continue
+        left, right = int(columns[0]), int(columns[-1]) + 1
+        band_box = (
+            inside[0] + left * sx,
+            inside[1] + top * sy,
+            min(float(width), inside[0] + right * sx),
+            min(float(height), inside[1] + bottom * sy),
+        )
+        band = region.image.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=band_box)
+        canvas.paste(band, (rect[0] + left, rect[1] + top), coverage.patch.crop((left, top, right, bottom)))
+
+
+def _reduces(box: Box, size: tuple[int, int]) -> bool:
+    """Whether Pillow's resize reduces first (by a whole factor, ``REDUCING_GAP``): then the bands
+    would not share one reduction's grid, and the patch is resampled whole."""
+    return (box[2] - box[0]) / size[0] >= 2 * REDUCING_GAP or (box[3] - box[1]) / size[1] >= 2 * REDUCING_GAP
 
 
 def _colour_space(image: Image.Image) -> str:
@@ -510,31 +565,53 @@ def _judge_product(
         findings.warns.append("the product touches the edge of the rendition")
 
 
-_ANY = [0] + [255] * 255
 _HALF = [0] * 128 + [255] * 128
 
 
 def _near(coverage: Coverage, radius: int) -> _Near | None:
-    """Pixels within ``radius`` (square) of the product's coverage: a box blur is above 0 wherever
-    a covered pixel is near, in linear time at any radius. Blurred only around the coverage's box:
-    elsewhere nothing is near. None: no coverage at all."""
+    """Pixels within ``radius`` (square, exactly) of the product's coverage, as a mask over the
+    coverage's box widened by ``radius`` (clipped to the canvas). None: no coverage at all."""
     patch, (x, y) = coverage.patch, coverage.origin
     reach = patch.getbbox() if patch is not None else None
     if patch is None or reach is None:
         return None
+    covered = np.asarray(patch.crop(reach)) > 0
     if radius <= 0:
-        return _Near(np.asarray(patch.crop(reach)) > 0, (x + reach[0], y + reach[1]))
-    width, height = coverage.canvas
-    around = (
-        max(0, x + reach[0] - radius - 1),
-        max(0, y + reach[1] - radius - 1),
-        min(width, x + reach[2] + radius + 1),
-        min(height, y + reach[3] + radius + 1),
-    )
-    # Cropped beyond the patch's edges, the patch reads 0 there: as the canvas around it.
-    around_patch = patch.crop((around[0] - x, around[1] - y, around[2] - x, around[3] - y))
-    blurred = around_patch.point(_ANY).filter(ImageFilter.BoxBlur(radius))
-    return _Near(np.asarray(blurred) > 0, around[:2])
+        return _Near(covered, (x + reach[0], y + reach[1]))
+    height, width = covered.shape
+    # Shifted by 2 x radius, then each pixel takes the OR of the next 2 x radius + 1 along both
+    # axes: pixel (i, j) of ``near`` is the square of side 2 x radius + 1 centred on
+    # (i - radius, j - radius) of ``covered``.
+    near = np.zeros((height + 2 * radius, width + 2 * radius), dtype=np.bool_)
+    near[2 * radius :, 2 * radius :] = covered
+    _or_ahead(near, 2 * radius + 1, axis=0)
+    _or_ahead(near, 2 * radius + 1, axis=1)
+    left, top = x + reach[0] - radius, y + reach[1] - radius
+    canvas_width, canvas_height = coverage.canvas
+    x0, y0 = max(0, -left), max(0, -top)
+    x1 = min(near.shape[1], canvas_width - left)
+    y1 = min(near.shape[0], canvas_height - top)
+    return _Near(near[y0:y1, x0:x1], (left + x0, top + y0))
+
+
+def _or_ahead(flags: np.ndarray[Any, np.dtype[np.bool_]], window: int, *, axis: int) -> None:
+    """In place, every element becomes the OR of itself and the next ``window - 1`` along ``axis``
+    (past the end: none): doubling spans, about log2(window) passes over whole rows of memory,
+    between two buffers (an OR into its own overlapping input would copy it every pass)."""
+
+    def part(array: np.ndarray[Any, Any], start: int | None, stop: int | None) -> np.ndarray[Any, Any]:
+        return array[start:stop] if axis == 0 else array[:, start:stop]
+
+    source, target = flags, np.empty_like(flags)
+    span = 1
+    while span < window:
+        step = min(span, window - span)
+        np.logical_or(part(source, None, -step), part(source, step, None), out=part(target, None, -step))
+        part(target, -step, None)[...] = part(source, -step, None)
+        source, target = target, source
+        span += step
+    if source is not flags:
+        flags[...] = source
 
 
 def make(spec: Spec, result: Image.Image | Region, found: Comparison) -> tuple[bytes, dict[str, Any]]:

@@ -159,12 +159,7 @@ def announce_review(services: Services, job: Job) -> bool:
         logger.warning("Needs-review event not sent yet", extra={"reason": str(answer.get("Entries"))})
         count("EventsDeferred")
         return False
-    services.jobs.update_open(
-        job.job_id,
-        Status.NEEDS_REVIEW,
-        {"event_published_at": now_iso()},
-        only_if={"event_published_at": None},
-    )
+    services.jobs.mark_review_announced(job.job_id)
     count("EventsPublished")
     return True
 
