@@ -18,6 +18,14 @@ succeeded again, to the same key, to a new key, and to a new key in another colo
 colour) must be paid for with one succeeded run: ``runs_per_distinct_content=1.00``. The test keeps
 its own record of every version's SHA-256, so identity is judged independently of the pipeline.
 
+Doubtful results: a share of the runs (``OUTPUT_FAULT_RATE`` each) come back unchanged, blank,
+cropped or with a halo (the local Runflow's output faults), and the stack runs with
+``QualityGate=hold``. No faulted run's result or renditions may appear under the results prefix
+(``doubtful_published=0``); a job held for review (``needs_review``) is settled, neither lost nor
+finished: ``held=`` counts them, ``false_holds=`` those whose run had no fault. An upload of the
+same pixels and colour as a held job waits for the person's decision (``received`` with
+``CONTENT_IN_FLIGHT``, to reuse the approved result): settled too, ``waiting_on_review=``.
+
 Size: ``BACKDROP_CHAOS_UPLOADS`` per mode (default 150; ``make chaos N=2000`` for the large run).
 The time to converge is a figure, not a limit; the bound below only stops a hung run.
 """
@@ -50,6 +58,7 @@ from backdrop_local.runflow import FaultSettings
 from backdrop_local.stack import RUNFLOW_API_KEY, LocalStack, StackOptions
 from tests.support.images import encoded
 
+REVIEW_EVENT = "Job Needs Review"
 UPLOADS = int(os.environ.get("BACKDROP_CHAOS_UPLOADS", "150"))
 # Only against a hang: a healthy run converges in a fraction of this (see the figure it prints).
 HANG_LIMIT_S = max(float(os.environ.get("BACKDROP_CHAOS_HANG_S", "900")), UPLOADS * 4.0)
@@ -63,6 +72,9 @@ LATER_COLOUR = "#FF8800"  # the second wave's new-colour uploads: no plan item u
 # Runs are listed this long after their creation: past the stack's create settle window (10 s below),
 # so a job whose create answer was lost sees an empty list when a second create would have been sent.
 LIST_LAG_S = 12.0
+OUTPUT_FAULT_RATE = 0.03  # each of the four doubtful results (unchanged, blank, cropped, halo)
+# Held for a person: the convergence wait's resting states are the terminal ones and needs_review.
+RESTING = frozenset({*TERMINAL, "needs_review"})
 
 
 def faults(idempotency: str) -> FaultSettings:
@@ -78,6 +90,10 @@ def faults(idempotency: str) -> FaultSettings:
         processing_failure=0.05,
         idempotency_keys=idempotency,  # type: ignore[arg-type]
         list_lag_s=LIST_LAG_S,
+        output_unchanged=OUTPUT_FAULT_RATE,
+        output_blank=OUTPUT_FAULT_RATE,
+        output_cropped=OUTPUT_FAULT_RATE,
+        output_halo=OUTPUT_FAULT_RATE,
     )
 
 
@@ -223,6 +239,20 @@ def producing_job(job: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> dict
     return job
 
 
+def published_runs(s3: Any, bucket: str, keys: list[str], by_id: dict[str, dict[str, Any]]) -> set[str]:
+    """The runs whose pixels are under the results prefix: each object's own metadata names the job
+    that wrote it (and its run); a reused result is the pixels of the run of the job it reused."""
+    runs: set[str] = set()
+    for key in keys:
+        metadata = s3.head_object(Bucket=bucket, Key=key)["Metadata"]
+        if metadata.get("run-id"):
+            runs.add(metadata["run-id"])
+        writer = by_id.get(metadata.get("job-id", ""))
+        if writer is not None:
+            runs.add(producing_job(writer, by_id)["run_id"])
+    return runs
+
+
 def scan_jobs(stack: LocalStack) -> list[dict[str, Any]]:
     assert stack.resources is not None
     return scan_items(stack.dynamodb(), stack.resources.jobs_table)
@@ -333,7 +363,7 @@ def test_nothing_lost_nothing_billed_twice(
         log_level="INFO",
         # Every run is reserved against the daily budget as in production, but the budget must not
         # hold jobs here (holding is tested on its own): the template's 500 a day would stop N=2000.
-        parameter_overrides={"DailyRunBudget": str(UPLOADS * 3)},
+        parameter_overrides={"DailyRunBudget": str(UPLOADS * 3), "QualityGate": "hold"},
     )
     plan = plan_uploads(rng, UPLOADS)
     started = time.monotonic()
@@ -380,8 +410,13 @@ def test_nothing_lost_nothing_billed_twice(
         events: Counter[str] = Counter()
         deliveries: dict[str, list[str]] = {}  # event_id -> EventBridge ids of its deliveries
 
+        review_events: Counter[str] = Counter()  # job id -> "Job Needs Review" events
+
         def collect_events() -> None:
             for event in drain_events(stack):
+                if event["detail-type"] == REVIEW_EVENT:
+                    review_events[event["detail"]["job_id"]] += 1
+                    continue
                 events[event["detail"]["event_id"]] += 1
                 deliveries.setdefault(event["detail"]["event_id"], []).append(event["id"])
 
@@ -404,7 +439,7 @@ def test_nothing_lost_nothing_billed_twice(
                 and by_version.get((item["key"], newest[item["key"]]), {}).get("status") == "succeeded"
             ]
             wanted = min(len(finished), max(3, round(processed_planned * LATER_SHARE)))
-            if len(finished) < 2 * wanted and any(j["status"] not in TERMINAL for j in jobs):
+            if len(finished) < 2 * wanted and not settled(jobs):
                 return
             for n, item in enumerate(rng.sample(finished, wanted)):
                 if n % 3 == 2:
@@ -413,8 +448,21 @@ def test_nothing_lost_nothing_billed_twice(
                     original = (item["key"], newest[item["key"]])
                     later.append(same_bytes.upload(uploads, item, original, n % 3 == 0))
 
+        def settled(jobs: list[dict[str, Any]]) -> bool:
+            """Every job terminal, held for review, or waiting for the review of the same pixels."""
+            held = {uploads.content(j) for j in jobs if j["status"] == "needs_review"}
+            return all(j["status"] in RESTING or waits_on_review(j, held) for j in jobs)
+
+        def waits_on_review(job: dict[str, Any], held: set[tuple[str, Colour]]) -> bool:
+            return (
+                job["status"] == "received"
+                and job.get("error_code") == "CONTENT_IN_FLIGHT"
+                and uploads.content(job) in held
+            )
+
         def converge() -> float | None:
-            """Until every job is terminal (the reconciler recovers what callbacks did not deliver)."""
+            """Until every job is terminal or held for review (the reconciler recovers what callbacks
+            did not deliver)."""
             nonlocal hostile
             while time.monotonic() - started < HANG_LIMIT_S:
                 collect_events()
@@ -423,7 +471,7 @@ def test_nothing_lost_nothing_billed_twice(
                     hostile = hostile_callbacks(stack, http, jobs[:10])
                 second_wave(jobs)
                 seen = {(j["source_key"], j.get("source_version_id")) for j in jobs}
-                if seen >= set(uploads.digests) and all(j["status"] in TERMINAL for j in jobs):
+                if seen >= set(uploads.digests) and settled(jobs):
                     return time.monotonic()
                 time.sleep(1.0 + len(jobs) / 1000)  # each scan reads the whole table: poll less as it grows
             return None
@@ -440,6 +488,8 @@ def test_nothing_lost_nothing_billed_twice(
         assert converged_at is not None, hung()
         jobs = scan_jobs(stack)
         statuses = Counter(j["status"] for j in jobs)
+        held_contents = {uploads.content(j) for j in jobs if j["status"] == "needs_review"}
+        waiting_on_review = [j for j in jobs if waits_on_review(j, held_contents)]
 
         stack.runflow.set_faults(FaultSettings())  # read outputs back without injected errors
         by_version = {(j["source_key"], j.get("source_version_id")): j for j in jobs}
@@ -452,8 +502,10 @@ def test_nothing_lost_nothing_billed_twice(
             key = item["key"]
             job = by_version[(key, newest[key])]  # the newest version's job decides the outcome
             expect = item["expect"]
-            assert job["status"] in TERMINAL
-            if job["status"] != "succeeded":
+            if job in waiting_on_review:
+                continue  # settled: it reuses the held result once a person approved it
+            assert job["status"] in RESTING
+            if job["status"] not in ("succeeded", "needs_review"):
                 assert job.get("error_code") and job.get("error_message"), job
             if expect.startswith("rejected:"):
                 assert job["status"] == "rejected" and job["error_code"] == expect.split(":", 1)[1], job
@@ -468,6 +520,10 @@ def test_nothing_lost_nothing_billed_twice(
                 continue
             if job["status"] == "failed" and job["error_code"] == "PROCESSING_FAILED":
                 continue  # Runflow said so (injected); recorded with Runflow's reason
+            if job["status"] == "needs_review":
+                # Held, not lost: nothing of it under the results prefix, its result waits elsewhere.
+                assert not job.get("result_keys") and job.get("held_keys") and job.get("quality"), job
+                continue
             if job["status"] != "succeeded":
                 lost += 1
                 continue
@@ -488,22 +544,38 @@ def test_nothing_lost_nothing_billed_twice(
             results += 1
         older = [j for j in jobs if j.get("source_version_id") != newest[j["source_key"]]]
         # An older version ends superseded, or succeeded before the newer one replaced its result.
-        assert all(j["status"] in ("superseded", "succeeded", "failed") for j in older), older
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.results_bucket)
+        # (or is held for review: a person decides, and approval finds the newer version).
+        assert all(
+            j["status"] in ("superseded", "succeeded", "failed", "needs_review") or j in waiting_on_review
+            for j in older
+        ), older
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=stack.resources.results_bucket, Prefix=stack.resources.results_prefix
+        )
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         assert len(keys) == len(set(keys)) == results, "exactly one result object per succeeded upload"
+        # Doubtful results: the runs an output fault struck, and what of theirs was published.
+        faulted = stack.runflow.output_faults()
+        published = published_runs(s3, stack.resources.results_bucket, keys, by_id)
+        doubtful_published = sorted(set(faulted) & published)
+        held = [j for j in jobs if j["status"] == "needs_review"]
+        false_holds = [j["job_id"] for j in held if j.get("run_id") not in faulted]
 
+        finished = [j for j in jobs if j["status"] in TERMINAL]
         # Completion events: exactly one per finished job. One whose publish failed is republished by
         # the reconciler a minute later, so stragglers are waited for (bounded against a hang).
         wait_until = time.monotonic() + 180
         while True:
             collect_events()
-            if len(events) >= len(jobs) or time.monotonic() > wait_until:
+            if (
+                len(events) >= len(finished) and len(review_events) >= len(held)
+            ) or time.monotonic() > wait_until:
                 break
-        events_per_job = sum(events.values()) / len(jobs)
-        assert set(events) == {f"{j['job_id']}:{j.get('attempt', 1)}" for j in jobs}, (
+        events_per_job = sum(events.values()) / len(finished)
+        assert set(events) == {f"{j['job_id']}:{j.get('attempt', 1)}" for j in finished}, (
             "a job without its event"
         )
+        assert review_events == Counter({j["job_id"]: 1 for j in held}), "one needs-review event per held job"
 
         stats = stack.runflow.stats()
         with_runs = [j for j in jobs if j.get("run_id")]
@@ -560,13 +632,18 @@ def test_nothing_lost_nothing_billed_twice(
             f"reuploads_in_flight={same_bytes.in_flight(uploads, by_version)} "
             f"new_colour_uploads={same_bytes.new_colour} runs_failed={sum(failed_contents.values())} "
             f"reruns_after_failure={len(set(paid) & set(failed_contents))} "
-            f"later_uploads={len(later)} later_time_to_result_s={later_time_to_result:.1f}"
+            f"later_uploads={len(later)} later_time_to_result_s={later_time_to_result:.1f} "
+            f"output_faults={len(faulted)} doubtful_published={len(doubtful_published)} "
+            f"held={len(held)} false_holds={len(false_holds)} waiting_on_review={len(waiting_on_review)}"
         )
         print("\n" + figures)
         report_figures(figures)
         # Secrets never reach the logs, whatever happened.
         assert stack.callback_secret not in logs and RUNFLOW_API_KEY not in logs
         assert lost == 0
+        assert not doubtful_published, (
+            f"doubtful results published (QualityGate=hold): runs {doubtful_published}"
+        )
         assert duplicate_runs == 0 and runs_per_upload == 1.0
         assert runs_per_distinct_content == 1.0, f"the same pixels paid for twice, by jobs {paid_twice}"
         assert not unrecorded, f"succeeded jobs without the SHA-256 of their bytes: {unrecorded}"
