@@ -60,9 +60,13 @@ def _return_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    # One heap for every thread: what a thread frees (libvips resamples in one) goes back to the
+    # heap that ``_release_free_heap`` trims, not into an arena of its own that outlives the job.
+    mallopt(M_ARENA_MAX, 1)
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 256 * 1024
 _return_freed_memory()
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -292,9 +294,11 @@ def _draw_product(
 
     From full size, a band of ``BAND_ROWS`` canvas rows at a time, each only between the first and
     the last column the product covers in it: the corners of the rectangle around a round or
-    slanted product are never resampled, and the temporaries stay a band's size. Each band maps
-    its canvas pixels to the same frame coordinates as one whole resize: the same Lanczos weights,
-    the pixels those of one resize (a few differ by one level, where rounding falls the other way)."""
+    slanted product are never resampled, and the temporaries stay a band's size. The region's
+    pixels (what ``compare_region`` keeps) are reduced by libvips's Lanczos3 (``_lanczos3``), the
+    bands cut from one lazy resample; a Pillow image, or an enlargement, by Pillow's ``LANCZOS``,
+    each band mapped to the same frame coordinates as one whole resize (a few pixels differ by one
+    level, where rounding falls the other way)."""
     rect, box = product
     size = (rect[2] - rect[0], rect[3] - rect[1])
     inside = _full_size_box(region, found, plan, box)
@@ -303,29 +307,62 @@ def _draw_product(
         canvas.paste(patch, rect[:2], coverage.patch)
         return
     pixels = region.pixels
-    shrink = ((inside[2] - inside[0]) / size[0], (inside[3] - inside[1]) / size[1])
     resampled = _lanczos3(pixels, inside, size) if pixels is not None else None
+    if resampled is None:
+        _draw_bands(canvas, rect, coverage, _pillow_bands(region.image, inside, size))
+        return
+    # In a thread of its own, which ends with the drawing: libvips keeps a thread's pixel buffers
+    # until the thread ends, and a warm function's main thread would carry them into every later
+    # job's peak memory.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        worker.submit(_draw_bands, canvas, rect, coverage, _vips_bands(resampled)).result()
+
+
+Bands = Callable[[int, int, int, int], Image.Image]  # (left, top, right, bottom) of the patch -> pixels
+
+
+def _draw_bands(canvas: Image.Image, rect: Rect, coverage: Coverage, bands: Bands) -> None:
+    """The patch over ``rect`` drawn a band of ``BAND_ROWS`` rows at a time, each between the first
+    and the last column its coverage reaches, blended by the coverage."""
+    assert coverage.patch is not None
     covered = np.asarray(coverage.patch)
-    width, height = region.size
-    for top in range(0, size[1], BAND_ROWS):
-        bottom = min(size[1], top + BAND_ROWS)
+    for top in range(0, rect[3] - rect[1], BAND_ROWS):
+        bottom = min(rect[3] - rect[1], top + BAND_ROWS)
         columns = np.flatnonzero(covered[top:bottom].any(axis=0))
         if columns.size == 0:
             continue
         left, right = int(columns[0]), int(columns[-1]) + 1
-        if resampled is not None:
-            # Only the band's covered columns are computed: libvips evaluates what is asked for.
-            part = resampled.crop(left, top, right - left, bottom - top).write_to_memory()
-            band = Image.frombuffer("RGB", (right - left, bottom - top), part, "raw", "RGB", 0, 1)
-        else:
-            band_box = (
-                inside[0] + left * shrink[0],
-                inside[1] + top * shrink[1],
-                min(float(width), inside[0] + right * shrink[0]),
-                min(float(height), inside[1] + bottom * shrink[1]),
-            )
-            band = region.image.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=band_box)
+        band = bands(left, top, right, bottom)
         canvas.paste(band, (rect[0] + left, rect[1] + top), coverage.patch.crop((left, top, right, bottom)))
+
+
+def _pillow_bands(image: Image.Image, inside: Box, size: tuple[int, int]) -> Bands:
+    """Bands of Pillow's Lanczos over ``inside`` resized to ``size``, each mapped to the same frame
+    coordinates as one whole resize."""
+    sx, sy = (inside[2] - inside[0]) / size[0], (inside[3] - inside[1]) / size[1]
+
+    def band(left: int, top: int, right: int, bottom: int) -> Image.Image:
+        box = (
+            inside[0] + left * sx,
+            inside[1] + top * sy,
+            min(float(image.width), inside[0] + right * sx),
+            min(float(image.height), inside[1] + bottom * sy),
+        )
+        return image.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=box)
+
+    return band
+
+
+def _vips_bands(resampled: Any) -> Bands:
+    """Bands of a lazy libvips image, computed in the calling thread (no worker threads) and only
+    over the band's columns: libvips evaluates what is asked for."""
+    fetched = pyvips.Region.new(resampled)
+
+    def band(left: int, top: int, right: int, bottom: int) -> Image.Image:
+        size = (right - left, bottom - top)
+        return Image.frombuffer("RGB", size, fetched.fetch(left, top, *size), "raw", "RGB", 0, 1)
+
+    return band
 
 
 def lanczos3_box(inside: Box, source: tuple[int, int]) -> Rect:
