@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -311,11 +310,7 @@ def _draw_product(
     if resampled is None:
         _draw_bands(canvas, rect, coverage, _pillow_bands(region.image, inside, size))
         return
-    # In a thread of its own, which ends with the drawing: libvips keeps a thread's pixel buffers
-    # until the thread ends, and a warm function's main thread would carry them into every later
-    # job's peak memory.
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        worker.submit(_draw_bands, canvas, rect, coverage, _vips_bands(resampled)).result()
+    _draw_bands(canvas, rect, coverage, _vips_bands(resampled))
 
 
 Bands = Callable[[int, int, int, int], Image.Image]  # (left, top, right, bottom) of the patch -> pixels
@@ -354,13 +349,13 @@ def _pillow_bands(image: Image.Image, inside: Box, size: tuple[int, int]) -> Ban
 
 
 def _vips_bands(resampled: Any) -> Bands:
-    """Bands of a lazy libvips image, computed in the calling thread (no worker threads) and only
-    over the band's columns: libvips evaluates what is asked for."""
-    fetched = pyvips.Region.new(resampled)
+    """Bands cut from a libvips resample, computed whole at once: one buffer (a band at a time,
+    each band's buffers would be mapped afresh, page by page, past glibc's mmap threshold)."""
+    width, height = resampled.width, resampled.height
+    whole = np.frombuffer(resampled.write_to_memory(), dtype=np.uint8).reshape(height, width, 3)
 
     def band(left: int, top: int, right: int, bottom: int) -> Image.Image:
-        size = (right - left, bottom - top)
-        return Image.frombuffer("RGB", size, fetched.fetch(left, top, *size), "raw", "RGB", 0, 1)
+        return Image.fromarray(np.ascontiguousarray(whole[top:bottom, left:right]), mode="RGB")
 
     return band
 
