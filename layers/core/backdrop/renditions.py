@@ -291,12 +291,12 @@ def _draw_product(
 ) -> None:
     """The product's rectangle resampled onto ``canvas``, blended by its coverage.
 
-    From full size, a band of ``BAND_ROWS`` canvas rows at a time, each only between the first and
-    the last column the product covers in it: the corners of the rectangle around a round or
-    slanted product are never resampled, and the temporaries stay a band's size. The region's
-    pixels (what ``compare_region`` keeps) are reduced by libvips's Lanczos3 (``_lanczos3``), the
-    bands cut from one lazy resample; a Pillow image, or an enlargement, by Pillow's ``LANCZOS``,
-    each band mapped to the same frame coordinates as one whole resize (a few pixels differ by one
+    From full size, pasted a band of ``BAND_ROWS`` canvas rows at a time, each only between the
+    first and the last column the product covers in it. The region's pixels (what
+    ``compare_region`` keeps) are reduced by libvips's Lanczos3 (``_lanczos3``) in one pass, and
+    the bands cut from it. A Pillow image, or an enlargement, is resampled by Pillow's ``LANCZOS``
+    band by band (the corners of the rectangle around a round or slanted product never are), each
+    band mapped to the same frame coordinates as one whole resize (a few pixels differ by one
     level, where rounding falls the other way)."""
     rect, box = product
     size = (rect[2] - rect[0], rect[3] - rect[1])
@@ -373,10 +373,11 @@ def _lanczos3(pixels: np.ndarray[Any, np.dtype[np.uint8]], inside: Box, size: tu
     """A lazy libvips image: the source pixels of ``inside`` (rounded to whole pixels) reduced to
     ``size`` by Lanczos3 (``a`` = 3, widened by the shrink: the same kernel as Pillow's
     ``LANCZOS``, with the same pixel-centre convention). Read in place from ``pixels``: no copy
-    of the source is made. None when that would enlarge on either axis (Pillow does those)."""
+    of the source is made. None when that would enlarge on either axis, or the array is not laid
+    out row after row (Pillow does those)."""
     height, width = pixels.shape[:2]
     left, top, right, bottom = lanczos3_box(inside, (width, height))
-    if right - left < size[0] or bottom - top < size[1]:
+    if right - left < size[0] or bottom - top < size[1] or not pixels.flags.c_contiguous:
         return None
     source = pyvips.Image.new_from_memory(pixels.data, width, height, 3, "uchar")
     cropped = source.crop(left, top, right - left, bottom - top)
