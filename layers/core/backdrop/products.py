@@ -25,6 +25,7 @@ import io
 import math
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,9 +60,13 @@ def _return_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    # One heap for every thread: what a thread frees (libvips resamples in one) goes back to the
+    # heap that ``_release_free_heap`` trims, not into an arena of its own that outlives the job.
+    mallopt(M_ARENA_MAX, 1)
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 256 * 1024
 _return_freed_memory()
 
@@ -194,14 +199,18 @@ class Comparison:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Region:
     """The full-size pixels of a result that rendering needs: a box around the product, or the
     whole frame when the result was given whole. The rest of the frame is in the ``Comparison``,
-    at the working size."""
+    at the working size.
 
-    image: Image.Image  # RGB
-    offset: tuple[int, int]  # the image's top-left in the frame
+    ``source`` is a Pillow image, or the box's pixels as a contiguous (h, w, 3) array (what
+    ``compare_region`` keeps: 3 bytes a pixel, which libvips reads in place); a Pillow image of an
+    array is made only when something asks for ``image``."""
+
+    source: Image.Image | U8
+    offset: tuple[int, int]  # the source's top-left in the frame
     frame: tuple[int, int]  # the frame's full size (width, height)
 
     @classmethod
@@ -209,19 +218,39 @@ class Region:
         return cls(image, (0, 0), image.size)
 
     @property
+    def pixels(self) -> U8 | None:
+        """The source as an (h, w, 3) array, when it is one."""
+        return self.source if isinstance(self.source, np.ndarray) else None
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The source as a Pillow RGB image."""
+        if isinstance(self.source, Image.Image):
+            return self.source
+        return Image.fromarray(self.source, mode="RGB")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The source's (width, height)."""
+        if isinstance(self.source, Image.Image):
+            return self.source.size
+        return self.source.shape[1], self.source.shape[0]
+
+    @property
     def covers_frame(self) -> bool:
-        return self.offset == (0, 0) and self.image.size == self.frame
+        return self.offset == (0, 0) and self.size == self.frame
 
     def holds(self, box: Box) -> bool:
         """Whether ``box`` (frame px) lies inside the region."""
         x, y = self.offset
+        width, height = self.size
         left, top, right, bottom = box
         slack = 1e-6
         return (
             left >= x - slack
             and top >= y - slack
-            and right <= x + self.image.width + slack
-            and bottom <= y + self.image.height + slack
+            and right <= x + width + slack
+            and bottom <= y + height + slack
         )
 
 
@@ -363,6 +392,5 @@ def compare_region(result: bytes, original: bytes, colour: Colour) -> tuple[Regi
         end = min(bottom, row + rows)
         pixels[row - top : end - top] = np.asarray(decoded.crop((left, row, right, end)), dtype=np.uint8)
     del decoded
-    image = Image.fromarray(pixels, mode="RGB")
-    del pixels
-    return Region(image, (left, top), frame), found
+    # Kept as the array: the renditions resample it with libvips in place, with no Pillow copy.
+    return Region(pixels, (left, top), frame), found

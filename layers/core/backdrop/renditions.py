@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import numpy as np
+import pyvips
 from PIL import Image, ImageCms
 
 from backdrop.colours import Colour
@@ -40,6 +42,12 @@ REDUCING_GAP = 3.0  # Pillow reduces by a whole factor first when the scale is u
 BAND_ROWS = 96  # canvas rows of the product resampled at a time
 SCAN_BYTES = 192 * 1024  # read-back pixels scanned at a time (4 bytes each): below glibc's mmap threshold
 EXACT_SHARE_FAIL = 0.99  # share of background pixels exactly on the colour below which it fails
+
+# libvips resamples the product (a third to a quarter of Pillow's CPU time for the same Lanczos3):
+# one thread, as a function's CPU time is what it pays for, and no operation cache, as no
+# resample is ever repeated and the cache would keep its pixels.
+pyvips.cache_set_max(0)
+pyvips.concurrency_set(1)
 
 
 Rect = tuple[int, int, int, int]  # canvas px: left, top, right, bottom
@@ -169,7 +177,7 @@ def _full_size_box(region: Region, found: Comparison, plan: Layout, box: Box) ->
     if not (region.covers_frame or (plan.scale >= working_scale and region.holds(box))):
         return None
     x, y = region.offset
-    width, height = region.image.size
+    width, height = region.size
     return (
         max(0.0, box[0] - x),
         max(0.0, box[1] - y),
@@ -283,11 +291,13 @@ def _draw_product(
 ) -> None:
     """The product's rectangle resampled onto ``canvas``, blended by its coverage.
 
-    From full size, a band of ``BAND_ROWS`` canvas rows at a time, each only between the first and
-    the last column the product covers in it: the corners of the rectangle around a round or
-    slanted product are never resampled, and the temporaries stay a band's size. Each band maps
-    its canvas pixels to the same frame coordinates as one whole resize: the same Lanczos weights,
-    the pixels those of one resize (a few differ by one level, where rounding falls the other way)."""
+    From full size, pasted a band of ``BAND_ROWS`` canvas rows at a time, each only between the
+    first and the last column the product covers in it. The region's pixels (what
+    ``compare_region`` keeps) are reduced by libvips's Lanczos3 (``_lanczos3``) in one pass, and
+    the bands cut from it. A Pillow image, or an enlargement, is resampled by Pillow's ``LANCZOS``
+    band by band (the corners of the rectangle around a round or slanted product never are), each
+    band mapped to the same frame coordinates as one whole resize (a few pixels differ by one
+    level, where rounding falls the other way)."""
     rect, box = product
     size = (rect[2] - rect[0], rect[3] - rect[1])
     inside = _full_size_box(region, found, plan, box)
@@ -295,23 +305,84 @@ def _draw_product(
         patch, _ = _resample(region, found, plan, rect, box)
         canvas.paste(patch, rect[:2], coverage.patch)
         return
+    pixels = region.pixels
+    resampled = _lanczos3(pixels, inside, size) if pixels is not None else None
+    if resampled is None:
+        _draw_bands(canvas, rect, coverage, _pillow_bands(region.image, inside, size))
+        return
+    _draw_bands(canvas, rect, coverage, _vips_bands(resampled))
+
+
+Bands = Callable[[int, int, int, int], Image.Image]  # (left, top, right, bottom) of the patch -> pixels
+
+
+def _draw_bands(canvas: Image.Image, rect: Rect, coverage: Coverage, bands: Bands) -> None:
+    """The patch over ``rect`` drawn a band of ``BAND_ROWS`` rows at a time, each between the first
+    and the last column its coverage reaches, blended by the coverage."""
+    assert coverage.patch is not None
     covered = np.asarray(coverage.patch)
-    sx, sy = (inside[2] - inside[0]) / size[0], (inside[3] - inside[1]) / size[1]
-    width, height = region.image.size
-    for top in range(0, size[1], BAND_ROWS):
-        bottom = min(size[1], top + BAND_ROWS)
+    for top in range(0, rect[3] - rect[1], BAND_ROWS):
+        bottom = min(rect[3] - rect[1], top + BAND_ROWS)
         columns = np.flatnonzero(covered[top:bottom].any(axis=0))
         if columns.size == 0:
             continue
         left, right = int(columns[0]), int(columns[-1]) + 1
-        band_box = (
+        band = bands(left, top, right, bottom)
+        canvas.paste(band, (rect[0] + left, rect[1] + top), coverage.patch.crop((left, top, right, bottom)))
+
+
+def _pillow_bands(image: Image.Image, inside: Box, size: tuple[int, int]) -> Bands:
+    """Bands of Pillow's Lanczos over ``inside`` resized to ``size``, each mapped to the same frame
+    coordinates as one whole resize."""
+    sx, sy = (inside[2] - inside[0]) / size[0], (inside[3] - inside[1]) / size[1]
+
+    def band(left: int, top: int, right: int, bottom: int) -> Image.Image:
+        box = (
             inside[0] + left * sx,
             inside[1] + top * sy,
-            min(float(width), inside[0] + right * sx),
-            min(float(height), inside[1] + bottom * sy),
+            min(float(image.width), inside[0] + right * sx),
+            min(float(image.height), inside[1] + bottom * sy),
         )
-        band = region.image.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=band_box)
-        canvas.paste(band, (rect[0] + left, rect[1] + top), coverage.patch.crop((left, top, right, bottom)))
+        return image.resize((right - left, bottom - top), Image.Resampling.LANCZOS, box=box)
+
+    return band
+
+
+def _vips_bands(resampled: Any) -> Bands:
+    """Bands cut from a libvips resample, computed whole at once: one buffer (a band at a time,
+    each band's buffers would be mapped afresh, page by page, past glibc's mmap threshold)."""
+    width, height = resampled.width, resampled.height
+    whole = np.frombuffer(resampled.write_to_memory(), dtype=np.uint8).reshape(height, width, 3)
+
+    def band(left: int, top: int, right: int, bottom: int) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(whole[top:bottom, left:right]), mode="RGB")
+
+    return band
+
+
+def lanczos3_box(inside: Box, source: tuple[int, int]) -> Rect:
+    """The whole source pixels that ``_lanczos3`` reduces for the frame box ``inside``: its edges
+    rounded to the nearest pixel edge (at most half a source pixel, so under half a canvas pixel
+    when reducing), inside the source."""
+    left, top = max(0, round(inside[0])), max(0, round(inside[1]))
+    right, bottom = min(source[0], round(inside[2])), min(source[1], round(inside[3]))
+    return left, top, max(left + 1, right), max(top + 1, bottom)
+
+
+def _lanczos3(pixels: np.ndarray[Any, np.dtype[np.uint8]], inside: Box, size: tuple[int, int]) -> Any:
+    """A lazy libvips image: the source pixels of ``inside`` (rounded to whole pixels) reduced to
+    ``size`` by Lanczos3 (``a`` = 3, widened by the shrink: the same kernel as Pillow's
+    ``LANCZOS``, with the same pixel-centre convention). Read in place from ``pixels``: no copy
+    of the source is made. None when that would enlarge on either axis, or the array is not laid
+    out row after row (Pillow does those)."""
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = lanczos3_box(inside, (width, height))
+    if right - left < size[0] or bottom - top < size[1] or not pixels.flags.c_contiguous:
+        return None
+    source = pyvips.Image.new_from_memory(pixels.data, width, height, 3, "uchar")
+    cropped = source.crop(left, top, right - left, bottom - top)
+    reduced = cropped.reduce((right - left) / size[0], (bottom - top) / size[1], kernel="lanczos3")
+    return reduced if (reduced.width, reduced.height) == size else None
 
 
 def _reduces(box: Box, size: tuple[int, int]) -> bool:
