@@ -32,6 +32,7 @@ from backdrop_cli.contexts import (
     RenderContext,
     ReportContext,
     RetryContext,
+    ReviewContext,
     StatusContext,
 )
 from backdrop_cli.errors import BadUsage
@@ -418,6 +419,7 @@ def test_each_command_has_a_context_with_a_field_per_option() -> None:
         "retry": RetryContext,
         "report": ReportContext,
         "render": RenderContext,
+        "review": ReviewContext,
     }
     assert set(cli.commands) == set(contexts)
     global_names = {option.name for option in GLOBAL_OPTIONS}
