@@ -87,15 +87,17 @@ lint: venv
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
 # The fault-injection suite mostly waits (list lag, reconciler passes, redeliveries), so it runs in a
-# second pytest process beside the rest, followed there by the operator command's tests (which also
-# wait on their local stacks); that lane's output follows the rest's, and either failing fails.
+# second pytest process beside the rest, followed there by the operator command's tests and three
+# end-to-end files (which also wait on their local stacks), so that both lanes take about as long;
+# that lane's output follows the rest's, and either failing fails.
+SECOND_LANE := tests/chaos tests/cli tests/e2e/test_reuse.py tests/e2e/test_quality_gate.py tests/e2e/test_renditions_on_stack.py
 test: venv build lint
 	@mkdir -p .backdrop
 	@bash local/browser/install-chromium.sh || test $$? -eq 3  # 3: none here; the browser test says so
-	@$(PY) -m pytest -p no:cacheprovider tests/chaos tests/cli > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
-	$(PY) -m pytest --ignore=tests/chaos --ignore=tests/cli; rest=$$?; \
+	@$(PY) -m pytest -p no:cacheprovider $(SECOND_LANE) > .backdrop/chaos-suite.log 2>&1 & chaos=$$!; \
+	$(PY) -m pytest $(addprefix --ignore=,$(SECOND_LANE)); rest=$$?; \
 	wait $$chaos; chaos_status=$$?; \
-	echo "== fault-injection suite (tests/chaos) and the command's tests (tests/cli), run beside the rest"; \
+	echo "== run beside the rest: $(SECOND_LANE)"; \
 	cat .backdrop/chaos-suite.log; \
 	test $$rest -eq 0 && test $$chaos_status -eq 0
 
