@@ -87,10 +87,10 @@ lint: venv
 	$(LINT_VENV)/bin/checkov --config-file .checkov.yaml
 
 # The fault-injection suite mostly waits (list lag, reconciler passes, redeliveries), so it runs in a
-# second pytest process beside the rest, followed there by the operator command's tests and three
+# second pytest process beside the rest, followed there by the operator command's tests and five
 # end-to-end files (which also wait on their local stacks), so that both lanes take about as long;
 # that lane's output follows the rest's, and either failing fails.
-SECOND_LANE := tests/chaos tests/cli tests/e2e/test_reuse.py tests/e2e/test_quality_gate.py tests/e2e/test_renditions_on_stack.py
+SECOND_LANE := tests/chaos tests/cli $(addprefix tests/e2e/,test_reuse.py test_quality_gate.py test_renditions_on_stack.py test_events.py test_shop_integration.py)
 test: venv build lint
 	@mkdir -p .backdrop
 	@bash local/browser/install-chromium.sh || test $$? -eq 3  # 3: none here; the browser test says so
