@@ -37,6 +37,24 @@ DETAIL_TYPES: Mapping[Status, str] = {
 RENDITION_FIELDS = ("key", "width", "height", "format", "bytes", "verdict", "reasons")
 
 
+def source_detail(job: Job) -> dict[str, Any]:
+    """The job's source object, as every event about it names it."""
+    return {
+        "bucket": job.source_bucket,
+        "key": job.source_key,
+        "version_id": job.source_version_id,
+        "etag": job.source_etag,
+    }
+
+
+def renditions_detail(job: Job) -> dict[str, dict[str, Any]] | None:
+    """The job's renditions, as every event about it carries them (None: there are none)."""
+    return {
+        name: {field: entry.get(field) for field in RENDITION_FIELDS}
+        for name, entry in job.renditions.items()
+    } or None
+
+
 def completion_detail(job: Job) -> dict[str, Any]:
     duration_ms: int | None = None
     if job.completed_at:
@@ -47,12 +65,7 @@ def completion_detail(job: Job) -> dict[str, Any]:
         "job_id": job.job_id,
         "attempt": job.attempt,
         "status": job.status.value,
-        "source": {
-            "bucket": job.source_bucket,
-            "key": job.source_key,
-            "version_id": job.source_version_id,
-            "etag": job.source_etag,
-        },
+        "source": source_detail(job),
         "result": {"bucket": job.result_bucket, "keys": list(job.result_keys)} if job.result_keys else None,
         "color": job.color,
         "color_source": job.color_source,
@@ -61,11 +74,7 @@ def completion_detail(job: Job) -> dict[str, Any]:
         "superseded_by": job.superseded_by,
         "reused": job.reused_from is not None,
         "reused_from": job.reused_from,
-        "renditions": {
-            name: {field: entry.get(field) for field in RENDITION_FIELDS}
-            for name, entry in job.renditions.items()
-        }
-        or None,
+        "renditions": renditions_detail(job),
         # The quality checks of the result (absent: the gate is off), and a person's decision on it.
         "quality": job.quality or None,
         "review": job.review or None,

@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backdrop.errors import ErrorCode
-from backdrop.events import RENDITION_FIELDS, SOURCE, conclude
+from backdrop.events import SOURCE, conclude, renditions_detail, source_detail
 from backdrop.jobs import Job, Status, failure, now_iso, stored_map
 from backdrop.ledger import holder_of
 from backdrop.observability import count, logger
@@ -115,21 +115,12 @@ def review_detail(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "attempt": job.attempt,
-        "source": {
-            "bucket": job.source_bucket,
-            "key": job.source_key,
-            "version_id": job.source_version_id,
-            "etag": job.source_etag,
-        },
+        "source": source_detail(job),
         "color": job.color,
         "quality": job.quality or None,
         "held_bucket": job.result_bucket,
         "held_keys": list(job.held_keys),
-        "renditions": {
-            name: {field: entry.get(field) for field in RENDITION_FIELDS}
-            for name, entry in job.renditions.items()
-        }
-        or None,
+        "renditions": renditions_detail(job),
         "created_at": job.created_at,
         "held_at": job.updated_at,
     }
